@@ -1,0 +1,312 @@
+// fastnn._C: the one Python module of the CPU kernels. Each binding checks its
+// arguments (type, dtype, rank, shape, contiguity, writability), raising
+// TypeError/ValueError that name the argument, then releases the GIL and calls
+// kernels.h. No logic lives here beyond that.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <omp.h>
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace py = pybind11;
+using fastnn::Act;
+using fastnn::Rule;
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i) o << ", ";
+    if (s[i] < 0) o << "*"; else o << s[i];
+  }
+  o << (s.size() == 1 ? ",)" : ")");
+  return o.str();
+}
+
+std::vector<int64_t> shape_of(const py::array& a) {
+  std::vector<int64_t> s(size_t(a.ndim()));
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s[size_t(d)] = int64_t(a.shape(d));
+  return s;
+}
+
+// The checked data pointer of argument `name`: a C-contiguous ndarray of dtype
+// T whose shape matches `shape` (-1 = any size along that axis).
+template <class T>
+T* checked(const py::handle& obj, const char* name, const std::vector<int64_t>& shape,
+           bool writable = false) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<T>()))
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         std::string(py::str(py::dtype::of<T>())) + " (the dtype of the first input), got " +
+                         std::string(py::str(a.dtype())));
+  auto got = shape_of(a);
+  bool ok = got.size() == shape.size();
+  for (size_t d = 0; ok && d < shape.size(); ++d) ok = shape[d] < 0 || shape[d] == got[d];
+  if (!ok)
+    throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " +
+                          shape_str(got));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) +
+                          " must be C-contiguous (pass numpy.ascontiguousarray(" + name + "))");
+  if (writable && !a.writeable()) throw py::value_error(std::string(name) + " must be writable");
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
+template <class T>
+T* checked_or_null(const py::object& obj, const char* name, const std::vector<int64_t>& shape,
+                   bool writable = false) {
+  return obj.is_none() ? nullptr : checked<T>(obj, name, shape, writable);
+}
+
+int64_t dim(const py::handle& obj, const char* name, int ndim, int axis) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " +
+                          shape_str(shape_of(a)));
+  return int64_t(a.shape(axis));
+}
+
+// Calls f(T{}) with T the floating dtype of `ref` (float32 or float64).
+template <class F>
+auto by_dtype(const py::handle& ref, const char* name, F&& f) {
+  if (!py::isinstance<py::array>(ref))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(ref).attr("__name__"))));
+  auto dt = py::reinterpret_borrow<py::array>(ref).dtype();
+  if (dt.is(py::dtype::of<float>())) return f(float{});
+  if (dt.is(py::dtype::of<double>())) return f(double{});
+  throw py::type_error(std::string(name) + " must have dtype float32 or float64, got " +
+                       std::string(py::str(dt)));
+}
+
+Act act_of(int code, double alpha) {
+  if (code < 0 || code >= fastnn::kNumActs)
+    throw py::value_error("act must be an activation code in [0, " + std::to_string(fastnn::kNumActs) +
+                          "), got " + std::to_string(code));
+  Act a = Act(code);
+  if (a == Act::leaky_relu && !(alpha >= 0.0))
+    throw py::value_error("alpha (leaky_relu negative slope) must be >= 0, got " + std::to_string(alpha));
+  if (a == Act::elu && !(alpha > 0.0))
+    throw py::value_error("alpha (elu) must be > 0, got " + std::to_string(alpha));
+  return a;
+}
+
+void gemm(py::object a, py::object b, py::object c, bool trans_a, bool trans_b, double beta) {
+  by_dtype(a, "a", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t ar = dim(a, "a", 2, 0), ac = dim(a, "a", 2, 1);
+    int64_t m = trans_a ? ac : ar, k = trans_a ? ar : ac;
+    int64_t n = trans_b ? dim(b, "b", 2, 0) : dim(b, "b", 2, 1);
+    const T* pa = checked<T>(a, "a", {ar, ac});
+    const T* pb = checked<T>(b, "b", trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n});
+    T* pc = checked<T>(c, "c", {m, n}, true);
+    fastnn::GemmArgs<T> g{m, n, k,
+                          pa, trans_a ? 1 : k, trans_a ? m : 1,
+                          pb, trans_b ? 1 : n, trans_b ? k : 1,
+                          pc, n, T(beta)};
+    py::gil_scoped_release nogil;
+    fastnn::gemm(g);
+  });
+}
+
+void linear_act_forward(py::object x, py::object weight, py::object bias, py::object y, py::object z,
+                        int act, double alpha) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = act_of(act, alpha);
+    int64_t n = dim(x, "x", 2, 0), d = dim(x, "x", 2, 1), m = dim(weight, "weight", 2, 1);
+    fastnn::LinearActForwardArgs<T> args{
+        n, d, m,
+        checked<T>(x, "x", {n, d}), checked<T>(weight, "weight", {d, m}),
+        checked_or_null<T>(bias, "bias", {m}),
+        checked<T>(y, "y", {n, m}, true), checked_or_null<T>(z, "z", {n, m}, true),
+        a, T(alpha)};
+    if (fastnn::act_saves_preactivation(a) && !args.z)
+      throw py::value_error("z (pre-activation buffer) is required for this activation");
+    py::gil_scoped_release nogil;
+    fastnn::linear_act_forward(args);
+  });
+}
+
+void linear_act_backward(py::object dy, py::object x, py::object weight, py::object y, py::object z,
+                         py::object dz_work, py::object dx, py::object dweight, py::object dbias,
+                         py::object dalpha, int act, double alpha) {
+  by_dtype(dy, "dy", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = act_of(act, alpha);
+    int64_t n = dim(dy, "dy", 2, 0), m = dim(dy, "dy", 2, 1), d = dim(x, "x", 2, 1);
+    fastnn::LinearActBackwardArgs<T> args{
+        n, d, m,
+        checked<T>(dy, "dy", {n, m}), checked<T>(x, "x", {n, d}), checked<T>(weight, "weight", {d, m}),
+        checked<T>(y, "y", {n, m}), checked_or_null<T>(z, "z", {n, m}),
+        checked<T>(dz_work, "dz_work", {n, m}, true), checked_or_null<T>(dx, "dx", {n, d}, true),
+        checked<T>(dweight, "dweight", {d, m}, true), checked_or_null<T>(dbias, "dbias", {m}, true),
+        checked_or_null<T>(dalpha, "dalpha", {1}, true),
+        a, T(alpha)};
+    if (fastnn::act_saves_preactivation(a) && !args.z)
+      throw py::value_error("z (saved pre-activation) is required for this activation");
+    py::gil_scoped_release nogil;
+    fastnn::linear_act_backward(args);
+  });
+}
+
+void act_forward(py::object x, py::object y, int act, double alpha) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = act_of(act, alpha);
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(x));
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    fastnn::ActForwardArgs<T> args{n, checked<T>(x, "x", shape), checked<T>(y, "y", shape, true), a, T(alpha)};
+    py::gil_scoped_release nogil;
+    fastnn::act_forward(args);
+  });
+}
+
+void act_backward(py::object dy, py::object x, py::object y, py::object dx, py::object dalpha, int act,
+                  double alpha) {
+  by_dtype(dy, "dy", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = act_of(act, alpha);
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(dy));
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    fastnn::ActBackwardArgs<T> args{n, checked<T>(dy, "dy", shape), checked<T>(x, "x", shape),
+                                    checked<T>(y, "y", shape), checked<T>(dx, "dx", shape, true),
+                                    checked_or_null<T>(dalpha, "dalpha", {1}, true), a, T(alpha)};
+    py::gil_scoped_release nogil;
+    fastnn::act_backward(args);
+  });
+}
+
+template <class T>
+const int64_t* checked_labels(const py::object& labels, int64_t n, int64_t c) {
+  const int64_t* lab = checked<int64_t>(labels, "labels", {n});
+  int64_t bad = -1;
+  for (int64_t i = 0; i < n && bad < 0; ++i)
+    if (lab[i] < 0 || lab[i] >= c) bad = i;
+  if (bad >= 0)
+    throw py::value_error("labels must be in [0, " + std::to_string(c) + "), got labels[" +
+                          std::to_string(bad) + "] = " + std::to_string(lab[bad]));
+  return lab;
+}
+
+double softmax_xent_forward(py::object scores, py::object labels, py::object probs) {
+  return by_dtype(scores, "scores", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = dim(scores, "scores", 2, 0), c = dim(scores, "scores", 2, 1);
+    if (c < 1) throw py::value_error("scores must have at least one class column");
+    T loss = T(0);
+    fastnn::SoftmaxXentForwardArgs<T> args{n, c, checked<T>(scores, "scores", {n, c}),
+                                           checked_labels<T>(labels, n, c),
+                                           checked<T>(probs, "probs", {n, c}, true), &loss};
+    {
+      py::gil_scoped_release nogil;
+      fastnn::softmax_xent_forward(args);
+    }
+    return double(loss);
+  });
+}
+
+void softmax_xent_backward(py::object probs, py::object labels, py::object dscores, double scale) {
+  by_dtype(probs, "probs", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = dim(probs, "probs", 2, 0), c = dim(probs, "probs", 2, 1);
+    fastnn::SoftmaxXentBackwardArgs<T> args{n, c, checked<T>(probs, "probs", {n, c}),
+                                            checked_labels<T>(labels, n, c),
+                                            checked<T>(dscores, "dscores", {n, c}, true), T(scale)};
+    py::gil_scoped_release nogil;
+    fastnn::softmax_xent_backward(args);
+  });
+}
+
+// hyper: (S, 10) float64 rows of
+// [lr, weight_decay, l1, momentum, alpha, beta1, beta2, eps, bias_correction1, bias_correction2]
+constexpr int kHyperFields = 10;
+
+void optim_step(int rule, py::object param, py::object grad, py::object state1, py::object state2,
+                py::object seg_begin, py::object hyper) {
+  if (rule < 0 || rule > int(Rule::adamw))
+    throw py::value_error("rule must be an optimizer rule code in [0, 6], got " + std::to_string(rule));
+  by_dtype(param, "param", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = dim(param, "param", 1, 0);
+    int64_t s = dim(hyper, "hyper", 2, 0);
+    const int64_t* seg = checked<int64_t>(seg_begin, "seg_begin", {s + 1});
+    const double* hy = checked<double>(hyper, "hyper", {s, kHyperFields});
+    if (s < 1 || seg[0] != 0 || seg[s] != n)
+      throw py::value_error("seg_begin must start at 0 and end at len(param)");
+    for (int64_t i = 0; i < s; ++i)
+      if (seg[i + 1] < seg[i]) throw py::value_error("seg_begin must be non-decreasing");
+    Rule r = Rule(rule);
+    bool needs1 = r != Rule::sgd, needs2 = r == Rule::adam || r == Rule::adamw;
+    std::vector<fastnn::OptimHyper<T>> h(static_cast<size_t>(s));
+    for (int64_t i = 0; i < s; ++i) {
+      const double* row = hy + i * kHyperFields;
+      h[size_t(i)] = {T(row[0]), T(row[1]), T(row[2]), T(row[3]), T(row[4]),
+                      T(row[5]), T(row[6]), T(row[7]), T(row[8]), T(row[9])};
+    }
+    fastnn::OptimStepArgs<T> args{n, checked<T>(param, "param", {n}, true), checked<T>(grad, "grad", {n}),
+                                  needs1 ? checked<T>(state1, "state1", {n}, true) : nullptr,
+                                  needs2 ? checked<T>(state2, "state2", {n}, true) : nullptr,
+                                  s, seg, h.data(), r};
+    py::gil_scoped_release nogil;
+    fastnn::optim_step(args);
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, mod) {
+  mod.doc() = "fastnn CPU kernels (C++, SIMD, OpenMP); see csrc/kernels.h";
+  mod.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
+          py::arg("trans_b") = false, py::arg("beta") = 0.0);
+  mod.def("linear_act_forward", &linear_act_forward, py::arg("x"), py::arg("weight"), py::arg("bias"),
+          py::arg("y"), py::arg("z"), py::arg("act"), py::arg("alpha"));
+  mod.def("linear_act_backward", &linear_act_backward, py::arg("dy"), py::arg("x"), py::arg("weight"),
+          py::arg("y"), py::arg("z"), py::arg("dz_work"), py::arg("dx"), py::arg("dweight"),
+          py::arg("dbias"), py::arg("dalpha"), py::arg("act"), py::arg("alpha"));
+  mod.def("act_forward", &act_forward, py::arg("x"), py::arg("y"), py::arg("act"), py::arg("alpha"));
+  mod.def("act_backward", &act_backward, py::arg("dy"), py::arg("x"), py::arg("y"), py::arg("dx"),
+          py::arg("dalpha"), py::arg("act"), py::arg("alpha"));
+  mod.def("softmax_xent_forward", &softmax_xent_forward, py::arg("scores"), py::arg("labels"),
+          py::arg("probs"));
+  mod.def("softmax_xent_backward", &softmax_xent_backward, py::arg("probs"), py::arg("labels"),
+          py::arg("dscores"), py::arg("scale"));
+  mod.def("optim_step", &optim_step, py::arg("rule"), py::arg("param"), py::arg("grad"), py::arg("state1"),
+          py::arg("state2"), py::arg("seg_begin"), py::arg("hyper"));
+
+  mod.def("cpu_isa", &fastnn::cpu_isa, "The CPU code path in use: avx512, avx2 or generic.");
+  mod.def("set_cpu_isa", [](const std::string& s) { return fastnn::set_cpu_isa(s.c_str()); },
+          "Force a CPU code path; returns False if this processor cannot run it.");
+  mod.def("cpu_isas_supported", [] { return std::string(fastnn::cpu_isas_supported()); });
+  mod.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("n (threads) must be >= 1, got " + std::to_string(n));
+    fastnn::set_num_threads(n);
+  });
+  mod.def("get_num_threads", &fastnn::get_num_threads);
+
+  py::dict acts;
+  const char* names[] = {"identity", "relu", "leaky_relu", "prelu", "elu", "selu",
+                         "sigmoid", "tanh", "gelu", "gelu_tanh", "swish"};
+  for (int i = 0; i < fastnn::kNumActs; ++i) acts[names[i]] = i;
+  mod.attr("ACTIVATIONS") = acts;
+  py::dict rules;
+  const char* rnames[] = {"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"};
+  for (int i = 0; i <= int(Rule::adamw); ++i) rules[rnames[i]] = i;
+  mod.attr("RULES") = rules;
+  mod.attr("OPENMP") = py::int_(_OPENMP);
+}

@@ -1,0 +1,54 @@
+// Fused optimizer step on the CPU: one pass over the flat parameter buffer
+// (param, grad, state read once, written once), segment by segment (parameter
+// groups), each element updated by the rule in ops/optim.h.
+#include "cpu/isa.h"
+#include "ops/optim.h"
+
+namespace fastnn::cpu::FASTNN_ISA {
+
+template <Rule R, class T>
+void optim_loop(const OptimStepArgs<T>& a) {
+  const int nthreads = a.n < 65536 ? 1 : num_threads();
+  for (int64_t s = 0; s < a.num_segments; ++s) {
+    const OptimHyper<T> h = a.hyper[s];
+    const int64_t b = a.seg_begin[s], e = a.seg_begin[s + 1];
+    T* __restrict p = a.param;
+    const T* __restrict g = a.grad;
+    T* __restrict s1 = a.state1;
+    T* __restrict s2 = a.state2;
+    if (s1 && s2) {
+#pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
+      for (int64_t i = b; i < e; ++i) optim_update<R>(p[i], g[i], s1[i], s2[i], h);
+    } else if (s1) {
+#pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
+      for (int64_t i = b; i < e; ++i) {
+        T unused = T(0);
+        optim_update<R>(p[i], g[i], s1[i], unused, h);
+      }
+    } else {
+#pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
+      for (int64_t i = b; i < e; ++i) {
+        T u1 = T(0), u2 = T(0);
+        optim_update<R>(p[i], g[i], u1, u2, h);
+      }
+    }
+  }
+}
+
+template <class T>
+void optim_step(const OptimStepArgs<T>& a) {
+  switch (a.rule) {
+    case Rule::sgd: return optim_loop<Rule::sgd>(a);
+    case Rule::momentum: return optim_loop<Rule::momentum>(a);
+    case Rule::nesterov: return optim_loop<Rule::nesterov>(a);
+    case Rule::adagrad: return optim_loop<Rule::adagrad>(a);
+    case Rule::rmsprop: return optim_loop<Rule::rmsprop>(a);
+    case Rule::adam: return optim_loop<Rule::adam>(a);
+    case Rule::adamw: return optim_loop<Rule::adamw>(a);
+  }
+}
+
+template void optim_step<float>(const OptimStepArgs<float>&);
+template void optim_step<double>(const OptimStepArgs<double>&);
+
+}  // namespace fastnn::cpu::FASTNN_ISA

@@ -1,0 +1,16 @@
+// Services the per-ISA kernels get from dispatch.cpp (compiled once).
+#pragma once
+
+#include <cstddef>
+
+namespace fastnn::cpu {
+
+// Thread-local, 64-byte aligned scratch that grows and is reused across calls,
+// so steady-state kernels never allocate. slot separates independent buffers.
+enum ScratchSlot : int { kPackA = 0, kPackB = 1, kWork = 2, kNumScratchSlots = 3 };
+void* scratch(int slot, size_t bytes);
+
+// Threads the CPU kernels use (fastnn.set_num_threads; default: OpenMP's).
+int num_threads();
+
+}  // namespace fastnn::cpu

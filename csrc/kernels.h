@@ -1,0 +1,113 @@
+// fastnn's kernel vocabulary: one declaration per kernel, each taking one named
+// argument structure. The CPU implementations live in csrc/cpu/ (compiled once
+// per instruction set and chosen at run time), the CUDA ones in csrc/cuda/.
+//
+// Shape legend: N batch rows, D input features, M output features, C classes.
+// All matrices are dense row-major; pointers marked "may be null" are optional.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/activation.h"
+#include "ops/optim.h"
+
+namespace fastnn {
+
+// C (m, n) = A (m, k) @ B (k, n), with A and B given by strides so transposed
+// operands cost nothing: A[i, p] = a[i * a_rs + p * a_cs]. C has leading dim ldc.
+// beta is 0 (overwrite) or 1 (accumulate into C).
+template <class T>
+struct GemmArgs {
+  int64_t m, n, k;
+  const T* a; int64_t a_rs, a_cs;
+  const T* b; int64_t b_rs, b_cs;
+  T* c; int64_t ldc;
+  T beta;
+};
+
+// Forward of y = act(x @ weight + bias).
+//   x (N, D), weight (D, M), bias (M,) may be null, y (N, M).
+//   z (N, M) receives the pre-activation when act_saves_preactivation(act);
+//   it may be null otherwise. Backward then reads y, or z where it was saved.
+template <class T>
+struct LinearActForwardArgs {
+  int64_t n, d, m;
+  const T* x; const T* weight; const T* bias;
+  T* y; T* z;
+  Act act; T alpha;
+};
+
+// Backward of linear_act:
+//   dz = dy * act'(z or y), dweight = x^T dz, dbias = sum_rows dz, dx = dz weight^T.
+//   dy, y (N, M); z (N, M) when saved; dz_work (N, M) scratch;
+//   dx (N, D) may be null (no input gradient needed); dbias may be null;
+//   dalpha (1,) receives d loss / d alpha for prelu, may be null otherwise.
+template <class T>
+struct LinearActBackwardArgs {
+  int64_t n, d, m;
+  const T* dy; const T* x; const T* weight; const T* y; const T* z;
+  T* dz_work; T* dx; T* dweight; T* dbias; T* dalpha;
+  Act act; T alpha;
+};
+
+// Elementwise activation (a standalone activation layer): y = act(x), n elements.
+template <class T>
+struct ActForwardArgs {
+  int64_t n; const T* x; T* y; Act act; T alpha;
+};
+
+// dx = dy * act'(x or y); dalpha (prelu) may be null.
+template <class T>
+struct ActBackwardArgs {
+  int64_t n; const T* dy; const T* x; const T* y; T* dx; T* dalpha; Act act; T alpha;
+};
+
+// Softmax cross-entropy forward: scores (N, C), labels (N,) int64 in [0, C),
+// probs (N, C) saved for backward; returns the mean loss in *loss.
+template <class T>
+struct SoftmaxXentForwardArgs {
+  int64_t n, c; const T* scores; const int64_t* labels; T* probs; T* loss;
+};
+
+// dscores = (probs - onehot(labels)) * scale; scale is dloss / N.
+template <class T>
+struct SoftmaxXentBackwardArgs {
+  int64_t n, c; const T* probs; const int64_t* labels; T* dscores; T scale;
+};
+
+// One fused optimizer step over a flat buffer split into segments (parameter
+// groups): segment s covers [seg_begin[s], seg_begin[s + 1]) and uses hyper[s].
+// state1/state2 (same length as param) may be null when the rule has no state.
+template <class T>
+struct OptimStepArgs {
+  int64_t n; T* param; const T* grad; T* state1; T* state2;
+  int64_t num_segments; const int64_t* seg_begin; const OptimHyper<T>* hyper;
+  Rule rule;
+};
+
+// Every CPU kernel: X(name, argument structure).
+#define FASTNN_CPU_KERNELS(X)                  \
+  X(gemm, GemmArgs)                            \
+  X(linear_act_forward, LinearActForwardArgs)  \
+  X(linear_act_backward, LinearActBackwardArgs) \
+  X(act_forward, ActForwardArgs)               \
+  X(act_backward, ActBackwardArgs)             \
+  X(softmax_xent_forward, SoftmaxXentForwardArgs) \
+  X(softmax_xent_backward, SoftmaxXentBackwardArgs) \
+  X(optim_step, OptimStepArgs)
+
+#define FASTNN_DECLARE(name, Args) template <class T> void name(const Args<T>& args);
+FASTNN_CPU_KERNELS(FASTNN_DECLARE)
+#undef FASTNN_DECLARE
+
+// Which CPU code path the dispatcher chose: "avx512", "avx2" or "generic".
+const char* cpu_isa();
+// Force a code path (for tests and benchmarks); returns false if unsupported here.
+bool set_cpu_isa(const char* name);
+// Code paths this processor can run, best first.
+const char* cpu_isas_supported();
+
+void set_num_threads(int n);
+int get_num_threads();
+
+}  // namespace fastnn

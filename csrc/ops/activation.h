@@ -1,0 +1,154 @@
+// Activation functions: the one home of their math, for CPU and CUDA alike.
+//
+// Each functor has
+//   forward(z, alpha) -> y                 the activation of the pre-activation z
+//   grad(z, y, alpha) -> dy/dz             its derivative
+//   kGradFromOutput                        true when grad() reads only y, so the
+//                                          forward pass need not keep z
+// `alpha` is the one hyperparameter some activations have (leaky_relu slope,
+// elu alpha, prelu's learned slope); the others ignore it.
+//
+// Conventions follow PyTorch: relu'(0) = 0; gelu is the erf form
+// 0.5 z (1 + erf(z / sqrt 2)), gelu_tanh the tanh approximation of Hendrycks &
+// Gimpel (2016); selu constants from Klambauer et al. (2017); swish is
+// z * sigmoid(z) (PyTorch's SiLU).
+#pragma once
+
+#include "common.h"
+
+namespace fastnn {
+
+enum class Act : int {
+  identity = 0, relu, leaky_relu, prelu, elu, selu, sigmoid, tanh, gelu, gelu_tanh, swish,
+};
+constexpr int kNumActs = 11;
+
+namespace act {
+
+template <class T> FASTNN_HD T sigmoid(T z) {
+  // Stable on both sides: never exponentiates a large positive number.
+  if (z >= T(0)) return T(1) / (T(1) + math::exp(-z));
+  T e = math::exp(z);
+  return e / (T(1) + e);
+}
+
+struct Identity {
+  static constexpr bool kGradFromOutput = true;
+  template <class T> FASTNN_HD static T forward(T z, T) { return z; }
+  template <class T> FASTNN_HD static T grad(T, T, T) { return T(1); }
+};
+
+struct Relu {
+  static constexpr bool kGradFromOutput = true;
+  template <class T> FASTNN_HD static T forward(T z, T) { return z > T(0) ? z : T(0); }
+  template <class T> FASTNN_HD static T grad(T, T y, T) { return y > T(0) ? T(1) : T(0); }
+};
+
+// alpha >= 0 is required (checked at the binding) so that sign(y) == sign(z).
+struct LeakyRelu {
+  static constexpr bool kGradFromOutput = true;
+  template <class T> FASTNN_HD static T forward(T z, T a) { return z > T(0) ? z : a * z; }
+  template <class T> FASTNN_HD static T grad(T, T y, T a) { return y > T(0) ? T(1) : a; }
+};
+
+// The learned slope may take any sign, so backward reads z.
+struct Prelu {
+  static constexpr bool kGradFromOutput = false;
+  template <class T> FASTNN_HD static T forward(T z, T a) { return z > T(0) ? z : a * z; }
+  template <class T> FASTNN_HD static T grad(T z, T, T a) { return z > T(0) ? T(1) : a; }
+  // d y / d alpha
+  template <class T> FASTNN_HD static T grad_alpha(T z) { return z > T(0) ? T(0) : z; }
+};
+
+// alpha > 0 is required: then for z <= 0, y + alpha = alpha * exp(z) = dy/dz.
+struct Elu {
+  static constexpr bool kGradFromOutput = true;
+  template <class T> FASTNN_HD static T forward(T z, T a) { return z > T(0) ? z : a * math::expm1(z); }
+  template <class T> FASTNN_HD static T grad(T, T y, T a) { return y > T(0) ? T(1) : y + a; }
+};
+
+struct Selu {
+  static constexpr double kAlpha = 1.6732632423543772848170429916717;
+  static constexpr double kScale = 1.0507009873554804934193349852946;
+  static constexpr bool kGradFromOutput = true;
+  template <class T> FASTNN_HD static T forward(T z, T) {
+    return z > T(0) ? T(kScale) * z : T(kScale * kAlpha) * math::expm1(z);
+  }
+  template <class T> FASTNN_HD static T grad(T, T y, T) {
+    return y > T(0) ? T(kScale) : y + T(kScale * kAlpha);
+  }
+};
+
+struct Sigmoid {
+  static constexpr bool kGradFromOutput = true;
+  template <class T> FASTNN_HD static T forward(T z, T) { return sigmoid(z); }
+  template <class T> FASTNN_HD static T grad(T, T y, T) { return y * (T(1) - y); }
+};
+
+struct Tanh {
+  static constexpr bool kGradFromOutput = true;
+  template <class T> FASTNN_HD static T forward(T z, T) { return math::tanh(z); }
+  template <class T> FASTNN_HD static T grad(T, T y, T) { return T(1) - y * y; }
+};
+
+struct Gelu {
+  static constexpr bool kGradFromOutput = false;
+  template <class T> FASTNN_HD static T forward(T z, T) {
+    return T(0.5) * z * (T(1) + math::erf(z * T(0.70710678118654752440)));
+  }
+  template <class T> FASTNN_HD static T grad(T z, T, T) {
+    T cdf = T(0.5) * (T(1) + math::erf(z * T(0.70710678118654752440)));
+    T pdf = T(0.39894228040143267794) * math::exp(T(-0.5) * z * z);
+    return cdf + z * pdf;
+  }
+};
+
+struct GeluTanh {
+  static constexpr bool kGradFromOutput = false;
+  template <class T> FASTNN_HD static T forward(T z, T) {
+    T u = T(0.79788456080286535588) * (z + T(0.044715) * z * z * z);
+    return T(0.5) * z * (T(1) + math::tanh(u));
+  }
+  template <class T> FASTNN_HD static T grad(T z, T, T) {
+    T u = T(0.79788456080286535588) * (z + T(0.044715) * z * z * z);
+    T t = math::tanh(u);
+    T du = T(0.79788456080286535588) * (T(1) + T(3 * 0.044715) * z * z);
+    return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * du;
+  }
+};
+
+struct Swish {
+  static constexpr bool kGradFromOutput = false;
+  template <class T> FASTNN_HD static T forward(T z, T) { return z * sigmoid(z); }
+  template <class T> FASTNN_HD static T grad(T z, T, T) {
+    T s = sigmoid(z);
+    return s * (T(1) + z * (T(1) - s));
+  }
+};
+
+}  // namespace act
+
+// The one switch from the runtime Act tag to its functor type: f(act::Relu{}).
+template <class F> FASTNN_HD decltype(auto) visit_act(Act a, F&& f) {
+  switch (a) {
+    case Act::relu: return f(act::Relu{});
+    case Act::leaky_relu: return f(act::LeakyRelu{});
+    case Act::prelu: return f(act::Prelu{});
+    case Act::elu: return f(act::Elu{});
+    case Act::selu: return f(act::Selu{});
+    case Act::sigmoid: return f(act::Sigmoid{});
+    case Act::tanh: return f(act::Tanh{});
+    case Act::gelu: return f(act::Gelu{});
+    case Act::gelu_tanh: return f(act::GeluTanh{});
+    case Act::swish: return f(act::Swish{});
+    case Act::identity:
+    default: return f(act::Identity{});
+  }
+}
+
+// True when forward must also write the pre-activation z for backward.
+FASTNN_HD bool act_saves_preactivation(Act a) {
+  return visit_act(a, [](auto f) { return !decltype(f)::kGradFromOutput; });
+}
+
+}  // namespace fastnn

@@ -1,0 +1,49 @@
+"""fastnn: train neural networks fast.
+
+Compiled kernels (C++ SIMD + OpenMP; CUDA for CuPy arrays; Numba as the CPU
+fallback) under a small Python API::
+
+    import fastnn as fnn
+    X, y = fnn.data.load_digits()
+    model = fnn.nn.Sequential(fnn.nn.Linear(64, 256, activation="relu"), fnn.nn.Linear(256, 10))
+    opt = fnn.optim.Adam(model.parameters(), lr=1e-3)
+    hist = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt).fit(X, y, epochs=20)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import os as _os
+
+# GNU OpenMP workers spin ~300k iterations after each parallel region by
+# default; on a 2-core machine that starves NumPy's BLAS threads and the next
+# kernel. A short spin keeps back-to-back kernels fast without the fight. Only
+# takes effect if libgomp was not loaded before fastnn; the user's value wins.
+_os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+
+from . import backend
+from . import _validate
+from ._random import manual_seed
+from . import ops, init, losses, schedules, data, nn, optim
+from .train import Callback, History, Trainer, TrainingDiverged
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the CPU kernels of every backend (C++ OpenMP and Numba)."""
+    n = _validate.positive_int(n, "n")
+    from .backend import cpp, numba_cpu
+    if cpp._C is not None:
+        cpp._C.set_num_threads(n)
+    if numba_cpu.numba is not None:
+        numba_cpu.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    from .backend import cpp, numba_cpu
+    if cpp._C is not None:
+        return int(cpp._C.get_num_threads())
+    return int(numba_cpu.numba.get_num_threads())
+
+
+__all__ = ["backend", "ops", "init", "losses", "schedules", "data", "nn", "optim", "Trainer", "History",
+           "Callback", "TrainingDiverged", "manual_seed", "set_num_threads", "get_num_threads", "__version__"]

@@ -1,0 +1,25 @@
+"""Backends: ``cpp`` (fastnn._C, the default on CPU), ``numba`` (fallback, or
+chosen) and ``cuda`` (for CuPy arrays). One dispatch table, in registry.py.
+
+    fastnn.backend.available()       # ['cpp', 'numba']
+    fastnn.backend.use("numba")
+    with fastnn.backend.using("cpp"): ...
+
+The environment variable FASTNN_BACKEND sets the default.
+"""
+from __future__ import annotations
+
+import warnings
+
+from . import registry
+from .registry import available, current, failures, lookup, use, using
+from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels)
+from . import numba_cpu as _numba  # noqa: F401
+from . import cuda as _cuda_backend  # noqa: F401
+
+if "cpp" not in registry.available() and "numba" in registry.available():
+    warnings.warn(
+        f"fastnn: the compiled extension is unavailable ({registry.failures().get('cpp')}); "
+        "running on the Numba backend", RuntimeWarning, stacklevel=2)
+
+__all__ = ["available", "current", "use", "using", "lookup", "failures"]

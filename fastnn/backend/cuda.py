@@ -1,0 +1,40 @@
+"""The CUDA backend: CuPy arrays in, fastnn._cuda kernels launched on CuPy's
+current stream. Loaded only when the extension was built, CuPy imports and a
+GPU is present; otherwise ``reason`` says why not."""
+from __future__ import annotations
+
+from . import registry
+from .codes import ACTIVATIONS
+
+reason = None
+_cuda = cp = None
+try:
+    from .. import _cuda
+except ImportError as exc:
+    reason = f"fastnn._cuda not built or not loadable ({exc})"
+if _cuda is not None:
+    try:
+        import cupy as cp
+    except ImportError:
+        reason = "CuPy is not installed (pip install fastnn[cuda])"
+    else:
+        if _cuda.device_count() < 1:
+            reason = "no CUDA device visible"
+
+
+def is_cuda_array(x) -> bool:
+    return cp is not None and isinstance(x, cp.ndarray)
+
+
+def act_forward(x, y, act, alpha):
+    stream = cp.cuda.get_current_stream()
+    _cuda.act_forward(x.data.ptr, y.data.ptr, x.size, str(x.dtype), act, alpha, stream.ptr)
+
+
+if reason is None:
+    registry.register("cuda", "act_forward", act_forward)
+    registry.mark_loaded("cuda")
+else:
+    registry.mark_failed("cuda", reason)
+
+__all__ = ["is_cuda_array", "reason", "ACTIVATIONS"]

@@ -1,0 +1,327 @@
+"""The Numba backend: the CPU fallback of every kernel in csrc/kernels.h.
+
+Same names and argument order as the fastnn._C bindings. GEMMs call NumPy's
+matmul; everything around them (bias + activation epilogue, the activation
+derivative with the bias-gradient reduction, softmax cross-entropy, the fused
+optimizer update) is a parallel Numba loop. The scalar math restates
+csrc/ops/*.h line for line -- the one permitted second copy -- and is tested
+against the same float64 oracle.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import registry
+from .codes import ACT_CODE, SAVES_PREACTIVATION, ACTIVATIONS
+
+try:
+    import numba
+    from numba import njit, prange
+except ImportError as exc:  # pragma: no cover - numba is a hard dependency
+    registry.mark_failed("numba", f"numba failed to import: {exc}")
+    numba = None
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+_ID, _RELU, _LEAKY, _PRELU, _ELU, _SELU, _SIGMOID, _TANH, _GELU, _GELU_TANH, _SWISH = range(11)
+
+if numba is not None:
+    # One OpenMP runtime in the process: the C++ kernels use GNU libgomp and so
+    # does Numba's "omp" layer (workqueue where omp is unavailable).
+    if numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "omp"
+
+    _jit = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+
+    @njit(inline="always", **_jit)
+    def _sigmoid(z):
+        if z >= 0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+
+    @njit(inline="always", **_jit)
+    def act_value(z, code, a):
+        """ops/activation.h forward(z, alpha)."""
+        if code == _RELU:
+            return z if z > 0 else z * 0
+        if code == _LEAKY or code == _PRELU:
+            return z if z > 0 else a * z
+        if code == _ELU:
+            return z if z > 0 else a * math.expm1(z)
+        if code == _SELU:
+            return SELU_SCALE * z if z > 0 else (SELU_SCALE * SELU_ALPHA) * math.expm1(z)
+        if code == _SIGMOID:
+            return _sigmoid(z)
+        if code == _TANH:
+            return math.tanh(z)
+        if code == _GELU:
+            return 0.5 * z * (1.0 + math.erf(z * 0.70710678118654752440))
+        if code == _GELU_TANH:
+            u = 0.79788456080286535588 * (z + 0.044715 * z * z * z)
+            return 0.5 * z * (1.0 + math.tanh(u))
+        if code == _SWISH:
+            return z * _sigmoid(z)
+        return z
+
+    @njit(inline="always", **_jit)
+    def act_grad(z, y, code, a):
+        """ops/activation.h grad(z, y, alpha): dy/dz from y, or z where it was kept."""
+        if code == _RELU:
+            return 1.0 if y > 0 else 0.0
+        if code == _LEAKY:
+            return 1.0 if y > 0 else a
+        if code == _PRELU:
+            return 1.0 if z > 0 else a
+        if code == _ELU:
+            return 1.0 if y > 0 else y + a
+        if code == _SELU:
+            return SELU_SCALE if y > 0 else y + SELU_SCALE * SELU_ALPHA
+        if code == _SIGMOID:
+            return y * (1.0 - y)
+        if code == _TANH:
+            return 1.0 - y * y
+        if code == _GELU:
+            cdf = 0.5 * (1.0 + math.erf(z * 0.70710678118654752440))
+            return cdf + z * 0.39894228040143267794 * math.exp(-0.5 * z * z)
+        if code == _GELU_TANH:
+            u = 0.79788456080286535588 * (z + 0.044715 * z * z * z)
+            t = math.tanh(u)
+            du = 0.79788456080286535588 * (1.0 + 3 * 0.044715 * z * z)
+            return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
+        if code == _SWISH:
+            s = _sigmoid(z)
+            return s * (1.0 + z * (1.0 - s))
+        return 1.0
+
+    @njit(parallel=True, **_jit)
+    def _bias_act_rows(y, z, bias, has_bias, save_z, code, alpha):
+        n, m = y.shape
+        a = alpha
+        for i in prange(n):
+            for j in range(m):
+                v = y[i, j]
+                if has_bias:
+                    v += bias[j]
+                if save_z:
+                    z[i, j] = v
+                y[i, j] = act_value(v, code, a)
+
+    @njit(parallel=True, **_jit)
+    def _dz_and_bias_grad(dy, y, z, dz, dbias, code, alpha):
+        """dz = dy * act'(.), dbias = column sums; returns d loss / d alpha (prelu)."""
+        n, m = dy.shape
+        a = alpha
+        block = 256
+        nblocks = (m + block - 1) // block
+        alpha_parts = np.zeros(nblocks, np.float64)
+        for b in prange(nblocks):
+            j0 = b * block
+            j1 = min(m, j0 + block)
+            acc = np.zeros(j1 - j0, dy.dtype)
+            asum = 0.0
+            for i in range(n):
+                for j in range(j0, j1):
+                    d = dy[i, j] * act_grad(z[i, j], y[i, j], code, a)
+                    dz[i, j] = d
+                    acc[j - j0] += d
+                    if code == _PRELU and not z[i, j] > 0:
+                        asum += dy[i, j] * z[i, j]
+            for j in range(j0, j1):
+                dbias[j] = acc[j - j0]
+            alpha_parts[b] = asum
+        return alpha_parts.sum()
+
+    @njit(parallel=True, **_jit)
+    def _act_forward_flat(x, y, code, alpha):
+        a = alpha
+        for i in prange(x.size):
+            y[i] = act_value(x[i], code, a)
+
+    @njit(parallel=True, **_jit)
+    def _act_backward_flat(dy, x, y, dx, code, alpha):
+        a = alpha
+        total = 0.0
+        for i in prange(dy.size):
+            dx[i] = dy[i] * act_grad(x[i], y[i], code, a)
+            if code == _PRELU and not x[i] > 0:
+                total += dy[i] * x[i]
+        return total
+
+    @njit(parallel=True, **_jit)
+    def _softmax_xent_forward(scores, labels, probs):
+        n, c = scores.shape
+        losses = np.empty(n, np.float64)
+        for i in prange(n):
+            mx = scores[i, 0]
+            for j in range(1, c):
+                mx = max(mx, scores[i, j])
+            s = 0.0
+            for j in range(c):
+                e = math.exp(scores[i, j] - mx)
+                probs[i, j] = e
+                s += e
+            inv = 1 / s
+            for j in range(c):
+                probs[i, j] *= inv
+            losses[i] = math.log(s) - (scores[i, labels[i]] - mx)
+        return losses.sum() / n if n > 0 else 0.0
+
+    @njit(parallel=True, **_jit)
+    def _softmax_xent_backward(probs, labels, dscores, scale):
+        n, c = probs.shape
+        s = scale
+        for i in prange(n):
+            for j in range(c):
+                dscores[i, j] = probs[i, j] * s
+            dscores[i, labels[i]] -= s
+
+    @njit(parallel=True, **_jit)
+    def _optim_step(rule, p, g, s1, s2, seg_begin, hyper):
+        """ops/optim.h optim_update, segment s of the flat buffer with hyper[s]."""
+        for s in range(hyper.shape[0]):
+            h = hyper[s]
+            lr, wd, l1, mu, alpha = h[0], h[1], h[2], h[3], h[4]
+            b1, b2, eps, bc1, bc2 = h[5], h[6], h[7], h[8], h[9]
+            for i in prange(seg_begin[s], seg_begin[s + 1]):
+                pi = p[i]
+                gi = g[i]
+                if rule == 6:
+                    pi *= 1.0 - lr * wd
+                else:
+                    gi += wd * pi
+                gi += l1 * ((pi > 0) - (pi < 0))
+                if rule == 0:
+                    pi -= lr * gi
+                elif rule == 1:
+                    v = mu * s1[i] + gi
+                    s1[i] = v
+                    pi -= lr * v
+                elif rule == 2:
+                    v = mu * s1[i] + gi
+                    s1[i] = v
+                    pi -= lr * (gi + mu * v)
+                elif rule == 3:
+                    sq = s1[i] + gi * gi
+                    s1[i] = sq
+                    pi -= lr * gi / (math.sqrt(sq) + eps)
+                elif rule == 4:
+                    sq = alpha * s1[i] + (1.0 - alpha) * gi * gi
+                    s1[i] = sq
+                    pi -= lr * gi / (math.sqrt(sq) + eps)
+                else:
+                    m = b1 * s1[i] + (1.0 - b1) * gi
+                    v = b2 * s2[i] + (1.0 - b2) * gi * gi
+                    s1[i] = m
+                    s2[i] = v
+                    denom = math.sqrt(v) / math.sqrt(bc2) + eps
+                    pi -= (lr / bc1) * m / denom
+                p[i] = pi
+
+
+# --- the backend's kernels, named and ordered like fastnn._C --------------------
+
+# Below this many elements a parallel region costs more than it saves (and its
+# idle OpenMP workers would fight NumPy's BLAS threads for the two cores).
+_PARALLEL_MIN = 1 << 16
+
+
+class _threads_for:
+    """Run the enclosed Numba kernel on 1 thread when the work is small."""
+
+    __slots__ = ("small", "saved")
+
+    def __init__(self, work: int):
+        self.small = work < _PARALLEL_MIN
+
+    def __enter__(self):
+        if self.small:
+            self.saved = numba.get_num_threads()
+            numba.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.small:
+            numba.set_num_threads(self.saved)
+
+
+def _empty_like_rows(ref):
+    return np.empty((0, 0), ref.dtype)
+
+
+# Overflow to inf is the caller's business (the Trainer stops on a non-finite
+# loss), exactly as in the C++ kernels: NumPy's warnings are silenced here.
+def _quiet():
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
+    with _quiet():
+        prod = np.matmul(a.T if trans_a else a, b.T if trans_b else b)
+    if beta:
+        c += prod
+    else:
+        c[...] = prod
+
+
+def linear_act_forward(x, weight, bias, y, z, act, alpha):
+    with _quiet():
+        np.matmul(x, weight, out=y)
+    save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
+    with _threads_for(y.size):
+        _bias_act_rows(y, z if save_z else _empty_like_rows(y), bias if bias is not None else y[0, :0],
+                       bias is not None, save_z, act, alpha)
+
+
+def linear_act_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, act, alpha):
+    zz = z if z is not None else y
+    db = dbias if dbias is not None else np.empty(dy.shape[1], dy.dtype)
+    with _threads_for(dy.size):
+        total = _dz_and_bias_grad(dy, y, zz, dz_work, db, act, alpha)
+    if dalpha is not None:
+        dalpha[0] = total
+    with _quiet():
+        np.matmul(x.T, dz_work, out=dweight)
+        if dx is not None:
+            np.matmul(dz_work, weight.T, out=dx)
+
+
+def act_forward(x, y, act, alpha):
+    with _threads_for(x.size):
+        _act_forward_flat(x.reshape(-1), y.reshape(-1), act, alpha)
+
+
+def act_backward(dy, x, y, dx, dalpha, act, alpha):
+    with _threads_for(dy.size):
+        total = _act_backward_flat(dy.reshape(-1), x.reshape(-1), y.reshape(-1), dx.reshape(-1), act, alpha)
+    if dalpha is not None:
+        dalpha[0] = total
+
+
+def softmax_xent_forward(scores, labels, probs):
+    with _threads_for(scores.size):
+        return float(_softmax_xent_forward(scores, labels, probs))
+
+
+def softmax_xent_backward(probs, labels, dscores, scale):
+    with _threads_for(probs.size):
+        _softmax_xent_backward(probs, labels, dscores, scale)
+
+
+def optim_step(rule, param, grad, state1, state2, seg_begin, hyper):
+    s1 = state1 if state1 is not None else param[:0]
+    s2 = state2 if state2 is not None else param[:0]
+    with _threads_for(param.size):
+        _optim_step(rule, param, grad, s1, s2, seg_begin, hyper)
+
+
+def set_num_threads(n: int) -> None:
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+if numba is not None:
+    for _name in ("gemm", "linear_act_forward", "linear_act_backward", "act_forward", "act_backward",
+                  "softmax_xent_forward", "softmax_xent_backward", "optim_step"):
+        registry.register("numba", _name, globals()[_name])
+    registry.mark_loaded("numba")

@@ -1,0 +1,140 @@
+"""The ``fastnn`` command: train, doctor, bench."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+
+def _build_mlp(fnn, d_in, hidden, classes, activation, dtype):
+    layers = []
+    for h in hidden:
+        layers += [fnn.nn.Linear(d_in, h, init="auto", activation=None, dtype=dtype),
+                   _act_layer(fnn, activation)]
+        d_in = h
+    layers.append(fnn.nn.Linear(d_in, classes, dtype=dtype))
+    return fnn.nn.Sequential(*layers)
+
+
+def _act_layer(fnn, name):
+    table = {"relu": fnn.nn.ReLU, "tanh": fnn.nn.Tanh, "elu": fnn.nn.ELU, "selu": fnn.nn.SELU,
+             "leaky_relu": fnn.nn.LeakyReLU, "gelu": fnn.nn.GELU, "swish": fnn.nn.Swish,
+             "sigmoid": fnn.nn.Sigmoid, "prelu": fnn.nn.PReLU}
+    if name not in table:
+        raise SystemExit(f"fastnn train: --activation must be one of {sorted(table)}, got {name!r}")
+    return table[name]()
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    import fastnn as fnn
+
+    if args.backend:
+        fnn.backend.use(args.backend)
+    if args.threads:
+        fnn.set_num_threads(args.threads)
+    fnn.manual_seed(args.seed)
+    if args.dataset == "digits":
+        X, y = fnn.data.load_digits()
+    elif args.dataset == "spiral":
+        X, y = fnn.data.make_spiral(300, 3, seed=args.seed)
+    else:
+        raise SystemExit(f"fastnn train: unknown --dataset {args.dataset!r} (digits, spiral)")
+    dtype = np.float64 if args.float64 else np.float32
+    X = X.astype(dtype)
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = fnn.data.split(X, y, (0.6, 0.2, 0.2), seed=args.seed)
+    classes = int(y.max()) + 1
+    hidden = [int(h) for h in args.hidden.split(",") if h]
+    model = _build_mlp(fnn, X.shape[1], hidden, classes, args.activation, dtype)
+    opt = fnn.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = fnn.schedules.CosineAnnealing(t_max=args.epochs)
+    trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt, schedule=schedule, seed=args.seed)
+    print(f"fastnn {fnn.__version__}: {args.dataset} {len(Xtr)}/{len(Xva)}/{len(Xte)} train/val/test, "
+          f"MLP {X.shape[1]}-{'-'.join(map(str, hidden))}-{classes} ({args.activation}), "
+          f"backend {fnn.backend.current()}, {fnn.get_num_threads()} threads")
+    t0 = time.perf_counter()
+    hist = trainer.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, val=(Xva, yva),
+                       progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    test = trainer.evaluate(Xte, yte)
+    if args.plot:
+        hist.plot(args.plot)
+        print(f"curves written to {args.plot}")
+    if args.save:
+        model.save(args.save)
+        print(f"model written to {args.save}")
+    print(f"trained {hist.epochs} epochs in {seconds:.1f} s; val accuracy {hist.val_acc[-1]:.4f}; "
+          f"test loss {test['loss']:.4f}; test accuracy {test['accuracy']:.4f}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    import numpy as np
+
+    import fastnn as fnn
+    from fastnn.backend import cpp, cuda, registry
+
+    print(f"fastnn {fnn.__version__} (python {platform.python_version()}, numpy {np.__version__}, "
+          f"{platform.machine()})")
+    print(f"backends available: {', '.join(fnn.backend.available())}; default: {fnn.backend.current()}")
+    for name, why in registry.failures().items():
+        print(f"  {name}: unavailable: {why}")
+    if cpp._C is not None:
+        print(f"cpu code path: {cpp._C.cpu_isa()} (this processor supports: {cpp._C.cpu_isas_supported()}); "
+              f"OpenMP {cpp._C.OPENMP}")
+    import numba
+    print(f"numba {numba.__version__}, threading layer {numba.config.THREADING_LAYER}")
+    print(f"threads: {fnn.get_num_threads()} (os.cpu_count() = {os.cpu_count()})")
+    print(f"cuda: {'available' if cuda.reason is None else cuda.reason}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.path.join(os.getcwd(), "bench", "run.py"), os.path.join(here, "..", "bench", "run.py")]
+    for path in candidates:
+        if os.path.exists(path):
+            import runpy
+            sys.argv = [path] + args.rest
+            runpy.run_path(path, run_name="__main__")
+            return 0
+    raise SystemExit("fastnn bench: bench/run.py not found; run it from a checkout of the fastnn repository")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastnn", description="Train neural networks fast.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an MLP (default: the shipped 8x8 digits)")
+    t.add_argument("--dataset", default="digits", help="digits (default) or spiral")
+    t.add_argument("--epochs", type=int, default=40)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--hidden", default="256,128", help="hidden layer sizes, comma separated")
+    t.add_argument("--activation", default="relu")
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--backend", choices=["cpp", "numba"], default=None)
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--float64", action="store_true")
+    t.add_argument("--plot", default=None, help="write the loss/accuracy curves to this PNG")
+    t.add_argument("--save", default=None, help="write the trained model to this .npz")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("doctor", help="versions, backends, CPU code path, threads, CUDA")
+    d.set_defaults(func=cmd_doctor)
+
+    b = sub.add_parser("bench", help="run the benchmarks in bench/ (from a checkout)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Weight initialization (lecture "Training Neural Networks I").
+
+Every initializer is ``fn(shape, rng=None, dtype=np.float32) -> ndarray``.
+Fans: a Linear weight (in, out) has fan_in = in, fan_out = out; a conv weight
+(F, C, kh, kw) has fan_in = C*kh*kw and fan_out = F*kh*kw.
+
+- ``small_random(std=0.01)``: N(0, std^2); activations shrink layer by layer.
+- ``xavier_normal`` / ``xavier_uniform``: Glorot & Bengio (2010), variance
+  2 / (fan_in + fan_out); ``mode="fan_in"`` gives the 1/fan_in form.
+- ``he_normal`` / ``he_uniform``: He et al. (2015), variance 2 / fan_in, for ReLU.
+- ``orthogonal``: Saxe et al. (2014), a (scaled) orthogonal matrix.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._random import generator
+
+
+def fans(shape) -> tuple[int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    if len(shape) == 4:
+        receptive = shape[2] * shape[3]
+        return shape[1] * receptive, shape[0] * receptive
+    raise ValueError(f"shape must be 1-D, 2-D (in, out) or 4-D (F, C, kh, kw), got {shape}")
+
+
+def _fan(shape, mode: str) -> float:
+    fan_in, fan_out = fans(shape)
+    if mode == "fan_in":
+        return fan_in
+    if mode == "fan_out":
+        return fan_out
+    if mode == "fan_avg":
+        return (fan_in + fan_out) / 2.0
+    raise ValueError(f"mode must be 'fan_in', 'fan_out' or 'fan_avg', got {mode!r}")
+
+
+def zeros(shape, rng=None, dtype=np.float32):
+    return np.zeros(shape, dtype)
+
+
+def constant(shape, value=0.0, rng=None, dtype=np.float32):
+    return np.full(shape, value, dtype)
+
+
+def normal(shape, std=1.0, rng=None, dtype=np.float32):
+    return (generator(rng).standard_normal(shape) * std).astype(dtype)
+
+
+def small_random(shape, std=0.01, rng=None, dtype=np.float32):
+    return normal(shape, std, rng, dtype)
+
+
+def xavier_normal(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
+    return normal(shape, gain / math.sqrt(_fan(shape, mode)), rng, dtype)
+
+
+def xavier_uniform(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
+    bound = gain * math.sqrt(3.0 / _fan(shape, mode))
+    return generator(rng).uniform(-bound, bound, shape).astype(dtype)
+
+
+def he_normal(shape, rng=None, dtype=np.float32, mode="fan_in"):
+    return normal(shape, math.sqrt(2.0 / _fan(shape, mode)), rng, dtype)
+
+
+def he_uniform(shape, rng=None, dtype=np.float32, mode="fan_in"):
+    bound = math.sqrt(6.0 / _fan(shape, mode))
+    return generator(rng).uniform(-bound, bound, shape).astype(dtype)
+
+
+def orthogonal(shape, rng=None, dtype=np.float32, gain=1.0):
+    """Rows or columns orthonormal (whichever are fewer), times gain."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise ValueError(f"orthogonal needs a shape of at least 2 dimensions, got {shape}")
+    rows = shape[0] if len(shape) == 2 else shape[0]
+    cols = int(np.prod(shape[1:]))
+    a = generator(rng).standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return (gain * q[:rows, :cols]).reshape(shape).astype(dtype)
+
+
+INITIALIZERS = {
+    "zeros": zeros, "constant": constant, "normal": normal, "small_random": small_random,
+    "xavier_normal": xavier_normal, "xavier_uniform": xavier_uniform,
+    "he_normal": he_normal, "he_uniform": he_uniform, "orthogonal": orthogonal,
+}
+
+# The default for a layer followed by each activation.
+AUTO = {"relu": "he_normal", "leaky_relu": "he_normal", "prelu": "he_normal", "elu": "he_normal",
+        "gelu": "he_normal", "gelu_tanh": "he_normal", "swish": "he_normal"}
+
+
+def resolve(init, activation=None):
+    """An initializer function from a name, a callable, or "auto" (He for the
+    ReLU family, LeCun normal for SELU, Xavier otherwise)."""
+    if callable(init):
+        return init
+    if init in (None, "auto"):
+        if activation == "selu":
+            return lambda shape, rng=None, dtype=np.float32: xavier_normal(shape, rng, dtype, mode="fan_in")
+        return INITIALIZERS[AUTO.get(activation, "xavier_normal")]
+    if init not in INITIALIZERS:
+        raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or a callable, got {init!r}")
+    return INITIALIZERS[init]

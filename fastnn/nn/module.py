@@ -1,0 +1,294 @@
+"""Module and Parameter: the building blocks of fastnn networks.
+
+A Module has ``forward(x)`` and ``backward(dout)``; backward overwrites the
+``.grad`` of each of its parameters and returns the gradient of its input.
+Constructor arguments are recorded, so a model saves to one ``.npz`` (weights
+plus a JSON description of the architecture) and ``fastnn.nn.load`` rebuilds it
+without pickle.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import tempfile
+
+import numpy as np
+
+_LAYER_CLASSES: dict[str, type] = {}
+
+
+class Parameter:
+    """A trainable array: ``.data`` and ``.grad`` of one shape, and a ``.name``.
+
+    An optimizer may move ``.data``/``.grad`` into flat buffers; they then are
+    views, and stay the way to read and write the parameter (write in place:
+    ``p.data[...] = v``)."""
+
+    __slots__ = ("data", "grad", "name", "trainable")
+
+    def __init__(self, data, name: str = ""):
+        self.data = data
+        self.grad = np.zeros_like(data)
+        self.name = name
+        self.trainable = True
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self):
+        return self.data.size
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _encode(value):
+    if isinstance(value, Module):
+        return {"__layer__": value.get_config()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        return np.dtype(value).name
+    if isinstance(value, np.generic):
+        return value.item()
+    if callable(value):
+        return {"__callable__": getattr(value, "__qualname__", repr(value))}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    raise TypeError(f"cannot save a layer argument of type {type(value).__name__}: {value!r}")
+
+
+def _decode(value):
+    if isinstance(value, dict) and "__layer__" in value:
+        return from_config(value["__layer__"])
+    if isinstance(value, dict) and "__callable__" in value:
+        return None  # an initializer: the saved weights replace whatever it drew
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def from_config(config: dict) -> "Module":
+    """Rebuild a module (untrained) from ``Module.get_config()``."""
+    name = config.get("class")
+    if name not in _LAYER_CLASSES:
+        raise ValueError(f"unknown layer class {name!r} in saved config")
+    cls = _LAYER_CLASSES[name]
+    args = [_decode(a) for a in config.get("args", [])]
+    kwargs = {k: _decode(v) for k, v in config.get("kwargs", {}).items()}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k not in ("init", "rng")}
+    return cls(*args, **kwargs)
+
+
+class Module:
+    """Base class of every layer and network."""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        _LAYER_CLASSES[cls.__name__] = cls
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kwargs):
+            if "_config_args" not in self.__dict__:
+                bound = signature.bind(self, *args, **kwargs)
+                pos, named = [], {}
+                for pname, param in list(signature.parameters.items())[1:]:
+                    if pname not in bound.arguments:
+                        continue
+                    if param.kind is param.VAR_POSITIONAL:
+                        pos.extend(bound.arguments[pname])
+                    elif param.kind is param.VAR_KEYWORD:
+                        named.update(bound.arguments[pname])
+                    else:
+                        named[pname] = bound.arguments[pname]
+                object.__setattr__(self, "_config_args", (pos, named))
+            init(self, *args, **kwargs)
+
+        cls.__init__ = recording_init
+
+    def __init__(self):
+        object.__setattr__(self, "_params", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "input_grad", True)
+
+    def __setattr__(self, name, value):
+        if "_params" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        if isinstance(value, Parameter):
+            self._params[name] = value
+            if not value.name:
+                value.name = name
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, array) -> None:
+        """A non-trained array saved with the state (e.g. BatchNorm running_mean)."""
+        self._buffers[name] = True
+        object.__setattr__(self, name, array)
+
+    # --- the contract ------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dout):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # --- structure ---------------------------------------------------------------
+    def children(self):
+        return list(self._modules.values())
+
+    def modules(self):
+        yield self
+        for child in self._modules.values():
+            yield from child.modules()
+
+    def named_parameters(self, prefix: str = ""):
+        for name, p in self._params.items():
+            yield prefix + name, p
+        for cname, child in self._modules.items():
+            yield from child.named_parameters(f"{prefix}{cname}.")
+
+    def parameters(self) -> list[Parameter]:
+        seen, out = set(), []
+        for _, p in self.named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+        return out
+
+    def named_buffers(self, prefix: str = ""):
+        for name in self._buffers:
+            yield prefix + name, getattr(self, name)
+        for cname, child in self._modules.items():
+            yield from child.named_buffers(f"{prefix}{cname}.")
+
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def freeze(self):
+        """Stop updating every parameter of this module (transfer learning)."""
+        for p in self.parameters():
+            p.trainable = False
+        return self
+
+    def unfreeze(self):
+        for p in self.parameters():
+            p.trainable = True
+        return self
+
+    def to(self, device: str):
+        if device == "cpu":
+            for _, p in self.named_parameters():
+                if not isinstance(p.data, np.ndarray):
+                    p.data = p.data.get()
+                    p.grad = p.grad.get()
+            return self
+        if device == "cuda":
+            from ..backend import cuda
+            if cuda.reason is not None:
+                raise RuntimeError(f"cannot move the model to cuda: {cuda.reason}")
+            raise NotImplementedError("the CUDA backend does not have the layer kernels yet")
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+    # --- state -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {name: np.array(p.data, copy=True) for name, p in self.named_parameters()}
+        state.update({name: np.array(b, copy=True) for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays into the existing parameters (views stay views)."""
+        own = dict(self.named_parameters())
+        bufs = dict(self.named_buffers())
+        expected = set(own) | set(bufs)
+        if strict:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            if missing or extra:
+                raise ValueError(f"state_dict keys do not match the model: missing {missing}, unexpected {extra}")
+        for name, value in state.items():
+            if name not in expected:
+                continue
+            target = own[name].data if name in own else bufs[name]
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the model expects {target.shape}")
+            np.copyto(target, value.astype(target.dtype, copy=False))
+
+    def get_config(self) -> dict:
+        pos, named = self.__dict__.get("_config_args", ([], {}))
+        return {"class": type(self).__name__, "args": [_encode(a) for a in pos],
+                "kwargs": {k: _encode(v) for k, v in named.items()}}
+
+    def save(self, path) -> None:
+        """Weights, buffers and architecture to one .npz, written atomically."""
+        arrays = {f"state/{k}": v for k, v in self.state_dict().items()}
+        arrays["config"] = np.array(json.dumps(self.get_config()))
+        save_npz_atomic(path, arrays)
+
+    def __repr__(self):
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.get("_config_args", ([], {}))[1].items())
+        if not self._modules:
+            return f"{type(self).__name__}({inner})"
+        lines = [f"  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def save_npz_atomic(path, arrays: dict) -> None:
+    """np.savez to a temporary file in the same folder, then rename over path."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path) -> Module:
+    """A model saved by ``Module.save``: architecture and weights, no pickle."""
+    try:
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            if "config" not in f.files:
+                raise ValueError(f"{path} is not a fastnn model file (no 'config' entry)")
+            config = json.loads(str(f["config"]))
+            state = {k[len("state/"):]: f[k] for k in f.files if k.startswith("state/")}
+    except (OSError, EOFError, KeyError) as exc:
+        raise ValueError(f"cannot read model file {path}: {exc}") from exc
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"cannot read model file {path}: {exc}") from exc
+    model = from_config(config)
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,213 @@
+"""Optimizers over ONE flat parameter buffer.
+
+Building an optimizer copies the parameters (and their gradients) into one
+contiguous buffer each and turns every ``Parameter.data``/``.grad`` into a view
+of it, so a step over the whole model is one fused kernel pass
+(``ops.optim_step``): param, grad and state are read once and written once.
+Parameter groups (different lr / weight decay) become segments of the buffer
+with their own hyperparameter row, so a step has no Python loop over tensors.
+
+Hyperparameter names and defaults are PyTorch's; formulas in csrc/ops/optim.h.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _validate as V
+from .. import ops
+from ..backend.codes import HYPER_FIELDS
+from ..nn.module import Parameter
+
+_FIELD = {name: i for i, name in enumerate(HYPER_FIELDS)}
+
+
+class Optimizer:
+    rule = "sgd"
+    n_state = 0
+    defaults: dict = {}
+
+    def __init__(self, params, **hyper):
+        self.defaults = {**type(self).defaults, **{k: v for k, v in hyper.items() if v is not None}}
+        self.param_groups = self._groups(params)
+        for g in self.param_groups:
+            self._check_group(g)
+            g.setdefault("initial_lr", g["lr"])
+        self._params = [p for g in self.param_groups for p in g["params"]]
+        self._group_of = np.array([gi for gi, g in enumerate(self.param_groups) for _ in g["params"]], np.int64)
+        self._flatten()
+        self.t = 0
+
+    # --- construction ----------------------------------------------------------
+    def _groups(self, params):
+        if isinstance(params, Parameter):
+            params = [params]
+        params = list(params)
+        if not params:
+            raise ValueError("params must not be empty")
+        if isinstance(params[0], dict):
+            groups = []
+            for i, g in enumerate(params):
+                if not isinstance(g, dict) or "params" not in g:
+                    raise TypeError(f"params[{i}] must be a dict with a 'params' entry")
+                unknown = set(g) - set(self.defaults) - {"params", "initial_lr"}
+                if unknown:
+                    raise ValueError(f"params[{i}] has unknown options {sorted(unknown)}")
+                groups.append({**self.defaults, **g, "params": list(g["params"])})
+        else:
+            groups = [{**self.defaults, "params": params}]
+        seen = set()
+        for gi, g in enumerate(groups):
+            for p in g["params"]:
+                if not isinstance(p, Parameter):
+                    raise TypeError(f"param_groups[{gi}] holds a {type(p).__name__}, not a fastnn Parameter")
+                if id(p) in seen:
+                    raise ValueError(f"parameter {p.name!r} appears in more than one group")
+                seen.add(id(p))
+        return groups
+
+    def _check_group(self, g):
+        V.real(g["lr"], "lr", low=0.0)
+        for key in ("weight_decay", "l1", "momentum", "eps"):
+            if key in g:
+                V.real(g[key], key, low=0.0)
+
+    def _flatten(self):
+        dtypes = {p.data.dtype for p in self._params}
+        if len(dtypes) != 1:
+            raise TypeError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
+        dt = dtypes.pop()
+        sizes = [p.data.size for p in self._params]
+        self.seg_begin = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        total = int(self.seg_begin[-1])
+        self.flat_param = np.empty(total, dt)
+        self.flat_grad = np.zeros(total, dt)
+        for p, b, e in zip(self._params, self.seg_begin[:-1], self.seg_begin[1:]):
+            self.flat_param[b:e] = np.asarray(p.data).reshape(-1)
+            self.flat_grad[b:e] = np.asarray(p.grad).reshape(-1)
+            p.data = self.flat_param[b:e].reshape(p.data.shape)
+            p.grad = self.flat_grad[b:e].reshape(p.grad.shape)
+        self.state = [np.zeros(total, dt) for _ in range(self.n_state)]
+        self.hyper = np.zeros((len(self._params), len(HYPER_FIELDS)), np.float64)
+
+    # --- stepping -------------------------------------------------------------
+    def _group_row(self, g) -> list[float]:
+        row = [0.0] * len(HYPER_FIELDS)
+        row[_FIELD["lr"]] = g["lr"]
+        row[_FIELD["weight_decay"]] = g.get("weight_decay", 0.0)
+        row[_FIELD["l1"]] = g.get("l1", 0.0)
+        row[_FIELD["momentum"]] = g.get("momentum", 0.0)
+        row[_FIELD["alpha"]] = g.get("alpha", 0.0)
+        b1, b2 = g.get("betas", (0.0, 0.0))
+        row[_FIELD["beta1"]], row[_FIELD["beta2"]] = b1, b2
+        row[_FIELD["eps"]] = g.get("eps", 0.0)
+        row[_FIELD["bias_correction1"]] = 1.0 - b1 ** self.t if "betas" in g else 1.0
+        row[_FIELD["bias_correction2"]] = 1.0 - b2 ** self.t if "betas" in g else 1.0
+        return row
+
+    def step(self):
+        """One update of every parameter from its current .grad."""
+        self.t += 1
+        table = np.array([self._group_row(g) for g in self.param_groups], np.float64)
+        np.take(table, self._group_of, axis=0, out=self.hyper)
+        frozen = [i for i, p in enumerate(self._params) if not p.trainable]
+        if frozen:
+            self.hyper[frozen, _FIELD["lr"]] = 0.0
+            self.hyper[frozen, _FIELD["weight_decay"]] = 0.0
+            self.hyper[frozen, _FIELD["l1"]] = 0.0
+        s1 = self.state[0] if self.n_state > 0 else None
+        s2 = self.state[1] if self.n_state > 1 else None
+        ops.optim_step(self.rule, self.flat_param, self.flat_grad, s1, s2, self.seg_begin, self.hyper)
+
+    def zero_grad(self):
+        self.flat_grad[...] = 0
+
+    # --- learning rate -----------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        return float(self.param_groups[0]["lr"])
+
+    def set_lr(self, lr: float) -> None:
+        """Set the first group's lr; other groups keep their ratio to it."""
+        base = self.param_groups[0]["initial_lr"]
+        for g in self.param_groups:
+            g["lr"] = lr * (g["initial_lr"] / base) if base else lr
+
+    # --- checkpointing --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        out = {"t": np.array(self.t), "rule": np.array(self.rule)}
+        for i, s in enumerate(self.state):
+            out[f"state{i}"] = s.copy()
+        for gi, g in enumerate(self.param_groups):
+            for k, v in g.items():
+                if k != "params":
+                    out[f"group{gi}/{k}"] = np.array(v)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        if str(state.get("rule")) != self.rule:
+            raise ValueError(f"state_dict is for rule {state.get('rule')!r}, this optimizer is {self.rule!r}")
+        for i, s in enumerate(self.state):
+            src = np.asarray(state[f"state{i}"])
+            if src.shape != s.shape:
+                raise ValueError(f"state_dict['state{i}'] has shape {src.shape}, expected {s.shape}")
+            s[...] = src
+        self.t = int(state["t"])
+        for gi, g in enumerate(self.param_groups):
+            for k in list(g):
+                key = f"group{gi}/{k}"
+                if k != "params" and key in state:
+                    v = np.asarray(state[key])
+                    g[k] = tuple(float(x) for x in v) if v.ndim else float(v)
+
+
+class SGD(Optimizer):
+    """SGD; momentum mu: v = mu v + g, p -= lr v; nesterov: p -= lr (g + mu v)."""
+
+    defaults = {"lr": 1e-2, "momentum": 0.0, "weight_decay": 0.0, "l1": 0.0}
+
+    def __init__(self, params, lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
+        if nesterov and not momentum:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.rule = "nesterov" if nesterov else ("momentum" if momentum else "sgd")
+        self.n_state = 0 if self.rule == "sgd" else 1
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, l1=l1)
+
+
+class Adagrad(Optimizer):
+    rule, n_state = "adagrad", 1
+    defaults = {"lr": 1e-2, "eps": 1e-10, "weight_decay": 0.0, "l1": 0.0}
+
+    def __init__(self, params, lr=1e-2, eps=1e-10, weight_decay=0.0, l1=0.0):
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, l1=l1)
+
+
+class RMSProp(Optimizer):
+    rule, n_state = "rmsprop", 1
+    defaults = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "l1": 0.0}
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, l1=0.0):
+        V.real(alpha, "alpha", low=0.0, high=1.0)
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, l1=l1)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015), bias-corrected; weight_decay is L2 (coupled)."""
+
+    rule, n_state = "adam", 2
+    defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "l1": 0.0}
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0):
+        b1, b2 = betas
+        V.real(b1, "betas[0]", low=0.0, high=1.0, high_open=True)
+        V.real(b2, "betas[1]", low=0.0, high=1.0, high_open=True)
+        super().__init__(params, lr=lr, betas=(float(b1), float(b2)), eps=eps, weight_decay=weight_decay, l1=l1)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019): p *= 1 - lr*wd."""
+
+    rule = "adamw"
+    defaults = {**Adam.defaults, "weight_decay": 1e-2}
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, l1=0.0):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1)

@@ -1,0 +1,228 @@
+"""Trainer, History and callbacks: the training loop of the lectures, with the
+babysitting built in (per-step loss, per-epoch accuracies, lr, time; a clean
+stop with the last good weights when the loss turns NaN/Inf)."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from . import _validate as V
+from ._random import generator
+from .data import batches
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the model holds the last good weights."""
+
+
+class History:
+    """Per-step ``loss`` and per-epoch ``train_acc``, ``val_acc``, ``val_loss``,
+    ``lr`` and ``seconds`` (lists)."""
+
+    def __init__(self):
+        self.loss: list[float] = []
+        self.epoch_loss: list[float] = []
+        self.train_acc: list[float] = []
+        self.val_acc: list[float] = []
+        self.val_loss: list[float] = []
+        self.lr: list[float] = []
+        self.seconds: list[float] = []
+        self.stopped_early = False
+        self.message = ""
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_acc)
+
+    def as_dict(self) -> dict:
+        return {k: list(v) for k, v in vars(self).items() if isinstance(v, list)}
+
+    def plot(self, path=None, smooth: int = 20):
+        """Loss per step (raw and smoothed) and train/val accuracy per epoch."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("History.plot needs matplotlib: pip install 'fastnn[plot]'") from exc
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        steps = np.arange(len(self.loss))
+        ax1.plot(steps, self.loss, alpha=0.35, lw=0.8, label="loss (per step)")
+        if len(self.loss) >= smooth > 1:
+            kernel = np.ones(smooth) / smooth
+            ax1.plot(steps[smooth - 1:], np.convolve(self.loss, kernel, mode="valid"), lw=1.8,
+                     label=f"moving average ({smooth})")
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("loss")
+        ax1.legend()
+        epochs = np.arange(1, self.epochs + 1)
+        ax2.plot(epochs, self.train_acc, "o-", label="train")
+        if self.val_acc:
+            ax2.plot(epochs[:len(self.val_acc)], self.val_acc, "s-", label="validation")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("accuracy")
+        ax2.legend()
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+class Callback:
+    """Hooks called by Trainer.fit; return True from on_epoch_end to stop."""
+
+    def on_train_begin(self, trainer): ...
+    def on_step_end(self, trainer, step: int, loss: float): ...
+    def on_epoch_end(self, trainer, epoch: int, history: History): ...
+    def on_train_end(self, trainer, history: History): ...
+
+
+def _check_xy(x, y, name_x="X", name_y="y"):
+    V.float_array(x, name_x, contiguous=False)
+    if x.ndim < 2:
+        raise ValueError(f"{name_x} must have a batch axis and features, got shape {x.shape}")
+    if not hasattr(y, "dtype"):
+        y = np.asarray(y)
+    if len(y) != len(x):
+        raise ValueError(f"{name_y} must have one entry per row of {name_x}: {len(y)} != {len(x)}")
+    V.finite(x, name_x)
+    return x, y
+
+
+class Trainer:
+    """Fits a model with a loss and an optimizer, batch by batch.
+
+    schedule: a fastnn.schedules.Schedule (per epoch or per step); callbacks:
+    Callback objects; augment: a callable t(x, rng) applied to each training batch."""
+
+    def __init__(self, model, loss, optimizer, schedule=None, callbacks=(), augment=None, seed=None):
+        self.model = model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.callbacks = list(callbacks)
+        self.augment = augment
+        self.rng = generator(seed) if seed is not None else np.random.default_rng(generator().integers(2**63))
+        self.step_count = 0
+        self.epoch = 0
+        self._base_lr = optimizer.lr
+
+    def _apply_schedule(self, t):
+        if self.schedule is not None:
+            self.optimizer.set_lr(self.schedule(t, self._base_lr))
+
+    def train_step(self, xb, yb) -> float:
+        """Forward, loss, backward, optimizer step; returns the batch loss."""
+        scores = self.model.forward(xb)
+        loss = self.loss.forward(scores, yb)
+        if not math.isfinite(loss):
+            return loss
+        self.model.backward(self.loss.backward())
+        self.optimizer.step()
+        return loss
+
+    def fit(self, X, y, epochs, batch_size=128, val=None, progress=True, eval_train_size=1000) -> History:
+        X, y = _check_xy(X, y)
+        epochs = V.positive_int(epochs, "epochs")
+        batch_size = V.positive_int(batch_size, "batch_size")
+        if val is not None:
+            if not (isinstance(val, (tuple, list)) and len(val) == 2):
+                raise TypeError("val must be a tuple (X_val, y_val)")
+            _check_xy(val[0], val[1], "val[0]", "val[1]")
+        history = History()
+        self.model.train()
+        object.__setattr__(self.model, "input_grad", False)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        n_batches = math.ceil(len(X) / batch_size)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=epochs * n_batches, unit="step", leave=True, dynamic_ncols=True)
+        good_state = self.model.state_dict()
+        try:
+            for epoch in range(epochs):
+                self.epoch = epoch
+                t0 = time.perf_counter()
+                if self.schedule is not None and self.schedule.per == "epoch":
+                    self._apply_schedule(epoch)
+                history.lr.append(self.optimizer.lr)
+                losses = []
+                for xb, yb in batches(X, y, batch_size, shuffle=True, rng=self.rng):
+                    if self.schedule is not None and self.schedule.per == "step":
+                        self._apply_schedule(self.step_count)
+                    if self.augment is not None:
+                        out = self.augment(xb, rng=self.rng)
+                        xb, yb = out if isinstance(out, tuple) else (out, yb)
+                    loss = self.train_step(xb, yb)
+                    if not math.isfinite(loss):
+                        self.model.load_state_dict(good_state)
+                        history.stopped_early = True
+                        history.message = (f"loss became {loss} at epoch {epoch + 1}, step {self.step_count + 1}; "
+                                            "restored the weights of the last good epoch (lower the learning rate?)")
+                        raise TrainingDiverged(history.message)
+                    losses.append(loss)
+                    history.loss.append(loss)
+                    self.step_count += 1
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, self.step_count, loss)
+                    if bar is not None:
+                        bar.update(1)
+                history.epoch_loss.append(float(np.mean(losses)))
+                sub = slice(None) if len(X) <= eval_train_size else self.rng.choice(len(X), eval_train_size, replace=False)
+                history.train_acc.append(self.evaluate(X[sub], y[sub])["accuracy"])
+                if val is not None:
+                    ev = self.evaluate(val[0], val[1])
+                    history.val_acc.append(ev["accuracy"])
+                    history.val_loss.append(ev["loss"])
+                history.seconds.append(time.perf_counter() - t0)
+                good_state = self.model.state_dict()
+                if self.schedule is not None:
+                    self.schedule.observe(history.val_loss[-1] if val is not None else history.epoch_loss[-1])
+                if bar is not None:
+                    post = {"loss": f"{history.epoch_loss[-1]:.4f}", "train": f"{history.train_acc[-1]:.3f}"}
+                    if val is not None:
+                        post["val"] = f"{history.val_acc[-1]:.3f}"
+                    bar.set_postfix(post, refresh=False)
+                stop = False
+                for cb in self.callbacks:
+                    stop = bool(cb.on_epoch_end(self, epoch, history)) or stop
+                if stop:
+                    history.stopped_early = True
+                    break
+        except TrainingDiverged:
+            if bar is not None:
+                bar.close()
+                bar = None
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            self.model.train()
+        for cb in self.callbacks:
+            cb.on_train_end(self, history)
+        self.history = history
+        return history
+
+    def predict(self, X, batch_size=1024):
+        """Scores (N, C) in eval mode."""
+        V.float_array(X, "X", contiguous=False)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outs = [np.array(self.model.forward(xb), copy=True)
+                    for xb, _ in batches(X, None, batch_size, shuffle=False)]
+        finally:
+            self.model.train(was_training)
+        return np.concatenate(outs) if outs else np.empty((0, 0), X.dtype)
+
+    def evaluate(self, X, y, batch_size=1024) -> dict:
+        """{'loss': mean loss, 'accuracy': fraction correct} in eval mode."""
+        X, y = _check_xy(X, y)
+        scores = self.predict(X, batch_size)
+        loss = self.loss.forward(scores, y)
+        acc = float(np.mean(np.argmax(scores, axis=1) == y)) if len(y) else float("nan")
+        return {"loss": float(loss), "accuracy": acc}

@@ -1,0 +1,59 @@
+"""Shared fixtures: every kernel test runs on every backend (and, for the C++
+backend, on every CPU code path this processor can run) against one float64
+NumPy oracle."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from fastnn.backend import cpp
+
+
+def _backend_params():
+    params = []
+    if "cpp" in fnn.backend.available():
+        for isa in cpp._C.cpu_isas_supported().split(","):
+            params.append(pytest.param(("cpp", isa), id=f"cpp-{isa}"))
+    params.append(pytest.param(("numba", None), id="numba"))
+    return params
+
+
+@contextlib.contextmanager
+def _on(backend, isa):
+    previous = cpp._C.cpu_isa() if cpp._C is not None else None
+    if isa is not None:
+        assert cpp._C.set_cpu_isa(isa)
+    try:
+        with fnn.backend.using(backend):
+            yield
+    finally:
+        if previous is not None:
+            cpp._C.set_cpu_isa(previous)
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    """Runs the test body with (backend name, cpu isa or None) selected."""
+    name, isa = request.param
+    with _on(name, isa):
+        yield name
+
+
+@pytest.fixture
+def rng(request):
+    # Fresh random inputs each run, reported on failure so a failure reproduces.
+    seed = np.random.SeedSequence().entropy % (2**32)
+    request.node.user_properties.append(("seed", seed))
+    return np.random.default_rng(seed)
+
+
+def rel_err(a, b):
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(1e-30, np.max(np.abs(b)), 1.0))
+
+
+TOL = {np.float32: 1e-4, np.float64: 1e-11}

@@ -1,0 +1,121 @@
+"""Float64 NumPy references, written from the formulas (not from fastnn)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def act(name, z, alpha):
+    z = np.asarray(z, np.float64)
+    if name == "identity":
+        return z
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    if name in ("leaky_relu", "prelu"):
+        return np.where(z > 0, z, alpha * z)
+    if name == "elu":
+        return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0)))
+    if name == "selu":
+        return SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(np.minimum(z, 0)))
+    if name == "sigmoid":
+        return sigmoid(z)
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "gelu":
+        return 0.5 * z * (1.0 + _erf(z / math.sqrt(2.0)))
+    if name == "gelu_tanh":
+        return 0.5 * z * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+    if name == "swish":
+        return z * sigmoid(z)
+    raise ValueError(name)
+
+
+def act_grad(name, z, alpha):
+    """d act / dz, analytically (relu'(0) = 0 as in PyTorch)."""
+    z = np.asarray(z, np.float64)
+    if name == "identity":
+        return np.ones_like(z)
+    if name == "relu":
+        return (z > 0).astype(np.float64)
+    if name in ("leaky_relu", "prelu"):
+        return np.where(z > 0, 1.0, alpha)
+    if name == "elu":
+        return np.where(z > 0, 1.0, alpha * np.exp(np.minimum(z, 0)))
+    if name == "selu":
+        return SELU_SCALE * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0)))
+    if name == "sigmoid":
+        s = sigmoid(z)
+        return s * (1 - s)
+    if name == "tanh":
+        return 1 - np.tanh(z) ** 2
+    if name == "gelu":
+        return 0.5 * (1.0 + _erf(z / math.sqrt(2.0))) + z * np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    if name == "gelu_tanh":
+        c = math.sqrt(2.0 / math.pi)
+        t = np.tanh(c * (z + 0.044715 * z**3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * c * (1 + 3 * 0.044715 * z * z)
+    if name == "swish":
+        s = sigmoid(z)
+        return s * (1 + z * (1 - s))
+    raise ValueError(name)
+
+
+def softmax_xent(scores, labels):
+    s = np.asarray(scores, np.float64)
+    s = s - s.max(axis=1, keepdims=True)
+    logp = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+    n = len(labels)
+    loss = -logp[np.arange(n), labels].mean()
+    d = np.exp(logp)
+    d[np.arange(n), labels] -= 1.0
+    return loss, d / n
+
+
+def optim_reference(rule, p, grads, lr, **h):
+    """The PyTorch update rules, step by step, in float64. Returns the trajectory."""
+    p = np.array(p, np.float64)
+    s1 = np.zeros_like(p)
+    s2 = np.zeros_like(p)
+    wd, l1 = h.get("weight_decay", 0.0), h.get("l1", 0.0)
+    mu = h.get("momentum", 0.0)
+    b1, b2 = h.get("betas", (0.9, 0.999))
+    traj = []
+    for t, g in enumerate(grads, start=1):
+        g = np.array(g, np.float64)
+        if rule == "adamw":
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        g = g + l1 * np.sign(p)
+        if rule == "sgd":
+            p = p - lr * g
+        elif rule == "momentum":
+            s1 = mu * s1 + g
+            p = p - lr * s1
+        elif rule == "nesterov":
+            s1 = mu * s1 + g
+            p = p - lr * (g + mu * s1)
+        elif rule == "adagrad":
+            s1 = s1 + g * g
+            p = p - lr * g / (np.sqrt(s1) + h.get("eps", 1e-10))
+        elif rule == "rmsprop":
+            a = h.get("alpha", 0.99)
+            s1 = a * s1 + (1 - a) * g * g
+            p = p - lr * g / (np.sqrt(s1) + h.get("eps", 1e-8))
+        else:
+            s1 = b1 * s1 + (1 - b1) * g
+            s2 = b2 * s2 + (1 - b2) * g * g
+            mhat = s1 / (1 - b1**t)
+            vhat = s2 / (1 - b2**t)
+            p = p - lr * mhat / (np.sqrt(vhat) + h.get("eps", 1e-8))
+        traj.append(p.copy())
+    return traj

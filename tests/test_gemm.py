@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from conftest import TOL, rel_err
+
+# 1, primes, and sizes that are not multiples of any SIMD width, MR/NR or KC.
+SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 11), (13, 17, 19), (97, 131, 263), (300, 515, 600), (2, 1000, 3),
+          (64, 64, 64)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_matches_float64_reference(backend, rng, dtype, trans_a, trans_b):
+    for m, n, k in SHAPES:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+        b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+        c = fnn.ops.gemm(a, b, trans_a=trans_a, trans_b=trans_b)
+        ref = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+        assert c.shape == (m, n)
+        assert rel_err(c, ref) < TOL[dtype] * max(1, np.sqrt(k)), (m, n, k)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_accumulates_with_beta_one(backend, rng, dtype):
+    a = rng.standard_normal((37, 290)).astype(dtype)
+    b = rng.standard_normal((290, 41)).astype(dtype)
+    c0 = rng.standard_normal((37, 41)).astype(dtype)
+    c = c0.copy()
+    fnn.ops.gemm(a, b, out=c, beta=1.0)
+    assert rel_err(c, c0.astype(np.float64) + a.astype(np.float64) @ b) < TOL[dtype] * 20
+
+
+def test_gemm_zero_inner_dimension(backend):
+    a = np.ones((3, 0), np.float32)
+    b = np.ones((0, 4), np.float32)
+    assert np.array_equal(fnn.ops.gemm(a, b), np.zeros((3, 4), np.float32))
+
+
+def test_gemm_backends_agree(rng):
+    a = rng.standard_normal((129, 257)).astype(np.float32)
+    b = rng.standard_normal((257, 67)).astype(np.float32)
+    outs = []
+    for name in fnn.backend.available():
+        with fnn.backend.using(name):
+            outs.append(fnn.ops.gemm(a, b))
+    for o in outs[1:]:
+        assert rel_err(o, outs[0]) < 1e-5

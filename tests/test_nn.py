@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+
+import fastnn as fnn
+from conftest import rel_err
+
+
+def _mlp(dtype=np.float64, act_layer=fnn.nn.Tanh, seed=0):
+    return fnn.nn.Sequential(
+        fnn.nn.Linear(6, 9, dtype=dtype, rng=seed),
+        act_layer(dtype=dtype) if act_layer is fnn.nn.PReLU else act_layer(),
+        fnn.nn.Linear(9, 7, activation="elu", dtype=dtype, rng=seed + 1),
+        fnn.nn.Linear(7, 4, dtype=dtype, rng=seed + 2))
+
+
+def _numerical_model_grads(model, loss, x, y, h=1e-6):
+    out = {}
+    for name, p in model.named_parameters():
+        num = np.zeros_like(p.data)
+        for idx in np.ndindex(p.data.shape):
+            old = p.data[idx]
+            p.data[idx] = old + h
+            lp = loss.forward(model.forward(x), y)
+            p.data[idx] = old - h
+            lm = loss.forward(model.forward(x), y)
+            p.data[idx] = old
+            num[idx] = (lp - lm) / (2 * h)
+        out[name] = num
+    return out
+
+
+@pytest.mark.parametrize("act_layer", [fnn.nn.Tanh, fnn.nn.ReLU, fnn.nn.PReLU, fnn.nn.GELU, fnn.nn.Swish,
+                                       fnn.nn.SELU, fnn.nn.Sigmoid, fnn.nn.LeakyReLU])
+def test_model_gradient_check(backend, rng, act_layer):
+    model = _mlp(act_layer=act_layer, seed=int(rng.integers(1000)))
+    loss = fnn.losses.SoftmaxCrossEntropy()
+    x = rng.standard_normal((5, 6))
+    y = rng.integers(0, 4, 5)
+    loss.forward(model.forward(x), y)
+    dx = model.backward(loss.backward())
+    assert dx.shape == x.shape
+    num = _numerical_model_grads(model, loss, x, y)
+    for name, p in model.named_parameters():
+        assert rel_err(p.grad, num[name]) < 1e-6, name
+
+
+def test_sequential_fuses_linear_and_activation(rng):
+    model = _mlp()
+    assert len(model._plan) == 3 and model._plan[0][1] is model.layers[1]
+    x = rng.standard_normal((8, 6))
+    fused = model.forward(x)
+    unfused = x
+    for layer in model.layers:
+        unfused = layer.forward(unfused)
+    assert rel_err(fused, unfused) < 1e-12
+
+
+def test_prelu_layer_alpha_gets_gradient(rng):
+    model = fnn.nn.Sequential(fnn.nn.Linear(3, 4, dtype=np.float64, rng=1), fnn.nn.PReLU(dtype=np.float64),
+                              fnn.nn.Linear(4, 2, dtype=np.float64, rng=2))
+    x = rng.standard_normal((6, 3))
+    model.forward(x)
+    model.backward(np.ones((6, 2)))
+    assert model.layers[1].alpha.grad[0] != 0.0
+
+
+def test_save_and_load_roundtrip(tmp_path, rng):
+    model = _mlp(np.float32, fnn.nn.PReLU)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    loaded = fnn.nn.load(path)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(model.forward(x), loaded.forward(x))
+    assert [n for n, _ in loaded.named_parameters()] == [n for n, _ in model.named_parameters()]
+
+
+def test_load_rejects_corrupt_and_wrong_files(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="bad.npz"):
+        fnn.nn.load(bad)
+    other = tmp_path / "other.npz"
+    np.savez(other, a=np.zeros(3))
+    with pytest.raises(ValueError, match="config"):
+        fnn.nn.load(other)
+
+
+def test_load_state_dict_checks_keys_and_shapes():
+    model = _mlp()
+    state = model.state_dict()
+    with pytest.raises(ValueError, match="missing"):
+        model.load_state_dict({k: v for k, v in list(state.items())[1:]})
+    state["0.weight"] = np.zeros((2, 2))
+    with pytest.raises(ValueError, match="0.weight"):
+        model.load_state_dict(state)
+
+
+def test_load_state_dict_keeps_optimizer_views(rng):
+    model = _mlp()
+    opt = fnn.optim.SGD(model.parameters(), lr=0.1)
+    new = {k: rng.standard_normal(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(new)
+    np.testing.assert_array_equal(model.layers[0].weight.data, new["0.weight"])
+    assert np.shares_memory(model.layers[0].weight.data, opt.flat_param)
+
+
+def test_freeze_keeps_weights(rng):
+    model = _mlp()
+    opt = fnn.optim.Adam(model.parameters(), lr=0.1)
+    model.layers[0].freeze()
+    w0 = model.layers[0].weight.data.copy()
+    w2 = model.layers[2].weight.data.copy()
+    loss = fnn.losses.SoftmaxCrossEntropy()
+    loss.forward(model.forward(rng.standard_normal((4, 6))), np.array([0, 1, 2, 3]))
+    model.backward(loss.backward())
+    opt.step()
+    np.testing.assert_array_equal(model.layers[0].weight.data, w0)
+    assert not np.array_equal(model.layers[2].weight.data, w2)
+
+
+def test_init_statistics():
+    rng = np.random.default_rng(0)
+    for name, std in [("he_normal", np.sqrt(2 / 400)), ("xavier_normal", np.sqrt(2 / 700)),
+                      ("small_random", 0.01)]:
+        w = fnn.init.INITIALIZERS[name]((400, 300), rng=rng)
+        assert abs(w.std() - std) / std < 0.02 and w.dtype == np.float32
+    w = fnn.init.xavier_uniform((400, 300), rng=rng, mode="fan_in")
+    assert abs(w.std() - np.sqrt(1 / 400)) / np.sqrt(1 / 400) < 0.02
+    q = fnn.init.orthogonal((50, 30), rng=rng, dtype=np.float64)
+    np.testing.assert_allclose(q.T @ q, np.eye(30), atol=1e-10)
+    assert fnn.init.fans((64, 3, 5, 5)) == (75, 1600)
