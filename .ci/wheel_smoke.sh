@@ -27,6 +27,6 @@ for name in fnn.backend.available():
         y, _ = fnn.ops.linear_act(x, w, None, "relu")
         assert np.allclose(y, np.maximum(x.astype(np.float64) @ w, 0), rtol=1e-4, atol=1e-4), name
 PY
-"$venv/bin/fastnn" train --quiet --epochs 20 | tee /dev/stderr | tail -1 | \
+"$venv/bin/fastnn" train --quiet --epochs 20 | tail -1 | tee /dev/stderr | \
   awk '{ if ($NF + 0 < 0.95) { print "wheel smoke: accuracy too low"; exit 1 } }'
 echo "wheel smoke test passed"

@@ -268,6 +268,89 @@ void optim_step(int rule, py::object param, py::object grad, py::object state1, 
   });
 }
 
+// x of rank 2 (N, C) or more (N, C, *spatial) -> (N, C, S).
+std::vector<int64_t> ncs_of(const py::object& x, const char* name) {
+  if (!py::isinstance<py::array>(x))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray, got " +
+                         std::string(py::str(py::type::of(x).attr("__name__"))));
+  auto a = py::reinterpret_borrow<py::array>(x);
+  if (a.ndim() < 2)
+    throw py::value_error(std::string(name) + " must be (N, C) or (N, C, H, W), got shape " + shape_str(shape_of(a)));
+  int64_t s = 1;
+  for (py::ssize_t d = 2; d < a.ndim(); ++d) s *= int64_t(a.shape(d));
+  return {int64_t(a.shape(0)), int64_t(a.shape(1)), s};
+}
+
+Act batchnorm_act(int act, double alpha) {
+  Act a = act_of(act, alpha);
+  if (fastnn::act_saves_preactivation(a))
+    throw py::value_error("act fused into batchnorm must have a derivative computable from its output "
+                          "(not prelu, gelu, gelu_tanh or swish)");
+  return a;
+}
+
+void batchnorm_forward(py::object x, py::object gamma, py::object beta, py::object running_mean,
+                       py::object running_var, py::object save_mean, py::object save_invstd, py::object y,
+                       bool training, double momentum, double eps, int act, double alpha) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = batchnorm_act(act, alpha);
+    auto ncs = ncs_of(x, "x");
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(x));
+    const int64_t c = ncs[1];
+    fastnn::BatchNormForwardArgs<T> args{
+        ncs[0], c, ncs[2],
+        checked<T>(x, "x", shape), checked_or_null<T>(gamma, "gamma", {c}), checked_or_null<T>(beta, "beta", {c}),
+        checked_or_null<T>(running_mean, "running_mean", {c}, true),
+        checked_or_null<T>(running_var, "running_var", {c}, true),
+        checked<T>(save_mean, "save_mean", {2, c}, true), checked<T>(save_invstd, "save_invstd", {c}, true),
+        checked<T>(y, "y", shape, true), training, T(momentum), T(eps), a, T(alpha)};
+    if (!training && (!args.running_mean || !args.running_var))
+      throw py::value_error("running_mean and running_var are required in eval mode");
+    if (training && double(ncs[0]) * double(ncs[2]) < 2.0)
+      throw py::value_error("x must have more than one value per channel in training mode, got shape " +
+                            shape_str(shape));
+    py::gil_scoped_release nogil;
+    fastnn::batchnorm_forward(args);
+  });
+}
+
+void batchnorm_backward(py::object dy, py::object x, py::object y, py::object gamma, py::object save_mean,
+                        py::object save_invstd, py::object dx, py::object dgamma, py::object dbeta, bool training,
+                        int act, double alpha) {
+  by_dtype(dy, "dy", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = batchnorm_act(act, alpha);
+    auto ncs = ncs_of(dy, "dy");
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(dy));
+    const int64_t c = ncs[1];
+    fastnn::BatchNormBackwardArgs<T> args{
+        ncs[0], c, ncs[2],
+        checked<T>(dy, "dy", shape), checked<T>(x, "x", shape), checked_or_null<T>(y, "y", shape),
+        checked_or_null<T>(gamma, "gamma", {c}), checked<T>(save_mean, "save_mean", {2, c}),
+        checked<T>(save_invstd, "save_invstd", {c}), checked_or_null<T>(dx, "dx", shape, true),
+        checked_or_null<T>(dgamma, "dgamma", {c}, true), checked_or_null<T>(dbeta, "dbeta", {c}, true),
+        training, a, T(alpha)};
+    if (a != Act::identity && !args.y) throw py::value_error("y (forward output) is required for a fused activation");
+    py::gil_scoped_release nogil;
+    fastnn::batchnorm_backward(args);
+  });
+}
+
+void dropout(py::object x, py::object y, uint64_t seed, uint64_t offset, uint64_t threshold, double scale) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(x));
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    if (threshold > (uint64_t(1) << 32)) throw py::value_error("threshold must be <= 2**32");
+    fastnn::DropoutArgs<T> args{n, checked<T>(x, "x", shape), checked<T>(y, "y", shape, true),
+                                seed, offset, threshold, T(scale)};
+    py::gil_scoped_release nogil;
+    fastnn::dropout(args);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -288,6 +371,15 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("dscores"), py::arg("scale"));
   mod.def("optim_step", &optim_step, py::arg("rule"), py::arg("param"), py::arg("grad"), py::arg("state1"),
           py::arg("state2"), py::arg("seg_begin"), py::arg("hyper"));
+
+  mod.def("batchnorm_forward", &batchnorm_forward, py::arg("x"), py::arg("gamma"), py::arg("beta"),
+          py::arg("running_mean"), py::arg("running_var"), py::arg("save_mean"), py::arg("save_invstd"),
+          py::arg("y"), py::arg("training"), py::arg("momentum"), py::arg("eps"), py::arg("act"), py::arg("alpha"));
+  mod.def("batchnorm_backward", &batchnorm_backward, py::arg("dy"), py::arg("x"), py::arg("y"), py::arg("gamma"),
+          py::arg("save_mean"), py::arg("save_invstd"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"),
+          py::arg("training"), py::arg("act"), py::arg("alpha"));
+  mod.def("dropout", &dropout, py::arg("x"), py::arg("y"), py::arg("seed"), py::arg("offset"),
+          py::arg("threshold"), py::arg("scale"));
 
   mod.def("cpu_isa", &fastnn::cpu_isa, "The CPU code path in use: avx512, avx2 or generic.");
   mod.def("set_cpu_isa", [](const std::string& s) { return fastnn::set_cpu_isa(s.c_str()); },

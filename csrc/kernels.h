@@ -85,6 +85,39 @@ struct OptimStepArgs {
   Rule rule;
 };
 
+// Batch normalization forward over x (N, C, S) (S = H*W; 1 for BatchNorm1d),
+// statistics per channel over N and S; see ops/batchnorm.h for the formulas.
+//   gamma/beta (C,) may be null (affine=False). training: batch statistics,
+//   running_mean/running_var (C,) updated in place; eval: running statistics.
+//   save_mean (2, C) receives the mean used as hi + lo pairs (ops/batchnorm.h),
+//   save_invstd (C,) 1 / sqrt(var + eps); backward reads both.
+//   act: an activation whose derivative reads its output (kGradFromOutput),
+//   fused after the affine step (identity for plain BatchNorm).
+template <class T>
+struct BatchNormForwardArgs {
+  int64_t n, c, s;
+  const T* x; const T* gamma; const T* beta;
+  T* running_mean; T* running_var; T* save_mean; T* save_invstd; T* y;
+  bool training; T momentum, eps; Act act; T alpha;
+};
+
+// Backward of batchnorm_forward: dy, x (N, C, S); y (N, C, S) needed only when
+// act is not identity; dx (N, C, S); dgamma/dbeta (C,) may be null.
+template <class T>
+struct BatchNormBackwardArgs {
+  int64_t n, c, s;
+  const T* dy; const T* x; const T* y; const T* gamma; const T* save_mean; const T* save_invstd;
+  T* dx; T* dgamma; T* dbeta;
+  bool training; Act act; T alpha;
+};
+
+// y = x * mask * scale over n elements, mask from Philox(seed, offset + i) < threshold
+// (ops/dropout.h). The same kernel is the backward (dy -> dx).
+template <class T>
+struct DropoutArgs {
+  int64_t n; const T* x; T* y; uint64_t seed, offset, threshold; T scale;
+};
+
 // Every CPU kernel: X(name, argument structure).
 #define FASTNN_CPU_KERNELS(X)                  \
   X(gemm, GemmArgs)                            \
@@ -94,7 +127,10 @@ struct OptimStepArgs {
   X(act_backward, ActBackwardArgs)             \
   X(softmax_xent_forward, SoftmaxXentForwardArgs) \
   X(softmax_xent_backward, SoftmaxXentBackwardArgs) \
-  X(optim_step, OptimStepArgs)
+  X(optim_step, OptimStepArgs)                 \
+  X(batchnorm_forward, BatchNormForwardArgs)   \
+  X(batchnorm_backward, BatchNormBackwardArgs) \
+  X(dropout, DropoutArgs)
 
 #define FASTNN_DECLARE(name, Args) template <class T> void name(const Args<T>& args);
 FASTNN_CPU_KERNELS(FASTNN_DECLARE)

@@ -174,3 +174,111 @@ def optim_step(rule, param, grad, state1, state2, seg_begin, hyper):
     V.float_array(grad, "grad", ndim=1, dtype=param.dtype)
     V.shape_is(grad, "grad", param.shape)
     _kernel("optim_step", param)(RULE_CODE[rule], param, grad, state1, state2, seg_begin, hyper)
+
+
+# --- batch normalization -------------------------------------------------------
+
+class BatchNormSaved(NamedTuple):
+    """What batchnorm's forward keeps for backward."""
+    x: np.ndarray          # (N, C, *) input
+    y: np.ndarray          # (N, C, *) output (read by backward when an activation is fused)
+    mean: np.ndarray       # (2, C) mean used, as hi + lo rows: batch (train) or running (eval)
+    invstd: np.ndarray     # (C,) 1 / sqrt(var + eps)
+    training: bool
+    act: int
+    alpha: float
+
+
+def batchnorm(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
+              act="identity", alpha=None, *, out=None):
+    """Batch normalization over (N, C) or (N, C, *spatial), statistics per channel.
+
+    Train: batch statistics (biased variance to normalize) and running statistics
+    updated in place (unbiased variance, PyTorch's rule); eval: running statistics.
+    An activation whose derivative reads its output may be fused (act=).
+    Returns (y, saved)."""
+    V.float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, C) or (N, C, H, W), got shape {x.shape}")
+    c = x.shape[1]
+    for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        if v is not None:
+            V.float_array(v, name, ndim=1, dtype=x.dtype)
+            V.shape_is(v, name, (c,))
+    momentum = V.real(momentum, "momentum", low=0.0, high=1.0)
+    eps = V.real(eps, "eps", low=0.0, low_open=True)
+    code, a = activation_code(act, alpha)
+    if ACTIVATIONS[code] in SAVES_PREACTIVATION:
+        raise ValueError(f"act {ACTIVATIONS[code]!r} cannot be fused into batchnorm (its derivative needs the input)")
+    if training:
+        per_channel = x.shape[0] * (x.size // max(1, x.shape[0] * c))
+        if per_channel < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
+    elif running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are required in eval mode")
+    y = _out(out, "out", x.shape, x.dtype)
+    mean = np.empty((2, c), x.dtype)
+    invstd = np.empty(c, x.dtype)
+    _kernel("batchnorm_forward", x)(x, gamma, beta, running_mean, running_var, mean, invstd, y, bool(training),
+                                    momentum, eps, code, a)
+    return y, BatchNormSaved(x, y, mean, invstd, bool(training), code, a)
+
+
+def batchnorm_backward(dy, saved: BatchNormSaved, gamma=None, *, need_dx=True, dgamma=None, dbeta=None,
+                       out=None):
+    """Returns (dx or None, dgamma, dbeta) by the fused two-reduction formula."""
+    x = saved.x
+    V.float_array(dy, "dy", dtype=x.dtype)
+    V.shape_is(dy, "dy", x.shape)
+    c = x.shape[1]
+    dg = _out(dgamma, "dgamma", (c,), x.dtype)
+    db = _out(dbeta, "dbeta", (c,), x.dtype)
+    dx = _out(out, "out", x.shape, x.dtype) if need_dx else None
+    _kernel("batchnorm_backward", dy)(dy, x, saved.y, gamma, saved.mean, saved.invstd, dx, dg, db,
+                                      saved.training, saved.act, saved.alpha)
+    return dx, dg, db
+
+
+# --- dropout ---------------------------------------------------------------------
+
+_U64 = 2**64
+
+
+def dropout_threshold(p) -> tuple[int, float]:
+    """(threshold, scale) of dropout with drop probability p: an element is kept
+    iff its Philox word < threshold = floor((1 - p) * 2**32); kept values are
+    scaled by 1 / (1 - p) (csrc/ops/dropout.h)."""
+    p = V.real(p, "p", low=0.0, high=1.0, high_open=True)
+    keep = 1.0 - p
+    return min(2**32, int(np.floor(keep * 2.0**32))), 1.0 / keep
+
+
+def _seed_offset(seed, offset):
+    for name, v in (("seed", seed), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+        if not 0 <= int(v) < _U64:
+            raise ValueError(f"{name} must be in [0, 2**64), got {v}")
+    return int(seed), int(offset)
+
+
+def dropout(x, p, seed, offset=0, *, out=None):
+    """Inverted dropout: zero each element with probability p, scale the rest by
+    1/(1-p). Element i uses Philox4x32-10(seed, offset + i): the same (seed,
+    offset) gives the same mask on every backend, and backward regenerates it."""
+    V.float_array(x, "x")
+    threshold, scale = dropout_threshold(p)
+    seed, offset = _seed_offset(seed, offset)
+    y = _out(out, "out", x.shape, x.dtype)
+    _kernel("dropout", x)(x, y, seed, offset, threshold, scale)
+    return y
+
+
+def dropout_backward(dy, p, seed, offset=0, *, out=None):
+    """dx = dy * mask / (1 - p), the mask regenerated from (seed, offset)."""
+    V.float_array(dy, "dy")
+    threshold, scale = dropout_threshold(p)
+    seed, offset = _seed_offset(seed, offset)
+    dx = _out(out, "out", dy.shape, dy.dtype)
+    _kernel("dropout", dy)(dy, dx, seed, offset, threshold, scale)
+    return dx

@@ -47,6 +47,10 @@ class Linear(Module):
             self.alpha = Parameter(np.full(1, self._alpha, dt), "alpha")
         self._saved = None
 
+    def fuses(self, act) -> bool:
+        """Whether a following activation layer can run inside this layer's kernel."""
+        return self.activation == "identity"
+
     def _act_alpha(self):
         return float(self.alpha.data[0]) if self.activation == "prelu" else self._alpha
 
@@ -224,8 +228,7 @@ class Sequential(Module):
         while i < len(self.layers):
             layer = self.layers[i]
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            if (type(layer) is Linear and layer.activation == "identity"
-                    and isinstance(nxt, Activation)):
+            if isinstance(nxt, Activation) and getattr(layer, "fuses", None) and layer.fuses(nxt):
                 plan.append((layer, nxt))
                 i += 2
             else:

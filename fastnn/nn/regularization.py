@@ -1,0 +1,140 @@
+"""BatchNorm1d/2d, Dropout and DropConnect.
+
+Shapes: BatchNorm1d on (N, C) (or (N, C, L)), BatchNorm2d on (N, C, H, W),
+statistics per channel. Dropout on any shape. DropConnect is a Linear whose
+weight matrix (in, out) is dropped out per forward call.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _validate as V
+from .. import ops
+from .._random import generator
+from ..backend.codes import SAVES_PREACTIVATION
+from .layers import Linear, _dtype
+from .module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    _ndims: tuple = ()
+
+    def __init__(self, num_features, momentum=0.1, eps=1e-5, affine=True, dtype=np.float32):
+        super().__init__()
+        self.num_features = V.positive_int(num_features, "num_features")
+        self.momentum = V.real(momentum, "momentum", low=0.0, high=1.0)
+        self.eps = V.real(eps, "eps", low=0.0, low_open=True)
+        dt = _dtype(dtype)
+        self.affine = bool(affine)
+        if self.affine:
+            self.weight = Parameter(np.ones(self.num_features, dt), "weight")   # gamma
+            self.bias = Parameter(np.zeros(self.num_features, dt), "bias")      # beta
+        else:
+            self.weight = self.bias = None
+        self.register_buffer("running_mean", np.zeros(self.num_features, dt))
+        self.register_buffer("running_var", np.ones(self.num_features, dt))
+        self._saved = None
+
+    def _check(self, x):
+        V.float_array(x, "x", ndim=self._ndims, dtype=self.running_mean.dtype)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"x must have {self.num_features} channels (axis 1) for {type(self).__name__}"
+                             f"({self.num_features}), got shape {x.shape}")
+
+    def fuses(self, act) -> bool:
+        return act.name not in SAVES_PREACTIVATION
+
+    def forward(self, x):
+        return self.forward_fused(x, "identity", None)
+
+    def forward_fused(self, x, act, alpha):
+        self._check(x)
+        y, self._saved = ops.batchnorm(
+            x, self.weight.data if self.affine else None, self.bias.data if self.affine else None,
+            self.running_mean, self.running_var, training=self.training, momentum=self.momentum, eps=self.eps,
+            act=act, alpha=alpha)
+        return y
+
+    def backward(self, dout):
+        return self.backward_fused(dout)[0]
+
+    def backward_fused(self, dout):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        if self.affine:
+            dx, _, _ = ops.batchnorm_backward(dout, self._saved, self.weight.data, need_dx=self.input_grad,
+                                              dgamma=self.weight.grad, dbeta=self.bias.grad)
+        else:
+            dx, _, _ = ops.batchnorm_backward(dout, self._saved, None, need_dx=self.input_grad)
+        return dx, None
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalization of (N, C) (or (N, C, L)) per feature; PyTorch semantics."""
+    _ndims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Spatial batch normalization of (N, C, H, W): statistics per channel over N, H, W."""
+    _ndims = (4,)
+
+
+class Dropout(Module):
+    """Inverted dropout: p is the probability of zeroing; eval is the identity.
+
+    The mask is never stored: element i of a call uses Philox(seed, offset + i)
+    and backward regenerates it. Each training call advances offset, so masks
+    differ between steps; the seed comes from fastnn's global generator (or
+    ``seed=``), so ``fastnn.manual_seed`` makes a run reproducible."""
+
+    def __init__(self, p=0.5, seed=None):
+        super().__init__()
+        self.p = V.real(p, "p", low=0.0, high=1.0, high_open=True)
+        self.seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
+        self.offset = 0
+        self._used = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._used = None
+            return x
+        self._used = self.offset
+        self.offset += int(np.prod(x.shape))
+        return ops.dropout(x, self.p, self.seed, self._used)
+
+    def backward(self, dout):
+        if self._used is None:
+            return dout
+        return ops.dropout_backward(dout, self.p, self.seed, self._used)
+
+
+class DropConnect(Linear):
+    """A Linear layer whose weights are dropped per forward call (Wan et al. 2013):
+    train y = act(x @ (mask * W / (1-p)) + b), eval y = act(x @ W + b) (the
+    expected value). The mask comes from the same Philox generator as Dropout."""
+
+    def __init__(self, in_features, out_features, p=0.5, activation=None, alpha=None, init="auto", bias=True,
+                 dtype=np.float32, rng=None, seed=None):
+        super().__init__(in_features, out_features, activation=activation, alpha=alpha, init=init, bias=bias,
+                         dtype=dtype, rng=rng)
+        self.p = V.real(p, "p", low=0.0, high=1.0, high_open=True)
+        self.seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
+        self.offset = 0
+        self._used = None
+
+    def forward_fused(self, x, act, alpha):
+        V.float_array(x, "x", ndim=2, dtype=self.weight.data.dtype)
+        w = self.weight.data
+        self._used = None
+        if self.training and self.p > 0.0:
+            self._used = self.offset
+            self.offset += w.size
+            w = ops.dropout(w, self.p, self.seed, self._used)
+        y, self._saved = ops.linear_act(x, w, self.bias.data if self.bias else None, act, alpha)
+        return y
+
+    def backward_fused(self, dout):
+        dx, dalpha = super().backward_fused(dout)
+        if self._used is not None:
+            ops.dropout_backward(self.weight.grad, self.p, self.seed, self._used, out=self.weight.grad)
+        return dx, dalpha
