@@ -351,6 +351,17 @@ void dropout(py::object x, py::object y, uint64_t seed, uint64_t offset, uint64_
   });
 }
 
+void stream_triad(py::object a, py::object b, py::object c, double scalar) {
+  by_dtype(a, "a", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = dim(a, "a", 1, 0);
+    fastnn::StreamTriadArgs<T> args{n, checked<T>(a, "a", {n}, true), checked<T>(b, "b", {n}),
+                                    checked<T>(c, "c", {n}), T(scalar)};
+    py::gil_scoped_release nogil;
+    fastnn::stream_triad(args);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -380,6 +391,8 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("training"), py::arg("act"), py::arg("alpha"));
   mod.def("dropout", &dropout, py::arg("x"), py::arg("y"), py::arg("seed"), py::arg("offset"),
           py::arg("threshold"), py::arg("scale"));
+
+  mod.def("stream_triad", &stream_triad, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("scalar"));
 
   mod.def("cpu_isa", &fastnn::cpu_isa, "The CPU code path in use: avx512, avx2 or generic.");
   mod.def("set_cpu_isa", [](const std::string& s) { return fastnn::set_cpu_isa(s.c_str()); },

@@ -118,6 +118,12 @@ struct DropoutArgs {
   int64_t n; const T* x; T* y; uint64_t seed, offset, threshold; T scale;
 };
 
+// STREAM triad a = b + scalar * c (n elements): the benchmarks' bandwidth probe.
+template <class T>
+struct StreamTriadArgs {
+  int64_t n; T* a; const T* b; const T* c; T scalar;
+};
+
 // Every CPU kernel: X(name, argument structure).
 #define FASTNN_CPU_KERNELS(X)                  \
   X(gemm, GemmArgs)                            \
@@ -130,7 +136,8 @@ struct DropoutArgs {
   X(optim_step, OptimStepArgs)                 \
   X(batchnorm_forward, BatchNormForwardArgs)   \
   X(batchnorm_backward, BatchNormBackwardArgs) \
-  X(dropout, DropoutArgs)
+  X(dropout, DropoutArgs)                      \
+  X(stream_triad, StreamTriadArgs)
 
 #define FASTNN_DECLARE(name, Args) template <class T> void name(const Args<T>& args);
 FASTNN_CPU_KERNELS(FASTNN_DECLARE)

@@ -1,0 +1,88 @@
+"""Shared benchmark machinery: interleaved medians, pauses between libraries,
+the machine's own ceilings, JSON + markdown output.
+
+Protocol (DESIGN.md section 6): validate first, warm up, then run every
+candidate in rotation for `rounds` rounds (so drift hits all equally), pause
+between libraries so idle BLAS/OpenMP workers stop spinning, report medians.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def have_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(2)
+    return torch
+
+
+def interleaved(candidates: dict, rounds: int = 7, reps: int = 3, warmup: int = 2, pause: float = 0.15) -> dict:
+    """{name: fn} -> {name: median seconds per call}."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / reps)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def stream_bandwidth(n: int = 1 << 24) -> float:
+    """GB/s of a STREAM triad a = b + s*c on float32 (3 arrays moved), fastnn's kernel."""
+    from fastnn.backend import cpp
+    a = np.zeros(n, np.float32)
+    b = np.ones(n, np.float32)
+    c = np.ones(n, np.float32)
+    t = interleaved({"triad": lambda: cpp._C.stream_triad(a, b, c, 3.0)}, rounds=7, reps=3, pause=0.05)["triad"]
+    assert np.all(a == 4.0)
+    return 3 * 4 * n / t / 1e9
+
+
+def machine() -> dict:
+    import fastnn
+    from fastnn.backend import cpp
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "fastnn": fastnn.__version__, "isa": cpp._C.cpu_isa() if cpp._C else None,
+            "threads": fastnn.get_num_threads(), "date": datetime.date.today().isoformat(),
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
+    torch = have_torch()
+    if torch is not None:
+        info["torch"] = torch.__version__
+    return info
+
+
+def write(name: str, payload: dict, table: list[str]) -> str:
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(path + ".tmp", path)
+    md = os.path.join(RESULTS, f"{name}.md")
+    with open(md, "w") as f:
+        f.write("\n".join(table) + "\n")
+    print("\n".join(table))
+    print(f"\nwritten {path} and {md}")
+    return path
