@@ -234,13 +234,16 @@ void softmax_xent_backward(py::object probs, py::object labels, py::object dscor
 }
 
 // hyper: (S, 10) float64 rows of
-// [lr, weight_decay, l1, momentum, alpha, beta1, beta2, eps, bias_correction1, bias_correction2]
-constexpr int kHyperFields = 10;
+// [lr, weight_decay, l1, momentum, alpha, beta1, beta2, eps, bias_correction1, bias_correction2,
+//  grad_scale] (fastnn/backend/codes.py HYPER_FIELDS)
+constexpr int kHyperFields = 11;
 
 void optim_step(int rule, py::object param, py::object grad, py::object state1, py::object state2,
                 py::object seg_begin, py::object hyper) {
   if (rule < 0 || rule > int(Rule::adamw))
     throw py::value_error("rule must be an optimizer rule code in [0, 6], got " + std::to_string(rule));
+  if (!py::isinstance<py::array>(seg_begin) || !py::isinstance<py::array>(hyper))
+    throw py::type_error("seg_begin and hyper must be numpy arrays");
   by_dtype(param, "param", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = dim(param, "param", 1, 0);
@@ -257,7 +260,7 @@ void optim_step(int rule, py::object param, py::object grad, py::object state1, 
     for (int64_t i = 0; i < s; ++i) {
       const double* row = hy + i * kHyperFields;
       h[size_t(i)] = {T(row[0]), T(row[1]), T(row[2]), T(row[3]), T(row[4]),
-                      T(row[5]), T(row[6]), T(row[7]), T(row[8]), T(row[9])};
+                      T(row[5]), T(row[6]), T(row[7]), T(row[8]), T(row[9]), T(row[10])};
     }
     fastnn::OptimStepArgs<T> args{n, checked<T>(param, "param", {n}, true), checked<T>(grad, "grad", {n}),
                                   needs1 ? checked<T>(state1, "state1", {n}, true) : nullptr,
@@ -362,6 +365,25 @@ void stream_triad(py::object a, py::object b, py::object c, double scalar) {
   });
 }
 
+void max_norm(py::object param, py::object offset, py::object rows, py::object cols, py::object limit) {
+  by_dtype(param, "param", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = dim(param, "param", 1, 0);
+    int64_t k = dim(offset, "offset", 1, 0);
+    fastnn::MaxNormArgs<T> args{checked<T>(param, "param", {n}, true), k, checked<int64_t>(offset, "offset", {k}),
+                                checked<int64_t>(rows, "rows", {k}), checked<int64_t>(cols, "cols", {k}),
+                                checked<double>(limit, "max_norm", {k})};
+    for (int64_t i = 0; i < k; ++i) {
+      if (args.offset[i] < 0 || args.rows[i] < 0 || args.cols[i] < 0 ||
+          args.offset[i] + args.rows[i] * args.cols[i] > n)
+        throw py::value_error("matrix " + std::to_string(i) + " (offset, rows, cols) lies outside param");
+      if (!(args.max_norm[i] > 0.0)) throw py::value_error("max_norm must be > 0");
+    }
+    py::gil_scoped_release nogil;
+    fastnn::max_norm(args);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -392,6 +414,8 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("dropout", &dropout, py::arg("x"), py::arg("y"), py::arg("seed"), py::arg("offset"),
           py::arg("threshold"), py::arg("scale"));
 
+  mod.def("max_norm", &max_norm, py::arg("param"), py::arg("offset"), py::arg("rows"), py::arg("cols"),
+          py::arg("max_norm"));
   mod.def("stream_triad", &stream_triad, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("scalar"));
 
   mod.def("cpu_isa", &fastnn::cpu_isa, "The CPU code path in use: avx512, avx2 or generic.");

@@ -124,6 +124,15 @@ struct StreamTriadArgs {
   int64_t n; T* a; const T* b; const T* c; T scalar;
 };
 
+// Max-norm constraint (Srivastava et al. 2014), applied after an update: for
+// each matrix k stored at param[offset[k]:] as (rows[k], cols[k]) row-major,
+// every column (one output unit of a Linear weight (in, out)) whose L2 norm
+// exceeds max_norm[k] is rescaled to norm max_norm[k].
+template <class T>
+struct MaxNormArgs {
+  T* param; int64_t num; const int64_t* offset; const int64_t* rows; const int64_t* cols; const double* max_norm;
+};
+
 // Every CPU kernel: X(name, argument structure).
 #define FASTNN_CPU_KERNELS(X)                  \
   X(gemm, GemmArgs)                            \
@@ -137,7 +146,8 @@ struct StreamTriadArgs {
   X(batchnorm_forward, BatchNormForwardArgs)   \
   X(batchnorm_backward, BatchNormBackwardArgs) \
   X(dropout, DropoutArgs)                      \
-  X(stream_triad, StreamTriadArgs)
+  X(stream_triad, StreamTriadArgs)             \
+  X(max_norm, MaxNormArgs)
 
 #define FASTNN_DECLARE(name, Args) template <class T> void name(const Args<T>& args);
 FASTNN_CPU_KERNELS(FASTNN_DECLARE)

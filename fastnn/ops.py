@@ -282,3 +282,12 @@ def dropout_backward(dy, p, seed, offset=0, *, out=None):
     dx = _out(out, "out", dy.shape, dy.dtype)
     _kernel("dropout", dy)(dy, dx, seed, offset, threshold, scale)
     return dx
+
+
+def max_norm(param, offset, rows, cols, limit):
+    """Rescale every column of the (rows[k], cols[k]) matrices stored in the flat
+    buffer ``param`` at offset[k] to L2 norm <= limit[k] (in place)."""
+    V.float_array(param, "param", ndim=1)
+    arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (offset, rows, cols)]
+    lim = np.ascontiguousarray(limit, dtype=np.float64)
+    _kernel("max_norm", param)(param, *arrays, lim)

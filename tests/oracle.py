@@ -80,8 +80,12 @@ def softmax_xent(scores, labels):
     return loss, d / n
 
 
-def optim_reference(rule, p, grads, lr, **h):
-    """The PyTorch update rules, step by step, in float64. Returns the trajectory."""
+def optim_reference(rule, p, grads, lr, clip=None, max_norm=None, matrices=(), **h):
+    """The PyTorch update rules, step by step, in float64. Returns the trajectory.
+
+    clip: global-norm gradient clipping (torch.nn.utils.clip_grad_norm_) before the step;
+    max_norm: after the step, every column of each (offset, rows, cols) matrix in
+    `matrices` is rescaled to L2 norm <= max_norm."""
     p = np.array(p, np.float64)
     s1 = np.zeros_like(p)
     s2 = np.zeros_like(p)
@@ -91,6 +95,9 @@ def optim_reference(rule, p, grads, lr, **h):
     traj = []
     for t, g in enumerate(grads, start=1):
         g = np.array(g, np.float64)
+        if clip is not None:
+            norm = np.sqrt(np.sum(g * g))
+            g = g * min(1.0, clip / (norm + 1e-6))
         if rule == "adamw":
             p = p * (1 - lr * wd)
         else:
@@ -117,5 +124,10 @@ def optim_reference(rule, p, grads, lr, **h):
             mhat = s1 / (1 - b1**t)
             vhat = s2 / (1 - b2**t)
             p = p - lr * mhat / (np.sqrt(vhat) + h.get("eps", 1e-8))
+        if max_norm is not None:
+            for off, r, c in matrices:
+                w = p[off:off + r * c].reshape(r, c)
+                norms = np.sqrt((w * w).sum(axis=0))
+                w *= np.where(norms > max_norm, max_norm / np.maximum(norms, 1e-300), 1.0)
         traj.append(p.copy())
     return traj

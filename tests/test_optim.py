@@ -38,6 +38,82 @@ def test_golden_trajectory(backend, rng, dtype, rule, cls, hyper):
         assert rel_err(got, want) < (1e-5 if dtype == np.float32 else 1e-12), rule
 
 
+OPTIONS = [dict(), dict(weight_decay=0.05), dict(l1=0.01), dict(weight_decay=0.05, l1=0.01),
+           dict(clip_grad_norm=1.0), dict(max_norm=0.8)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "plain")
+@pytest.mark.parametrize("rule,cls,hyper", [
+    ("sgd", fnn.optim.SGD, dict(lr=0.05)), ("momentum", fnn.optim.SGD, dict(lr=0.02, momentum=0.9)),
+    ("nesterov", fnn.optim.SGD, dict(lr=0.02, momentum=0.9, nesterov=True)),
+    ("adagrad", fnn.optim.Adagrad, dict(lr=0.05)), ("rmsprop", fnn.optim.RMSProp, dict(lr=0.005)),
+    ("adam", fnn.optim.Adam, dict(lr=0.01)), ("adamw", fnn.optim.AdamW, dict(lr=0.01))])
+def test_forty_step_golden_trajectories(backend, rng, dtype, options, rule, cls, hyper):
+    shapes = ((7, 3), (3,), (1,), (13, 17), (5, 1))
+    params = _params(rng, dtype, shapes)
+    start = np.concatenate([p.data.ravel() for p in params]).astype(np.float64)
+    opt = cls(params, **hyper, **options)
+    grads = [rng.standard_normal(start.size) * 0.5 for _ in range(40)]
+    h = {k: v for k, v in {**hyper, **options}.items() if k not in ("lr", "nesterov", "clip_grad_norm", "max_norm")}
+    if rule == "adamw" and "weight_decay" not in options:
+        h["weight_decay"] = 1e-2
+    offsets = np.concatenate([[0], np.cumsum([int(np.prod(s)) for s in shapes])])
+    matrices = [(offsets[i], s[0], s[1]) for i, s in enumerate(shapes) if len(s) == 2]
+    ref = oracle.optim_reference(rule, start, grads, hyper["lr"], clip=options.get("clip_grad_norm"),
+                                 max_norm=options.get("max_norm"), matrices=matrices, **h)
+    worst = 0.0
+    for g, want in zip(grads, ref):
+        opt.flat_grad[...] = g
+        opt.step()
+        worst = max(worst, rel_err(opt.flat_param, want))
+    assert worst < (2e-5 if dtype == np.float32 else 1e-11), (rule, options, worst)
+    if "max_norm" in options:
+        for off, r, c in matrices:
+            w = opt.flat_param[off:off + r * c].reshape(r, c).astype(np.float64)
+            assert np.sqrt((w * w).sum(0)).max() <= 0.8 * (1 + 1e-5)
+
+
+def test_segments_merge_groups_and_frozen_runs(rng):
+    params = _params(rng, np.float32, ((3, 2), (2,), (2, 2), (2,)))
+    opt = fnn.optim.SGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.1}], lr=0.01)
+    assert opt._segments().tolist() == [0, 8, 14]
+    params[1].trainable = False
+    assert opt._segments().tolist() == [0, 6, 8, 14]
+
+
+def test_lbfgs_minimizes_rosenbrock():
+    xy = fnn.nn.Parameter(np.array([-1.5, 2.0]), "xy")
+    opt = fnn.optim.LBFGS([xy], max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-14)
+
+    def closure():
+        x, y = xy.data
+        xy.grad[...] = [-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)]
+        return (1 - x) ** 2 + 100 * (y - x * x) ** 2
+
+    opt.step(closure)
+    np.testing.assert_allclose(xy.data, [1.0, 1.0], atol=1e-6)
+    assert opt.n_evals < 400
+
+
+def test_lbfgs_fits_a_model_full_batch(rng):
+    X, y = fnn.data.make_spiral(40, 3, seed=0)
+    X = X.astype(np.float64)
+    model = fnn.nn.Sequential(fnn.nn.Linear(2, 32, activation="tanh", dtype=np.float64, rng=0),
+                              fnn.nn.Linear(32, 3, dtype=np.float64, rng=1))
+    loss_fn = fnn.losses.SoftmaxCrossEntropy()
+    opt = fnn.optim.LBFGS(model.parameters(), max_iter=100)
+
+    def closure():
+        loss = loss_fn.forward(model.forward(X), y)
+        model.backward(loss_fn.backward())
+        return loss
+
+    first = opt.step(closure)
+    final = loss_fn.forward(model.forward(X), y)
+    assert final < 0.5 * first
+
+
 def test_parameters_become_views_of_the_flat_buffer(rng):
     params = _params(rng, np.float32)
     before = [p.data.copy() for p in params]
@@ -97,6 +173,18 @@ def test_bad_hyperparameters(rng):
         fnn.optim.Adam(_params(rng, np.float32), betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="nesterov"):
         fnn.optim.SGD(_params(rng, np.float32), nesterov=True)
+    with pytest.raises(ValueError, match="eps"):
+        fnn.optim.Adam(_params(rng, np.float32), eps=0.0)
+    with pytest.raises(ValueError, match="eps"):
+        fnn.optim.RMSProp(_params(rng, np.float32), eps=-1e-8)
+    with pytest.raises(ValueError, match="betas"):
+        fnn.optim.Adam(_params(rng, np.float32), betas=(-0.1, 0.9))
+    with pytest.raises(ValueError, match="max_norm"):
+        fnn.optim.SGD(_params(rng, np.float32), max_norm=0.0)
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        fnn.optim.Adam(_params(rng, np.float32), clip_grad_norm=-1.0)
+    with pytest.raises(ValueError, match="unknown options"):
+        fnn.optim.SGD([{"params": _params(rng, np.float32), "betas": (0.9, 0.9)}])
     mixed = [fnn.nn.Parameter(np.zeros(3, np.float32)), fnn.nn.Parameter(np.zeros(3, np.float64))]
     with pytest.raises(TypeError, match="dtype"):
         fnn.optim.SGD(mixed)

@@ -48,6 +48,34 @@ void optim_step(const OptimStepArgs<T>& a) {
   }
 }
 
+template <class T>
+void max_norm(const MaxNormArgs<T>& a) {
+  const int nthreads = a.num > 1 ? num_threads() : 1;
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(dynamic, 1)
+  for (int64_t k = 0; k < a.num; ++k) {
+    T* w = a.param + a.offset[k];
+    const int64_t rows = a.rows[k], cols = a.cols[k];
+    double* norm = static_cast<double*>(scratch(kWork, size_t(cols) * sizeof(double)));
+    for (int64_t j = 0; j < cols; ++j) norm[j] = 0.0;
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* row = w + i * cols;
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) norm[j] += double(row[j]) * double(row[j]);
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+      double nrm = math::sqrt(norm[j]);
+      norm[j] = nrm > a.max_norm[k] ? a.max_norm[k] / nrm : 1.0;
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      T* row = w + i * cols;
+#pragma omp simd
+      for (int64_t j = 0; j < cols; ++j) row[j] = T(double(row[j]) * norm[j]);
+    }
+  }
+}
+
+template void max_norm<float>(const MaxNormArgs<float>&);
+template void max_norm<double>(const MaxNormArgs<double>&);
 template void optim_step<float>(const OptimStepArgs<float>&);
 template void optim_step<double>(const OptimStepArgs<double>&);
 

@@ -10,8 +10,10 @@
 //   adam      m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 //             p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - b_i^t
 //   adamw     p *= 1 - lr * wd, then adam (decoupled decay, Loshchilov & Hutter)
-// Penalties enter the gradient first: L2 g += wd * p (all rules but adamw),
-// L1 g += l1 * sign(p) (elastic net when both are set).
+// The gradient is first scaled by grad_scale (global-norm clipping: the
+// optimizer passes min(1, max_norm / ||g||)); then penalties enter it: L2
+// g += wd * p (all rules but adamw), L1 g += l1 * sign(p) (elastic net when
+// both are set).
 #pragma once
 
 #include "common.h"
@@ -29,10 +31,12 @@ struct OptimHyper {
   T eps;
   T bias_correction1;     // 1 - beta1^t
   T bias_correction2;     // 1 - beta2^t
+  T grad_scale;           // 1, or the global-norm clipping factor
 };
 
 template <Rule R, class T>
 FASTNN_HD void optim_update(T& p, T g, T& s1, T& s2, const OptimHyper<T>& h) {
+  g *= h.grad_scale;
   if constexpr (R == Rule::adamw) {
     p *= T(1) - h.lr * h.weight_decay;
   } else {

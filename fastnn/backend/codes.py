@@ -10,4 +10,4 @@ RULES = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 RULE_CODE = {name: i for i, name in enumerate(RULES)}
 # Columns of the optimizer hyperparameter table, one row per flat-buffer segment.
 HYPER_FIELDS = ("lr", "weight_decay", "l1", "momentum", "alpha", "beta1", "beta2", "eps",
-                "bias_correction1", "bias_correction2")
+                "bias_correction1", "bias_correction2", "grad_scale")

@@ -184,10 +184,10 @@ if numba is not None:
         for s in range(hyper.shape[0]):
             h = hyper[s]
             lr, wd, l1, mu, alpha = h[0], h[1], h[2], h[3], h[4]
-            b1, b2, eps, bc1, bc2 = h[5], h[6], h[7], h[8], h[9]
+            b1, b2, eps, bc1, bc2, gs = h[5], h[6], h[7], h[8], h[9], h[10]
             for i in prange(seg_begin[s], seg_begin[s + 1]):
                 pi = p[i]
-                gi = g[i]
+                gi = g[i] * gs
                 if rule == 6:
                     pi *= 1.0 - lr * wd
                 else:
@@ -356,6 +356,24 @@ if numba is not None:
                     y[i] = x[i] * scale if word < threshold else x[i] * 0
 
 
+if numba is not None:
+    @njit(parallel=True, **_jit)
+    def _max_norm(param, offset, rows, cols, limit):
+        for k in prange(offset.shape[0]):
+            o, r, c = offset[k], rows[k], cols[k]
+            norm = np.zeros(c)
+            for i in range(r):
+                for j in range(c):
+                    v = np.float64(param[o + i * c + j])
+                    norm[j] += v * v
+            for j in range(c):
+                nrm = math.sqrt(norm[j])
+                norm[j] = limit[k] / nrm if nrm > limit[k] else 1.0
+            for i in range(r):
+                for j in range(c):
+                    param[o + i * c + j] = np.float64(param[o + i * c + j]) * norm[j]
+
+
 # --- the backend's kernels, named and ordered like fastnn._C --------------------
 
 # Below this many elements a parallel region costs more than it saves (and its
@@ -519,6 +537,10 @@ def dropout(x, y, seed, offset, threshold, scale):
                  x.dtype.type(scale))
 
 
+def max_norm(param, offset, rows, cols, limit):
+    _max_norm(param, offset, rows, cols, limit)
+
+
 def set_num_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
@@ -526,6 +548,6 @@ def set_num_threads(n: int) -> None:
 if numba is not None:
     for _name in ("gemm", "linear_act_forward", "linear_act_backward", "act_forward", "act_backward",
                   "softmax_xent_forward", "softmax_xent_backward", "optim_step",
-                  "batchnorm_forward", "batchnorm_backward", "dropout"):
+                  "batchnorm_forward", "batchnorm_backward", "dropout", "max_norm"):
         registry.register("numba", _name, globals()[_name])
     registry.mark_loaded("numba")

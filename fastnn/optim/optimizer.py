@@ -6,6 +6,12 @@ of it, so a step over the whole model is one fused kernel pass
 (``ops.optim_step``): param, grad and state are read once and written once.
 Parameter groups (different lr / weight decay) become segments of the buffer
 with their own hyperparameter row, so a step has no Python loop over tensors.
+Consecutive parameters with the same settings share one segment.
+
+Options on every optimizer: ``weight_decay`` (L2), ``l1`` (elastic net with
+both), ``max_norm`` (per output unit of each weight matrix, after the update;
+per group), ``clip_grad_norm`` (global-norm gradient clipping, fused into the
+update as a gradient scale).
 
 Hyperparameter names and defaults are PyTorch's; formulas in csrc/ops/optim.h.
 """
@@ -26,8 +32,12 @@ class Optimizer:
     n_state = 0
     defaults: dict = {}
 
-    def __init__(self, params, **hyper):
-        self.defaults = {**type(self).defaults, **{k: v for k, v in hyper.items() if v is not None}}
+    def __init__(self, params, clip_grad_norm=None, **hyper):
+        self.defaults = {**type(self).defaults, "max_norm": None,
+                         **{k: v for k, v in hyper.items() if v is not None}}
+        self.clip_grad_norm = None if clip_grad_norm is None else V.real(clip_grad_norm, "clip_grad_norm", low=0.0,
+                                                                             low_open=True)
+        self.last_grad_norm = None
         self.param_groups = self._groups(params)
         for g in self.param_groups:
             self._check_group(g)
@@ -35,6 +45,8 @@ class Optimizer:
         self._params = [p for g in self.param_groups for p in g["params"]]
         self._group_of = np.array([gi for gi, g in enumerate(self.param_groups) for _ in g["params"]], np.int64)
         self._flatten()
+        self._seg_key = None
+        self._max_norm_table()
         self.t = 0
 
     # --- construction ----------------------------------------------------------
@@ -67,9 +79,13 @@ class Optimizer:
 
     def _check_group(self, g):
         V.real(g["lr"], "lr", low=0.0)
-        for key in ("weight_decay", "l1", "momentum", "eps"):
+        for key in ("weight_decay", "l1", "momentum"):
             if key in g:
                 V.real(g[key], key, low=0.0)
+        if "eps" in g:
+            V.real(g["eps"], "eps", low=0.0, low_open=True)
+        if g.get("max_norm") is not None:
+            V.real(g["max_norm"], "max_norm", low=0.0, low_open=True)
 
     def _flatten(self):
         dtypes = {p.data.dtype for p in self._params}
@@ -87,7 +103,39 @@ class Optimizer:
             p.data = self.flat_param[b:e].reshape(p.data.shape)
             p.grad = self.flat_grad[b:e].reshape(p.grad.shape)
         self.state = [np.zeros(total, dt) for _ in range(self.n_state)]
-        self.hyper = np.zeros((len(self._params), len(HYPER_FIELDS)), np.float64)
+
+    def _segments(self):
+        """Runs of consecutive parameters with the same group and trainable flag."""
+        key = tuple(p.trainable for p in self._params)
+        if key != self._seg_key:
+            begin, group, frozen = [0], [], []
+            for i, p in enumerate(self._params):
+                gi = int(self._group_of[i])
+                if group and group[-1] == gi and frozen[-1] == (not p.trainable):
+                    begin[-1] = int(self.seg_begin[i + 1])
+                    continue
+                begin.append(int(self.seg_begin[i + 1]))
+                group.append(gi)
+                frozen.append(not p.trainable)
+            self._segment_begin = np.array(begin, np.int64)
+            self._segment_group = np.array(group, np.int64)
+            self._segment_frozen = np.array(frozen, bool)
+            self.hyper = np.zeros((len(group), len(HYPER_FIELDS)), np.float64)
+            self._seg_key = key
+        return self._segment_begin
+
+    def _max_norm_table(self):
+        """(offset, rows, cols, limit) of every weight matrix in a group with max_norm."""
+        rows = []
+        for i, p in enumerate(self._params):
+            limit = self.param_groups[self._group_of[i]].get("max_norm")
+            if limit is not None and p.data.ndim >= 2:
+                rows.append((int(self.seg_begin[i]), p.data.shape[0], int(np.prod(p.data.shape[1:])), float(limit)))
+        self._max_norm = None
+        if rows:
+            off, r, c, lim = zip(*rows)
+            self._max_norm = (np.array(off, np.int64), np.array(r, np.int64), np.array(c, np.int64),
+                              np.array(lim, np.float64))
 
     # --- stepping -------------------------------------------------------------
     def _group_row(self, g) -> list[float]:
@@ -102,21 +150,29 @@ class Optimizer:
         row[_FIELD["eps"]] = g.get("eps", 0.0)
         row[_FIELD["bias_correction1"]] = 1.0 - b1 ** self.t if "betas" in g else 1.0
         row[_FIELD["bias_correction2"]] = 1.0 - b2 ** self.t if "betas" in g else 1.0
+        row[_FIELD["grad_scale"]] = 1.0
         return row
 
     def step(self):
         """One update of every parameter from its current .grad."""
         self.t += 1
+        seg_begin = self._segments()
         table = np.array([self._group_row(g) for g in self.param_groups], np.float64)
-        np.take(table, self._group_of, axis=0, out=self.hyper)
-        frozen = [i for i, p in enumerate(self._params) if not p.trainable]
-        if frozen:
-            self.hyper[frozen, _FIELD["lr"]] = 0.0
-            self.hyper[frozen, _FIELD["weight_decay"]] = 0.0
-            self.hyper[frozen, _FIELD["l1"]] = 0.0
+        np.take(table, self._segment_group, axis=0, out=self.hyper)
+        frozen = self._segment_frozen
+        if frozen.any():
+            for field in ("lr", "weight_decay", "l1"):
+                self.hyper[frozen, _FIELD[field]] = 0.0
+        if self.clip_grad_norm is not None:
+            g = self.flat_grad
+            self.last_grad_norm = float(np.sqrt(np.dot(g, g)))
+            # PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
+            self.hyper[:, _FIELD["grad_scale"]] = min(1.0, self.clip_grad_norm / (self.last_grad_norm + 1e-6))
         s1 = self.state[0] if self.n_state > 0 else None
         s2 = self.state[1] if self.n_state > 1 else None
-        ops.optim_step(self.rule, self.flat_param, self.flat_grad, s1, s2, self.seg_begin, self.hyper)
+        ops.optim_step(self.rule, self.flat_param, self.flat_grad, s1, s2, seg_begin, self.hyper)
+        if self._max_norm is not None:
+            ops.max_norm(self.flat_param, *self._max_norm)
 
     def zero_grad(self):
         self.flat_grad[...] = 0
@@ -139,7 +195,7 @@ class Optimizer:
             out[f"state{i}"] = s.copy()
         for gi, g in enumerate(self.param_groups):
             for k, v in g.items():
-                if k != "params":
+                if k != "params" and v is not None:
                     out[f"group{gi}/{k}"] = np.array(v)
         return out
 
@@ -165,29 +221,34 @@ class SGD(Optimizer):
 
     defaults = {"lr": 1e-2, "momentum": 0.0, "weight_decay": 0.0, "l1": 0.0}
 
-    def __init__(self, params, lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0):
+    def __init__(self, params, lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0, l1=0.0, max_norm=None,
+                 clip_grad_norm=None):
         if nesterov and not momentum:
             raise ValueError("nesterov=True needs momentum > 0")
         self.rule = "nesterov" if nesterov else ("momentum" if momentum else "sgd")
         self.n_state = 0 if self.rule == "sgd" else 1
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, l1=l1)
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, l1=l1, max_norm=max_norm,
+                         clip_grad_norm=clip_grad_norm)
 
 
 class Adagrad(Optimizer):
     rule, n_state = "adagrad", 1
     defaults = {"lr": 1e-2, "eps": 1e-10, "weight_decay": 0.0, "l1": 0.0}
 
-    def __init__(self, params, lr=1e-2, eps=1e-10, weight_decay=0.0, l1=0.0):
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, l1=l1)
+    def __init__(self, params, lr=1e-2, eps=1e-10, weight_decay=0.0, l1=0.0, max_norm=None, clip_grad_norm=None):
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, l1=l1, max_norm=max_norm,
+                         clip_grad_norm=clip_grad_norm)
 
 
 class RMSProp(Optimizer):
     rule, n_state = "rmsprop", 1
     defaults = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "l1": 0.0}
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, l1=0.0):
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, l1=0.0, max_norm=None,
+                 clip_grad_norm=None):
         V.real(alpha, "alpha", low=0.0, high=1.0)
-        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, l1=l1)
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, l1=l1, max_norm=max_norm,
+                         clip_grad_norm=clip_grad_norm)
 
 
 class Adam(Optimizer):
@@ -196,11 +257,15 @@ class Adam(Optimizer):
     rule, n_state = "adam", 2
     defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "l1": 0.0}
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, l1=0.0, max_norm=None,
+                 clip_grad_norm=None):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         b1, b2 = betas
         V.real(b1, "betas[0]", low=0.0, high=1.0, high_open=True)
         V.real(b2, "betas[1]", low=0.0, high=1.0, high_open=True)
-        super().__init__(params, lr=lr, betas=(float(b1), float(b2)), eps=eps, weight_decay=weight_decay, l1=l1)
+        super().__init__(params, lr=lr, betas=(float(b1), float(b2)), eps=eps, weight_decay=weight_decay, l1=l1,
+                         max_norm=max_norm, clip_grad_norm=clip_grad_norm)
 
 
 class AdamW(Adam):
@@ -209,5 +274,7 @@ class AdamW(Adam):
     rule = "adamw"
     defaults = {**Adam.defaults, "weight_decay": 1e-2}
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, l1=0.0):
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, l1=0.0, max_norm=None,
+                 clip_grad_norm=None):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, l1=l1, max_norm=max_norm,
+                         clip_grad_norm=clip_grad_norm)
