@@ -178,185 +178,46 @@ if numba is not None:
                 dscores[i, j] = probs[i, j] * s
             dscores[i, labels[i]] -= s
 
-    @njit(parallel=True, **_jit)
-    def _optim_step(rule, p, g, s1, s2, seg_begin, hyper):
-        """ops/optim.h optim_update, segment s of the flat buffer with hyper[s]."""
-        for s in range(hyper.shape[0]):
-            h = hyper[s]
-            lr, wd, l1, mu, alpha = h[0], h[1], h[2], h[3], h[4]
-            b1, b2, eps, bc1, bc2, gs = h[5], h[6], h[7], h[8], h[9], h[10]
-            for i in prange(seg_begin[s], seg_begin[s + 1]):
-                pi = p[i]
-                gi = g[i] * gs
-                if rule == 6:
-                    pi *= 1.0 - lr * wd
-                else:
-                    gi += wd * pi
-                gi += l1 * ((pi > 0) - (pi < 0))
-                if rule == 0:
-                    pi -= lr * gi
-                elif rule == 1:
-                    v = mu * s1[i] + gi
-                    s1[i] = v
-                    pi -= lr * v
-                elif rule == 2:
-                    v = mu * s1[i] + gi
-                    s1[i] = v
-                    pi -= lr * (gi + mu * v)
-                elif rule == 3:
-                    sq = s1[i] + gi * gi
-                    s1[i] = sq
-                    pi -= lr * gi / (math.sqrt(sq) + eps)
-                elif rule == 4:
-                    sq = alpha * s1[i] + (1.0 - alpha) * gi * gi
-                    s1[i] = sq
-                    pi -= lr * gi / (math.sqrt(sq) + eps)
-                else:
-                    m = b1 * s1[i] + (1.0 - b1) * gi
-                    v = b2 * s2[i] + (1.0 - b2) * gi * gi
-                    s1[i] = m
-                    s2[i] = v
-                    denom = math.sqrt(v) / math.sqrt(bc2) + eps
-                    pi -= (lr / bc1) * m / denom
-                p[i] = pi
-
-
-if numba is not None:
-    # --- batch normalization: ops/batchnorm.h ------------------------------------
-    _CHANNEL_BLOCK = 128
+    # Columns of the per-segment constant table k (computed in float64, cast to
+    # the parameter dtype so the loops stay in that precision like the C++):
+    _K_LR, _K_WD, _K_L1, _K_MU, _K_ALPHA, _K_1MALPHA, _K_B1, _K_1MB1, _K_B2, _K_1MB2, _K_EPS, \
+        _K_STEP, _K_INVSQRTBC2, _K_DECAY, _K_GS = range(15)
 
     @njit(parallel=True, **_jit)
-    def _bn_moments(x3, shift, s1, s2):
-        """Per-channel sums of (x - shift) and (x - shift)^2 in float64, x3 (N, C, S)."""
-        n, c, s = x3.shape
-        if s == 1:
-            nb = (c + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
-            for b in prange(nb):
-                c0 = b * _CHANNEL_BLOCK
-                c1 = min(c, c0 + _CHANNEL_BLOCK)
-                a1 = np.zeros(c1 - c0)
-                a2 = np.zeros(c1 - c0)
-                for i in range(n):
-                    for ch in range(c0, c1):
-                        d = np.float64(x3[i, ch, 0] - shift[ch])
-                        a1[ch - c0] += d
-                        a2[ch - c0] += d * d
-                s1[c0:c1] = a1
-                s2[c0:c1] = a2
-        else:
-            for ch in prange(c):
-                k = shift[ch]
-                a1 = 0.0
-                a2 = 0.0
-                for i in range(n):
-                    for j in range(s):
-                        d = np.float64(x3[i, ch, j] - k)
-                        a1 += d
-                        a2 += d * d
-                s1[ch] = a1
-                s2[ch] = a2
+    def _sgd_family(p, g, s1, b, e, lr, wd, l1, gs, mu, nesterov):
+        """sgd (mu = 0, s1 unused), momentum, nesterov."""
+        for i in prange(b, e):
+            pi = p[i]
+            gi = g[i] * gs + wd * pi + l1 * np.sign(pi)
+            if mu != 0:
+                v = mu * s1[i] + gi
+                s1[i] = v
+                gi = gi + mu * v if nesterov else v
+            p[i] = pi - lr * gi
 
     @njit(parallel=True, **_jit)
-    def _bn_normalize(x3, y3, mean, scale, beta, code, alpha):
-        n, c, s = x3.shape
-        for r in prange(n * c):
-            i = r // c
-            ch = r % c
-            m, lo, sc, b = mean[0, ch], mean[1, ch], scale[ch], beta[ch]
-            for j in range(s):
-                y3[i, ch, j] = act_value(((x3[i, ch, j] - m) - lo) * sc + b, code, alpha)
+    def _adagrad_rmsprop(p, g, s1, b, e, lr, wd, l1, gs, a, one_minus_a, eps):
+        """adagrad (a = 1, one_minus_a = 1) and rmsprop."""
+        for i in prange(b, e):
+            pi = p[i]
+            gi = g[i] * gs + wd * pi + l1 * np.sign(pi)
+            sq = a * s1[i] + one_minus_a * gi * gi
+            s1[i] = sq
+            p[i] = pi - lr * gi / (np.sqrt(sq) + eps)
 
     @njit(parallel=True, **_jit)
-    def _bn_backward_sums(dy3, x3, y3, mean, code, alpha, s1, s2):
-        n, c, s = x3.shape
-        if s == 1:
-            nb = (c + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
-            for b in prange(nb):
-                c0 = b * _CHANNEL_BLOCK
-                c1 = min(c, c0 + _CHANNEL_BLOCK)
-                a1 = np.zeros(c1 - c0)
-                a2 = np.zeros(c1 - c0)
-                for i in range(n):
-                    for ch in range(c0, c1):
-                        dz = dy3[i, ch, 0] * act_grad(0.0, y3[i, ch, 0], code, alpha)
-                        a1[ch - c0] += dz
-                        a2[ch - c0] += dz * np.float64((x3[i, ch, 0] - mean[0, ch]) - mean[1, ch])
-                s1[c0:c1] = a1
-                s2[c0:c1] = a2
-        else:
-            for ch in prange(c):
-                m = mean[0, ch]
-                lo = mean[1, ch]
-                a1 = 0.0
-                a2 = 0.0
-                for i in range(n):
-                    for j in range(s):
-                        dz = dy3[i, ch, j] * act_grad(0.0, y3[i, ch, j], code, alpha)
-                        a1 += dz
-                        a2 += dz * np.float64((x3[i, ch, j] - m) - lo)
-                s1[ch] = a1
-                s2[ch] = a2
-
-    @njit(parallel=True, **_jit)
-    def _bn_dx(dy3, x3, y3, mean, invstd, scale, mean_dz, mean_dz_xhat, code, alpha, dx3):
-        n, c, s = x3.shape
-        for r in prange(n * c):
-            i = r // c
-            ch = r % c
-            for j in range(s):
-                dz = dy3[i, ch, j] * act_grad(0.0, y3[i, ch, j], code, alpha)
-                xhat = ((x3[i, ch, j] - mean[0, ch]) - mean[1, ch]) * invstd[ch]
-                dx3[i, ch, j] = scale[ch] * (dz - mean_dz[ch] - xhat * mean_dz_xhat[ch])
-
-    # --- dropout: ops/philox.h + ops/dropout.h --------------------------------------
-    _M32 = np.uint64(0xFFFFFFFF)
-    _PM0 = np.uint64(0xD2511F53)
-    _PM1 = np.uint64(0xCD9E8D57)
-    _PW0 = np.uint64(0x9E3779B9)
-    _PW1 = np.uint64(0xBB67AE85)
-    _S32 = np.uint64(32)
-
-    @njit(inline="always", **_jit)
-    def philox4x32_10(c0, c1, c2, c3, k0, k1):
-        for r in range(10):
-            if r > 0:
-                k0 = (k0 + _PW0) & _M32
-                k1 = (k1 + _PW1) & _M32
-            p0 = _PM0 * c0
-            p1 = _PM1 * c2
-            n0 = (p1 >> _S32) ^ c1 ^ k0
-            n2 = (p0 >> _S32) ^ c3 ^ k1
-            c1 = p1 & _M32
-            c3 = p0 & _M32
-            c0 = n0
-            c2 = n2
-        return c0, c1, c2, c3
-
-    @njit(parallel=True, **_jit)
-    def _dropout(x, y, seed, offset, threshold, scale):
-        n = x.size
-        if n == 0:
-            return
-        four = np.uint64(4)
-        first = offset // four
-        last = (offset + np.uint64(n) - np.uint64(1)) // four
-        k0 = seed & _M32
-        k1 = seed >> _S32
-        zero = np.uint64(0)
-        end = offset + np.uint64(n)
-        for t in prange(np.int64(last - first) + 1):
-            block = first + np.uint64(t)
-            w0, w1, w2, w3 = philox4x32_10(block & _M32, block >> _S32, zero, zero, k0, k1)
-            g0 = block * four
-            for w in range(4):
-                g = g0 + np.uint64(w)
-                if g >= offset and g < end:
-                    i = np.int64(g - offset)
-                    word = w0 if w == 0 else (w1 if w == 1 else (w2 if w == 2 else w3))
-                    y[i] = x[i] * scale if word < threshold else x[i] * 0
+    def _adam(p, g, s1, s2, b, e, wd, l1, gs, decay, b1, omb1, b2, omb2, eps, step, inv_sqrt_bc2):
+        """adam (decay = 1, wd = L2) and adamw (decay = 1 - lr wd, wd = 0)."""
+        for i in prange(b, e):
+            pi = p[i] * decay
+            gi = g[i] * gs + wd * pi + l1 * np.sign(pi)
+            m = b1 * s1[i] + omb1 * gi
+            v = b2 * s2[i] + omb2 * gi * gi
+            s1[i] = m
+            s2[i] = v
+            p[i] = pi - step * m / (np.sqrt(v) * inv_sqrt_bc2 + eps)
 
 
-if numba is not None:
     @njit(parallel=True, **_jit)
     def _max_norm(param, offset, rows, cols, limit):
         for k in prange(offset.shape[0]):
@@ -463,10 +324,26 @@ def softmax_xent_backward(probs, labels, dscores, scale):
 
 
 def optim_step(rule, param, grad, state1, state2, seg_begin, hyper):
+    """ops/optim.h over each segment; constants cast to the parameter dtype so the
+    loops run in that precision, like the C++."""
+    t = param.dtype.type
     s1 = state1 if state1 is not None else param[:0]
     s2 = state2 if state2 is not None else param[:0]
     with _threads_for(param.size):
-        _optim_step(rule, param, grad, s1, s2, seg_begin, hyper)
+        for s in range(hyper.shape[0]):
+            b, e = int(seg_begin[s]), int(seg_begin[s + 1])
+            if e <= b:
+                continue
+            lr, wd, l1, mu, alpha, b1, b2, eps, bc1, bc2, gs = (float(v) for v in hyper[s])
+            if rule <= 2:
+                _sgd_family(param, grad, s1, b, e, t(lr), t(wd), t(l1), t(gs), t(mu if rule else 0.0), rule == 2)
+            elif rule <= 4:
+                a, oma = (1.0, 1.0) if rule == 3 else (alpha, 1.0 - alpha)
+                _adagrad_rmsprop(param, grad, s1, b, e, t(lr), t(wd), t(l1), t(gs), t(a), t(oma), t(eps))
+            else:
+                decay, l2 = (1.0 - lr * wd, 0.0) if rule == 6 else (1.0, wd)
+                _adam(param, grad, s1, s2, b, e, t(l2), t(l1), t(gs), t(decay), t(b1), t(1.0 - b1), t(b2),
+                      t(1.0 - b2), t(eps), t(lr / bc1), t(1.0 / np.sqrt(bc2)))
 
 
 def _ncs(x):
