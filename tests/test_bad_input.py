@@ -62,7 +62,7 @@ def test_bindings_check_arguments_themselves():
     with pytest.raises(TypeError, match="labels must have dtype"):
         C.softmax_xent_forward(_x(2, 3), np.array([0, 1], np.int32), np.empty((2, 3), f32))
     with pytest.raises(ValueError, match="seg_begin"):
-        C.optim_step(0, _x(4), _x(4), None, None, np.array([0, 3]), np.zeros((1, 10)))
+        C.optim_step(0, _x(4), _x(4), None, None, np.array([0, 3]), np.zeros((1, 11)))
     with pytest.raises(ValueError, match="c must have shape"):
         C.gemm(_x(2, 3), _x(3, 4), np.empty((3, 4), f32))
 

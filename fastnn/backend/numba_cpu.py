@@ -235,6 +235,141 @@ if numba is not None:
                     param[o + i * c + j] = np.float64(param[o + i * c + j]) * norm[j]
 
 
+if numba is not None:
+    # --- batch normalization: ops/batchnorm.h ------------------------------------
+    _CHANNEL_BLOCK = 128
+
+    @njit(parallel=True, **_jit)
+    def _bn_moments(x3, shift, s1, s2):
+        """Per-channel sums of (x - shift) and (x - shift)^2 in float64, x3 (N, C, S)."""
+        n, c, s = x3.shape
+        if s == 1:
+            nb = (c + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
+            for b in prange(nb):
+                c0 = b * _CHANNEL_BLOCK
+                c1 = min(c, c0 + _CHANNEL_BLOCK)
+                a1 = np.zeros(c1 - c0)
+                a2 = np.zeros(c1 - c0)
+                for i in range(n):
+                    for ch in range(c0, c1):
+                        d = np.float64(x3[i, ch, 0] - shift[ch])
+                        a1[ch - c0] += d
+                        a2[ch - c0] += d * d
+                s1[c0:c1] = a1
+                s2[c0:c1] = a2
+        else:
+            for ch in prange(c):
+                k = shift[ch]
+                a1 = 0.0
+                a2 = 0.0
+                for i in range(n):
+                    for j in range(s):
+                        d = np.float64(x3[i, ch, j] - k)
+                        a1 += d
+                        a2 += d * d
+                s1[ch] = a1
+                s2[ch] = a2
+
+    @njit(parallel=True, **_jit)
+    def _bn_normalize(x3, y3, mean, scale, beta, code, alpha):
+        n, c, s = x3.shape
+        for r in prange(n * c):
+            i = r // c
+            ch = r % c
+            m, lo, sc, b = mean[0, ch], mean[1, ch], scale[ch], beta[ch]
+            for j in range(s):
+                y3[i, ch, j] = act_value(((x3[i, ch, j] - m) - lo) * sc + b, code, alpha)
+
+    @njit(parallel=True, **_jit)
+    def _bn_backward_sums(dy3, x3, y3, mean, code, alpha, s1, s2):
+        n, c, s = x3.shape
+        if s == 1:
+            nb = (c + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
+            for b in prange(nb):
+                c0 = b * _CHANNEL_BLOCK
+                c1 = min(c, c0 + _CHANNEL_BLOCK)
+                a1 = np.zeros(c1 - c0)
+                a2 = np.zeros(c1 - c0)
+                for i in range(n):
+                    for ch in range(c0, c1):
+                        dz = dy3[i, ch, 0] * act_grad(0.0, y3[i, ch, 0], code, alpha)
+                        a1[ch - c0] += dz
+                        a2[ch - c0] += dz * np.float64((x3[i, ch, 0] - mean[0, ch]) - mean[1, ch])
+                s1[c0:c1] = a1
+                s2[c0:c1] = a2
+        else:
+            for ch in prange(c):
+                m = mean[0, ch]
+                lo = mean[1, ch]
+                a1 = 0.0
+                a2 = 0.0
+                for i in range(n):
+                    for j in range(s):
+                        dz = dy3[i, ch, j] * act_grad(0.0, y3[i, ch, j], code, alpha)
+                        a1 += dz
+                        a2 += dz * np.float64((x3[i, ch, j] - m) - lo)
+                s1[ch] = a1
+                s2[ch] = a2
+
+    @njit(parallel=True, **_jit)
+    def _bn_dx(dy3, x3, y3, mean, invstd, scale, mean_dz, mean_dz_xhat, code, alpha, dx3):
+        n, c, s = x3.shape
+        for r in prange(n * c):
+            i = r // c
+            ch = r % c
+            for j in range(s):
+                dz = dy3[i, ch, j] * act_grad(0.0, y3[i, ch, j], code, alpha)
+                xhat = ((x3[i, ch, j] - mean[0, ch]) - mean[1, ch]) * invstd[ch]
+                dx3[i, ch, j] = scale[ch] * (dz - mean_dz[ch] - xhat * mean_dz_xhat[ch])
+
+    # --- dropout: ops/philox.h + ops/dropout.h --------------------------------------
+    _M32 = np.uint64(0xFFFFFFFF)
+    _PM0 = np.uint64(0xD2511F53)
+    _PM1 = np.uint64(0xCD9E8D57)
+    _PW0 = np.uint64(0x9E3779B9)
+    _PW1 = np.uint64(0xBB67AE85)
+    _S32 = np.uint64(32)
+
+    @njit(inline="always", **_jit)
+    def philox4x32_10(c0, c1, c2, c3, k0, k1):
+        for r in range(10):
+            if r > 0:
+                k0 = (k0 + _PW0) & _M32
+                k1 = (k1 + _PW1) & _M32
+            p0 = _PM0 * c0
+            p1 = _PM1 * c2
+            n0 = (p1 >> _S32) ^ c1 ^ k0
+            n2 = (p0 >> _S32) ^ c3 ^ k1
+            c1 = p1 & _M32
+            c3 = p0 & _M32
+            c0 = n0
+            c2 = n2
+        return c0, c1, c2, c3
+
+    @njit(parallel=True, **_jit)
+    def _dropout(x, y, seed, offset, threshold, scale):
+        n = x.size
+        if n == 0:
+            return
+        four = np.uint64(4)
+        first = offset // four
+        last = (offset + np.uint64(n) - np.uint64(1)) // four
+        k0 = seed & _M32
+        k1 = seed >> _S32
+        zero = np.uint64(0)
+        end = offset + np.uint64(n)
+        for t in prange(np.int64(last - first) + 1):
+            block = first + np.uint64(t)
+            w0, w1, w2, w3 = philox4x32_10(block & _M32, block >> _S32, zero, zero, k0, k1)
+            g0 = block * four
+            for w in range(4):
+                g = g0 + np.uint64(w)
+                if g >= offset and g < end:
+                    i = np.int64(g - offset)
+                    word = w0 if w == 0 else (w1 if w == 1 else (w2 if w == 2 else w3))
+                    y[i] = x[i] * scale if word < threshold else x[i] * 0
+
+
 # --- the backend's kernels, named and ordered like fastnn._C --------------------
 
 # Below this many elements a parallel region costs more than it saves (and its
