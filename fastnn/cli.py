@@ -98,7 +98,7 @@ def cmd_bench(args) -> int:
     for path in candidates:
         if os.path.exists(path):
             import runpy
-            sys.argv = [path] + args.rest
+            sys.argv = [path] + [a for a in args.rest if a != "--"]
             runpy.run_path(path, run_name="__main__")
             return 0
     raise SystemExit("fastnn bench: bench/run.py not found; run it from a checkout of the fastnn repository")
