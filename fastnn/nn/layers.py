@@ -12,7 +12,7 @@ from .. import _validate as V
 from .. import init as initializers
 from .. import ops
 from .._random import generator
-from ..backend.codes import ACTIVATIONS
+from ..backend.codes import ACTIVATIONS, SAVES_PREACTIVATION
 from .module import Module, Parameter
 
 
@@ -60,7 +60,10 @@ class Linear(Module):
     def forward_fused(self, x, act, alpha):
         """Forward with an activation taken from a following layer."""
         V.float_array(x, "x", ndim=2, dtype=self.weight.data.dtype)
-        y, self._saved = ops.linear_act(x, self.weight.data, self.bias.data if self.bias else None, act, alpha)
+        shape, dt = (x.shape[0], self.out_features), self.weight.data.dtype
+        y, self._saved = ops.linear_act(x, self.weight.data, self.bias.data if self.bias else None, act, alpha,
+                                        out=self._buf("y", shape, dt),
+                                        z_out=self._buf("z", shape, dt, True) if act in SAVES_PREACTIVATION else None)
         return y
 
     def backward(self, dout):
@@ -73,9 +76,12 @@ class Linear(Module):
         """Gradients into weight.grad / bias.grad; returns (dx or None, dalpha or None)."""
         if self._saved is None:
             raise RuntimeError("Linear.backward called before forward")
+        x = self._saved.x
         dx, _, _, dalpha = ops.linear_act_backward(
             dout, self._saved, need_dx=self.input_grad, dweight=self.weight.grad,
-            dbias=self.bias.grad if self.bias else None, need_dbias=self.bias is not None)
+            dbias=self.bias.grad if self.bias else None, need_dbias=self.bias is not None,
+            dx=self._buf("dx", x.shape, x.dtype) if self.input_grad else None,
+            dz_work=self._buf("dz", dout.shape, x.dtype, True))
         return dx, dalpha
 
 
@@ -95,13 +101,14 @@ class Activation(Module):
 
     def forward(self, x):
         self._x = x
-        self._y = ops.activation(x, self.name, self.alpha_value)
+        self._y = ops.activation(x, self.name, self.alpha_value, out=self._buf("y", x.shape, x.dtype))
         return self._y
 
     def backward(self, dout):
         if self._x is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        dx, dalpha = ops.activation_backward(dout, self._x, self._y, self.name, self.alpha_value)
+        dx, dalpha = ops.activation_backward(dout, self._x, self._y, self.name, self.alpha_value,
+                                             out=self._buf("dx", dout.shape, dout.dtype))
         self._accumulate_alpha(dalpha)
         return dx
 
@@ -220,6 +227,8 @@ class Sequential(Module):
                 raise TypeError(f"layers[{i}] must be a fastnn Module, got {type(layer).__name__}")
             setattr(self, str(i), layer)
         self.layers = list(layers)
+        for layer in self.layers:
+            object.__setattr__(layer, "reuse_buffers", True)
         self._plan = self._make_plan()
         self._ran = []
 
@@ -248,7 +257,8 @@ class Sequential(Module):
                 x = layer.forward(x)
             else:
                 x = layer.forward_fused(x, act.name, act.alpha_value)
-        return x
+        # Children reuse their buffers; a top-level Sequential hands out a copy.
+        return x if self.reuse_buffers else np.array(x, copy=True)
 
     def backward(self, dout):
         for k, (layer, act) in enumerate(reversed(self._plan)):
@@ -259,4 +269,4 @@ class Sequential(Module):
             else:
                 dout, dalpha = layer.backward_fused(dout)
                 act._accumulate_alpha(dalpha)
-        return dout
+        return dout if (self.reuse_buffers or dout is None) else np.array(dout, copy=True)

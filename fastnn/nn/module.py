@@ -126,6 +126,10 @@ class Module:
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "input_grad", True)
+        # Set by a containing Sequential: outputs may live in buffers reused by the
+        # next call (no allocation, no page faults in steady-state training).
+        object.__setattr__(self, "reuse_buffers", False)
+        object.__setattr__(self, "_bufs", {})
 
     def __setattr__(self, name, value):
         if "_params" not in self.__dict__:
@@ -137,6 +141,17 @@ class Module:
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
+
+    def _buf(self, name: str, shape, dtype, always: bool = False):
+        """A reusable output/scratch array, or None (ops then allocate) when this
+        module's outputs must be fresh. `always` for scratch never returned."""
+        if not (always or self.reuse_buffers):
+            return None
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
+            buf = np.empty(shape, dtype)
+            self._bufs[name] = buf
+        return buf
 
     def register_buffer(self, name: str, array) -> None:
         """A non-trained array saved with the state (e.g. BatchNorm running_mean)."""

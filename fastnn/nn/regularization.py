@@ -52,7 +52,7 @@ class _BatchNorm(Module):
         y, self._saved = ops.batchnorm(
             x, self.weight.data if self.affine else None, self.bias.data if self.affine else None,
             self.running_mean, self.running_var, training=self.training, momentum=self.momentum, eps=self.eps,
-            act=act, alpha=alpha)
+            act=act, alpha=alpha, out=self._buf("y", x.shape, x.dtype))
         return y
 
     def backward(self, dout):
@@ -63,9 +63,11 @@ class _BatchNorm(Module):
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         if self.affine:
             dx, _, _ = ops.batchnorm_backward(dout, self._saved, self.weight.data, need_dx=self.input_grad,
-                                              dgamma=self.weight.grad, dbeta=self.bias.grad)
+                                              dgamma=self.weight.grad, dbeta=self.bias.grad,
+                                              out=self._buf("dx", dout.shape, dout.dtype))
         else:
-            dx, _, _ = ops.batchnorm_backward(dout, self._saved, None, need_dx=self.input_grad)
+            dx, _, _ = ops.batchnorm_backward(dout, self._saved, None, need_dx=self.input_grad,
+                                              out=self._buf("dx", dout.shape, dout.dtype))
         return dx, None
 
 
@@ -100,12 +102,12 @@ class Dropout(Module):
             return x
         self._used = self.offset
         self.offset += int(np.prod(x.shape))
-        return ops.dropout(x, self.p, self.seed, self._used)
+        return ops.dropout(x, self.p, self.seed, self._used, out=self._buf("y", x.shape, x.dtype))
 
     def backward(self, dout):
         if self._used is None:
             return dout
-        return ops.dropout_backward(dout, self.p, self.seed, self._used)
+        return ops.dropout_backward(dout, self.p, self.seed, self._used, out=self._buf("dx", dout.shape, dout.dtype))
 
 
 class DropConnect(Linear):
