@@ -264,7 +264,10 @@ def _layer_stats(label, act, y, bins=50) -> dict:
     if act in RELU_FAMILY:
         dead = float(np.mean(y64 == 0.0))
     finite = y64[np.isfinite(y64)]
-    counts, edges = np.histogram(finite, bins=bins) if finite.size else (np.zeros(bins, np.int64), np.linspace(0, 1, bins + 1))
+    if finite.size:
+        counts, edges = np.histogram(finite, bins=bins)
+    else:
+        counts, edges = np.zeros(bins, np.int64), np.linspace(0.0, 1.0, bins + 1)
     return {"name": label, "activation": act, "mean": float(np.mean(y64)), "std": float(np.std(y64)),
             "saturated": saturated, "dead": dead, "hist": (counts, edges)}
 

@@ -1,5 +1,9 @@
 """Babysitting tools: each test fails if the diagnostic lies (a broken model
-must be flagged, a healthy one must pass)."""
+must be flagged, a healthy one must pass).
+
+Diagnostics only compose the ops (they never branch on the backend), so these
+tests run once, on the default backend; the suite is repeated with
+FASTNN_BACKEND=numba."""
 import math
 
 import numpy as np
@@ -19,7 +23,7 @@ def digits():
     return fnn.data.load_digits()
 
 
-def test_check_initial_loss_passes_sane_init_and_flags_huge_weights(digits, backend):
+def test_check_initial_loss_passes_sane_init_and_flags_huge_weights(digits):
     X, y = digits
     loss = fnn.losses.SoftmaxCrossEntropy()
     good = D.check_initial_loss(_mlp(0), loss, X, y)
@@ -54,7 +58,7 @@ def test_overfit_small_reaches_100_percent_and_catches_a_frozen_model(digits):
     assert not res["ok"] and res["train_acc"] < 0.5
 
 
-def test_gradient_check_passes_correct_backward_and_catches_a_broken_one(digits, backend, monkeypatch):
+def test_gradient_check_passes_correct_backward_and_catches_a_broken_one(digits, monkeypatch):
     X, y = digits
     X, y = X[:12].astype(np.float64), y[:12]
     model = fnn.nn.Sequential(fnn.nn.Linear(64, 16, activation="tanh", dtype=np.float64, rng=0),
@@ -84,7 +88,7 @@ def test_gradient_check_passes_correct_backward_and_catches_a_broken_one(digits,
         np.testing.assert_array_equal(v, before[k])
 
 
-def test_activation_stats_per_plan_step_dead_and_saturated(digits, backend):
+def test_activation_stats_per_plan_step_dead_and_saturated(digits):
     X, _ = digits
     model = fnn.nn.Sequential(
         fnn.nn.Linear(64, 32, rng=0), fnn.nn.ReLU(),                 # fused by Sequential

@@ -39,7 +39,7 @@ def test_ensemble_averages_softmax_probabilities(digits):
     np.testing.assert_allclose(weighted, probs[0], rtol=1e-10)
 
 
-def test_snapshot_ensemble_beats_its_members_on_average(digits, backend):
+def test_snapshot_ensemble_beats_its_members_on_average(digits):
     (Xtr, ytr), _, (Xte, yte) = digits
     model = _mlp(0, hidden=128, dropout=0.3)
     snap = SnapshotEnsemble()
@@ -51,7 +51,9 @@ def test_snapshot_ensemble_beats_its_members_on_average(digits, backend):
     members = snap.evaluate_members(Xte, yte)
     ens = snap.evaluate(Xte, yte)
     mean_acc = np.mean([m["accuracy"] for m in members])
-    # Measured on seed 0: ensemble 0.9721 vs member mean 0.9652 (best member 0.9694).
+    # Measured (seed 0, cpp and numba alike): members 0.967, 0.978, 0.981, 0.981 (mean 0.976), ensemble 0.983.
+    # Over init seeds 0-5 the ensemble beat the members' mean every time, the best member only in 2 of 6,
+    # so the claim asserted is "beats its members on average"; the loss bound holds by convexity of -log.
     assert ens["accuracy"] >= mean_acc
     assert ens["loss"] < np.mean([m["loss"] for m in members])
 

@@ -1,6 +1,5 @@
 """Hyperparameter search: samplers, seeding, ordering, parallel trials, and a
 real search on the digits."""
-import functools
 import math
 import subprocess
 import sys
