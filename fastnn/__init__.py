@@ -26,6 +26,8 @@ from . import _validate
 from ._random import manual_seed
 from . import ops, init, losses, schedules, data, nn, optim
 from .train import Callback, History, Trainer, TrainingDiverged
+from .callbacks import BestCheckpoint, EarlyStopping
+from . import diagnostics, search, ensemble
 
 
 def set_num_threads(n: int) -> None:
@@ -46,4 +48,5 @@ def get_num_threads() -> int:
 
 
 __all__ = ["backend", "ops", "init", "losses", "schedules", "data", "nn", "optim", "Trainer", "History",
-           "Callback", "TrainingDiverged", "manual_seed", "set_num_threads", "get_num_threads", "__version__"]
+           "Callback", "TrainingDiverged", "manual_seed", "set_num_threads", "get_num_threads", "__version__",
+           "EarlyStopping", "BestCheckpoint", "diagnostics", "search", "ensemble"]

@@ -1,4 +1,4 @@
-"""The ``fastnn`` command: train, doctor, bench."""
+"""The ``fastnn`` command: train, search, doctor, bench."""
 from __future__ import annotations
 
 import argparse
@@ -71,6 +71,53 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _search_objective(params, epochs, hidden, batch_size, seed):
+    """Validation accuracy of an MLP on the digits (module level: picklable for --jobs)."""
+    import numpy as np
+
+    import fastnn as fnn
+
+    X, y = fnn.data.load_digits()
+    (Xtr, ytr), (Xva, yva), _ = fnn.data.split(X, y, (0.6, 0.2, 0.2), seed=seed)
+    model = _build_mlp(fnn, X.shape[1], hidden, int(y.max()) + 1, "relu", np.float32)
+    opt = fnn.optim.Adam(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+    trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt, seed=seed)
+    return trainer.fit(Xtr, ytr, epochs=epochs, batch_size=batch_size, val=(Xva, yva), progress=False).val_acc[-1]
+
+
+def cmd_search(args) -> int:
+    import functools
+
+    import fastnn as fnn
+    from fastnn.search import loguniform, random_search
+
+    if args.backend:
+        fnn.backend.use(args.backend)
+    fnn.manual_seed(args.seed)
+
+    def bounds(text, name):
+        try:
+            low, high = (float(v) for v in text.split(","))
+        except ValueError:
+            raise SystemExit(f"fastnn search: --{name} must be 'low,high', got {text!r}") from None
+        return loguniform(low, high)
+
+    space = {"lr": bounds(args.lr, "lr"), "weight_decay": bounds(args.weight_decay, "weight-decay")}
+    hidden = [int(h) for h in args.hidden.split(",") if h]
+    objective = functools.partial(_search_objective, epochs=args.epochs, hidden=hidden,
+                                  batch_size=args.batch_size, seed=args.seed)
+    print(f"fastnn {fnn.__version__}: random search on the digits, {args.trials} trials of {args.epochs} epochs, "
+          f"lr ~ {space['lr']}, weight_decay ~ {space['weight_decay']}; score = validation accuracy")
+    result = random_search(objective, space, trials=args.trials, seed=args.seed, n_jobs=args.jobs)
+    print(result.table())
+    if args.plot:
+        result.plot(args.plot)
+        print(f"plot written to {args.plot}")
+    best = result.best
+    print(f"best: score {best.score:.4f} lr {best.params['lr']:.3g} weight_decay {best.params['weight_decay']:.3g}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     import numpy as np
 
@@ -124,6 +171,19 @@ def main(argv=None) -> int:
     t.add_argument("--save", default=None, help="write the trained model to this .npz")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("search", help="random search of lr and weight decay (log space) on the digits")
+    s.add_argument("--trials", type=int, default=8)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--lr", default="1e-4,1e-1", help="log-uniform range 'low,high'")
+    s.add_argument("--weight-decay", default="1e-6,1e-2", help="log-uniform range 'low,high'")
+    s.add_argument("--hidden", default="128", help="hidden layer sizes, comma separated")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--jobs", type=int, default=1, help="trials run in parallel processes")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--backend", choices=["cpp", "numba"], default=None)
+    s.add_argument("--plot", default=None, help="write the score plot to this PNG")
+    s.set_defaults(func=cmd_search)
 
     d = sub.add_parser("doctor", help="versions, backends, CPU code path, threads, CUDA")
     d.set_defaults(func=cmd_doctor)

@@ -9,6 +9,7 @@ Fans: a Linear weight (in, out) has fan_in = in, fan_out = out; a conv weight
   2 / (fan_in + fan_out); ``mode="fan_in"`` gives the 1/fan_in form.
 - ``he_normal`` / ``he_uniform``: He et al. (2015), variance 2 / fan_in, for ReLU.
 - ``orthogonal``: Saxe et al. (2014), a (scaled) orthogonal matrix.
+- ``lsuv(model, x)``: data-driven (Mishkin & Matas 2016), applied to a built model.
 """
 from __future__ import annotations
 
@@ -89,6 +90,33 @@ def orthogonal(shape, rng=None, dtype=np.float32, gain=1.0):
     if rows < cols:
         q = q.T
     return (gain * q[:rows, :cols]).reshape(shape).astype(dtype)
+
+
+def lsuv(model, x, tol=0.1, max_iter=10, rng=None):
+    """Layer-sequential unit-variance init (Mishkin & Matas 2016, "All you need
+    is a good init"): every weight layer (Linear, Conv2d: a ``weight`` of 2+
+    dimensions) gets an orthogonal matrix, then, layer by layer from the input,
+    its weight is divided by sqrt(Var(output)) until |Var - 1| < tol (at most
+    max_iter passes). The variance is that of the layer's linear output (before
+    its activation, the paper's conv/fc blob), measured on the batch x in eval
+    mode. Biases are left as they are. Returns the model (changed in place)."""
+    from .diagnostics import _check_x, _frozen_state, _run_step, _steps
+
+    x = _check_x(x, "x")
+    rng = generator(rng)
+    with _frozen_state(model, training=False):
+        h = x
+        for _, layer, act in _steps(model):
+            w = getattr(layer, "weight", None)
+            if w is not None and w.data.ndim >= 2 and hasattr(layer, "forward_fused"):
+                w.data[...] = orthogonal(w.data.shape, rng=rng, dtype=w.data.dtype)
+                for _ in range(int(max_iter)):
+                    var = float(np.var(np.asarray(layer.forward_fused(h, "identity", None)), dtype=np.float64))
+                    if not np.isfinite(var) or var <= 0.0 or abs(var - 1.0) < tol:
+                        break
+                    w.data[...] /= np.sqrt(var).astype(w.data.dtype)
+            h = _run_step(layer, act, h)
+    return model
 
 
 INITIALIZERS = {

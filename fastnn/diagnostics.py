@@ -1,0 +1,441 @@
+"""Babysitting the learning process (lecture "Training Neural Networks I").
+
+The checks to run before and while training, each one measured, not guessed:
+
+- ``check_initial_loss``: an untrained softmax classifier over C classes should
+  score about ln C; far above means the initial weights are too large (or a
+  regularization term sneaked into the loss), far below means something leaks.
+- ``overfit_small``: a model that cannot reach 100% on 20 examples has a bug.
+- ``gradient_check``: analytic ``.grad`` vs central differences (CS231n's
+  relative error), per parameter; run it in float64.
+- ``activation_stats`` (+ ``plot_activation_stats``) and
+  ``dead_relu_fraction``: mean, std, saturation and dead units of every
+  nonlinearity's output, layer by layer (Sequential's fused Linear+activation
+  steps included).
+- ``UpdateRatioMonitor``: ||update|| / ||W|| per parameter per step; about 1e-3
+  is healthy.
+- ``init_experiment``: the lecture's 10-layer weight-initialization experiment.
+
+Shapes: X (N, D) or (N, C, H, W); a layer's output (N, M) or (N, C, H, W);
+"units" are axis 1 (features or channels).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+
+import numpy as np
+
+from . import _validate as V
+from ._random import generator
+from .nn.layers import Activation, Sequential
+from .nn.module import Module
+from .train import Callback
+
+# Output bounds of the squashing nonlinearities (saturated = within 1% of a bound).
+SATURATING = frozenset({"tanh", "sigmoid"})
+# Activations whose output is exactly 0 for every negative input ("dead" units).
+ZERO_FLOOR = frozenset({"relu"})
+# Activations for which a count of exact zeros is reported (0 for the leaky ones: they never die).
+RELU_FAMILY = frozenset({"relu", "leaky_relu", "prelu"})
+
+
+# --- walking a model step by step --------------------------------------------------
+
+def _steps(model, prefix=""):
+    """The model as a flat list of (label, layer, fused_activation_layer or None):
+    Sequential's own execution plan (a Linear followed by an activation is ONE
+    fused step), nested Sequentials flattened, any other module one opaque step."""
+    if isinstance(model, Sequential):
+        out = []
+        index = {id(layer): i for i, layer in enumerate(model.layers)}
+        for layer, act in model._plan:
+            i = index[id(layer)]
+            if isinstance(layer, Sequential):
+                out.extend(_steps(layer, f"{prefix}{i}."))
+                continue
+            label = f"{prefix}{i}:{type(layer).__name__}"
+            if act is not None:
+                label = f"{prefix}{i}-{index[id(act)]}:{type(layer).__name__}+{type(act).__name__}"
+            out.append((label, layer, act))
+        return out
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a fastnn Module, got {type(model).__name__}")
+    return [(f"{prefix}{type(model).__name__}", model, None)]
+
+
+def _nonlinearity(layer, act) -> str:
+    """The name of the nonlinearity a step applies ('identity' for none)."""
+    if act is not None:
+        return act.name
+    if isinstance(layer, Activation):
+        return layer.name
+    return getattr(layer, "activation", "identity") or "identity"
+
+
+def _run_step(layer, act, x):
+    if act is None:
+        return layer.forward(x)
+    return layer.forward_fused(x, act.name, act.alpha_value)
+
+
+@contextlib.contextmanager
+def _frozen_state(model, training: bool):
+    """Run in the given mode and leave the model exactly as found (mode, BN
+    running statistics, dropout counters)."""
+    was = [(m, m.training) for m in model.modules()]
+    state = model.state_dict() if training else None
+    offsets = [(m, m.offset) for m in model.modules() if hasattr(m, "offset")]
+    model.train(training)
+    try:
+        yield
+    finally:
+        for m, mode in was:
+            object.__setattr__(m, "training", mode)
+        if state is not None:
+            model.load_state_dict(state)
+        for m, off in offsets:
+            m.offset = off
+
+
+def _trace(model, X, training=False):
+    """[(label, activation name, output array)] for every step of the forward pass."""
+    out = []
+    with _frozen_state(model, training):
+        x = X
+        for label, layer, act in _steps(model):
+            x = _run_step(layer, act, x)
+            out.append((label, _nonlinearity(layer, act), np.asarray(x)))
+    return out
+
+
+def _check_x(X, name="X"):
+    V.float_array(X, name, contiguous=False)
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(f"{name} must be a non-empty batch (N, ...), got shape {X.shape}")
+    return np.ascontiguousarray(X)
+
+
+# --- initial loss ----------------------------------------------------------------
+
+def check_initial_loss(model, loss, X, y, rtol=0.1, atol=0.05) -> dict:
+    """The loss of the (untrained) model on (X, y) against its expected value.
+
+    For softmax cross-entropy over C classes the expected value is ln C
+    (``loss.expected_initial(C)``): all scores near 0 give uniform
+    probabilities. ``ok`` when |loss - expected| <= max(atol, rtol * expected);
+    the default tolerance (10%) passes the usual He/Xavier initializations of
+    an MLP (their scores have std ~0.5, loss ~1.05 ln C) and flags weights a
+    few times too large. Runs in eval mode and leaves the model unchanged.
+
+    Returns {'loss', 'expected', 'ok', 'score_std', 'hint'} (hint is '' when ok)."""
+    X = _check_x(X)
+    with _frozen_state(model, training=False):
+        scores = np.asarray(model.forward(X))
+        value = float(loss.forward(scores, y))
+    if scores.ndim != 2:
+        raise ValueError(f"the model must output scores (N, C), got shape {scores.shape}")
+    expected = loss.expected_initial(scores.shape[1])
+    score_std = float(np.std(scores))
+    result = {"loss": value, "expected": expected, "ok": None, "score_std": score_std, "hint": ""}
+    if expected is None:
+        result["hint"] = f"{type(loss).__name__} has no known initial value; nothing to compare"
+        return result
+    tol = max(atol, rtol * abs(expected))
+    result["ok"] = bool(math.isfinite(value) and abs(value - expected) <= tol)
+    if not math.isfinite(value):
+        result["hint"] = "the initial loss is not finite: check the data and the initial weights"
+    elif value > expected + tol:
+        result["hint"] = (f"initial loss {value:.4g} is above the expected {expected:.4g} (scores have std "
+                          f"{score_std:.3g}, want them near 0): initial weights too large? use a smaller or "
+                          "Xavier/He init; or is a regularization term included in the loss?")
+    elif value < expected - tol:
+        result["hint"] = (f"initial loss {value:.4g} is below the expected {expected:.4g} for an untrained "
+                          "model: are the labels leaking into the inputs, or the classes very unbalanced?")
+    return result
+
+
+# --- overfit a tiny subset ----------------------------------------------------------
+
+def overfit_small(build, X, y, epochs=200, n=20, lr=1e-2, seed=0, loss=None) -> dict:
+    """Train a fresh ``build()`` model on n examples (Adam, full batch, no weight
+    decay, dropout switched off) for ``epochs`` steps. A correct model and
+    training loop drive the training accuracy to 1.0 and the loss near 0.
+
+    Returns {'train_acc', 'final_loss', 'ok', 'model', 'history'}."""
+    from . import losses, optim
+    from .train import Trainer
+
+    X = _check_x(X)
+    n = V.positive_int(n, "n")
+    if n > len(X):
+        raise ValueError(f"n={n} is larger than the {len(X)} examples given")
+    idx = generator(seed).choice(len(X), n, replace=False)
+    xs, ys = np.ascontiguousarray(X[idx]), np.asarray(y)[idx]
+    model = build()
+    if not isinstance(model, Module):
+        raise TypeError(f"build() must return a fastnn Module, got {type(model).__name__}")
+    for m in model.modules():       # no regularization: this checks capacity, not generalization
+        if hasattr(m, "p") and hasattr(m, "offset"):
+            m.p = 0.0
+    loss = loss if loss is not None else losses.SoftmaxCrossEntropy()
+    trainer = Trainer(model, loss, optim.Adam(model.parameters(), lr=lr), seed=seed)
+    hist = trainer.fit(xs, ys, epochs=epochs, batch_size=n, progress=False, eval_train_size=n)
+    ev = trainer.evaluate(xs, ys)
+    return {"train_acc": ev["accuracy"], "final_loss": ev["loss"], "ok": ev["accuracy"] == 1.0,
+            "model": model, "history": hist}
+
+
+# --- gradient check ----------------------------------------------------------------
+
+def _relative_error(analytic, numeric):
+    """CS231n: |a - n| / max(|a| + |n|, 1e-8), elementwise."""
+    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
+
+
+def gradient_check(model, loss, X, y, eps=1e-6, n_checks=10, seed=0, tol=None, training=False) -> dict:
+    """Analytic gradients (``model.backward`` into each ``.grad``) against
+    central differences (L(w + eps) - L(w - eps)) / 2 eps at ``n_checks``
+    random entries of every trainable parameter (all entries of small ones).
+
+    Use float64 models and a few rows of X: float32 round-off swamps eps=1e-6
+    (for float32 pass eps ~1e-3 and expect errors ~1e-2). Relative errors
+    below 1e-7 are right; up to ~1e-5 can come from ReLU kinks.
+    ``tol`` (default 1e-5 for float64, 2e-2 for float32) decides ``ok``.
+    training=True checks the training-mode function (dropout masks are held
+    fixed; BN running statistics are restored afterwards).
+
+    Returns {'errors': {name: max relative error}, 'max_error', 'ok'}; the
+    model's weights are left unchanged."""
+    X = _check_x(X)
+    eps = V.real(eps, "eps", low=0.0, low_open=True)
+    n_checks = V.positive_int(n_checks, "n_checks")
+    params = [(name, p) for name, p in model.named_parameters() if p.trainable]
+    if not params:
+        raise ValueError("the model has no trainable parameters to check")
+    dtype = params[0][1].data.dtype
+    if tol is None:
+        tol = 1e-5 if dtype == np.float64 else 2e-2
+    rng = generator(seed)
+    offsets = [(m, m.offset) for m in model.modules() if hasattr(m, "offset")]
+
+    def loss_at():
+        for m, off in offsets:          # the same dropout masks for every evaluation
+            m.offset = off
+        return float(loss.forward(model.forward(X), y))
+
+    errors = {}
+    with _frozen_state(model, training):
+        loss_at()
+        was_input_grad = model.input_grad
+        object.__setattr__(model, "input_grad", False)
+        try:
+            model.backward(loss.backward())
+        finally:
+            object.__setattr__(model, "input_grad", was_input_grad)
+        analytic = {name: np.array(p.grad, np.float64, copy=True) for name, p in params}
+        for name, p in params:
+            size = p.data.size
+            picks = np.arange(size) if size <= n_checks else rng.choice(size, n_checks, replace=False)
+            numeric = np.empty(len(picks))
+            for k, i in enumerate(picks):
+                old = p.data.flat[i]
+                p.data.flat[i] = old + eps
+                plus = loss_at()
+                p.data.flat[i] = old - eps
+                minus = loss_at()
+                p.data.flat[i] = old
+                numeric[k] = (plus - minus) / (2 * eps)
+            errors[name] = float(np.max(_relative_error(analytic[name].reshape(-1)[picks], numeric)))
+    worst = max(errors.values())
+    return {"errors": errors, "max_error": worst, "ok": bool(worst <= tol)}
+
+
+# --- activation statistics --------------------------------------------------------------
+
+def _layer_stats(label, act, y, bins=50) -> dict:
+    y64 = y.astype(np.float64, copy=False)
+    saturated = dead = None
+    if act == "tanh":
+        saturated = float(np.mean(np.abs(y64) > 0.99))
+    elif act == "sigmoid":
+        saturated = float(np.mean((y64 < 0.01) | (y64 > 0.99)))
+    if act in RELU_FAMILY:
+        dead = float(np.mean(y64 == 0.0))
+    finite = y64[np.isfinite(y64)]
+    if finite.size:
+        counts, edges = np.histogram(finite, bins=bins)
+    else:
+        counts, edges = np.zeros(bins, np.int64), np.linspace(0.0, 1.0, bins + 1)
+    return {"name": label, "activation": act, "mean": float(np.mean(y64)), "std": float(np.std(y64)),
+            "saturated": saturated, "dead": dead, "hist": (counts, edges)}
+
+
+def activation_stats(model, X, training=False) -> list[dict]:
+    """One dict per step that applies a nonlinearity (an activation layer, a
+    Linear/Conv2d with ``activation=``, or a Sequential-fused Linear+activation),
+    in order: ``name``, ``activation``, ``mean``, ``std`` of its output,
+    ``saturated`` (tanh: fraction with |y| > 0.99; sigmoid: y < 0.01 or
+    y > 0.99; None otherwise), ``dead`` (fraction of exact zeros for relu,
+    leaky_relu and prelu; None otherwise) and ``hist`` (counts, edges) for
+    plotting. Eval mode unless ``training``; the model is left unchanged."""
+    X = _check_x(X)
+    return [_layer_stats(label, act, y) for label, act, y in _trace(model, X, training) if act != "identity"]
+
+
+def dead_relu_fraction(model, X) -> dict:
+    """{layer name: fraction of its units (axis 1) that output exactly 0 for
+    every example of X} for every ReLU step: units that no longer learn."""
+    X = _check_x(X)
+    out = {}
+    for label, act, y in _trace(model, X):
+        if act in ZERO_FLOOR:
+            axes = tuple(a for a in range(y.ndim) if a != 1)
+            out[label] = float(np.mean(np.all(y == 0, axis=axes)))
+    return out
+
+
+def plot_activation_stats(stats, X=None, path=None, max_layers=12):
+    """Histograms of every nonlinearity's output (one panel per layer) and the
+    mean/std per layer. ``stats`` is activation_stats' list or a model (then X
+    is required). Needs matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError("plot_activation_stats needs matplotlib: pip install 'fastnn[plot]'") from exc
+    if isinstance(stats, Module):
+        if X is None:
+            raise ValueError("plot_activation_stats(model, X, path): X is required when given a model")
+        stats = activation_stats(stats, X)
+    stats = list(stats)
+    if not stats:
+        raise ValueError("no layer applies a nonlinearity: nothing to plot")
+    shown = stats[:max_layers]
+    cols = min(len(shown), 6)
+    rows = 1 + math.ceil(len(shown) / cols)
+    fig = plt.figure(figsize=(2.4 * cols + 1, 2.3 * rows))
+    ax = fig.add_subplot(rows, 1, 1)
+    layers = np.arange(1, len(stats) + 1)
+    ax.plot(layers, [s["mean"] for s in stats], "o-", label="mean")
+    ax.plot(layers, [s["std"] for s in stats], "s-", label="std")
+    ax.set_xlabel("layer")
+    ax.set_xticks(layers)
+    ax.legend()
+    ax.set_title("activation mean / std per layer")
+    for k, s in enumerate(shown):
+        a = fig.add_subplot(rows, cols, cols + k + 1)
+        counts, edges = s["hist"]
+        a.stairs(counts, edges, fill=True)
+        a.set_title(f"{k + 1}: {s['activation']}\nstd {s['std']:.3g}", fontsize=8)
+        a.tick_params(labelsize=7)
+        a.set_yticks([])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
+# --- update / weight ratio ------------------------------------------------------------
+
+class UpdateRatioMonitor(Callback):
+    """Records ||p_after - p_before|| / ||p_before|| per parameter per step
+    (the lecture's "ratio of weight updates to weight magnitudes", healthy
+    around 1e-3) and warns once per parameter when the median over an epoch is
+    outside [low, high] (lr too small or too large).
+
+    Works on the optimizer's flat buffer: a copy of ``optimizer.flat_param``
+    before each step, per-parameter norms by segment (``seg_begin``). Warnings
+    consider weights (ndim >= 2) only, since biases start at 0; frozen
+    parameters are skipped. ``ratios`` maps parameter name -> list per step."""
+
+    def __init__(self, low=1e-5, high=1e-1, every=1, warn=True):
+        self.low = V.real(low, "low", low=0.0)
+        self.high = V.real(high, "high", low=self.low)
+        self.every = V.positive_int(every, "every")
+        self.warn = bool(warn)
+        self.ratios: dict[str, list[float]] = {}
+        self.warned: set[str] = set()
+        self._prev = None
+        self._epoch_start = 0
+
+    def on_train_begin(self, trainer):
+        opt = trainer.optimizer
+        if not hasattr(opt, "flat_param"):
+            raise TypeError("UpdateRatioMonitor needs a fastnn optimizer (one flat parameter buffer)")
+        names = {id(p): name for name, p in trainer.model.named_parameters()}
+        self._params = list(opt._params)
+        self._names = [names.get(id(p), p.name) for p in self._params]
+        for name in self._names:
+            self.ratios.setdefault(name, [])
+        self._starts = opt.seg_begin[:-1]
+        self._prev = np.array(opt.flat_param, np.float64)
+        self._prev_norm = self._segment_norms(self._prev)
+        self._count = 0
+        self._epoch_start = len(self.ratios[self._names[0]]) if self._names else 0
+
+    def _segment_norms(self, flat):
+        return np.sqrt(np.add.reduceat(flat * flat, self._starts))
+
+    def on_step_end(self, trainer, step, loss):
+        self._count += 1
+        now = np.array(trainer.optimizer.flat_param, np.float64)
+        if self._count % self.every == 0:
+            update = self._segment_norms(now - self._prev)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(self._prev_norm > 0, update / self._prev_norm, np.nan)
+            for name, r in zip(self._names, ratio):
+                self.ratios[name].append(float(r))
+        self._prev = now
+        self._prev_norm = self._segment_norms(now)
+
+    def on_epoch_end(self, trainer, epoch, history):
+        if not self.warn:
+            return
+        for name, p in zip(self._names, self._params):
+            if name in self.warned or p.data.ndim < 2 or not p.trainable:
+                continue
+            recent = np.asarray(self.ratios[name][self._epoch_start:])
+            recent = recent[np.isfinite(recent)]
+            if recent.size == 0:
+                continue
+            med = float(np.median(recent))
+            if not self.low <= med <= self.high:
+                self.warned.add(name)
+                side = "small: raise the learning rate" if med < self.low else "large: lower the learning rate"
+                warnings.warn(f"update/weight ratio of {name!r} is {med:.2e} (median over epoch {epoch + 1}), "
+                              f"outside [{self.low:.0e}, {self.high:.0e}] (want ~1e-3): too {side}",
+                              RuntimeWarning, stacklevel=2)
+        self._epoch_start = len(self.ratios[self._names[0]]) if self._names else 0
+
+    def summary(self) -> dict:
+        """{name: median ratio over all recorded steps}."""
+        return {k: float(np.nanmedian(v)) if len(v) else float("nan") for k, v in self.ratios.items()}
+
+
+# --- the weight-initialization experiment --------------------------------------------------
+
+def init_experiment(init, activation, layers=10, width=500, n=1000, seed=0, dtype=np.float32) -> list[float]:
+    """The lecture's experiment: push n unit-Gaussian inputs through ``layers``
+    Linear(width, width) layers with the given ``init`` (a fastnn.init name,
+    "normal" is std 1.0, or a callable) and ``activation``, zero biases;
+    returns the std of every layer's output. tanh + small_random(0.01) decays
+    to ~0, tanh + normal(1.0) saturates at +-1, tanh + xavier_normal and relu +
+    he_normal keep a healthy spread."""
+    from .nn.layers import Linear
+
+    layers = V.positive_int(layers, "layers")
+    width = V.positive_int(width, "width")
+    n = V.positive_int(n, "n")
+    rng = generator(seed)
+    model = Sequential(*[Linear(width, width, activation=activation, init=init, dtype=dtype, rng=rng)
+                         for _ in range(layers)])
+    X = rng.standard_normal((n, width)).astype(dtype)
+    return [float(np.std(y.astype(np.float64))) for _, _, y in _trace(model, X)]
+
+
+__all__ = ["check_initial_loss", "overfit_small", "gradient_check", "activation_stats", "plot_activation_stats",
+           "dead_relu_fraction", "UpdateRatioMonitor", "init_experiment"]

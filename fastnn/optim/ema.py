@@ -1,0 +1,97 @@
+"""Polyak averaging of the weights: an exponential moving average (EMA).
+
+    shadow = decay * shadow + (1 - decay) * param        (after every step)
+
+The averaged weights often evaluate better than the last iterate (Polyak &
+Juditsky 1992; "Training Neural Networks II", model ensembles). ``update()``
+once per optimizer step (or pass the EMA to ``Trainer(callbacks=[ema])``), and
+evaluate with the averaged weights inside ``with ema.swapped(): ...``.
+Only parameters are averaged; buffers (BatchNorm running statistics) are not.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from .. import _validate as V
+from ..nn.module import Parameter
+from ..train import Callback
+
+
+def _parameters(model_or_params) -> list[Parameter]:
+    if hasattr(model_or_params, "parameters") and callable(model_or_params.parameters):
+        params = list(model_or_params.parameters())
+    elif isinstance(model_or_params, Parameter):
+        params = [model_or_params]
+    else:
+        params = list(model_or_params)
+    for i, p in enumerate(params):
+        if not isinstance(p, Parameter):
+            raise TypeError(f"params[{i}] is a {type(p).__name__}, not a fastnn Parameter")
+    if not params:
+        raise ValueError("EMA needs at least one parameter")
+    return params
+
+
+class EMA(Callback):
+    """EMA(model or params, decay=0.999). Holds the Parameter objects (not
+    their arrays), so it keeps working after an optimizer moves them into its
+    flat buffer. The shadow starts as a copy of the current weights."""
+
+    def __init__(self, model_or_params, decay=0.999):
+        self.decay = V.real(decay, "decay", low=0.0, high=1.0)
+        self.params = _parameters(model_or_params)
+        self.shadow = [np.array(p.data, copy=True) for p in self.params]
+        self.num_updates = 0
+        self._backup = None
+
+    def update(self) -> None:
+        """shadow = decay * shadow + (1 - decay) * param, in place."""
+        d = self.decay
+        for s, p in zip(self.shadow, self.params):
+            s *= d
+            s += (1.0 - d) * p.data
+        self.num_updates += 1
+
+    def on_step_end(self, trainer, step, loss):
+        self.update()
+
+    def copy_to(self, model_or_params=None) -> None:
+        """Write the averaged weights into the parameters (for good)."""
+        targets = self.params if model_or_params is None else _parameters(model_or_params)
+        if len(targets) != len(self.shadow):
+            raise ValueError(f"EMA holds {len(self.shadow)} parameters, the target has {len(targets)}")
+        for s, p in zip(self.shadow, targets):
+            if p.data.shape != s.shape:
+                raise ValueError(f"parameter {p.name!r} has shape {p.data.shape}, the EMA holds {s.shape}")
+            p.data[...] = s
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """Averaged weights in the model inside the block, the trained ones after."""
+        if self._backup is not None:
+            raise RuntimeError("EMA.swapped() is already active")
+        self._backup = [np.array(p.data, copy=True) for p in self.params]
+        try:
+            self.copy_to()
+            yield self
+        finally:
+            for b, p in zip(self._backup, self.params):
+                p.data[...] = b
+            self._backup = None
+
+    def state_dict(self) -> dict:
+        out = {f"shadow{i}": s.copy() for i, s in enumerate(self.shadow)}
+        out["num_updates"] = np.array(self.num_updates)
+        out["decay"] = np.array(self.decay)
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, s in enumerate(self.shadow):
+            src = np.asarray(state[f"shadow{i}"])
+            if src.shape != s.shape:
+                raise ValueError(f"state_dict['shadow{i}'] has shape {src.shape}, expected {s.shape}")
+            s[...] = src
+        self.num_updates = int(state["num_updates"])
+        self.decay = float(state["decay"])

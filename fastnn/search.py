@@ -1,0 +1,403 @@
+"""Hyperparameter search ("Training Neural Networks I": random search beats
+grid search; coarse to fine; learning rate and regularization in log space).
+
+    space = {"lr": loguniform(1e-4, 1e-1), "weight_decay": loguniform(1e-6, 1e-2),
+             "hidden": choice([64, 128, 256])}
+    result = random_search(objective, space, trials=20, seed=0)
+    print(result.table()); result.best.params
+
+``objective(params: dict) -> float`` returns a score, higher is better (e.g.
+the validation accuracy). A trial whose objective raises (a diverging lr, say)
+or returns NaN is kept with score NaN and its error, and sorts last; if every
+trial fails the first error is raised.
+
+Parallel trials: ``n_jobs > 1`` runs them in a ``ProcessPoolExecutor`` of
+n_jobs "spawn" processes (fork is unsafe once OpenMP threads exist), each
+with cpu_count / n_jobs kernel threads. The objective is pickled to the
+workers, so it must be a module-level function (or a functools.partial of
+one), not a lambda, closure or a function defined in ``__main__`` of an
+interactive session. ``executor=`` takes any ``concurrent.futures.Executor``
+(a Dask ``distributed.Client`` too) instead.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import pickle
+import time
+
+import numpy as np
+
+from . import _validate as V
+
+
+# --- samplers ----------------------------------------------------------------
+
+class Sampler:
+    def sample(self, rng: np.random.Generator):
+        raise NotImplementedError
+
+    def narrow(self, values, shrink: float) -> "Sampler":
+        """A smaller range around values (the best trials' values, best first)."""
+        raise NotImplementedError
+
+
+class Uniform(Sampler):
+    log = False
+
+    def __init__(self, low, high):
+        self.low = V.real(low, "low")
+        self.high = V.real(high, "high", low=self.low)
+
+    def _to(self, v):
+        return v
+
+    def _from(self, u):
+        return u
+
+    def sample(self, rng):
+        return float(self._from(rng.uniform(self._to(self.low), self._to(self.high))))
+
+    def narrow(self, values, shrink):
+        lo, hi = self._to(self.low), self._to(self.high)
+        pts = [self._to(v) for v in values]
+        half = shrink * (hi - lo) / 2
+        # Centered on the best, wide enough to hold the other good trials, inside the old range.
+        a = max(lo, min(pts[0] - half, min(pts)))
+        b = min(hi, max(pts[0] + half, max(pts)))
+        return type(self)(float(self._from(a)), float(self._from(b)))
+
+    def __repr__(self):
+        return f"{type(self).__name__.lower()}({self.low:.4g}, {self.high:.4g})"
+
+
+class LogUniform(Uniform):
+    """exp(uniform(log a, log b)): every decade equally likely."""
+
+    log = True
+
+    def __init__(self, low, high):
+        super().__init__(low, high)
+        if self.low <= 0:
+            raise ValueError(f"loguniform needs 0 < low <= high, got ({low}, {high})")
+
+    def _to(self, v):
+        return math.log(v)
+
+    def _from(self, u):
+        return math.exp(u)
+
+
+class Choice(Sampler):
+    log = False
+
+    def __init__(self, options):
+        self.options = list(options)
+        if not self.options:
+            raise ValueError("choice needs at least one option")
+
+    def sample(self, rng):
+        return self.options[int(rng.integers(len(self.options)))]
+
+    def narrow(self, values, shrink):
+        keep = [o for o in self.options if any(_same(o, v) for v in values)]
+        return Choice(keep or self.options)
+
+    def __repr__(self):
+        return f"choice({self.options!r})"
+
+
+def _same(a, b):
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def loguniform(a, b) -> LogUniform:
+    """Log-uniform on [a, b] (0 < a <= b): learning rates, weight decay."""
+    return LogUniform(a, b)
+
+
+def uniform(a, b) -> Uniform:
+    """Uniform on [a, b]: dropout probability, momentum."""
+    return Uniform(a, b)
+
+
+def choice(options) -> Choice:
+    """One of the given options, equally likely."""
+    return Choice(options)
+
+
+def _check_space(space):
+    if not isinstance(space, dict) or not space:
+        raise TypeError("space must be a non-empty dict mapping names to loguniform/uniform/choice")
+    for k, s in space.items():
+        if not isinstance(s, Sampler):
+            raise TypeError(f"space[{k!r}] must be loguniform(a, b), uniform(a, b) or choice([...]), "
+                            f"got {type(s).__name__}")
+    return space
+
+
+# --- results -------------------------------------------------------------------
+
+class Trial:
+    """One evaluated point: ``params``, ``score`` (NaN if it failed), ``error``
+    (the exception text or None), ``index`` (order of sampling), ``round``, ``seconds``."""
+
+    __slots__ = ("params", "score", "error", "index", "round", "seconds")
+
+    def __init__(self, params, score, error=None, index=0, round=0, seconds=0.0):
+        self.params, self.score, self.error = params, score, error
+        self.index, self.round, self.seconds = index, round, seconds
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and math.isfinite(self.score)
+
+    def __repr__(self):
+        return f"Trial(score={self.score:.4g}, params={self.params})"
+
+
+def _sort_key(t: Trial):
+    return (0, -t.score, t.index) if t.ok else (1, 0.0, t.index)
+
+
+class SearchResult:
+    """Trials, best first (iterate, index, len); ``best``; ``table()``; ``plot(path)``."""
+
+    def __init__(self, trials, space=None, spaces=None):
+        self.trials = sorted(trials, key=_sort_key)
+        self.space = space or {}
+        self.spaces = spaces or ([space] if space else [])
+
+    def __iter__(self):
+        return iter(self.trials)
+
+    def __len__(self):
+        return len(self.trials)
+
+    def __getitem__(self, i):
+        return self.trials[i]
+
+    @property
+    def best(self) -> Trial:
+        return self.trials[0]
+
+    def _is_log(self, name) -> bool:
+        return bool(getattr(self.space.get(name), "log", False))
+
+    def importance(self) -> dict:
+        """{name: 0..1}: the fraction of the score variance explained by each
+        hyperparameter alone (eta squared). Choices group by option; numbers
+        group into up to 5 equal-count bins of their (log, for loguniform)
+        value, so a peak in the middle of a range counts as much as a slope."""
+        ok = [t for t in self.trials if t.ok]
+        names = list(self.space) or (list(ok[0].params) if ok else [])
+        if len(ok) < 3:
+            return {n: 0.0 for n in names}
+        scores = np.array([t.score for t in ok])
+        total = float(((scores - scores.mean()) ** 2).sum())
+        out = {}
+        for n in names:
+            vals = [t.params.get(n) for t in ok]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals) and len(set(vals)) > 5:
+                x = np.asarray(vals, np.float64)
+                bins = max(2, min(5, len(ok) // 3))
+                groups = np.minimum((_ranks(x) * bins / len(x)).astype(int), bins - 1)
+            else:
+                keys = [repr(v) for v in vals]
+                groups = np.array([sorted(set(keys)).index(k) for k in keys])
+            between = sum(np.sum(groups == g) * (scores[groups == g].mean() - scores.mean()) ** 2
+                          for g in np.unique(groups))
+            out[n] = float(between / total) if total > 0 else 0.0
+        return out
+
+    def table(self, top=None) -> str:
+        """A text table of the trials, best first."""
+        rows = self.trials if top is None else self.trials[:top]
+        names = list(self.space) or sorted({k for t in rows for k in t.params})
+        header = ["rank", "score"] + names + ["seconds"]
+        body = []
+        for r, t in enumerate(rows, 1):
+            cells = [str(r), f"{t.score:.4f}" if t.ok else "failed"]
+            for n in names:
+                v = t.params.get(n, "")
+                cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+            cells.append(f"{t.seconds:.1f}")
+            if t.error:
+                cells[-1] += f"  ({t.error})"
+            body.append(cells)
+        widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(header)]
+        fmt = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths))  # noqa: E731
+        return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(row) for row in body])
+
+    def __str__(self):
+        return self.table()
+
+    def plot(self, path=None):
+        """Score over the two most important hyperparameters (colour = score;
+        log axes for loguniform ones), or score over the only one. Needs matplotlib."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError("SearchResult.plot needs matplotlib: pip install 'fastnn[plot]'") from exc
+        ok = [t for t in self.trials if t.ok]
+        if not ok:
+            raise ValueError("no successful trial to plot")
+        imp = self.importance()
+        names = sorted(imp, key=lambda n: -imp[n])[:2]
+        scores = np.array([t.score for t in ok])
+
+        def axis_values(n):
+            vals = [t.params[n] for t in ok]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                return np.asarray(vals, np.float64), None
+            labels = sorted({repr(v) for v in vals})
+            return np.array([labels.index(repr(v)) for v in vals], np.float64), labels
+
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        xs, xlabels = axis_values(names[0])
+        if len(names) == 1:
+            ax.scatter(xs, scores, c="C0")
+            ax.set_ylabel("score")
+        else:
+            ys, ylabels = axis_values(names[1])
+            sc = ax.scatter(xs, ys, c=scores, cmap="viridis", s=60, edgecolors="k")
+            best = ok[0]
+            ax.scatter([xs[0]], [ys[0]], marker="*", s=300, c="red", label=f"best {best.score:.4f}")
+            fig.colorbar(sc, ax=ax, label="score")
+            ax.set_ylabel(f"{names[1]} (importance {imp[names[1]]:.2f})")
+            if ylabels:
+                ax.set_yticks(range(len(ylabels)), ylabels)
+            elif self._is_log(names[1]):
+                ax.set_yscale("log")
+            ax.legend(loc="best")
+        ax.set_xlabel(f"{names[0]} (importance {imp[names[0]]:.2f})")
+        if xlabels:
+            ax.set_xticks(range(len(xlabels)), xlabels)
+        elif self._is_log(names[0]):
+            ax.set_xscale("log")
+        ax.set_title(f"{len(ok)} trials")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+def _ranks(a):
+    order = np.argsort(a, kind="stable")
+    r = np.empty(len(a))
+    r[order] = np.arange(len(a))
+    for v in np.unique(a):      # ties share their mean rank
+        m = a == v
+        r[m] = r[m].mean()
+    return r
+
+
+# --- running trials -------------------------------------------------------------
+
+def _evaluate(objective, params):
+    """Runs one trial (also in worker processes): (score, error, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        score = float(objective(dict(params)))
+        error = None if math.isfinite(score) else f"objective returned {score}"
+    except Exception as exc:  # a diverging trial must not end the search
+        score, error = float("nan"), f"{type(exc).__name__}: {exc}"
+    if error is not None:
+        score = float("nan")
+    return score, error, time.perf_counter() - t0
+
+
+def _worker_init(threads):
+    import fastnn
+    fastnn.set_num_threads(threads)
+
+
+def _run(objective, param_list, n_jobs, executor, round_=0, start_index=0):
+    n_jobs = V.positive_int(n_jobs, "n_jobs")
+    if executor is None and n_jobs > 1:
+        try:
+            pickle.dumps(objective)
+        except Exception as exc:
+            raise TypeError("n_jobs > 1 runs trials in other processes, so the objective must be picklable: "
+                            "a module-level function (or functools.partial of one), not a lambda, closure or "
+                            f"local function ({exc})") from exc
+        import concurrent.futures
+        import multiprocessing
+        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        with concurrent.futures.ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_worker_init, initargs=(threads,)) as pool:
+            outs = list(pool.map(_evaluate, [objective] * len(param_list), param_list))
+    elif executor is not None:
+        futures = [executor.submit(_evaluate, objective, p) for p in param_list]
+        outs = [f.result() for f in futures]
+    else:
+        outs = [_evaluate(objective, p) for p in param_list]
+    trials = [Trial(p, s, e, start_index + i, round_, sec) for i, (p, (s, e, sec)) in enumerate(zip(param_list, outs))]
+    if trials and not any(t.ok for t in trials):
+        raise RuntimeError(f"every trial failed; the first: {trials[0].error}")
+    return trials
+
+
+def _sample(space, trials, rng):
+    return [{k: s.sample(rng) for k, s in space.items()} for _ in range(trials)]
+
+
+def random_search(objective, space, trials, seed=None, n_jobs=1, executor=None) -> SearchResult:
+    """``trials`` random points of ``space`` (names -> samplers), drawn up front
+    from ``seed`` (same seed, same points, whatever n_jobs), each scored by
+    ``objective(params)`` (higher is better)."""
+    space = _check_space(space)
+    trials = V.positive_int(trials, "trials")
+    params = _sample(space, trials, np.random.default_rng(seed))
+    return SearchResult(_run(objective, params, n_jobs, executor), space)
+
+
+def grid_search(objective, grid, n_jobs=1, executor=None) -> SearchResult:
+    """Every combination of ``grid`` (names -> lists of values, or choice([...]))."""
+    if not isinstance(grid, dict) or not grid:
+        raise TypeError("grid must be a non-empty dict mapping names to lists of values")
+    axes = {}
+    for k, v in grid.items():
+        values = v.options if isinstance(v, Choice) else list(v) if isinstance(v, (list, tuple, np.ndarray)) else None
+        if not values:
+            raise TypeError(f"grid[{k!r}] must be a non-empty list of values (or choice([...])), got {v!r}")
+        axes[k] = values
+    params = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    return SearchResult(_run(objective, params, n_jobs, executor), {k: Choice(v) for k, v in axes.items()})
+
+
+def coarse_to_fine(objective, space, rounds=2, trials=10, shrink=0.3, top_k=3, seed=None, n_jobs=1,
+                   executor=None) -> SearchResult:
+    """Random search in ``rounds``: each round after the first samples a range
+    narrowed around the best trials so far (width ``shrink`` times the previous
+    one, centred on the best, stretched to hold the ``top_k`` best; in log space
+    for loguniform; choices keep the options of the top_k). ``trials`` is per
+    round (an int or one int per round). The result holds every round's trials
+    (``trial.round``) and ``spaces`` (one per round)."""
+    space = _check_space(space)
+    rounds = V.positive_int(rounds, "rounds")
+    per_round = [trials] * rounds if isinstance(trials, (int, np.integer)) else list(trials)
+    if len(per_round) != rounds:
+        raise ValueError(f"trials must be an int or {rounds} ints, got {trials!r}")
+    shrink = V.real(shrink, "shrink", low=0.0, high=1.0, low_open=True)
+    top_k = V.positive_int(top_k, "top_k")
+    rng = np.random.default_rng(seed)
+    everything, spaces, current = [], [], dict(space)
+    for r in range(rounds):
+        spaces.append(current)
+        params = _sample(current, V.positive_int(per_round[r], "trials"), rng)
+        everything += _run(objective, params, n_jobs, executor, round_=r, start_index=len(everything))
+        good = [t for t in sorted(everything, key=_sort_key) if t.ok][:top_k]
+        current = {k: s.narrow([t.params[k] for t in good], shrink) for k, s in current.items()}
+    return SearchResult(everything, space, spaces)
+
+
+__all__ = ["loguniform", "uniform", "choice", "random_search", "grid_search", "coarse_to_fine",
+           "SearchResult", "Trial", "LogUniform", "Uniform", "Choice"]
