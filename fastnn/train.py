@@ -3,7 +3,9 @@ babysitting built in (per-step loss, per-epoch accuracies, lr, time; a clean
 stop with the last good weights when the loss turns NaN/Inf)."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 
 import numpy as np
@@ -108,7 +110,9 @@ class Trainer:
         self.rng = generator(seed) if seed is not None else np.random.default_rng(generator().integers(2**63))
         self.step_count = 0
         self.epoch = 0
+        self.epochs_done = 0
         self._base_lr = optimizer.lr
+        self._resume_history = None
 
     def _apply_schedule(self, t):
         if self.schedule is not None:
@@ -132,7 +136,9 @@ class Trainer:
             if not (isinstance(val, (tuple, list)) and len(val) == 2):
                 raise TypeError("val must be a tuple (X_val, y_val)")
             _check_xy(val[0], val[1], "val[0]", "val[1]")
-        history = History()
+        history = self._resume_history or History()
+        self._resume_history = None
+        start_epoch = self.epochs_done if history.epochs else 0
         self.model.train()
         object.__setattr__(self.model, "input_grad", False)
         for cb in self.callbacks:
@@ -144,7 +150,7 @@ class Trainer:
             bar = tqdm(total=epochs * n_batches, unit="step", leave=True, dynamic_ncols=True)
         good_state = self.model.state_dict()
         try:
-            for epoch in range(epochs):
+            for epoch in range(start_epoch, epochs):
                 self.epoch = epoch
                 t0 = time.perf_counter()
                 if self.schedule is not None and self.schedule.per == "epoch":
@@ -180,6 +186,7 @@ class Trainer:
                     history.val_loss.append(ev["loss"])
                 history.seconds.append(time.perf_counter() - t0)
                 good_state = self.model.state_dict()
+                self.epochs_done = epoch + 1
                 if self.schedule is not None:
                     self.schedule.observe(history.val_loss[-1] if val is not None else history.epoch_loss[-1])
                 if bar is not None:
@@ -207,6 +214,45 @@ class Trainer:
         self.history = history
         return history
 
+    # --- checkpoints -----------------------------------------------------------
+    def save_checkpoint(self, path) -> None:
+        """Model, optimizer, schedule, RNG and history to one .npz (atomic, no
+        pickle); ``load_checkpoint`` + ``fit`` continue the exact same run."""
+        from .nn.module import save_npz_atomic
+        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        arrays.update({f"optim/{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()})
+        meta = {"epochs_done": self.epochs_done, "step_count": self.step_count, "base_lr": self._base_lr,
+                "rng": self.rng.bit_generator.state, "schedule": _schedule_state(self.schedule),
+                "history": getattr(self, "history", History()).as_dict()}
+        arrays["trainer"] = np.array(json.dumps(meta))
+        save_npz_atomic(path, arrays)
+
+    def load_checkpoint(self, path) -> None:
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as f:
+                if "trainer" not in f.files:
+                    raise ValueError(f"{path} is not a fastnn trainer checkpoint (no 'trainer' entry)")
+                meta = json.loads(str(f["trainer"]))
+                model_state = {k[6:]: f[k] for k in f.files if k.startswith("model/")}
+                optim_state = {k[6:]: f[k] for k in f.files if k.startswith("optim/")}
+        except (OSError, EOFError, KeyError) as exc:
+            raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        except ValueError as exc:
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optim_state)
+        self.epochs_done = int(meta["epochs_done"])
+        self.step_count = int(meta["step_count"])
+        self._base_lr = float(meta["base_lr"])
+        self.rng.bit_generator.state = meta["rng"]
+        _load_schedule_state(self.schedule, meta["schedule"])
+        history = History()
+        for k, v in meta["history"].items():
+            setattr(history, k, list(v))
+        self.history = self._resume_history = history
+
     def predict(self, X, batch_size=1024):
         """Scores (N, C) in eval mode."""
         V.float_array(X, "X", contiguous=False)
@@ -226,3 +272,22 @@ class Trainer:
         loss = self.loss.forward(scores, y)
         acc = float(np.mean(np.argmax(scores, axis=1) == y)) if len(y) else float("nan")
         return {"loss": float(loss), "accuracy": acc}
+
+
+def _schedule_state(schedule):
+    if schedule is None:
+        return None
+    state = {k: v for k, v in vars(schedule).items() if isinstance(v, (bool, int, float, str, type(None)))}
+    if hasattr(schedule, "after"):
+        state["after"] = _schedule_state(schedule.after)
+    return state
+
+
+def _load_schedule_state(schedule, state):
+    if schedule is None or state is None:
+        return
+    for k, v in state.items():
+        if k == "after":
+            _load_schedule_state(schedule.after, v)
+        else:
+            setattr(schedule, k, v)

@@ -81,7 +81,28 @@ class BatchNorm2d(_BatchNorm):
     _ndims = (4,)
 
 
-class Dropout(Module):
+def _init_stream(module, seed):
+    """(seed, offset) of a module's Philox stream, kept as a uint64 buffer so
+    checkpoints resume the exact masks."""
+    seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
+    module.register_buffer("rng_state", np.array([seed, 0], np.uint64))
+
+
+class _PhiloxStream:
+    @property
+    def seed(self) -> int:
+        return int(self.rng_state[0])
+
+    @property
+    def offset(self) -> int:
+        return int(self.rng_state[1])
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self.rng_state[1] = value
+
+
+class Dropout(_PhiloxStream, Module):
     """Inverted dropout: p is the probability of zeroing; eval is the identity.
 
     The mask is never stored: element i of a call uses Philox(seed, offset + i)
@@ -92,8 +113,7 @@ class Dropout(Module):
     def __init__(self, p=0.5, seed=None):
         super().__init__()
         self.p = V.real(p, "p", low=0.0, high=1.0, high_open=True)
-        self.seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
-        self.offset = 0
+        _init_stream(self, seed)
         self._used = None
 
     def forward(self, x):
@@ -110,7 +130,7 @@ class Dropout(Module):
         return ops.dropout_backward(dout, self.p, self.seed, self._used, out=self._buf("dx", dout.shape, dout.dtype))
 
 
-class DropConnect(Linear):
+class DropConnect(_PhiloxStream, Linear):
     """A Linear layer whose weights are dropped per forward call (Wan et al. 2013):
     train y = act(x @ (mask * W / (1-p)) + b), eval y = act(x @ W + b) (the
     expected value). The mask comes from the same Philox generator as Dropout."""
@@ -120,8 +140,7 @@ class DropConnect(Linear):
         super().__init__(in_features, out_features, activation=activation, alpha=alpha, init=init, bias=bias,
                          dtype=dtype, rng=rng)
         self.p = V.real(p, "p", low=0.0, high=1.0, high_open=True)
-        self.seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
-        self.offset = 0
+        _init_stream(self, seed)
         self._used = None
 
     def forward_fused(self, x, act, alpha):
