@@ -33,19 +33,58 @@ from . import _validate as V
 from ._random import generator
 from .backend import numba_cpu  # noqa: F401  (sets Numba's threading layer before the first parallel compile)
 
-# --- kernel ---------------------------------------------------------------------
+# --- kernels --------------------------------------------------------------------
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=False, error_model="numpy")
+_JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
+
+
+@njit(**_JIT)
+def _shift_rows(x, out, n, row_step, row0, col_step, col0, fill):
+    """Image n when the grid is a whole-pixel shift with optional mirroring:
+    sy = row_step*i + row0, sx = col_step*j + col0 (steps are +-1): row copies."""
+    channels, h, w = x.shape[1], x.shape[2], x.shape[3]
+    ho, wo = out.shape[2], out.shape[3]
+    if col_step == 1:
+        j0, j1 = max(0, -col0), min(wo, w - col0)
+    else:
+        j0, j1 = max(0, col0 - w + 1), min(wo, col0 + 1)
+    j1 = max(j0, j1)
+    for c in range(channels):
+        for i in range(ho):
+            sy = row_step * i + row0
+            if sy < 0 or sy >= h:
+                for j in range(wo):
+                    out[n, c, i, j] = fill
+                continue
+            for j in range(j0):
+                out[n, c, i, j] = fill
+            if col_step == 1:
+                for j in range(j0, j1):
+                    out[n, c, i, j] = x[n, c, sy, j + col0]
+            else:
+                for j in range(j0, j1):
+                    out[n, c, i, j] = x[n, c, sy, col0 - j]
+            for j in range(j1, wo):
+                out[n, c, i, j] = fill
+
+
+@njit(parallel=True, **_JIT)
 def _warp_affine_kernel(x, out, theta, bilinear, fill):
     """out[n, c, i, j] = x[n, c] at (t0*i + t1*j + t2, t3*i + t4*j + t5); x (N, C, H, W),
-    out (N, C, Ho, Wo), theta (N, 6) float64; outside the image reads fill."""
+    out (N, C, Ho, Wo), theta (N, 6) float64; outside the image reads fill.
+
+    The sample position and weights are computed once per output pixel and used
+    for every channel. Whole-pixel shifts and mirrors (crop, translate) take
+    the row-copy path, which gives the same values as the general one."""
     n_img, channels, h, w = x.shape
     ho, wo = out.shape[2], out.shape[3]
-    for task in prange(n_img * channels):
-        n = task // channels
-        c = task - n * channels
+    for n in prange(n_img):
         t0, t1, t2 = theta[n, 0], theta[n, 1], theta[n, 2]
         t3, t4, t5 = theta[n, 3], theta[n, 4], theta[n, 5]
+        if (t1 == 0.0 and t3 == 0.0 and abs(t0) == 1.0 and abs(t4) == 1.0
+                and t2 == math.floor(t2) and t5 == math.floor(t5) and abs(t2) < 1e9 and abs(t5) < 1e9):
+            _shift_rows(x, out, n, int(t0), int(t2), int(t4), int(t5), fill)
+            continue
         for i in range(ho):
             for j in range(wo):
                 sy = t0 * i + t1 * j + t2
@@ -57,29 +96,23 @@ def _warp_affine_kernel(x, out, theta, bilinear, fill):
                     wx = sx - fx
                     y0 = int(fy)
                     x0 = int(fx)
-                    v00 = fill
-                    v01 = fill
-                    v10 = fill
-                    v11 = fill
-                    if 0 <= y0 < h:
-                        if 0 <= x0 < w:
-                            v00 = x[n, c, y0, x0]
-                        if 0 <= x0 + 1 < w:
-                            v01 = x[n, c, y0, x0 + 1]
-                    if 0 <= y0 + 1 < h:
-                        if 0 <= x0 < w:
-                            v10 = x[n, c, y0 + 1, x0]
-                        if 0 <= x0 + 1 < w:
-                            v11 = x[n, c, y0 + 1, x0 + 1]
-                    out[n, c, i, j] = ((1.0 - wy) * ((1.0 - wx) * v00 + wx * v01)
-                                       + wy * ((1.0 - wx) * v10 + wx * v11))
+                    top = 0 <= y0 < h
+                    bottom = 0 <= y0 + 1 < h
+                    left = 0 <= x0 < w
+                    right = 0 <= x0 + 1 < w
+                    for c in range(channels):
+                        v00 = x[n, c, y0, x0] if top and left else fill
+                        v01 = x[n, c, y0, x0 + 1] if top and right else fill
+                        v10 = x[n, c, y0 + 1, x0] if bottom and left else fill
+                        v11 = x[n, c, y0 + 1, x0 + 1] if bottom and right else fill
+                        out[n, c, i, j] = ((1.0 - wy) * ((1.0 - wx) * v00 + wx * v01)
+                                           + wy * ((1.0 - wx) * v10 + wx * v11))
                 else:
                     yi = int(math.floor(sy + 0.5))
                     xi = int(math.floor(sx + 0.5))
-                    if 0 <= yi < h and 0 <= xi < w:
-                        out[n, c, i, j] = x[n, c, yi, xi]
-                    else:
-                        out[n, c, i, j] = fill
+                    inside = 0 <= yi < h and 0 <= xi < w
+                    for c in range(channels):
+                        out[n, c, i, j] = x[n, c, yi, xi] if inside else fill
 
 
 def warp_affine(x, theta, out_size=None, interpolation: str = "bilinear", fill: float = 0.0):
@@ -195,6 +228,7 @@ class RandomFlip(Transform):
         self.p = V.real(p, "p", 0.0, 1.0)
 
     def _apply(self, x, rng):
+        # Fancy indexing beats the warp kernel here: a mirrored row has no vector load.
         out = x.copy()
         n = x.shape[0]
         if self.horizontal:

@@ -85,6 +85,12 @@ def test_warp_affine_matches_reference(rng, dtype, bilinear):
     out = A.warp_affine(x, theta, (7, 10), "bilinear" if bilinear else "nearest", fill=-1.5)
     assert out.shape == (5, 2, 7, 10) and out.dtype == dtype
     assert rel_err(out, warp_reference(x, theta, (7, 10), bilinear, -1.5)) < TOL[dtype]
+    # Whole-pixel shifts and mirrors take the kernel's row-copy path: same values.
+    shifts = np.array([[1, 0, 2, 0, 1, -3], [-1, 0, 10, 0, 1, 0], [1, 0, -4, 0, -1, 7], [-1, 0, 12, 0, -1, 9],
+                       [1, 0, 0, 0, 1, 0]], np.float64)
+    out = A.warp_affine(x, shifts, (9, 12), "bilinear" if bilinear else "nearest", fill=2.5)
+    assert rel_err(out, warp_reference(x, shifts, (9, 12), bilinear, 2.5)) < TOL[dtype]
+    np.testing.assert_array_equal(A.warp_affine(x, np.tile([1.0, 0, 0, 0, -1, 7], (5, 1))), x[..., ::-1])
 
 
 def test_flip(rng):
@@ -314,7 +320,7 @@ def test_trainer_with_mixup_and_augmentation():
     augment = A.Compose([A.GaussianNoise(0.02), A.Mixup(0.2, num_classes=10)])
     trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters(), lr=3e-3),
                           augment=augment, seed=0)
-    hist = trainer.fit(Xtr, ytr, epochs=8, batch_size=64, val=(Xte, yte), progress=False)
+    hist = trainer.fit(Xtr, ytr, epochs=5, batch_size=64, val=(Xte, yte), progress=False)
     assert all(math.isfinite(v) for v in hist.loss)
     assert hist.val_acc[-1] > 0.85
 

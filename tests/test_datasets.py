@@ -259,3 +259,16 @@ def test_cli_trains_on_dataset_files(tmp_path, rng, capsys):
     assert "train-images-idx3-ubyte" in str(code)
     code, _ = _train(capsys, "--dataset", "imagenet")
     assert "unknown --dataset" in str(code)
+
+
+def test_dataloader_augments_on_its_own_thread_count():
+    import numba
+    seen = []
+
+    def record(x, rng):
+        seen.append((threading.current_thread().name, numba.get_num_threads()))
+        return x
+
+    before = numba.get_num_threads()
+    list(fnn.data.DataLoader(np.zeros((6, 2)), None, 3, augment=record))
+    assert seen == [("fastnn-DataLoader", 1)] * 2 and numba.get_num_threads() == before

@@ -16,6 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 
+import numba
 import numpy as np
 
 from .. import _validate as V
@@ -34,10 +35,12 @@ class DataLoader:
     X: (N, ...) array (float, or integer images: converted to float32 and
     multiplied by ``scale``, default 1/255 for uint8); y: (N,) labels or None.
     augment: callable ``t(x, rng)`` (``t(x, rng, y=...)`` when it ``uses_labels``,
-    returning (x, y)). prefetch: batches prepared ahead (0: no thread)."""
+    returning (x, y)). prefetch: batches prepared ahead (0: no thread).
+    augment_threads: Numba threads of the producer's augmentation kernels (default
+    1, so that preparing the next batch overlaps the step instead of competing with it)."""
 
     def __init__(self, X, y=None, batch_size: int = 128, shuffle: bool = True, seed=None, augment=None,
-                 prefetch: int = 2, drop_last: bool = False, scale: float | None = None):
+                 prefetch: int = 2, drop_last: bool = False, scale: float | None = None, augment_threads: int = 1):
         if not hasattr(X, "dtype") or not hasattr(X, "shape") or X.ndim < 1:
             raise TypeError(f"X must be a numpy.ndarray with a sample axis, got {type(X).__name__}")
         if X.dtype.kind not in "fiu":
@@ -55,6 +58,7 @@ class DataLoader:
         self.augment = augment
         self.prefetch = V.positive_int(prefetch, "prefetch", 0)
         self.drop_last = bool(drop_last)
+        self.augment_threads = V.positive_int(augment_threads, "augment_threads")
         if X.dtype.kind == "f":
             self.dtype, self.scale = X.dtype, (None if scale is None else V.real(scale, "scale"))
         else:
@@ -92,7 +96,7 @@ class DataLoader:
         self.close()   # a previous epoch's producer must not draw from the generators any more
         if not self.prefetch:
             return iter(self._batches())
-        epoch = _Epoch(self._batches(), self.prefetch)
+        epoch = _Epoch(self._batches(), self.prefetch, self.augment_threads)
         self._producer = (epoch.thread, epoch.stop)
         return epoch
 
@@ -115,10 +119,13 @@ def _put(q: queue.Queue, stop: threading.Event, item) -> bool:
     return False
 
 
-def _produce(source, q: queue.Queue, stop: threading.Event):
+def _produce(source, q: queue.Queue, stop: threading.Event, threads: int):
     # A plain function, not a method: the thread must not keep the _Epoch alive,
     # so dropping the iterator (a `break` out of a for loop) reaches _Epoch.__del__.
     try:
+        # Numba's thread count is per calling thread: the augmentation kernels of
+        # this producer use `threads` cores and leave the rest to the training step.
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         for item in source:
             if not _put(q, stop, item):
                 return
@@ -132,11 +139,11 @@ def _produce(source, q: queue.Queue, stop: threading.Event):
 class _Epoch:
     """Iterator over one epoch, fed by a daemon producer thread through a bounded queue."""
 
-    def __init__(self, source, prefetch: int):
+    def __init__(self, source, prefetch: int, threads: int):
         self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self.stop = threading.Event()
         self._finished = False
-        self.thread = threading.Thread(target=_produce, args=(source, self.queue, self.stop),
+        self.thread = threading.Thread(target=_produce, args=(source, self.queue, self.stop, threads),
                                        name="fastnn-DataLoader", daemon=True)
         self.thread.start()
 
