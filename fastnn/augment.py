@@ -27,11 +27,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
 
 from . import _validate as V
 from ._random import generator
-from .backend import numba_cpu  # noqa: F401  (sets Numba's threading layer before the first parallel compile)
+from .backend import numba_cpu  # (sets Numba's threading layer before the first parallel compile)
+
+if numba_cpu.numba is not None:
+    from numba import njit, prange
+else:  # pragma: no cover - numba is a dependency; without it only the geometric transforms fail
+    def njit(*args, **kwargs):
+        def unavailable(*a, **k):
+            raise RuntimeError("fastnn.augment: the geometric transforms need numba, which failed to import")
+        return lambda fn: unavailable
+    prange = range
 
 # --- kernels --------------------------------------------------------------------
 

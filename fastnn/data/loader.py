@@ -16,10 +16,10 @@ from __future__ import annotations
 import queue
 import threading
 
-import numba
 import numpy as np
 
 from .. import _validate as V
+from ..backend.numba_cpu import numba
 
 _DONE = object()
 
@@ -125,7 +125,8 @@ def _produce(source, q: queue.Queue, stop: threading.Event, threads: int):
     try:
         # Numba's thread count is per calling thread: the augmentation kernels of
         # this producer use `threads` cores and leave the rest to the training step.
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        if numba is not None:
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
         for item in source:
             if not _put(q, stop, item):
                 return
