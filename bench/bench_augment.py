@@ -133,10 +133,12 @@ def main(argv=None):
              f"{info['threads']} threads; medians of {args.rounds} interleaved rounds", "",
              "| transform | ms / batch | images/s | GB/s (read+write) |", "|---|---:|---:|---:|"]
     for name, r in rows.items():
-        table.append(f"| {name} | {1e3 * r['seconds']:.2f} | {r['images_per_s']:,.0f} | {r['GB_per_s']:.2f} |")
+        ms, rate, gbs = 1e3 * r["seconds"], r["images_per_s"], r["GB_per_s"]
+        table.append(f"| {name} | {ms:.2f} | {rate:,.0f} | {gbs:.2f} |")
     if tv_version is None:
         table += ["", "torchvision is not installed: no peer column."]
-    harness.write("augment" if not args.threads else f"augment_{args.threads}thread", {"machine": info, "shape": SHAPE, "results": rows}, table)
+    name = "augment" if not args.threads else f"augment_{args.threads}thread"
+    harness.write(name, {"machine": info, "shape": SHAPE, "results": rows}, table)
 
 
 if __name__ == "__main__":

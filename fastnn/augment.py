@@ -252,7 +252,7 @@ class RandomCrop(Transform):
     """Zero-pad each side by ``padding``, then crop a random size (h, w) window per image."""
 
     def __init__(self, size, padding: int = 0, fill: float = 0.0):
-        self.size = _pair(size, "size")
+        self.size = _pair(size, "size", 1)
         self.padding = V.positive_int(padding, "padding", 0)
         self.fill = V.real(fill, "fill")
 

@@ -44,7 +44,8 @@ def test_mean_image(rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scale", [True, False])
 def test_channel_standardize(rng, dtype, scale):
-    train = (rng.standard_normal((20, 3, 6, 5)) * [[[[2.0]], [[0.5]], [[9.0]]]] + [[[[1]], [[-4]], [[30]]]]).astype(dtype)
+    spread, offset = np.array([2.0, 0.5, 9.0]).reshape(1, 3, 1, 1), np.array([1.0, -4.0, 30.0]).reshape(1, 3, 1, 1)
+    train = (rng.standard_normal((20, 3, 6, 5)) * spread + offset).astype(dtype)
     test = (rng.standard_normal((4, 3, 6, 5)) * 3).astype(dtype)
     t = P.ChannelStandardize(scale=scale).fit(train)
     x64 = train.astype(np.float64)
