@@ -25,6 +25,7 @@ from . import backend
 from . import _validate
 from ._random import manual_seed
 from . import ops, init, losses, schedules, data, nn, optim
+from . import preprocessing, augment
 from .train import Callback, History, Trainer, TrainingDiverged
 from .callbacks import BestCheckpoint, EarlyStopping
 from . import diagnostics, search, ensemble
@@ -47,6 +48,6 @@ def get_num_threads() -> int:
     return int(numba_cpu.numba.get_num_threads())
 
 
-__all__ = ["backend", "ops", "init", "losses", "schedules", "data", "nn", "optim", "Trainer", "History",
-           "Callback", "TrainingDiverged", "manual_seed", "set_num_threads", "get_num_threads", "__version__",
-           "EarlyStopping", "BestCheckpoint", "diagnostics", "search", "ensemble"]
+__all__ = ["backend", "ops", "init", "losses", "schedules", "data", "nn", "optim", "preprocessing", "augment",
+           "Trainer", "History", "Callback", "TrainingDiverged", "manual_seed", "set_num_threads",
+           "get_num_threads", "__version__", "EarlyStopping", "BestCheckpoint", "diagnostics", "search", "ensemble"]

@@ -27,6 +27,39 @@ def _act_layer(fnn, name):
     return table[name]()
 
 
+def _load_dataset(fnn, spec, seed, dtype):
+    """((Xtr, ytr), (Xva, yva), (Xte, yte)) for --dataset: digits, spiral, cifar10:PATH, mnist:PATH.
+
+    Images are scaled to [0, 1] and flattened for the MLP. Files that ship a test
+    set keep it; 10% of their training set becomes the validation split."""
+    import numpy as np
+
+    name, _, path = spec.partition(":")
+    if name in ("cifar10", "mnist"):
+        if not path:
+            raise SystemExit(f"fastnn train: --dataset {name}:PATH needs the folder holding the {name} files")
+        loader = fnn.data.load_cifar10 if name == "cifar10" else fnn.data.load_mnist
+        try:
+            x_train, y_train, x_test, y_test = loader(path)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"fastnn train: cannot read {name} from {path}: {exc}") from exc
+
+        def flat(images):   # uint8 (N, C, H, W) -> dtype (N, C*H*W) in [0, 1], one float copy
+            out = images.reshape(len(images), -1).astype(dtype)
+            out *= dtype(1.0 / 255.0)
+            return out
+
+        (xtr, ytr), (xva, yva) = fnn.data.split(x_train, y_train, (0.9, 0.1), seed=seed)
+        return (flat(xtr), ytr), (flat(xva), yva), (flat(x_test), y_test)
+    if name == "digits" and not path:
+        X, y = fnn.data.load_digits()
+    elif name == "spiral" and not path:
+        X, y = fnn.data.make_spiral(300, 3, seed=seed)
+    else:
+        raise SystemExit(f"fastnn train: unknown --dataset {spec!r} (digits, spiral, cifar10:PATH, mnist:PATH)")
+    return fnn.data.split(X.astype(dtype), y, (0.6, 0.2, 0.2), seed=seed)
+
+
 def cmd_train(args) -> int:
     import numpy as np
 
@@ -37,23 +70,20 @@ def cmd_train(args) -> int:
     if args.threads:
         fnn.set_num_threads(args.threads)
     fnn.manual_seed(args.seed)
-    if args.dataset == "digits":
-        X, y = fnn.data.load_digits()
-    elif args.dataset == "spiral":
-        X, y = fnn.data.make_spiral(300, 3, seed=args.seed)
-    else:
-        raise SystemExit(f"fastnn train: unknown --dataset {args.dataset!r} (digits, spiral)")
     dtype = np.float64 if args.float64 else np.float32
-    X = X.astype(dtype)
-    (Xtr, ytr), (Xva, yva), (Xte, yte) = fnn.data.split(X, y, (0.6, 0.2, 0.2), seed=args.seed)
-    classes = int(y.max()) + 1
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = _load_dataset(fnn, args.dataset, args.seed, dtype)
+    # Preprocessing statistics come from the training split only, then apply to all three.
+    standardize = fnn.preprocessing.Standardize().fit(Xtr)
+    Xtr, Xva, Xte = (standardize.transform(a) for a in (Xtr, Xva, Xte))
+    n_features = Xtr.shape[1]
+    classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
     hidden = [int(h) for h in args.hidden.split(",") if h]
-    model = _build_mlp(fnn, X.shape[1], hidden, classes, args.activation, dtype)
+    model = _build_mlp(fnn, n_features, hidden, classes, args.activation, dtype)
     opt = fnn.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = fnn.schedules.CosineAnnealing(t_max=args.epochs)
     trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt, schedule=schedule, seed=args.seed)
     print(f"fastnn {fnn.__version__}: {args.dataset} {len(Xtr)}/{len(Xva)}/{len(Xte)} train/val/test, "
-          f"MLP {X.shape[1]}-{'-'.join(map(str, hidden))}-{classes} ({args.activation}), "
+          f"MLP {n_features}-{'-'.join(map(str, hidden))}-{classes} ({args.activation}), "
           f"backend {fnn.backend.current()}, {fnn.get_num_threads()} threads")
     t0 = time.perf_counter()
     hist = trainer.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, val=(Xva, yva),
@@ -156,7 +186,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an MLP (default: the shipped 8x8 digits)")
-    t.add_argument("--dataset", default="digits", help="digits (default) or spiral")
+    t.add_argument("--dataset", default="digits",
+                   help="digits (default), spiral, cifar10:PATH (binary batches) or mnist:PATH (IDX files)")
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--hidden", default="256,128", help="hidden layer sizes, comma separated")

@@ -98,7 +98,8 @@ class Trainer:
     """Fits a model with a loss and an optimizer, batch by batch.
 
     schedule: a fastnn.schedules.Schedule (per epoch or per step); callbacks:
-    Callback objects; augment: a callable t(x, rng) applied to each training batch."""
+    Callback objects; augment: a callable t(x, rng) applied to each training batch
+    (called t(x, rng, y=labels) when its ``uses_labels`` is true; it may return (x, y))."""
 
     def __init__(self, model, loss, optimizer, schedule=None, callbacks=(), augment=None, seed=None):
         self.model = model
@@ -161,7 +162,10 @@ class Trainer:
                     if self.schedule is not None and self.schedule.per == "step":
                         self._apply_schedule(self.step_count)
                     if self.augment is not None:
-                        out = self.augment(xb, rng=self.rng)
+                        if getattr(self.augment, "uses_labels", False):   # e.g. Mixup: soft labels back
+                            out = self.augment(xb, rng=self.rng, y=yb)
+                        else:
+                            out = self.augment(xb, rng=self.rng)
                         xb, yb = out if isinstance(out, tuple) else (out, yb)
                     loss = self.train_step(xb, yb)
                     if not math.isfinite(loss):

@@ -5,6 +5,10 @@ handwritten digits of the UCI ML repository ("Optical Recognition of
 Handwritten Digits", Alpaydin & Kaynak 1998, CC BY 4.0), 1,797 images with 16
 grey levels, as distributed with scikit-learn (BSD-3-Clause). Stored in
 ``fastnn/data/_data/digits.npz`` (uint8 images (1797, 8, 8), uint8 targets).
+
+``load_cifar10(path)`` and ``load_mnist(path)`` read the original binary files
+you already have (see ``files.py``); ``DataLoader`` batches with background
+prefetching and augmentation (see ``loader.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import numpy as np
 
 from .. import _validate as V
 from .._random import generator
+from .files import load_cifar10, load_mnist, read_cifar10_batch, read_idx
+from .loader import DataLoader
 
 _DATA = os.path.join(os.path.dirname(__file__), "_data")
 
@@ -74,4 +80,5 @@ def batches(x, y, batch_size: int, shuffle: bool = True, rng=None, drop_last: bo
         yield np.ascontiguousarray(x[idx]), (None if y is None else np.ascontiguousarray(y[idx]))
 
 
-__all__ = ["load_digits", "make_spiral", "split", "batches"]
+__all__ = ["load_digits", "make_spiral", "split", "batches", "load_cifar10", "load_mnist", "read_cifar10_batch",
+           "read_idx", "DataLoader"]
