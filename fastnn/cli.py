@@ -27,6 +27,17 @@ def _act_layer(fnn, name):
     return table[name]()
 
 
+def _build_cnn(fnn, shape, classes, dtype):
+    """The digits CNN of examples/cnn_digits.py: conv+relu, conv+bn+relu, maxpool 2, linear.
+    shape: one input image (C, H, W)."""
+    c, h, w = shape
+    return fnn.nn.Sequential(
+        fnn.nn.Conv2d(c, 16, 3, padding=1, init="he_normal", dtype=dtype), fnn.nn.ReLU(),
+        fnn.nn.Conv2d(16, 32, 3, padding=1, init="he_normal", dtype=dtype), fnn.nn.BatchNorm2d(32, dtype=dtype),
+        fnn.nn.ReLU(), fnn.nn.MaxPool2d(2), fnn.nn.Flatten(),
+        fnn.nn.Linear(32 * (h // 2) * (w // 2), classes, dtype=dtype))
+
+
 def cmd_train(args) -> int:
     import numpy as np
 
@@ -37,8 +48,10 @@ def cmd_train(args) -> int:
     if args.threads:
         fnn.set_num_threads(args.threads)
     fnn.manual_seed(args.seed)
+    if args.model == "cnn" and args.dataset != "digits":
+        raise SystemExit("fastnn train: --model cnn needs image data (--dataset digits)")
     if args.dataset == "digits":
-        X, y = fnn.data.load_digits()
+        X, y = fnn.data.load_digits(flatten=args.model != "cnn")
     elif args.dataset == "spiral":
         X, y = fnn.data.make_spiral(300, 3, seed=args.seed)
     else:
@@ -48,12 +61,17 @@ def cmd_train(args) -> int:
     (Xtr, ytr), (Xva, yva), (Xte, yte) = fnn.data.split(X, y, (0.6, 0.2, 0.2), seed=args.seed)
     classes = int(y.max()) + 1
     hidden = [int(h) for h in args.hidden.split(",") if h]
-    model = _build_mlp(fnn, X.shape[1], hidden, classes, args.activation, dtype)
+    if args.model == "cnn":
+        model = _build_cnn(fnn, X.shape[1:], classes, dtype)
+        arch = f"CNN {'x'.join(map(str, X.shape[1:]))}-conv16-conv32+bn-maxpool-{classes}"
+    else:
+        model = _build_mlp(fnn, X.shape[1], hidden, classes, args.activation, dtype)
+        arch = f"MLP {X.shape[1]}-{'-'.join(map(str, hidden))}-{classes} ({args.activation})"
     opt = fnn.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = fnn.schedules.CosineAnnealing(t_max=args.epochs)
     trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt, schedule=schedule, seed=args.seed)
     print(f"fastnn {fnn.__version__}: {args.dataset} {len(Xtr)}/{len(Xva)}/{len(Xte)} train/val/test, "
-          f"MLP {X.shape[1]}-{'-'.join(map(str, hidden))}-{classes} ({args.activation}), "
+          f"{arch}, "
           f"backend {fnn.backend.current()}, {fnn.get_num_threads()} threads")
     t0 = time.perf_counter()
     hist = trainer.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, val=(Xva, yva),
@@ -112,6 +130,8 @@ def main(argv=None) -> int:
     t.add_argument("--dataset", default="digits", help="digits (default) or spiral")
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                   help="mlp (default) or cnn (a small convolutional network; digits only)")
     t.add_argument("--hidden", default="256,128", help="hidden layer sizes, comma separated")
     t.add_argument("--activation", default="relu")
     t.add_argument("--lr", type=float, default=2e-3)
