@@ -13,12 +13,13 @@
 //             dx_n = col2im(W^T @ dz_n)               (scatter-add back into x's layout)
 // A 1x1, stride-1, unpadded convolution skips im2col: cols_n is x_n itself.
 //
-// Threads: many images or small ones -> images are split among threads, each
-// with its own column buffer, its own single-threaded GEMMs (a GEMM called inside
-// the parallel region runs on its caller's thread: OpenMP nesting is off) and,
-// in backward, its own dweight partial summed in thread order at the end. Few
-// large images -> one image at a time with im2col, col2im and the GEMM itself
-// parallel. Either way the result does not depend on timing.
+// Threads: at least as many images as threads, or small images -> images are
+// split among threads, each with its own column buffer, its own single-threaded
+// GEMMs (a GEMM called inside the parallel region runs on its caller's thread:
+// OpenMP nesting is off) and, in backward, its own dweight partial summed in
+// thread order at the end. Fewer large images than threads -> one image at a
+// time with im2col, col2im and the GEMM itself parallel. Either way the result
+// does not depend on timing.
 #include <omp.h>
 
 #include <cstring>
@@ -45,11 +46,15 @@ bool is_pointwise(const ConvShape& s) {
 }
 
 // Threads that split the batch (1: process images one by one, parallel inside).
+// Splitting the batch costs one barrier per call; parallelizing inside an image
+// costs several per image (im2col, each GEMM K block), and on a shared machine
+// every barrier can wait a scheduler time slice for a descheduled worker. So
+// the batch is split whenever there are at least as many images as threads.
 int batch_threads(const ConvShape& s) {
   const int nt = num_threads();
   const double per_image = 2.0 * double(s.f) * double(s.c * s.kh * s.kw) * double(s.oh * s.ow);
   if (nt <= 1 || s.n < 2 || per_image * double(s.n) < 5e5) return 1;
-  if (s.n >= 4 * int64_t(nt) || per_image < 4e6) return int(s.n < nt ? s.n : nt);
+  if (s.n >= int64_t(nt) || per_image < 4e6) return int(s.n < nt ? s.n : nt);
   return 1;
 }
 

@@ -378,7 +378,8 @@ if numba is not None:
     # --- convolution (csrc/cpu/conv.cpp): im2col + matmul + channel epilogue ---
     @njit(parallel=True, **_jit)
     def _im2col(x, cols, kh, kw, sh, sw, ph, pw, oh, ow):
-        """cols[b, (c, ki, kj), (i, j)] = x[b, c, i*sh - ph + ki, j*sw - pw + kj], 0 outside."""
+        """cols[(c, ki, kj), b, (i, j)] = x[b, c, i*sh - ph + ki, j*sw - pw + kj], 0 outside.
+        The (CKK, B, P) layout makes the chunk's GEMM one 2-D BLAS call."""
         nb, c, h, w = x.shape
         ckk = c * kh * kw
         for t in prange(nb * ckk):
@@ -392,9 +393,9 @@ if numba is not None:
                 for j in range(ow):
                     iw = j * sw - pw + kj
                     if 0 <= ih < h and 0 <= iw < w:
-                        cols[b, r, i * ow + j] = x[b, ch, ih, iw]
+                        cols[r, b, i * ow + j] = x[b, ch, ih, iw]
                     else:
-                        cols[b, r, i * ow + j] = 0
+                        cols[r, b, i * ow + j] = 0
 
     @njit(parallel=True, **_jit)
     def _col2im(cols, dx, kh, kw, sh, sw, ph, pw, oh, ow):
@@ -416,18 +417,18 @@ if numba is not None:
                         for j in range(ow):
                             iw = j * sw - pw + kj
                             if 0 <= iw < w:
-                                dx[b, ch, ih, iw] += cols[b, r, i * ow + j]
+                                dx[b, ch, ih, iw] += cols[r, b, i * ow + j]
 
     @njit(parallel=True, **_jit)
-    def _bias_act_channels(y, z, bias, has_bias, save_z, code, alpha):
-        """y (N, F, P) <- act(y + bias[f]); z <- the pre-activation when kept."""
-        n, f, p = y.shape
+    def _bias_act_channels(acc, y, z, bias, has_bias, save_z, code, alpha):
+        """y (B, F, P) <- act(acc (F, B, P) + bias[f]); z <- the pre-activation when kept."""
+        f, n, p = acc.shape
         a = alpha
         for t in prange(n * f):
             i = t // f
             k = t % f
             for j in range(p):
-                v = y[i, k, j]
+                v = acc[k, i, j]
                 if has_bias:
                     v += bias[k]
                 if save_z:
@@ -646,19 +647,20 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     ckk, p = c * kh * kw, oh * ow
     w2 = weight.reshape(f, ckk)
     y3 = y.reshape(n, f, p)
+    save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
+    z3 = z.reshape(n, f, p) if save_z else np.empty((0, 0, 0), y.dtype)
+    b = bias if bias is not None else np.empty(0, y.dtype)
     step = _conv_chunk(ckk, p, x.itemsize)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        cols = np.empty((b1 - b0, ckk, p), x.dtype)
+        cols = np.empty((ckk, b1 - b0, p), x.dtype)
         with _threads_for(cols.size):
             _im2col(x[b0:b1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
         with _quiet():
-            np.matmul(w2, cols, out=y3[b0:b1])
-    save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
-    with _threads_for(y.size):
-        _bias_act_channels(y3, z.reshape(n, f, p) if save_z else np.empty((0, 0, 0), y.dtype),
-                           bias if bias is not None else np.empty(0, y.dtype),
-                           bias is not None, save_z, act, alpha)
+            acc = np.matmul(w2, cols.reshape(ckk, -1)).reshape(f, b1 - b0, p)
+        with _threads_for(acc.size):
+            _bias_act_channels(acc, y3[b0:b1], z3[b0:b1] if save_z else z3, b, bias is not None, save_z,
+                               act, alpha)
 
 
 def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, stride_h, stride_w, pad_h, pad_w,
@@ -679,18 +681,18 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     step = _conv_chunk(ckk, p, x.itemsize)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        cols = np.empty((b1 - b0, ckk, p), x.dtype)
+        cols = np.empty((ckk, b1 - b0, p), x.dtype)
         with _threads_for(cols.size):
             _im2col(x[b0:b1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+        dzt = np.ascontiguousarray(dz3[b0:b1].transpose(1, 0, 2)).reshape(f, -1)   # (F, B*P)
         with _quiet():
-            dw += np.matmul(dz3[b0:b1], cols.transpose(0, 2, 1)).sum(axis=0)
+            dw += dzt @ cols.reshape(ckk, -1).T
             if dx is not None:
-                np.matmul(w2.T, dz3[b0:b1], out=cols)
+                np.matmul(w2.T, dzt, out=cols.reshape(ckk, -1))
         if dx is not None:
             with _threads_for(cols.size):
                 _col2im(cols, dx[b0:b1], kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
     dweight.reshape(f, ckk)[...] = dw
-
 
 def set_num_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
