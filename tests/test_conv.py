@@ -93,8 +93,10 @@ CASES = [
     (7, 2, 3, 3, 3, 3, 3, (1, 1), (0, 0)),
     (1, 13, 13, 11, 17, 3, 3, (3, 2), (2, 1)),
 ]
-# Larger shapes that take the batch-parallel and the per-image-parallel paths.
-BIG = [(11, 8, 13, 13, 16, 3, 3, (1, 1), (1, 1)), (1, 16, 24, 23, 32, 3, 3, (1, 1), (1, 1))]
+# Larger shapes that take the batch-parallel path (the last one with im2col in
+# several row chunks, the final one partial) and the per-image-parallel path.
+BIG = [(11, 8, 13, 13, 16, 3, 3, (1, 1), (1, 1)), (1, 16, 24, 23, 32, 3, 3, (1, 1), (1, 1)),
+       (3, 32, 24, 23, 8, 3, 3, (1, 1), (1, 1))]
 
 
 def _check_case(case, act, dtype, rng, bias=True):
@@ -126,9 +128,10 @@ def test_conv2d_matches_reference(backend, rng, dtype):
         _check_case(case, ("identity", "relu", "gelu", "tanh")[k % 4], dtype, rng, bias=k % 3 != 2)
 
 
-def test_conv2d_large_shapes_both_thread_paths(backend, rng):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_large_shapes_both_thread_paths(backend, rng, dtype):
     for case in BIG:
-        _check_case(case, "relu", np.float32, rng)
+        _check_case(case, "relu", dtype, rng)
 
 
 def test_conv2d_prelu_alpha_gradient(backend, rng):

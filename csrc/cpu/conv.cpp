@@ -60,19 +60,33 @@ int batch_threads(const ConvShape& s) {
 
 int inner_threads(int64_t work) { return work < 32768 ? 1 : num_threads(); }
 
-// cols (CKK, P) of one image x (C, H, W).
+// Output rows per im2col chunk. Splitting the batch gives each thread its own
+// single-threaded GEMMs, whose packed B is the whole column block: kept to
+// ~256 KiB (rows of OW columns) so it and its packed copy stay in that core's
+// L2; otherwise two threads stream columns from the shared L3 and barely beat
+// one. A GEMM that is itself parallel gets the whole image in one chunk.
 template <class T>
-void im2col(const ConvShape& s, const T* x, T* cols, bool parallel) {
-  const int64_t ckk = s.c * s.kh * s.kw, p = s.oh * s.ow;
-  const int nthreads = parallel ? inner_threads(ckk * p) : 1;
+int64_t chunk_rows(const ConvShape& s, bool split_batch) {
+  if (!split_batch) return s.oh;
+  const int64_t ckk = s.c * s.kh * s.kw;
+  const int64_t cols = (int64_t(256) << 10) / (ckk * int64_t(sizeof(T)));
+  const int64_t rows = cols / s.ow;
+  return rows < 1 ? 1 : (rows > s.oh ? s.oh : rows);
+}
+
+// cols (CKK, (oh1 - oh0) * OW) of output rows [oh0, oh1) of one image x (C, H, W).
+template <class T>
+void im2col(const ConvShape& s, const T* x, T* cols, int64_t oh0, int64_t oh1, bool parallel) {
+  const int64_t ckk = s.c * s.kh * s.kw, pc = (oh1 - oh0) * s.ow;
+  const int nthreads = parallel ? inner_threads(ckk * pc) : 1;
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t r = 0; r < ckk; ++r) {
     const int64_t c = r / (s.kh * s.kw), ki = (r / s.kw) % s.kh, kj = r % s.kw;
     int64_t ow0, ow1;
     valid_cols(s, kj, &ow0, &ow1);
     const T* xc = x + c * s.h * s.w;
-    T* dst = cols + r * p;
-    for (int64_t oh = 0; oh < s.oh; ++oh, dst += s.ow) {
+    T* dst = cols + r * pc;
+    for (int64_t oh = oh0; oh < oh1; ++oh, dst += s.ow) {
       const int64_t ih = oh * s.sh - s.ph + ki;
       if (ih < 0 || ih >= s.h) {
         for (int64_t ow = 0; ow < s.ow; ++ow) dst[ow] = T(0);
@@ -90,26 +104,25 @@ void im2col(const ConvShape& s, const T* x, T* cols, bool parallel) {
   }
 }
 
-// dx (C, H, W) of one image = the scatter-add of cols (CKK, P); channels are
-// independent, so threads take channels and never collide.
+// dx (C, H, W) of one image += the scatter-add of cols (CKK, (oh1 - oh0) * OW);
+// channels are independent, so threads take channels and never collide.
 template <class T>
-void col2im(const ConvShape& s, const T* cols, T* dx, bool parallel) {
-  const int64_t p = s.oh * s.ow, hw = s.h * s.w;
-  const int nthreads = parallel ? inner_threads(s.c * s.kh * s.kw * p) : 1;
+void col2im(const ConvShape& s, const T* cols, T* dx, int64_t oh0, int64_t oh1, bool parallel) {
+  const int64_t pc = (oh1 - oh0) * s.ow, hw = s.h * s.w;
+  const int nthreads = parallel ? inner_threads(s.c * s.kh * s.kw * pc) : 1;
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t c = 0; c < s.c; ++c) {
     T* dxc = dx + c * hw;
-    for (int64_t e = 0; e < hw; ++e) dxc[e] = T(0);
     for (int64_t ki = 0; ki < s.kh; ++ki)
       for (int64_t kj = 0; kj < s.kw; ++kj) {
         int64_t ow0, ow1;
         valid_cols(s, kj, &ow0, &ow1);
-        const T* src = cols + ((c * s.kh + ki) * s.kw + kj) * p;
-        for (int64_t oh = 0; oh < s.oh; ++oh) {
+        const T* src = cols + ((c * s.kh + ki) * s.kw + kj) * pc;
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
           const int64_t ih = oh * s.sh - s.ph + ki;
           if (ih < 0 || ih >= s.h) continue;
           T* drow = dxc + ih * s.w + (kj - s.pw);
-          const T* srow = src + oh * s.ow;
+          const T* srow = src + (oh - oh0) * s.ow;
           if (s.sw == 1) {
 #pragma omp simd
             for (int64_t ow = ow0; ow < ow1; ++ow) drow[ow] += srow[ow];
@@ -122,19 +135,26 @@ void col2im(const ConvShape& s, const T* cols, T* dx, bool parallel) {
 }
 
 template <class T, class F>
-void forward_image(const Conv2dForwardArgs<T>& a, int64_t i, bool parallel) {
+void forward_image(const Conv2dForwardArgs<T>& a, int64_t i, bool split_batch) {
   const ConvShape& s = a.s;
   const int64_t ckk = s.c * s.kh * s.kw, p = s.oh * s.ow;
   const T* xi = a.x + i * s.c * s.h * s.w;
-  const T* cols = xi;
-  if (!is_pointwise(s)) {
-    T* buf = static_cast<T*>(scratch(kConvColumns, size_t(ckk * p) * sizeof(T)));
-    im2col(s, xi, buf, parallel);
-    cols = buf;
-  }
+  T* yi = a.y + i * s.f * p;
   T* zi = RowBiasAct<T, F>::kSavesPreactivation ? a.z + i * s.f * p : nullptr;
-  gemm_engine(GemmArgs<T>{s.f, p, ckk, a.weight, ckk, 1, cols, p, 1, a.y + i * s.f * p, p, T(0)},
-              RowBiasAct<T, F>{a.bias, zi, p, a.alpha});
+  if (is_pointwise(s)) {
+    gemm_engine(GemmArgs<T>{s.f, p, ckk, a.weight, ckk, 1, xi, p, 1, yi, p, T(0)},
+                RowBiasAct<T, F>{a.bias, zi, p, a.alpha});
+    return;
+  }
+  const int64_t rows = chunk_rows<T>(s, split_batch);
+  T* cols = static_cast<T*>(scratch(kConvColumns, size_t(ckk * rows * s.ow) * sizeof(T)));
+  for (int64_t oh0 = 0; oh0 < s.oh; oh0 += rows) {
+    const int64_t oh1 = oh0 + rows < s.oh ? oh0 + rows : s.oh, off = oh0 * s.ow, pc = (oh1 - oh0) * s.ow;
+    im2col(s, xi, cols, oh0, oh1, !split_batch);
+    // y_i[:, off:off+pc] (ldc P) = W (F, CKK) @ cols (CKK, pc), bias + act in the epilogue
+    gemm_engine(GemmArgs<T>{s.f, pc, ckk, a.weight, ckk, 1, cols, pc, 1, yi + off, p, T(0)},
+                RowBiasAct<T, F>{a.bias, zi ? zi + off : nullptr, p, a.alpha});
+  }
 }
 
 // dz = dy * act'(z or y) over (N, F, P); dbias[f] = sum over n, p, in a fixed
@@ -181,27 +201,33 @@ void conv_dz(const Conv2dBackwardArgs<T>& a) {
 // dweight (+)= dz_i @ cols_i^T into dw; dx_i = col2im(W^T @ dz_i) when dx is asked for.
 template <class T>
 void backward_image(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t i, T* dw, bool accumulate,
-                    bool parallel) {
+                    bool split_batch) {
   const ConvShape& s = a.s;
   const int64_t ckk = s.c * s.kh * s.kw, p = s.oh * s.ow;
   const T* xi = a.x + i * s.c * s.h * s.w;
   const T* dzi = dz + i * s.f * p;
-  const bool pointwise = is_pointwise(s);
-  T* buf = pointwise ? nullptr : static_cast<T*>(scratch(kConvColumns, size_t(ckk * p) * sizeof(T)));
-  const T* cols = xi;
-  if (!pointwise) {
-    im2col(s, xi, buf, parallel);
-    cols = buf;
+  T* dxi = a.dx ? a.dx + i * s.c * s.h * s.w : nullptr;
+  if (is_pointwise(s)) {  // cols_i = x_i, dx_i = W^T @ dz_i directly
+    gemm_engine(GemmArgs<T>{s.f, ckk, p, dzi, p, 1, xi, 1, p, dw, ckk, accumulate ? T(1) : T(0)}, NoEpilogue{});
+    if (dxi) gemm_engine(GemmArgs<T>{ckk, p, s.f, a.weight, 1, ckk, dzi, p, 1, dxi, p, T(0)}, NoEpilogue{});
+    return;
   }
-  // dw (F, CKK) (+)= dz_i (F, P) @ cols^T (P, CKK)
-  gemm_engine(GemmArgs<T>{s.f, ckk, p, dzi, p, 1, cols, 1, p, dw, ckk, accumulate ? T(1) : T(0)},
-              NoEpilogue{});
-  if (!a.dx) return;
-  T* dxi = a.dx + i * s.c * s.h * s.w;
-  // dcols (CKK, P) = W^T (CKK, F) @ dz_i (F, P); the columns buffer is free again.
-  T* dcols = pointwise ? dxi : buf;
-  gemm_engine(GemmArgs<T>{ckk, p, s.f, a.weight, 1, ckk, dzi, p, 1, dcols, p, T(0)}, NoEpilogue{});
-  if (!pointwise) col2im(s, dcols, dxi, parallel);
+  const int64_t rows = chunk_rows<T>(s, split_batch);
+  T* cols = static_cast<T*>(scratch(kConvColumns, size_t(ckk * rows * s.ow) * sizeof(T)));
+  if (dxi)
+    for (int64_t e = 0; e < s.c * s.h * s.w; ++e) dxi[e] = T(0);
+  for (int64_t oh0 = 0; oh0 < s.oh; oh0 += rows) {
+    const int64_t oh1 = oh0 + rows < s.oh ? oh0 + rows : s.oh, off = oh0 * s.ow, pc = (oh1 - oh0) * s.ow;
+    im2col(s, xi, cols, oh0, oh1, !split_batch);
+    // dw (F, CKK) (+)= dz_i[:, off:off+pc] (F, pc) @ cols^T (pc, CKK)
+    gemm_engine(GemmArgs<T>{s.f, ckk, pc, dzi + off, p, 1, cols, 1, pc, dw, ckk,
+                            accumulate || oh0 > 0 ? T(1) : T(0)},
+                NoEpilogue{});
+    if (!dxi) continue;
+    // dcols (CKK, pc) = W^T (CKK, F) @ dz_i[:, off:off+pc]; the columns buffer is free again.
+    gemm_engine(GemmArgs<T>{ckk, pc, s.f, a.weight, 1, ckk, dzi + off, p, 1, cols, pc, T(0)}, NoEpilogue{});
+    col2im(s, cols, dxi, oh0, oh1, !split_batch);
+  }
 }
 
 }  // namespace
@@ -213,10 +239,13 @@ void conv2d_forward(const Conv2dForwardArgs<T>& a) {
     using F = decltype(f);
     const int bt = batch_threads(s);
     if (bt > 1) {
-#pragma omp parallel for num_threads(bt) schedule(static)
-      for (int64_t i = 0; i < s.n; ++i) forward_image<T, F>(a, i, false);
-    } else {
+      // Images are independent here, so a dynamic schedule costs nothing in
+      // reproducibility and lets a thread whose core is busy with another
+      // process fall behind without holding the rest back.
+#pragma omp parallel for num_threads(bt) schedule(dynamic, 1)
       for (int64_t i = 0; i < s.n; ++i) forward_image<T, F>(a, i, true);
+    } else {
+      for (int64_t i = 0; i < s.n; ++i) forward_image<T, F>(a, i, false);
     }
   });
 }
@@ -233,7 +262,7 @@ void conv2d_backward(const Conv2dBackwardArgs<T>& a) {
   }
   const int bt = batch_threads(s);
   if (bt <= 1) {
-    for (int64_t i = 0; i < s.n; ++i) backward_image(a, dz, i, a.dweight, i > 0, true);
+    for (int64_t i = 0; i < s.n; ++i) backward_image(a, dz, i, a.dweight, i > 0, false);
     return;
   }
   T* partial = static_cast<T*>(scratch(kConvWeightGrad, size_t(bt) * size_t(wsize) * sizeof(T)));
@@ -244,7 +273,7 @@ void conv2d_backward(const Conv2dBackwardArgs<T>& a) {
     T* dw = partial + t * wsize;
     if (i1 == i0)
       for (int64_t e = 0; e < wsize; ++e) dw[e] = T(0);
-    for (int64_t i = i0; i < i1; ++i) backward_image(a, dz, i, dw, i > i0, false);
+    for (int64_t i = i0; i < i1; ++i) backward_image(a, dz, i, dw, i > i0, true);
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < wsize; ++e) {
