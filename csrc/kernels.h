@@ -133,6 +133,39 @@ struct MaxNormArgs {
   T* param; int64_t num; const int64_t* offset; const int64_t* rows; const int64_t* cols; const double* max_norm;
 };
 
+// 2-D convolution (cross-correlation, as in every framework), NCHW.
+// Shape legend: N batch, C input channels, H x W input, F filters (output
+// channels), KH x KW kernel, SH/SW stride, PH/PW zero padding,
+// OH = (H + 2 PH - KH) / SH + 1, OW likewise; CKK = C*KH*KW, P = OH*OW.
+struct ConvShape {
+  int64_t n, c, h, w, f, kh, kw, sh, sw, ph, pw, oh, ow;
+};
+
+// Forward of y = act(conv(x, weight) + bias): im2col + GEMM with the bias and
+// activation in the GEMM epilogue (bias per output channel).
+//   x (N, C, H, W), weight (F, C, KH, KW), bias (F,) may be null, y (N, F, OH, OW);
+//   z (N, F, OH, OW) receives the pre-activation when act_saves_preactivation(act),
+//   may be null otherwise (backward then reads y).
+template <class T>
+struct Conv2dForwardArgs {
+  ConvShape s;
+  const T* x; const T* weight; const T* bias;
+  T* y; T* z;
+  Act act; T alpha;
+};
+
+// Backward of conv2d_forward: dz = dy * act'(z or y); dbias = sum over N, OH, OW
+// of dz; dweight = sum_n dz_n (F, P) @ im2col(x_n)^T; dx = col2im(weight^T @ dz_n).
+//   dy, y, z (as in forward), dz_work (N, F, OH, OW) scratch; dx (N, C, H, W) may
+//   be null; dbias (F,) may be null; dweight (F, C, KH, KW); dalpha (1,) for prelu.
+template <class T>
+struct Conv2dBackwardArgs {
+  ConvShape s;
+  const T* dy; const T* x; const T* weight; const T* y; const T* z;
+  T* dz_work; T* dx; T* dweight; T* dbias; T* dalpha;
+  Act act; T alpha;
+};
+
 // Every CPU kernel: X(name, argument structure).
 #define FASTNN_CPU_KERNELS(X)                  \
   X(gemm, GemmArgs)                            \
@@ -147,7 +180,9 @@ struct MaxNormArgs {
   X(batchnorm_backward, BatchNormBackwardArgs) \
   X(dropout, DropoutArgs)                      \
   X(stream_triad, StreamTriadArgs)             \
-  X(max_norm, MaxNormArgs)
+  X(max_norm, MaxNormArgs)                     \
+  X(conv2d_forward, Conv2dForwardArgs)         \
+  X(conv2d_backward, Conv2dBackwardArgs)
 
 #define FASTNN_DECLARE(name, Args) template <class T> void name(const Args<T>& args);
 FASTNN_CPU_KERNELS(FASTNN_DECLARE)

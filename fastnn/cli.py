@@ -60,6 +60,17 @@ def _load_dataset(fnn, spec, seed, dtype):
     return fnn.data.split(X.astype(dtype), y, (0.6, 0.2, 0.2), seed=seed)
 
 
+def _build_cnn(fnn, shape, classes, dtype):
+    """The digits CNN of examples/cnn_digits.py: conv+relu, conv+bn+relu, maxpool 2, linear.
+    shape: one input image (C, H, W)."""
+    c, h, w = shape
+    return fnn.nn.Sequential(
+        fnn.nn.Conv2d(c, 16, 3, padding=1, init="he_normal", dtype=dtype), fnn.nn.ReLU(),
+        fnn.nn.Conv2d(16, 32, 3, padding=1, init="he_normal", dtype=dtype), fnn.nn.BatchNorm2d(32, dtype=dtype),
+        fnn.nn.ReLU(), fnn.nn.MaxPool2d(2), fnn.nn.Flatten(),
+        fnn.nn.Linear(32 * (h // 2) * (w // 2), classes, dtype=dtype))
+
+
 def cmd_train(args) -> int:
     import numpy as np
 
@@ -70,6 +81,8 @@ def cmd_train(args) -> int:
     if args.threads:
         fnn.set_num_threads(args.threads)
     fnn.manual_seed(args.seed)
+    if args.model == "cnn" and args.dataset != "digits":
+        raise SystemExit("fastnn train: --model cnn needs image data (--dataset digits)")
     dtype = np.float64 if args.float64 else np.float32
     (Xtr, ytr), (Xva, yva), (Xte, yte) = _load_dataset(fnn, args.dataset, args.seed, dtype)
     # Preprocessing statistics come from the training split only, then apply to all three.
@@ -78,12 +91,19 @@ def cmd_train(args) -> int:
     n_features = Xtr.shape[1]
     classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
     hidden = [int(h) for h in args.hidden.split(",") if h]
-    model = _build_mlp(fnn, n_features, hidden, classes, args.activation, dtype)
+    if args.model == "cnn":
+        shape = (1, 8, 8)
+        Xtr, Xva, Xte = (a.reshape((len(a),) + shape) for a in (Xtr, Xva, Xte))
+        model = _build_cnn(fnn, shape, classes, dtype)
+        arch = f"CNN {'x'.join(map(str, shape))}-conv16-conv32+bn-maxpool-{classes}"
+    else:
+        model = _build_mlp(fnn, n_features, hidden, classes, args.activation, dtype)
+        arch = f"MLP {n_features}-{'-'.join(map(str, hidden))}-{classes} ({args.activation})"
     opt = fnn.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = fnn.schedules.CosineAnnealing(t_max=args.epochs)
     trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt, schedule=schedule, seed=args.seed)
     print(f"fastnn {fnn.__version__}: {args.dataset} {len(Xtr)}/{len(Xva)}/{len(Xte)} train/val/test, "
-          f"MLP {n_features}-{'-'.join(map(str, hidden))}-{classes} ({args.activation}), "
+          f"{arch}, "
           f"backend {fnn.backend.current()}, {fnn.get_num_threads()} threads")
     t0 = time.perf_counter()
     hist = trainer.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, val=(Xva, yva),
@@ -190,6 +210,8 @@ def main(argv=None) -> int:
                    help="digits (default), spiral, cifar10:PATH (binary batches) or mnist:PATH (IDX files)")
     t.add_argument("--epochs", type=int, default=40)
     t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                   help="mlp (default) or cnn (a small convolutional network; digits only)")
     t.add_argument("--hidden", default="256,128", help="hidden layer sizes, comma separated")
     t.add_argument("--activation", default="relu")
     t.add_argument("--lr", type=float, default=2e-3)

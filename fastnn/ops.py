@@ -291,3 +291,155 @@ def max_norm(param, offset, rows, cols, limit):
     arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (offset, rows, cols)]
     lim = np.ascontiguousarray(limit, dtype=np.float64)
     _kernel("max_norm", param)(param, *arrays, lim)
+
+
+# --- 2-D convolution -------------------------------------------------------------
+# Shapes: x (N, C, H, W), weight (F, C, KH, KW), bias (F,), y (N, F, OH, OW) with
+# OH = (H + 2*PH - KH) // SH + 1 and OW likewise (cross-correlation, NCHW).
+
+def _pair(v, name, minimum):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+        return (V.positive_int(v[0], name, minimum), V.positive_int(v[1], name, minimum))
+    v = V.positive_int(v, name, minimum)
+    return (v, v)
+
+
+def conv_output_size(h, w, kernel, stride, padding):
+    """(OH, OW) of a convolution or pooling window over an (h, w) input."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+class Conv2dSaved(NamedTuple):
+    """What conv2d's forward keeps for backward (the im2col columns are rebuilt
+    in backward, not stored)."""
+    x: np.ndarray          # (N, C, H, W) input
+    weight: np.ndarray     # (F, C, KH, KW)
+    y: np.ndarray          # (N, F, OH, OW) output act(z)
+    z: np.ndarray | None   # (N, F, OH, OW) pre-activation, kept only when act' needs it
+    stride: tuple
+    padding: tuple
+    act: int
+    alpha: float
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, act="identity", alpha=None, *, out=None, z_out=None):
+    """y = act(conv(x, weight) + bias): im2col + GEMM with the bias and activation
+    in the GEMM epilogue. stride and padding are ints or (h, w) pairs.
+    Returns (y, saved)."""
+    V.float_array(x, "x", ndim=4)
+    V.float_array(weight, "weight", ndim=4, dtype=x.dtype)
+    n, c, h, w = x.shape
+    f, wc, kh, kw = weight.shape
+    if wc != c:
+        raise ValueError(f"weight must have shape (F, {c}, KH, KW) to match the {c} channels of x "
+                         f"(shape {x.shape}), got {weight.shape}")
+    if min(f, c, kh, kw) < 1:
+        raise ValueError(f"weight must have a nonzero shape, got {weight.shape}")
+    sh, sw = _pair(stride, "stride", 1)
+    ph, pw = _pair(padding, "padding", 0)
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        raise ValueError(f"kernel ({kh}, {kw}) is larger than the padded input ({h + 2 * ph}, {w + 2 * pw}) "
+                         f"of x with shape {x.shape} and padding ({ph}, {pw})")
+    if bias is not None:
+        V.float_array(bias, "bias", ndim=1, dtype=x.dtype)
+        V.shape_is(bias, "bias", (f,))
+    code, a = activation_code(act, alpha)
+    oh, ow = conv_output_size(h, w, (kh, kw), (sh, sw), (ph, pw))
+    y = _out(out, "out", (n, f, oh, ow), x.dtype)
+    z = _out(z_out, "z_out", (n, f, oh, ow), x.dtype) if ACTIVATIONS[code] in SAVES_PREACTIVATION else None
+    _kernel("conv2d_forward", x)(x, weight, bias, y, z, sh, sw, ph, pw, code, a)
+    return y, Conv2dSaved(x, weight, y, z, (sh, sw), (ph, pw), code, a)
+
+
+def conv2d_backward(dy, saved: Conv2dSaved, need_dx=True, *, dweight=None, dbias=None, need_dbias=True, dx=None,
+                    dz_work=None):
+    """Gradients of conv2d: dz = dy * act'(.), dbias = dz summed over N, OH, OW,
+    dweight = sum_n dz_n @ im2col(x_n)^T, dx = col2im(weight^T @ dz_n).
+    Returns (dx or None, dweight, dbias or None, dalpha or None)."""
+    x, weight, y = saved.x, saved.weight, saved.y
+    V.float_array(dy, "dy", ndim=4, dtype=x.dtype)
+    V.shape_is(dy, "dy", y.shape)
+    dw = _out(dweight, "dweight", weight.shape, x.dtype)
+    db = _out(dbias, "dbias", (weight.shape[0],), x.dtype) if need_dbias else None
+    dxx = _out(dx, "dx", x.shape, x.dtype) if need_dx else None
+    work = _out(dz_work, "dz_work", y.shape, x.dtype)
+    dalpha = np.zeros(1, x.dtype) if ACTIVATIONS[saved.act] == "prelu" else None
+    (sh, sw), (ph, pw) = saved.stride, saved.padding
+    _kernel("conv2d_backward", dy)(dy, x, weight, y, saved.z, work, dxx, dw, db, dalpha, sh, sw, ph, pw,
+                                   saved.act, saved.alpha)
+    return dxx, dw, db, (float(dalpha[0]) if dalpha is not None else None)
+
+
+# --- pooling ---------------------------------------------------------------------
+# Vectorized NumPy on every backend (gathers, an argmax and one bincount; no
+# per-image loop). Max pooling keeps the flat index of each window's maximum
+# (first one in row-major window order on ties, as PyTorch), so backward routes
+# dy to exactly that input element: argmax-based, not a mask of all maxima.
+
+class MaxPoolSaved(NamedTuple):
+    x_shape: tuple         # (N, C, H, W)
+    index: np.ndarray      # (N, C, OH, OW) int64: flat index of the maximum in x
+
+
+def max_pool_regions(x, rows, cols):
+    """Max over the windows rows[i] x cols[j] of each (H, W) plane of x.
+
+    rows (OH, K) and cols (OW, L) are int64 input coordinates; a window shorter
+    than K repeats its last coordinate (a repeat cannot change a max).
+    Returns (y (N, C, OH, OW), saved)."""
+    V.float_array(x, "x", ndim=4)
+    n, c, h, w = x.shape
+    oh, k = rows.shape
+    ow, l = cols.shape
+    g = x[:, :, rows[:, :, None, None], cols[None, None, :, :]]          # (N, C, OH, K, OW, L)
+    g = g.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, k * l)
+    arg = g.argmax(axis=-1)
+    y = np.take_along_axis(g, arg[..., None], axis=-1)[..., 0]
+    ih = rows[np.arange(oh)[:, None], (arg // l)]                        # broadcast over (N, C, OH, OW)
+    iw = cols[np.arange(ow)[None, :], (arg % l)]
+    plane = (np.arange(n)[:, None] * c + np.arange(c)[None, :]) * (h * w)
+    index = plane[:, :, None, None] + ih * w + iw
+    return np.ascontiguousarray(y), MaxPoolSaved(x.shape, index)
+
+
+def max_pool2d(x, kernel_size, stride=None):
+    """Max pooling with square or (kh, kw) windows; stride defaults to the window."""
+    V.float_array(x, "x", ndim=4)
+    kh, kw = _pair(kernel_size, "kernel_size", 1)
+    sh, sw = _pair(kernel_size if stride is None else stride, "stride", 1)
+    h, w = x.shape[2:]
+    if kh > h or kw > w:
+        raise ValueError(f"kernel_size ({kh}, {kw}) is larger than the input ({h}, {w}) of x with shape {x.shape}")
+    oh, ow = conv_output_size(h, w, (kh, kw), (sh, sw), (0, 0))
+    rows = np.arange(oh)[:, None] * sh + np.arange(kh)[None, :]
+    cols = np.arange(ow)[:, None] * sw + np.arange(kw)[None, :]
+    return max_pool_regions(x, rows, cols)
+
+
+def max_pool2d_backward(dy, saved: MaxPoolSaved):
+    """dx: each dy element added to the input element that was its window's max."""
+    V.float_array(dy, "dy", ndim=4, contiguous=False)
+    V.shape_is(dy, "dy", saved.index.shape)
+    size = int(np.prod(saved.x_shape))
+    dx = np.bincount(saved.index.ravel(), weights=dy.ravel(), minlength=size)
+    return dx.astype(dy.dtype, copy=False).reshape(saved.x_shape)
+
+
+def fractional_pool_sequence(n_in, n_out, u):
+    """Graham (2014) pseudo-random disjoint pooling intervals: boundaries
+    a_i = ceil(alpha (i + u)) - ceil(alpha u), a_{n_out} = n_in, alpha = n_in / n_out,
+    u in [0, 1). Returns (n_out, K) int64 coordinates, each interval [a_i, a_{i+1})
+    padded to the longest length K by repeating its last coordinate."""
+    alpha = n_in / n_out
+    i = np.arange(n_out + 1, dtype=np.float64)
+    a = np.ceil(alpha * (i + u)) - np.ceil(alpha * u)
+    a = a.astype(np.int64)
+    a[-1] = n_in
+    a = np.minimum(a, n_in)
+    lengths = np.diff(a)
+    k = int(lengths.max())
+    t = np.arange(k)[None, :]
+    return a[:-1, None] + np.minimum(t, lengths[:, None] - 1)

@@ -7,7 +7,11 @@ namespace fastnn::cpu {
 
 // Thread-local, 64-byte aligned scratch that grows and is reused across calls,
 // so steady-state kernels never allocate. slot separates independent buffers.
-enum ScratchSlot : int { kPackA = 0, kPackB = 1, kWork = 2, kNumScratchSlots = 3 };
+enum ScratchSlot : int {
+  kPackA = 0, kPackB = 1, kWork = 2,
+  kConvColumns = 3, kConvWeightGrad = 4,  // conv.cpp: im2col columns, per-thread dweight
+  kNumScratchSlots = 5
+};
 void* scratch(int slot, size_t bytes);
 
 // Threads the CPU kernels use (fastnn.set_num_threads; default: OpenMP's).

@@ -36,6 +36,24 @@ struct BiasAct {
   }
 };
 
+// C = act(acc + bias[i]); Z = acc + bias[i] when the activation needs it. The
+// bias runs along rows: a convolution's GEMM has one row per output channel.
+template <class T, class ActF>
+struct RowBiasAct {
+  static constexpr bool kIdentity = false;
+  static constexpr bool kSavesPreactivation = !ActF::kGradFromOutput;
+  const T* bias;  // (rows,) or nullptr
+  T* z;           // (rows, ldz) when kSavesPreactivation, else unused
+  int64_t ldz;
+  T alpha;
+
+  FASTNN_HD T apply(int64_t i, int64_t j, T acc) const {
+    T pre = bias ? acc + bias[i] : acc;
+    if constexpr (kSavesPreactivation) z[i * ldz + j] = pre;
+    return ActF::forward(pre, alpha);
+  }
+};
+
 // The backward epilogue of an activation: dz = dy * act'(z or y).
 template <class T, class ActF>
 FASTNN_HD T act_backward(T dy, T z, T y, T alpha) {

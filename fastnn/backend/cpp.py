@@ -7,6 +7,7 @@ OPS = (
     "gemm", "linear_act_forward", "linear_act_backward", "act_forward", "act_backward",
     "softmax_xent_forward", "softmax_xent_backward", "optim_step",
     "batchnorm_forward", "batchnorm_backward", "dropout", "max_norm",
+    "conv2d_forward", "conv2d_backward",
 )
 
 try:

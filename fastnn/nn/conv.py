@@ -1,0 +1,238 @@
+"""Convolutional layers: Conv2d, MaxPool2d, FractionalMaxPool2d, GlobalAvgPool2d,
+and Residual blocks with stochastic depth.
+
+Shapes are NCHW: x (N, C, H, W). Conv2d.weight is (F, C, KH, KW), bias (F,);
+output (N, F, OH, OW) with OH = (H + 2*PH - KH) // SH + 1 (OW likewise).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _validate as V
+from .. import init as initializers
+from .. import ops
+from .._random import generator
+from .layers import _dtype
+from .module import Module, Parameter
+
+
+class Conv2d(Module):
+    """y = act(conv(x, weight) + bias), one fused im2col + GEMM kernel.
+
+    kernel_size, stride, padding: an int or an (h, w) pair; padding is zeros.
+    activation/alpha/init as in Linear ("auto": He for the ReLU family, LeCun
+    for SELU, Xavier otherwise; fan_in = C*KH*KW). In a Sequential, a Conv2d
+    without its own activation followed by an activation layer runs fused."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, activation=None, alpha=None,
+                 init="auto", bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_channels = V.positive_int(in_channels, "in_channels")
+        self.out_channels = V.positive_int(out_channels, "out_channels")
+        self.kernel_size = ops._pair(kernel_size, "kernel_size", 1)
+        self.stride = ops._pair(stride, "stride", 1)
+        self.padding = ops._pair(padding, "padding", 0)
+        self.activation = "identity" if activation is None else activation
+        _, self._alpha = ops.activation_code(self.activation, alpha)
+        dt = _dtype(dtype)
+        fn = initializers.resolve(init, self.activation)
+        shape = (self.out_channels, self.in_channels) + self.kernel_size
+        self.weight = Parameter(np.ascontiguousarray(fn(shape, rng=generator(rng), dtype=dt)), "weight")
+        self.bias = Parameter(np.zeros(self.out_channels, dt), "bias") if bias else None
+        if self.activation == "prelu":
+            self.alpha = Parameter(np.full(1, self._alpha, dt), "alpha")
+        self._saved = None
+
+    def fuses(self, act) -> bool:
+        """Whether a following activation layer can run inside this layer's kernel."""
+        return self.activation == "identity"
+
+    def _act_alpha(self):
+        return float(self.alpha.data[0]) if self.activation == "prelu" else self._alpha
+
+    def forward(self, x):
+        return self.forward_fused(x, self.activation, self._act_alpha())
+
+    def forward_fused(self, x, act, alpha):
+        """Forward with an activation taken from a following layer."""
+        V.float_array(x, "x", ndim=4, dtype=self.weight.data.dtype)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have {self.in_channels} channels (axis 1) for Conv2d({self.in_channels}, "
+                             f"{self.out_channels}), got shape {x.shape}")
+        y, self._saved = ops.conv2d(x, self.weight.data, self.bias.data if self.bias else None, self.stride,
+                                    self.padding, act, alpha)
+        return y
+
+    def backward(self, dout):
+        dx, dalpha = self.backward_fused(dout)
+        if dalpha is not None:
+            self.alpha.grad[0] = dalpha
+        return dx
+
+    def backward_fused(self, dout):
+        """Gradients into weight.grad / bias.grad; returns (dx or None, dalpha or None)."""
+        if self._saved is None:
+            raise RuntimeError("Conv2d.backward called before forward")
+        dout = np.ascontiguousarray(dout)
+        dx, _, _, dalpha = ops.conv2d_backward(
+            dout, self._saved, need_dx=self.input_grad, dweight=self.weight.grad,
+            dbias=self.bias.grad if self.bias else None, need_dbias=self.bias is not None)
+        return dx, dalpha
+
+
+class MaxPool2d(Module):
+    """Max pooling over kernel_size windows (stride defaults to kernel_size), no padding.
+
+    Backward is argmax-based: forward keeps the index of each window's maximum
+    (the first in row-major order on ties) and dy flows to that element only;
+    overlapping windows (stride < kernel) add up."""
+
+    def __init__(self, kernel_size, stride=None):
+        super().__init__()
+        self.kernel_size = ops._pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else ops._pair(stride, "stride", 1)
+        self._saved = None
+
+    def forward(self, x):
+        y, self._saved = ops.max_pool2d(x, self.kernel_size, self.stride)
+        return y
+
+    def backward(self, dout):
+        if self._saved is None:
+            raise RuntimeError("MaxPool2d.backward called before forward")
+        return ops.max_pool2d_backward(dout, self._saved)
+
+
+class FractionalMaxPool2d(Module):
+    """Fractional max pooling (Graham 2014, "Fractional Max-Pooling"): disjoint
+    pooling regions from the pseudo-random sequence a_i = ceil(alpha (i + u)) -
+    ceil(alpha u), alpha = H_in / H_out (and likewise along W), so the size
+    shrinks by a non-integer factor such as sqrt(2).
+
+    output_size (int or (OH, OW)) or output_ratio (float or pair, in (0, 1]:
+    OH = floor(H * ratio), at least 1). Training: fresh offsets u (one per axis,
+    shared by the batch) on every forward call, drawn from a generator seeded by
+    ``seed`` (None: from fastnn's global generator). Eval: the fixed offset
+    u = 0.5 on both axes, so eval output is deterministic and does not consume
+    random numbers (Graham averages several random draws at test time instead;
+    call the layer in training mode repeatedly to do that). Backward is
+    argmax-based like MaxPool2d."""
+
+    def __init__(self, output_size=None, output_ratio=None, seed=None):
+        super().__init__()
+        if (output_size is None) == (output_ratio is None):
+            raise ValueError("give exactly one of output_size or output_ratio")
+        self.output_size = None if output_size is None else ops._pair(output_size, "output_size", 1)
+        if output_ratio is not None:
+            r = output_ratio if isinstance(output_ratio, (tuple, list)) else (output_ratio, output_ratio)
+            if len(r) != 2:
+                raise ValueError(f"output_ratio must be a number or a pair, got {output_ratio!r}")
+            self.output_ratio = tuple(V.real(v, "output_ratio", low=0.0, high=1.0, low_open=True) for v in r)
+        else:
+            self.output_ratio = None
+        self.seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
+        self._rng = np.random.default_rng(self.seed)
+        self._saved = None
+        self.last_offsets = None
+
+    def _out_size(self, h, w):
+        if self.output_size is not None:
+            oh, ow = self.output_size
+        else:
+            oh, ow = max(1, int(h * self.output_ratio[0])), max(1, int(w * self.output_ratio[1]))
+        if oh > h or ow > w:
+            raise ValueError(f"output_size ({oh}, {ow}) is larger than the input ({h}, {w})")
+        return oh, ow
+
+    def forward(self, x):
+        V.float_array(x, "x", ndim=4)
+        h, w = x.shape[2:]
+        oh, ow = self._out_size(h, w)
+        u = tuple(self._rng.random(2)) if self.training else (0.5, 0.5)
+        self.last_offsets = u
+        rows = ops.fractional_pool_sequence(h, oh, u[0])
+        cols = ops.fractional_pool_sequence(w, ow, u[1])
+        y, self._saved = ops.max_pool_regions(x, rows, cols)
+        return y
+
+    def backward(self, dout):
+        if self._saved is None:
+            raise RuntimeError("FractionalMaxPool2d.backward called before forward")
+        return ops.max_pool2d_backward(dout, self._saved)
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) -> (N, C): the mean of each channel plane (Lin et al. 2013)."""
+
+    def __init__(self):
+        super().__init__()
+        self._shape = None
+
+    def forward(self, x):
+        V.float_array(x, "x", ndim=4, contiguous=False)
+        self._shape = x.shape
+        return x.mean(axis=(2, 3), dtype=x.dtype)
+
+    def backward(self, dout):
+        if self._shape is None:
+            raise RuntimeError("GlobalAvgPool2d.backward called before forward")
+        n, c, h, w = self._shape
+        V.shape_is(dout, "dout", (n, c))
+        scale = dout.dtype.type(1.0 / (h * w))
+        return np.ascontiguousarray(np.broadcast_to((dout * scale)[:, :, None, None], self._shape))
+
+
+def stochastic_depth_probs(n_blocks, p_last=0.5):
+    """Survival probabilities of Huang et al. (2016)'s linear decay rule,
+    p_l = 1 - l / L * (1 - p_L) for blocks l = 1..L: near 1 for the first block,
+    p_last for the last."""
+    n = V.positive_int(n_blocks, "n_blocks")
+    p_last = V.real(p_last, "p_last", low=0.0, high=1.0, low_open=True)
+    return [1.0 - l / n * (1.0 - p_last) for l in range(1, n + 1)]
+
+
+class Residual(Module):
+    """y = x + f(x) with stochastic depth (Huang et al. 2016, "Deep Networks with
+    Stochastic Depth"): in training the whole block is skipped (y = x) with
+    probability 1 - survival_prob, drawn once per forward call for the batch; in
+    eval y = x + survival_prob * f(x), the expected value. survival_prob = 1 is
+    the plain residual connection. f must keep the shape of x.
+
+    When the block was skipped, backward returns dout and sets the block's
+    gradients to zero (backward overwrites .grad)."""
+
+    def __init__(self, block, survival_prob=1.0, seed=None):
+        super().__init__()
+        if not isinstance(block, Module):
+            raise TypeError(f"block must be a fastnn Module, got {type(block).__name__}")
+        self.block = block
+        self.survival_prob = V.real(survival_prob, "survival_prob", low=0.0, high=1.0, low_open=True)
+        self.seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
+        self._rng = np.random.default_rng(self.seed)
+        self._ran = None      # None: no forward yet; False: skipped; True: block ran
+        self._scale = 1.0
+
+    def forward(self, x):
+        p = self.survival_prob
+        if self.training and p < 1.0 and self._rng.random() >= p:
+            self._ran = False
+            return x
+        self._ran = True
+        self._scale = 1.0 if self.training else p
+        fx = self.block.forward(x)
+        if fx.shape != x.shape:
+            raise ValueError(f"Residual block must keep the shape of its input: {x.shape} -> {fx.shape}")
+        if self._scale == 1.0:
+            return x + fx
+        return x + fx.dtype.type(self._scale) * fx
+
+    def backward(self, dout):
+        if self._ran is None:
+            raise RuntimeError("Residual.backward called before forward")
+        if not self._ran:
+            for p in self.block.parameters():
+                p.grad[...] = 0
+            return dout
+        object.__setattr__(self.block, "input_grad", True)
+        g = dout if self._scale == 1.0 else dout * dout.dtype.type(self._scale)
+        return dout + self.block.backward(np.ascontiguousarray(g))
