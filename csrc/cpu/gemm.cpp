@@ -88,9 +88,21 @@ struct DzFromDy {
       const T* __restrict yr = y + row;
       const T* __restrict zr = F::kGradFromOutput ? yr : z + row;
       T* __restrict d = dst + p * NR;
+      if constexpr (simd::VecAct<F>::kAvailable) {
+        if (cols == NR) {
+          using S = simd::Vec<T>;
+          const auto va = S::set1(alpha);
+#pragma GCC unroll 8
+          for (int jj = 0; jj < NR; jj += S::W)
+            S::store(d + jj, simd::VecAct<F>::template backward<S>(S::load(dyr + jj), S::load(zr + jj),
+                                                                    S::load(yr + jj), va));
+        }
+      }
       if (cols == NR) {
+        if constexpr (!simd::VecAct<F>::kAvailable) {
 #pragma GCC unroll 64
-        for (int jj = 0; jj < NR; ++jj) d[jj] = dyr[jj] * F::grad(zr[jj], yr[jj], alpha);
+          for (int jj = 0; jj < NR; ++jj) d[jj] = dyr[jj] * F::grad(zr[jj], yr[jj], alpha);
+        }
       } else {
         int jj = 0;
         for (; jj < cols; ++jj) d[jj] = dyr[jj] * F::grad(zr[jj], yr[jj], alpha);
