@@ -8,8 +8,8 @@
 //     for pc in K step KC
 //       for jc in N step NCB      B block  (KC x NCB) each thread packs the slice it
 //                                          uses, KC x NCL2 in its own L2
-//         for ir in rows step MR  A micro-panel (MR x KC) stays in L1
-//           for jr in cols step NR   B micro-panel (KC x NR) streams from L2
+//         for ir in rows step MR  A micro-panel (MR x KC), reused along the tile row
+//           for jr in cols step NR   B micro-panel (KC x NR) streams from L2 (prefetched)
 //             MR x NR register tile: acc += A_panel * B_panel (broadcast A, vector B)
 //
 // Threads split the tile grid of each block by columns (each packs only its own
@@ -26,7 +26,6 @@
 #pragma once
 
 #include <omp.h>
-#include <cstdlib>
 
 #include "cpu/isa.h"
 #include "cpu/simd.h"
@@ -49,26 +48,17 @@ struct Blocking {
   // AVX-512 uses 8 x 3: 24 FMAs per 8 broadcasts + 3 loads, so the two load
   // ports keep up with the two FMA ports (12 x 2 needs 14 loads for 24 FMAs and
   // measured ~10% slower in-L1).
-#ifdef GEMM_NV
-  static constexpr int NV = GEMM_NV;
-  static constexpr int MR = GEMM_MR;
-#else
   static constexpr int NV = FASTNN_VBYTES == 64 ? 3 : 2;
   static constexpr int MR = FASTNN_VBYTES == 64 ? 8 : 6;
-#endif
   static constexpr int NR = NV * VW;
-  // A micro-panel MR x KC in L1 (AVX-512: 12 KiB fp32, 16 KiB fp64).
+  // Depth of one rank-KC update (A micro-panel MR x KC: 12 KiB fp32, 16 KiB fp64).
   static constexpr int64_t KC = FASTNN_VBYTES == 64 ? (sizeof(T) == 4 ? 384 : 256) : 256;
   // One thread's B slice KC x NCL2 in its L2 (about 780 KiB with AVX-512).
   static constexpr int64_t NCL2 = FASTNN_VBYTES == 64 ? (sizeof(T) == 4 ? 528 : 384) : 256;
-  // The shared A block MCB x KC in L3 (4.5 MiB).
+  // The shared A block MCB x KC in L3 (3 MiB fp32, 4 MiB fp64 with AVX-512).
   static constexpr int64_t MCB = MR * 256;
   // Prefetch distance for the streamed B micro-panel, in k steps.
-#ifdef GEMM_PFB
-  static constexpr int PFB = GEMM_PFB;
-#else
   static constexpr int PFB = 16;
-#endif
 };
 
 // --- operand sources: pack one micro-panel --------------------------------------
@@ -283,23 +273,20 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   const int nth = flops < 1e6 ? 1 : num_threads();
 
   // Block sizes, balanced so no block is a sliver (k = 784 -> 3 x 262, not 384+384+16).
-  static const int64_t KC_ = getenv("FKC") ? atoi(getenv("FKC")) : Bl::KC;
-  static const int64_t NCL2_ = getenv("FNC") ? atoi(getenv("FNC")) : Bl::NCL2;
-  static const int64_t MCB_ = getenv("FMC") ? atoi(getenv("FMC")) : Bl::MCB;
-  const int64_t kcb = balanced_step(k, KC_, 8);
-  const int64_t mcb = balanced_step(m, MCB_, MR);
+  const int64_t kcb = balanced_step(k, Bl::KC, 8);
+  const int64_t mcb = balanced_step(m, Bl::MCB, MR);
   const int64_t npan_total = ceil_div(n, NR);
 
   // Thread grid: split columns (tn = nth) unless rows balance clearly better.
   int tn = nth, tm = 1;
   if (nth > 1) {
     const int64_t mpan_blk = ceil_div(mcb, MR);
-    const int64_t cost_cols = ceil_div(min64(npan_total, nth * ceil_div(NCL2_, NR)), nth) * mpan_blk;
-    const int64_t cost_rows = ceil_div(mpan_blk, nth) * min64(npan_total, nth * ceil_div(NCL2_, NR));
+    const int64_t cost_cols = ceil_div(min64(npan_total, nth * ceil_div(Bl::NCL2, NR)), nth) * mpan_blk;
+    const int64_t cost_rows = ceil_div(mpan_blk, nth) * min64(npan_total, nth * ceil_div(Bl::NCL2, NR));
     if (cost_rows < cost_cols) tn = 1, tm = nth;
   }
   // Column block: tn slices of at most NCL2 each, balanced across jc steps.
-  const int64_t ncb = balanced_step(npan_total, tn * ceil_div(NCL2_, NR), tn) * NR;
+  const int64_t ncb = balanced_step(npan_total, tn * ceil_div(Bl::NCL2, NR), tn) * NR;
 
   T* apack = static_cast<T*>(scratch(kPackA, size_t(ceil_div(mcb, MR) * MR * kcb) * sizeof(T)));
   // With a column split each thread keeps its slice at a fixed place in the B

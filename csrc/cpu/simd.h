@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstring>
+#include <utility>
 
 #if FASTNN_VBYTES >= 32
 #include <immintrin.h>
@@ -100,12 +101,9 @@ template <class T> struct Vec {
   typedef T V __attribute__((vector_size(FASTNN_VBYTES)));
   static constexpr int W = FASTNN_VBYTES / int(sizeof(T));
   static FASTNN_INLINE V zero() { return V{}; }
-  // A lane loop, not V{} + x: the add cannot be folded away (signed zeros).
-  static FASTNN_INLINE V set1(T x) {
-    V v;
-    for (int i = 0; i < W; ++i) v[i] = x;
-    return v;
-  }
+  // An initializer list, not V{} + x: that add cannot be folded (signed zeros).
+  template <size_t... I> static FASTNN_INLINE V splat(T x, std::index_sequence<I...>) { return V{((void)I, x)...}; }
+  static FASTNN_INLINE V set1(T x) { return splat(x, std::make_index_sequence<W>{}); }
   static FASTNN_INLINE V load(const T* p) { V v; std::memcpy(&v, p, sizeof(V)); return v; }
   static FASTNN_INLINE V broadcast(const T* p) { return set1(*p); }
   static FASTNN_INLINE void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
