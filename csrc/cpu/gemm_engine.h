@@ -288,7 +288,10 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   // Column block: tn slices of at most NCL2 each, balanced across jc steps.
   const int64_t ncb = balanced_step(npan_total, tn * ceil_div(Bl::NCL2, NR), tn) * NR;
 
-  T* apack = static_cast<T*>(scratch(kPackA, size_t(ceil_div(mcb, MR) * MR * kcb) * sizeof(T)));
+  // Two A blocks, used alternately: packing block s+1 cannot overwrite block s
+  // while a thread still multiplies it, so threads sync once per block, not twice.
+  const int64_t ablock = ceil_div(mcb, MR) * MR * kcb;
+  T* apack2 = static_cast<T*>(scratch(kPackA, size_t(2 * ablock) * sizeof(T)));
   // With a column split each thread keeps its slice at a fixed place in the B
   // buffer (slot tj, `slot` panels long), so it may repack without waiting.
   const int64_t slot = ceil_div(min64(ncb / NR, npan_total), tn);
@@ -301,7 +304,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
     // A team smaller than asked for (nested call, OMP limits) falls back to rows x 1.
     const int gm = nt == nth ? tm : nt, gn = nt == nth ? tn : 1;
     const int ti = tid / gn, tj = tid % gn;
-    bool first_block = true;
+    int64_t block = 0;
     for (int64_t ic = 0; ic < m; ic += mcb) {
       const int64_t mc = min64(mcb, m - ic);
       const int64_t mpan = ceil_div(mc, MR);
@@ -310,11 +313,12 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
         const bool load_c = pc > 0 || accumulate;
         const bool last = pc + kc >= k;
 
-        // Everyone is done with the previous A and B blocks; pack this A block together.
-        if (!first_block) {
+        // Pack this A block together. A shared B block (row split) must first be
+        // released by every thread; column-split B slices are private.
+        if (gm > 1 && block > 0) {
 #pragma omp barrier
         }
-        first_block = false;
+        T* apack = apack2 + (block++ & 1) * ablock;
         for (int64_t r = tid * mpan / nt; r < (tid + 1) * mpan / nt; ++r)
           A.template pack<MR>(ic + r * MR, int(min64(MR, mc - r * MR)), pc, kc, apack + r * MR * kc);
 
