@@ -333,7 +333,9 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
           // the threads sharing a slice pack it together.
           const int64_t pk0 = gm > 1 ? q0 + ti * (q1 - q0) / gm : q0;
           const int64_t pk1 = gm > 1 ? q0 + (ti + 1) * (q1 - q0) / gm : q1;
-          auto bpanel = [&](int64_t q) { return bpack + (gm > 1 ? q : tj * slot + q - q0) * NR * kc; };
+          // Panels at a fixed stride (kcb, not this block's kc): a thread that already
+          // packs a shorter last K block must not reach into its neighbour's slot.
+          auto bpanel = [&](int64_t q) { return bpack + (gm > 1 ? q : tj * slot + q - q0) * NR * kcb; };
           for (int64_t q = pk0; q < pk1; ++q)
             B.template pack<NR>(pc, kc, jc + q * NR, int(min64(NR, n - jc - q * NR)), bpanel(q), ic == 0);
           if (jc == 0 || gm > 1) {
