@@ -295,7 +295,20 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   // With a column split each thread keeps its slice at a fixed place in the B
   // buffer (slot tj, `slot` panels long), so it may repack without waiting.
   const int64_t slot = ceil_div(min64(ncb / NR, npan_total), tn);
-  T* bpack = static_cast<T*>(scratch(kPackB, size_t(kcb * tn * slot * NR) * sizeof(T)));
+
+  // Column split: threads take chunks of `chunk` column panels from a shared
+  // counter (one per A block) instead of fixed halves, so a thread slowed down
+  // by another process on its core does not hold the other one back. Each packs
+  // the B panels of the chunk it took into its own slot.
+  constexpr int kMaxBlocks = 512;
+  const int64_t nblocks = ceil_div(m, mcb) * ceil_div(k, kcb);
+  const bool dynamic = nth > 1 && tm == 1 && nblocks <= kMaxBlocks;
+  const int64_t chunk = max64(1, min64(npan_total / (4 * nth), ceil_div(Bl::NCL2, NR)));
+  const int64_t nchunks = ceil_div(npan_total, chunk);
+  int64_t next_chunk[kMaxBlocks];
+  if (dynamic)
+    for (int64_t b = 0; b < nblocks; ++b) next_chunk[b] = 0;
+  T* bpack = static_cast<T*>(scratch(kPackB, size_t(kcb * max64(tn * slot, nth * chunk) * NR) * sizeof(T)));
 
 #pragma omp parallel num_threads(nth) if (nth > 1)
   {
@@ -318,9 +331,33 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
         if (gm > 1 && block > 0) {
 #pragma omp barrier
         }
-        T* apack = apack2 + (block++ & 1) * ablock;
+        const int64_t this_block = block++;
+        T* apack = apack2 + (this_block & 1) * ablock;
         for (int64_t r = tid * mpan / nt; r < (tid + 1) * mpan / nt; ++r)
           A.template pack<MR>(ic + r * MR, int(min64(MR, mc - r * MR)), pc, kc, apack + r * MR * kc);
+
+        if (dynamic && nt == nth) {
+#pragma omp barrier
+          T* my_slot = bpack + tid * chunk * NR * kcb;
+          for (;;) {
+            const int64_t ch = __atomic_fetch_add(&next_chunk[this_block], 1, __ATOMIC_RELAXED);
+            if (ch >= nchunks) break;
+            const int64_t q0 = ch * chunk, q1 = min64(q0 + chunk, npan_total);
+            for (int64_t q = q0; q < q1; ++q)
+              B.template pack<NR>(pc, kc, q * NR, int(min64(NR, n - q * NR)), my_slot + (q - q0) * NR * kcb, ic == 0);
+            for (int64_t r = 0; r < mpan; ++r) {
+              const int64_t i = ic + r * MR;
+              const int mr = int(min64(MR, m - i));
+              const T* ap = apack + r * MR * kc;
+              for (int64_t q = q0; q < q1; ++q) {
+                const int64_t j = q * NR;
+                tile(kc, ap, my_slot + (q - q0) * NR * kcb, c + i * ldc + j, ldc, i, j, mr, int(min64(NR, n - j)),
+                     load_c, last, ep);
+              }
+            }
+          }
+          continue;
+        }
 
         for (int64_t jc = 0; jc < n; jc += ncb) {
           const int64_t nc = min64(ncb, n - jc);
