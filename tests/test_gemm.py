@@ -5,8 +5,11 @@ import fastnn as fnn
 from conftest import TOL, rel_err
 
 # 1, primes, and sizes that are not multiples of any SIMD width, MR/NR or KC.
+# Then shapes that cross the engine's blocks: several K blocks (k > KC), several
+# column blocks (n > 2 * NCL2), several row blocks (m > MCB), a row split (one
+# column panel).
 SHAPES = [(1, 1, 1), (1, 7, 3), (5, 1, 11), (13, 17, 19), (97, 131, 263), (300, 515, 600), (2, 1000, 3),
-          (64, 64, 64)]
+          (64, 64, 64), (29, 1100, 801), (2101, 40, 19), (500, 7, 130)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -23,8 +26,8 @@ def test_gemm_matches_float64_reference(backend, rng, dtype, trans_a, trans_b):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_accumulates_with_beta_one(backend, rng, dtype):
-    a = rng.standard_normal((37, 290)).astype(dtype)
-    b = rng.standard_normal((290, 41)).astype(dtype)
+    a = rng.standard_normal((37, 900)).astype(dtype)
+    b = rng.standard_normal((900, 41)).astype(dtype)
     c0 = rng.standard_normal((37, 41)).astype(dtype)
     c = c0.copy()
     fnn.ops.gemm(a, b, out=c, beta=1.0)

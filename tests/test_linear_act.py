@@ -132,3 +132,55 @@ def test_activations_are_stable_at_extremes(backend):
     for act in ACTIVATIONS:
         y = fnn.ops.activation(x, act, ALPHA.get(act))
         assert np.isfinite(y).all(), act
+
+
+# Shapes that cross the GEMM engine's block boundaries on every code path:
+# several K blocks (D > KC), several column blocks per thread (M > 2 * NCL2),
+# several row blocks (N or D > MCB = 256 * MR), too few column panels to split
+# (then threads split rows), and edges that are not multiples of MR or NR.
+BLOCK_SHAPES = [(37, 801, 1100), (2101, 19, 45), (29, 2099, 40), (300, 70, 9), (2, 1000, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", ["relu", "gelu", "prelu"])
+def test_block_boundaries(backend, rng, act, dtype):
+    alpha = ALPHA.get(act, 0.0)
+    for n, d, m in BLOCK_SHAPES:
+        x, w, b = _inputs(rng, n, d, m, dtype, scale=2.0)
+        dy = rng.standard_normal((n, m)).astype(dtype)
+        y, saved = fnn.ops.linear_act(x, w, b, act, alpha)
+        z = x.astype(np.float64) @ w + b
+        tol = TOL[dtype] * 10
+        assert rel_err(y, oracle.act(act, z, alpha)) < tol, (n, d, m)
+        dx, dw, db, dalpha = fnn.ops.linear_act_backward(dy, saved)
+        # Where rounding moves z across the kink, float32 and float64 disagree on act'.
+        near = np.abs(z) < 1e-4 * (np.abs(x) @ np.abs(w) + np.abs(b))
+        dz = np.where(near, 0, dy * oracle.act_grad(act, z, alpha))
+        if near.any():
+            dy = np.where(near, 0, dy).astype(dtype)
+            dx, dw, db, dalpha = fnn.ops.linear_act_backward(dy, saved)
+        assert rel_err(db, dz.sum(0)) < tol * np.sqrt(n), (n, d, m)
+        assert rel_err(dw, x.T.astype(np.float64) @ dz) < tol * np.sqrt(n), (n, d, m)
+        assert rel_err(dx, dz @ w.T.astype(np.float64)) < tol * np.sqrt(m), (n, d, m)
+        if act == "prelu":
+            ref = float((dy * np.where(z > 0, 0, z)).sum())
+            assert abs(dalpha - ref) < tol * np.sqrt(n * m) * max(1.0, np.abs(dy * z).sum() / np.sqrt(n * m))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_results_do_not_depend_on_thread_count(backend, rng, dtype):
+    """The GEMM tiles and the dbias / dalpha sums have a fixed order: 1 and 2
+    threads give bit-identical outputs and gradients."""
+    x, w, b = _inputs(rng, 301, 517, 263, dtype)
+    dy = rng.standard_normal((301, 263)).astype(dtype)
+    outs = []
+    before = fnn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fnn.set_num_threads(threads)
+            y, saved = fnn.ops.linear_act(x, w, b, "prelu", 0.2)
+            outs.append((y,) + fnn.ops.linear_act_backward(dy, saved))
+    finally:
+        fnn.set_num_threads(before)
+    for a, b_ in zip(*outs):
+        np.testing.assert_array_equal(a, b_)

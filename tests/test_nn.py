@@ -44,6 +44,40 @@ def test_model_gradient_check(backend, rng, act_layer):
         assert rel_err(p.grad, num[name]) < 1e-6, name
 
 
+@pytest.mark.parametrize("pieces", [1, 2, 3])
+def test_maxout_gradient_check(backend, rng, pieces):
+    model = fnn.nn.Sequential(fnn.nn.Maxout(6, 5, pieces=pieces, dtype=np.float64, rng=int(rng.integers(1000))),
+                              fnn.nn.Linear(5, 4, dtype=np.float64, rng=1))
+    loss = fnn.losses.SoftmaxCrossEntropy()
+    x = rng.standard_normal((7, 6))
+    y = rng.integers(0, 4, 7)
+    loss.forward(model.forward(x), y)
+    dx = model.backward(loss.backward())
+    num = _numerical_model_grads(model, loss, x, y)
+    for name, p in model.named_parameters():
+        assert rel_err(p.grad, num[name]) < 1e-6, name
+    num_dx = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        old = x[idx]
+        x[idx] = old + 1e-6
+        lp = loss.forward(model.forward(x), y)
+        x[idx] = old - 1e-6
+        lm = loss.forward(model.forward(x), y)
+        x[idx] = old
+        num_dx[idx] = (lp - lm) / 2e-6
+    assert rel_err(dx, num_dx) < 1e-6
+
+
+def test_maxout_forward_is_max_over_pieces(backend, rng):
+    layer = fnn.nn.Maxout(13, 7, pieces=4, dtype=np.float32, rng=3)
+    layer.bias.data[:] = rng.standard_normal(28).astype(np.float32)
+    x = rng.standard_normal((11, 13)).astype(np.float32)
+    z = x.astype(np.float64) @ layer.weight.data + layer.bias.data
+    y = layer.forward(x)
+    assert y.shape == (11, 7) and y.dtype == np.float32
+    assert rel_err(y, z.reshape(11, 7, 4).max(axis=2)) < 1e-5
+
+
 def test_sequential_fuses_linear_and_activation(rng):
     model = _mlp()
     assert len(model._plan) == 3 and model._plan[0][1] is model.layers[1]

@@ -2,8 +2,9 @@
 //
 // Shapes: x (N, D), weight (D, M), bias (M,), y/z/dy/dz (N, M), dx (N, D).
 //   forward   y = act(x @ weight + bias)      one GEMM, bias+act in its epilogue
-//   backward  dz = dy * act'(z or y), dbias = sum_rows dz   one fused pass
-//             dweight = x^T @ dz,  dx = dz @ weight^T        GEMMs on strided views
+//   backward  dweight = x^T @ dz, with dz = dy * act'(z or y) and dbias = sum_rows dz
+//             computed while packing dz for that GEMM;  dx = dz @ weight^T
+//             GEMMs on strided views: transposes are absorbed by the packing
 // The math of each activation lives in ops/activation.h; the loops are here.
 #include <type_traits>
 
@@ -25,7 +26,8 @@ void linear_act_forward(const LinearActForwardArgs<T>& a) {
   });
 }
 
-// dz = dy * act'(.) and dbias = column sums of dz, in one pass over (N, M).
+// dz = dy * act'(.) and dbias = column sums of dz, in one pass over (N, M)
+// (used only for degenerate shapes; see linear_act_backward_fused).
 // Threads split the columns, so each dbias entry is summed by one thread in
 // row order: the result does not depend on the thread count.
 template <class T, class F>
@@ -63,13 +65,109 @@ void activation_backward_dz(const LinearActBackwardArgs<T>& a) {
   if (a.dalpha) *a.dalpha = T(dalpha);
 }
 
+// The B operand of dweight = x^T @ dz: dz = dy * act'(z or y) computed while
+// packing. The first time a panel is packed (the engine's first row block) it
+// also adds the panel's column sums to dbias (and prelu's d/d alpha terms to
+// dalpha_col), in row order within a K block and K blocks in order, so the
+// sums do not depend on the thread count; and writes dz to dz_out for the dx GEMM.
+template <class T, class F>
+struct DzFromDy {
+  const T* dy; const T* y; const T* z; int64_t m; T alpha;
+  T* dz_out;      // (N, M) or null
+  T* dbias;       // (M,) or null
+  T* dalpha_col;  // (M,) or null (prelu only)
+
+  template <int NR>
+  FASTNN_INLINE void pack(int64_t p0, int64_t kc, int64_t j0, int cols, T* __restrict dst, bool first) const {
+    alignas(64) T colsum[NR];
+    alignas(64) T alphasum[NR];
+    for (int jj = 0; jj < NR; ++jj) colsum[jj] = alphasum[jj] = T(0);
+    for (int64_t p = 0; p < kc; ++p) {
+      const int64_t row = (p0 + p) * m + j0;
+      const T* __restrict dyr = dy + row;
+      const T* __restrict yr = y + row;
+      const T* __restrict zr = F::kGradFromOutput ? yr : z + row;
+      T* __restrict d = dst + p * NR;
+      if constexpr (simd::VecAct<F>::kAvailable) {
+        if (cols == NR) {
+          using S = simd::Vec<T>;
+          const auto va = S::set1(alpha);
+#pragma GCC unroll 8
+          for (int jj = 0; jj < NR; jj += S::W)
+            S::store(d + jj, simd::VecAct<F>::template backward<S>(S::load(dyr + jj), S::load(zr + jj),
+                                                                    S::load(yr + jj), va));
+        }
+      }
+      if (cols == NR) {
+        if constexpr (!simd::VecAct<F>::kAvailable) {
+#pragma GCC unroll 64
+          for (int jj = 0; jj < NR; ++jj) d[jj] = dyr[jj] * F::grad(zr[jj], yr[jj], alpha);
+        }
+      } else {
+        int jj = 0;
+        for (; jj < cols; ++jj) d[jj] = dyr[jj] * F::grad(zr[jj], yr[jj], alpha);
+        for (; jj < NR; ++jj) d[jj] = T(0);
+      }
+      if (first) {
+#pragma GCC unroll 64
+        for (int jj = 0; jj < NR; ++jj) colsum[jj] += d[jj];
+        if (dz_out) {
+          T* __restrict o = dz_out + row;
+          for (int jj = 0; jj < cols; ++jj) o[jj] = d[jj];
+        }
+        if constexpr (std::is_same_v<F, act::Prelu>) {
+          for (int jj = 0; jj < cols; ++jj) alphasum[jj] += dyr[jj] * act::Prelu::grad_alpha(zr[jj]);
+        }
+      }
+    }
+    if (!first) return;
+    if (dbias) {
+      for (int jj = 0; jj < cols; ++jj) dbias[j0 + jj] = (p0 == 0 ? T(0) : dbias[j0 + jj]) + colsum[jj];
+    }
+    if constexpr (std::is_same_v<F, act::Prelu>) {
+      for (int jj = 0; jj < cols; ++jj)
+        dalpha_col[j0 + jj] = (p0 == 0 ? T(0) : dalpha_col[j0 + jj]) + alphasum[jj];
+    }
+  }
+};
+
+// dz = dy * act'(.) is never a pass of its own: the dweight GEMM computes it
+// while packing its B operand (reducing dbias there too) and leaves it in
+// dz_work, which the dx GEMM then packs as its A operand.
+template <class T, class F>
+void linear_act_backward_fused(const LinearActBackwardArgs<T>& a) {
+  using gemm_detail::StridedA;
+  using gemm_detail::StridedB;
+  constexpr bool kPrelu = std::is_same_v<F, act::Prelu>;
+  T* dalpha_col = kPrelu ? static_cast<T*>(scratch(kWork, size_t(a.m) * sizeof(T))) : nullptr;
+  // dweight (D, M) = x^T (D, N) @ dz (N, M)
+  gemm_engine(a.d, a.m, a.n, StridedA<T>{a.x, 1, a.d},
+              DzFromDy<T, F>{a.dy, a.y, a.z, a.m, a.alpha, a.dx ? a.dz_work : nullptr, a.dbias, dalpha_col},
+              a.dweight, a.m, false, NoEpilogue{});
+  if constexpr (kPrelu) {
+    if (a.dalpha) {
+      double total = 0.0;
+      for (int64_t j = 0; j < a.m; ++j) total += double(dalpha_col[j]);
+      *a.dalpha = T(total);
+    }
+  }
+  // dx (N, D) = dz (N, M) @ weight^T (M, D)
+  if (a.dx)
+    gemm_engine(a.n, a.d, a.m, StridedA<T>{a.dz_work, a.m, 1}, StridedB<T>{a.weight, 1, a.m}, a.dx, a.d,
+                false, NoEpilogue{});
+}
+
 template <class T>
 void linear_act_backward(const LinearActBackwardArgs<T>& a) {
+  if (a.n > 0 && a.d > 0 && a.m > 0) {
+    visit_act(a.act, [&](auto f) { linear_act_backward_fused<T, decltype(f)>(a); });
+    return;
+  }
+  // Degenerate shapes (an empty batch or layer): the GEMMs never pack, so dz
+  // and dbias come from the plain pass.
   visit_act(a.act, [&](auto f) { activation_backward_dz<T, decltype(f)>(a); });
-  // dweight (D, M) = x^T (D, N) @ dz (N, M)
   gemm_engine(GemmArgs<T>{a.d, a.m, a.n, a.x, 1, a.d, a.dz_work, a.m, 1, a.dweight, a.m, T(0)},
               NoEpilogue{});
-  // dx (N, D) = dz (N, M) @ weight^T (M, D)
   if (a.dx)
     gemm_engine(GemmArgs<T>{a.n, a.d, a.m, a.dz_work, a.m, 1, a.weight, 1, a.m, a.dx, a.d, T(0)},
                 NoEpilogue{});

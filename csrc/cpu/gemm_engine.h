@@ -1,156 +1,225 @@
-// The packed, cache-blocked GEMM engine (Goto & van de Geijn, "Anatomy of
-// High-Performance Matrix Multiplication", 2008; the BLIS five-loop form):
+// The packed, cache-blocked GEMM engine: C (m, n) = epilogue(A (m, k) @ B (k, n) [+ C]).
 //
-//   for jc in N step NC            B block  (KC x NC) packed once, in L3
+// Follows Goto & van de Geijn, "Anatomy of High-Performance Matrix
+// Multiplication" (2008) in the BLIS five-loop form, with the roles of the
+// operands arranged as BLIS's Skylake-X kernels arrange them (seen from C^T):
+//
+//   for ic in M step MCB          A block  (MCB x KC) packed once by all threads, in L3
 //     for pc in K step KC
-//       for ic in M step MC        A block  (MC x KC) packed per thread, in L2
-//         for jr in NC step NR     B micro-panel (KC x NR) stays in L1
-//           for ir in MC step MR   MR x NR register tile: C += A_panel * B_panel
+//       for jc in N step NCB      B block  (KC x NCB) each thread packs the slice it
+//                                          uses, KC x NCL2 in its own L2
+//         for ir in rows step MR  A micro-panel (MR x KC), reused along the tile row
+//           for jr in cols step NR   B micro-panel (KC x NR) streams from L2 (prefetched)
+//             MR x NR register tile: acc += A_panel * B_panel (broadcast A, vector B)
 //
+// Threads split the tile grid of each block by columns (each packs only its own
+// B slice; the shared A block is the one thing they wait for) or, when there are
+// too few column panels, by rows (then the B block is packed together and shared).
 // The epilogue (ops/epilogue.h) is a template parameter applied to each output
-// tile right after its last K block, while the tile is in registers/L1.
-// Operands are strided views, so transposes are absorbed by the packing.
-// Threads (OpenMP) share the packed B block and split (ic, jr-chunk) tasks.
+// tile right after its last K block, in registers when it has a vector form
+// (cpu/vec_act.h), otherwise from an L1 buffer. Operands are read through
+// "sources" that pack them, so transposed operands and fused producers (the
+// dz = dy * act'(.) of linear_act's backward) cost nothing extra: they are
+// absorbed by the packing. Every size works; edge tiles are zero-padded in the
+// packed panels and stored through a buffer.
 // Included only by per-ISA sources (cpu/isa.h), inside namespace <isa>.
 #pragma once
 
 #include <omp.h>
 
-#include <cstring>
-
 #include "cpu/isa.h"
+#include "cpu/simd.h"
+#include "cpu/vec_act.h"
 #include "ops/epilogue.h"
 
 namespace fastnn::cpu::FASTNN_ISA {
 namespace gemm_detail {
 
-#define FASTNN_INLINE inline __attribute__((always_inline))
-
-template <class T> struct VecOf;
-template <> struct VecOf<float> { typedef float type __attribute__((vector_size(FASTNN_VBYTES))); };
-template <> struct VecOf<double> { typedef double type __attribute__((vector_size(FASTNN_VBYTES))); };
+FASTNN_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+FASTNN_INLINE int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+FASTNN_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <class T>
 struct Blocking {
-  using V = typename VecOf<T>::type;
-  static constexpr int VW = FASTNN_VBYTES / int(sizeof(T));  // lanes per register
-  static constexpr int NV = 2;                               // registers per tile row
+  using S = simd::Vec<T>;
+  static constexpr int VW = S::W;  // lanes per register
+  // Register tile MR x (NV registers): MR*NV accumulators + NV B loads + one
+  // broadcast must fit in the register file (32 with AVX-512, 16 otherwise).
+  // AVX-512 uses 8 x 3: 24 FMAs per 8 broadcasts + 3 loads, so the two load
+  // ports keep up with the two FMA ports (12 x 2 needs 14 loads for 24 FMAs and
+  // measured ~10% slower in-L1).
+  static constexpr int NV = FASTNN_VBYTES == 64 ? 3 : 2;
+  static constexpr int MR = FASTNN_VBYTES == 64 ? 8 : 6;
   static constexpr int NR = NV * VW;
-  // Accumulators: MR * NV registers, leaving room for NV B loads + 1 broadcast
-  // (32 registers with AVX-512, 16 otherwise).
-  static constexpr int MR = FASTNN_VBYTES == 64 ? 12 : 6;
-  static constexpr int64_t KC = 256;       // B micro-panel KC*NR*sizeof(T) <= 32 KiB (L1)
-  static constexpr int64_t MC = MR * 24;   // A block <= 576 KiB (L2)
-  static constexpr int64_t NC = NR * 128;  // B block <= 4 MiB (L3)
+  // Depth of one rank-KC update (A micro-panel MR x KC: 12 KiB fp32, 16 KiB fp64).
+  static constexpr int64_t KC = FASTNN_VBYTES == 64 ? (sizeof(T) == 4 ? 384 : 256) : 256;
+  // One thread's B slice KC x NCL2 in its L2 (about 780 KiB with AVX-512).
+  static constexpr int64_t NCL2 = FASTNN_VBYTES == 64 ? (sizeof(T) == 4 ? 528 : 384) : 256;
+  // The shared A block MCB x KC in L3 (3 MiB fp32, 4 MiB fp64 with AVX-512).
+  static constexpr int64_t MCB = MR * 256;
+  // Prefetch distance for the streamed B micro-panel, in k steps.
+  static constexpr int PFB = 16;
 };
 
-template <class V, class T> FASTNN_INLINE V load_unaligned(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <class V, class T> FASTNN_INLINE void store_unaligned(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
-}
+// --- operand sources: pack one micro-panel --------------------------------------
 
-FASTNN_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-FASTNN_INLINE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// A rows [i0, i0+mc) x cols [p0, p0+kc) -> MR-row panels, k-major inside a panel,
-// zero-padded past row m.
+// A (m, k) given by strides: A[i, p] = a[i * rs + p * cs].
 template <class T>
-void pack_a(const GemmArgs<T>& g, int64_t i0, int64_t mc, int64_t p0, int64_t kc, T* dst) {
-  constexpr int MR = Blocking<T>::MR;
-  for (int64_t r = 0; r < mc; r += MR, dst += MR * kc) {
-    int64_t rows = min64(MR, mc - r);
-    const T* src = g.a + (i0 + r) * g.a_rs + p0 * g.a_cs;
-    if (g.a_rs == 1) {  // transposed A: rows are contiguous for a fixed p
-      for (int64_t p = 0; p < kc; ++p) {
-        const T* s = src + p * g.a_cs;
-        T* d = dst + p * MR;
-        int64_t ii = 0;
-        for (; ii < rows; ++ii) d[ii] = s[ii];
-        for (; ii < MR; ++ii) d[ii] = T(0);
+struct StridedA {
+  const T* a; int64_t rs, cs;
+
+  // Rows [i0, i0 + rows) x cols [p0, p0 + kc) -> dst[p * MR + ii], zero rows past `rows`.
+  template <int MR>
+  FASTNN_INLINE void pack(int64_t i0, int rows, int64_t p0, int64_t kc, T* __restrict dst) const {
+    const T* src = a + i0 * rs + p0 * cs;
+    if (rs == 1) {  // transposed A: the MR rows of one column are contiguous
+      if (rows == MR) {
+        for (int64_t p = 0; p < kc; ++p) {
+          const T* s = src + p * cs;
+#pragma GCC unroll 16
+          for (int ii = 0; ii < MR; ++ii) dst[p * MR + ii] = s[ii];
+        }
+      } else {
+        for (int64_t p = 0; p < kc; ++p) {
+          const T* s = src + p * cs;
+          int ii = 0;
+          for (; ii < rows; ++ii) dst[p * MR + ii] = s[ii];
+          for (; ii < MR; ++ii) dst[p * MR + ii] = T(0);
+        }
       }
+    } else if (rows == MR && cs == 1) {  // row-major A: MR row streams -> k-major panel
+      const T* s[MR];
+#pragma GCC unroll 16
+      for (int ii = 0; ii < MR; ++ii) s[ii] = src + ii * rs;
+      for (int64_t p = 0; p < kc; ++p)
+#pragma GCC unroll 16
+        for (int ii = 0; ii < MR; ++ii) dst[p * MR + ii] = s[ii][p];
     } else {
-      for (int64_t ii = 0; ii < rows; ++ii) {
-        const T* s = src + ii * g.a_rs;
-        for (int64_t p = 0; p < kc; ++p) dst[p * MR + ii] = s[p * g.a_cs];
+      for (int64_t p = 0; p < kc; ++p) {
+        int ii = 0;
+        for (; ii < rows; ++ii) dst[p * MR + ii] = src[ii * rs + p * cs];
+        for (; ii < MR; ++ii) dst[p * MR + ii] = T(0);
       }
-      for (int64_t ii = rows; ii < MR; ++ii)
-        for (int64_t p = 0; p < kc; ++p) dst[p * MR + ii] = T(0);
     }
   }
-}
+};
 
-// B rows [p0, p0+kc) x cols [j0 + q*NR, ...) for one NR-column panel q,
-// zero-padded past column n.
+// B (k, n) given by strides: B[p, j] = b[p * rs + j * cs].
 template <class T>
-void pack_b_panel(const GemmArgs<T>& g, int64_t p0, int64_t kc, int64_t j, T* dst) {
-  constexpr int NR = Blocking<T>::NR;
-  int64_t cols = min64(NR, g.n - j);
-  const T* src = g.b + p0 * g.b_rs + j * g.b_cs;
-  if (g.b_cs == 1) {
-    for (int64_t p = 0; p < kc; ++p) {
-      const T* s = src + p * g.b_rs;
-      T* d = dst + p * NR;
-      int64_t jj = 0;
-      for (; jj < cols; ++jj) d[jj] = s[jj];
-      for (; jj < NR; ++jj) d[jj] = T(0);
-    }
-  } else {  // transposed B: a column is contiguous in k
-    for (int64_t jj = 0; jj < cols; ++jj) {
-      const T* s = src + jj * g.b_cs;
-      for (int64_t p = 0; p < kc; ++p) dst[p * NR + jj] = s[p * g.b_rs];
-    }
-    for (int64_t jj = cols; jj < NR; ++jj)
-      for (int64_t p = 0; p < kc; ++p) dst[p * NR + jj] = T(0);
-  }
-}
+struct StridedB {
+  const T* b; int64_t rs, cs;
 
-// One MR x NR output tile: acc (+)= A_panel (MR x kc) * B_panel (kc x NR), then
-// store, or on the last K block apply the epilogue. mr/nr < MR/NR at the edges.
+  // Rows [p0, p0 + kc) x cols [j0, j0 + cols) -> dst[p * NR + jj], zero cols past `cols`.
+  // `first` is true the first time this part of B is packed (unused here).
+  template <int NR>
+  FASTNN_INLINE void pack(int64_t p0, int64_t kc, int64_t j0, int cols, T* __restrict dst, bool first) const {
+    const T* src = b + p0 * rs + j0 * cs;
+    if (cs == 1) {
+      if (cols == NR) {
+        for (int64_t p = 0; p < kc; ++p) {
+          const T* s = src + p * rs;
+#pragma GCC unroll 64
+          for (int jj = 0; jj < NR; ++jj) dst[p * NR + jj] = s[jj];
+        }
+      } else {
+        for (int64_t p = 0; p < kc; ++p) {
+          const T* s = src + p * rs;
+          int jj = 0;
+          for (; jj < cols; ++jj) dst[p * NR + jj] = s[jj];
+          for (; jj < NR; ++jj) dst[p * NR + jj] = T(0);
+        }
+      }
+    } else if (rs == 1 && cols == NR) {  // transposed B: NR column streams -> k-major panel
+      for (int64_t p = 0; p < kc; ++p)
+#pragma GCC unroll 64
+        for (int jj = 0; jj < NR; ++jj) dst[p * NR + jj] = src[jj * cs + p];
+    } else {
+      for (int64_t p = 0; p < kc; ++p) {
+        int jj = 0;
+        for (; jj < cols; ++jj) dst[p * NR + jj] = src[p * rs + jj * cs];
+        for (; jj < NR; ++jj) dst[p * NR + jj] = T(0);
+      }
+    }
+  }
+};
+
+// --- epilogues in vector form ----------------------------------------------------
+
+template <class S, class Ep> struct VecEpilogue { static constexpr bool kAvailable = false; };
+
+template <class S> struct VecEpilogue<S, NoEpilogue> {
+  static constexpr bool kAvailable = true;
+  template <class V> static FASTNN_INLINE V apply(const NoEpilogue&, int64_t, int64_t, V acc) { return acc; }
+};
+
+template <class S, class T, class F> struct VecEpilogue<S, BiasAct<T, F>> {
+  static constexpr bool kAvailable = simd::VecAct<F>::kAvailable;
+  template <class V> static FASTNN_INLINE V apply(const BiasAct<T, F>& ep, int64_t i, int64_t j, V acc) {
+    V pre = ep.bias ? S::add(acc, S::load(ep.bias + j)) : acc;
+    if constexpr (BiasAct<T, F>::kSavesPreactivation) S::store(ep.z + i * ep.ldz + j, pre);
+    return simd::VecAct<F>::template forward<S>(pre, S::set1(ep.alpha));
+  }
+};
+
+// --- the micro-kernel ----------------------------------------------------------
+
+// One MR x NR output tile at c (rows i0.., cols j0..): acc = A_panel (MR x kc) *
+// B_panel (kc x NR); then C = acc (+ C when load_c), with the epilogue applied
+// when `last` (the final K block). mr/nr < MR/NR at the matrix edges.
 template <class T, class Ep>
-FASTNN_INLINE void tile(int64_t kc, const T* __restrict ap, const T* __restrict bp,
-                        T* c, int64_t ldc, int64_t i0, int64_t j0, int mr, int nr,
-                        bool load_c, bool last, const Ep& ep) {
-  using B = Blocking<T>;
-  using V = typename B::V;
-  constexpr int MR = B::MR, NV = B::NV, NR = B::NR, VW = B::VW;
-  const bool full = mr == MR && nr == NR;
+FASTNN_INLINE void tile(int64_t kc, const T* __restrict ap, const T* __restrict bp, T* c, int64_t ldc,
+                        int64_t i0, int64_t j0, int mr, int nr, bool load_c, bool last, const Ep& ep) {
+  using Bl = Blocking<T>;
+  using S = typename Bl::S;
+  using V = typename S::V;
+  constexpr int MR = Bl::MR, NV = Bl::NV, NR = Bl::NR, VW = Bl::VW, PFB = Bl::PFB;
+  using VE = VecEpilogue<S, Ep>;
+
+  // The C tile is needed only after the K loop: start fetching it now.
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+    if (i < mr) {
+      simd::prefetch_l1_write(c + i * ldc);
+      simd::prefetch_l1_write(c + i * ldc + nr - 1);
+    }
 
   V acc[MR][NV];
-  if (full && load_c) {
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = load_unaligned<V>(c + i * ldc + v * VW);
-  } else {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] = V{};
-  }
+    for (int v = 0; v < NV; ++v) acc[i][v] = S::zero();
 
+#pragma GCC unroll 2
   for (int64_t p = 0; p < kc; ++p) {
     V b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = *reinterpret_cast<const V*>(bp + v * VW);
+    for (int v = 0; v < NV; ++v) b[v] = S::load(bp + v * VW);
+    // One cache line of B ahead per register (NR * sizeof(T) is NV lines with AVX-512).
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) simd::prefetch_l1(bp + PFB * NR + v * VW);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      V a = V{} + ap[i];
+      V a = S::broadcast(ap + i);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[i][v] += a * b[v];
+      for (int v = 0; v < NV; ++v) acc[i][v] = S::fma(a, b[v], acc[i][v]);
     }
     ap += MR;
     bp += NR;
   }
 
-  if (full && (Ep::kIdentity || !last)) {
+  const bool full = mr == MR && nr == NR;
+  if (full && (!last || VE::kAvailable)) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) store_unaligned(c + i * ldc + v * VW, acc[i][v]);
+      for (int v = 0; v < NV; ++v) {
+        T* cp = c + i * ldc + v * VW;
+        V r = load_c ? S::add(acc[i][v], S::load(cp)) : acc[i][v];
+        if constexpr (VE::kAvailable && !Ep::kIdentity) {
+          if (last) r = VE::apply(ep, i0 + i, j0 + v * VW, r);
+        }
+        S::store(cp, r);
+      }
     return;
   }
 
@@ -158,18 +227,17 @@ FASTNN_INLINE void tile(int64_t kc, const T* __restrict ap, const T* __restrict 
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) *reinterpret_cast<V*>(buf + i * NR + v * VW) = acc[i][v];
-  const bool add_c = load_c && !full;
+    for (int v = 0; v < NV; ++v) S::store(buf + i * NR + v * VW, acc[i][v]);
   for (int i = 0; i < mr; ++i) {
     T* crow = c + i * ldc;
     const T* brow = buf + i * NR;
     if (last) {
-      if (add_c) {
+      if (load_c) {
         for (int j = 0; j < nr; ++j) crow[j] = ep.apply(i0 + i, j0 + j, brow[j] + crow[j]);
       } else {
         for (int j = 0; j < nr; ++j) crow[j] = ep.apply(i0 + i, j0 + j, brow[j]);
       }
-    } else if (add_c) {
+    } else if (load_c) {
       for (int j = 0; j < nr; ++j) crow[j] += brow[j];
     } else {
       for (int j = 0; j < nr; ++j) crow[j] = brow[j];
@@ -177,77 +245,162 @@ FASTNN_INLINE void tile(int64_t kc, const T* __restrict ap, const T* __restrict 
   }
 }
 
+// Splits [0, total) into `parts` nearly equal steps no longer than `step`.
+FASTNN_INLINE int64_t balanced_step(int64_t total, int64_t step, int64_t align) {
+  const int64_t nsteps = ceil_div(total, step);
+  return min64(step, ceil_div(ceil_div(total, nsteps), align) * align);
+}
+
 }  // namespace gemm_detail
 
-// C = epilogue(A @ B + beta * C). Handles every size, including 0 and 1.
-template <class T, class Ep>
-void gemm_engine(const GemmArgs<T>& g, const Ep& ep) {
+// C (m, n) = epilogue(A @ B (+ C when accumulate)); A and B are sources (see
+// StridedA/StridedB). Handles every size, including 0 and 1.
+template <class T, class ASrc, class BSrc, class Ep>
+void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, T* c, int64_t ldc,
+                 bool accumulate, const Ep& ep) {
   using namespace gemm_detail;
-  using B = Blocking<T>;
-  constexpr int MR = B::MR, NR = B::NR;
-  constexpr int64_t KC = B::KC, MC = B::MC, NC = B::NC;
-  const int64_t m = g.m, n = g.n, k = g.k;
+  using Bl = Blocking<T>;
+  constexpr int MR = Bl::MR, NR = Bl::NR;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        T v = g.beta != T(0) ? g.c[i * g.ldc + j] : T(0);
-        g.c[i * g.ldc + j] = ep.apply(i, j, v);
-      }
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = ep.apply(i, j, accumulate ? c[i * ldc + j] : T(0));
     return;
   }
 
-  // Below ~0.5 MFLOP a second thread costs more than it saves.
+  // Below ~1 MFLOP a second thread costs more than it saves.
   const double flops = 2.0 * double(m) * double(n) * double(k);
-  const int nthreads = flops < 5e5 ? 1 : num_threads();
-  const int64_t nc_max = min64(NC, ceil_div(n, NR) * NR);
-  T* bpack = static_cast<T*>(scratch(kPackB, size_t(KC * nc_max) * sizeof(T)));
+  const int nth = flops < 1e6 ? 1 : num_threads();
 
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+  // Block sizes, balanced so no block is a sliver (k = 784 -> 3 x 262, not 384+384+16).
+  const int64_t kcb = balanced_step(k, Bl::KC, 8);
+  const int64_t mcb = balanced_step(m, Bl::MCB, MR);
+  const int64_t npan_total = ceil_div(n, NR);
+
+  // Thread grid: split columns (tn = nth) unless rows balance clearly better.
+  int tn = nth, tm = 1;
+  if (nth > 1) {
+    const int64_t mpan_blk = ceil_div(mcb, MR);
+    const int64_t cost_cols = ceil_div(min64(npan_total, nth * ceil_div(Bl::NCL2, NR)), nth) * mpan_blk;
+    const int64_t cost_rows = ceil_div(mpan_blk, nth) * min64(npan_total, nth * ceil_div(Bl::NCL2, NR));
+    if (cost_rows < cost_cols) tn = 1, tm = nth;
+  }
+  // Column block: tn slices of at most NCL2 each, balanced across jc steps.
+  const int64_t ncb = balanced_step(npan_total, tn * ceil_div(Bl::NCL2, NR), tn) * NR;
+
+  // Two A blocks, used alternately: packing block s+1 cannot overwrite block s
+  // while a thread still multiplies it, so threads sync once per block, not twice.
+  const int64_t ablock = ceil_div(mcb, MR) * MR * kcb;
+  T* apack2 = static_cast<T*>(scratch(kPackA, size_t(2 * ablock) * sizeof(T)));
+  // With a column split each thread keeps its slice at a fixed place in the B
+  // buffer (slot tj, `slot` panels long), so it may repack without waiting.
+  const int64_t slot = ceil_div(min64(ncb / NR, npan_total), tn);
+
+  // Column split: threads take chunks of `chunk` column panels from a shared
+  // counter (one per A block) instead of fixed halves, so a thread slowed down
+  // by another process on its core does not hold the other one back. Each packs
+  // the B panels of the chunk it took into its own slot.
+  constexpr int kMaxBlocks = 512;
+  const int64_t nblocks = ceil_div(m, mcb) * ceil_div(k, kcb);
+  const bool dynamic = nth > 1 && tm == 1 && nblocks <= kMaxBlocks;
+  const int64_t chunk = max64(1, min64(npan_total / (4 * nth), ceil_div(Bl::NCL2, NR)));
+  const int64_t nchunks = ceil_div(npan_total, chunk);
+  int64_t next_chunk[kMaxBlocks];
+  if (dynamic)
+    for (int64_t b = 0; b < nblocks; ++b) next_chunk[b] = 0;
+  T* bpack = static_cast<T*>(scratch(kPackB, size_t(kcb * max64(tn * slot, nth * chunk) * NR) * sizeof(T)));
+
+#pragma omp parallel num_threads(nth) if (nth > 1)
   {
-    const int nth = omp_get_num_threads();
-    T* apack = static_cast<T*>(scratch(kPackA, size_t(MC * KC) * sizeof(T)));
-    for (int64_t jc = 0; jc < n; jc += NC) {
-      const int64_t nc = min64(NC, n - jc);
-      const int64_t npanels = ceil_div(nc, NR);
-      for (int64_t pc = 0; pc < k; pc += KC) {
-        const int64_t kc = min64(KC, k - pc);
-        const bool load_c = pc > 0 || g.beta != T(0);
+    const int nt = omp_get_num_threads();
+    const int tid = omp_get_thread_num();
+    // A team smaller than asked for (nested call, OMP limits) falls back to rows x 1.
+    const int gm = nt == nth ? tm : nt, gn = nt == nth ? tn : 1;
+    const int ti = tid / gn, tj = tid % gn;
+    int64_t block = 0;
+    for (int64_t ic = 0; ic < m; ic += mcb) {
+      const int64_t mc = min64(mcb, m - ic);
+      const int64_t mpan = ceil_div(mc, MR);
+      for (int64_t pc = 0; pc < k; pc += kcb) {
+        const int64_t kc = min64(kcb, k - pc);
+        const bool load_c = pc > 0 || accumulate;
         const bool last = pc + kc >= k;
 
-#pragma omp for schedule(static)
-        for (int64_t q = 0; q < npanels; ++q) pack_b_panel(g, pc, kc, jc + q * NR, bpack + q * NR * kc);
+        // Pack this A block together. A shared B block (row split) must first be
+        // released by every thread; column-split B slices are private.
+        if (gm > 1 && block > 0) {
+#pragma omp barrier
+        }
+        const int64_t this_block = block++;
+        T* apack = apack2 + (this_block & 1) * ablock;
+        for (int64_t r = tid * mpan / nt; r < (tid + 1) * mpan / nt; ++r)
+          A.template pack<MR>(ic + r * MR, int(min64(MR, mc - r * MR)), pc, kc, apack + r * MR * kc);
 
-        // (ic block, jr chunk) tasks: at least ~4 per thread for balance; a
-        // thread's tasks are contiguous, so it usually packs each A block once.
-        const int64_t mblocks = ceil_div(m, MC);
-        const int64_t nchunks = min64(npanels, nth > 1 ? ceil_div(4 * nth, mblocks) : 1);
-        const int64_t ntasks = mblocks * nchunks;
-        int64_t packed_ic = -1;
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < ntasks; ++t) {
-          const int64_t ic = (t / nchunks) * MC;
-          const int64_t mc = min64(MC, m - ic);
-          const int64_t chunk = t % nchunks;
-          if (ic != packed_ic) {
-            pack_a(g, ic, mc, pc, kc, apack);
-            packed_ic = ic;
-          }
-          const int64_t q0 = chunk * npanels / nchunks, q1 = (chunk + 1) * npanels / nchunks;
-          for (int64_t q = q0; q < q1; ++q) {
-            const int64_t j = jc + q * NR;
-            const int nr = int(min64(NR, n - j));
-            const T* bp = bpack + q * NR * kc;
-            for (int64_t ir = 0; ir < mc; ir += MR) {
-              const int64_t i = ic + ir;
+        if (dynamic && nt == nth) {
+#pragma omp barrier
+          T* my_slot = bpack + tid * chunk * NR * kcb;
+          for (;;) {
+            const int64_t ch = __atomic_fetch_add(&next_chunk[this_block], 1, __ATOMIC_RELAXED);
+            if (ch >= nchunks) break;
+            const int64_t q0 = ch * chunk, q1 = min64(q0 + chunk, npan_total);
+            for (int64_t q = q0; q < q1; ++q)
+              B.template pack<NR>(pc, kc, q * NR, int(min64(NR, n - q * NR)), my_slot + (q - q0) * NR * kcb, ic == 0);
+            for (int64_t r = 0; r < mpan; ++r) {
+              const int64_t i = ic + r * MR;
               const int mr = int(min64(MR, m - i));
-              tile(kc, apack + ir * kc, bp, g.c + i * g.ldc + j, g.ldc, i, j, mr, nr, load_c, last, ep);
+              const T* ap = apack + r * MR * kc;
+              for (int64_t q = q0; q < q1; ++q) {
+                const int64_t j = q * NR;
+                tile(kc, ap, my_slot + (q - q0) * NR * kcb, c + i * ldc + j, ldc, i, j, mr, int(min64(NR, n - j)),
+                     load_c, last, ep);
+              }
+            }
+          }
+          continue;
+        }
+
+        for (int64_t jc = 0; jc < n; jc += ncb) {
+          const int64_t nc = min64(ncb, n - jc);
+          const int64_t npan = ceil_div(nc, NR);
+          const int64_t q0 = tj * npan / gn, q1 = (tj + 1) * npan / gn;
+          if (gm > 1 && jc > 0) {
+#pragma omp barrier
+          }
+          // Column split: pack exactly the slice this thread multiplies. Row split:
+          // the threads sharing a slice pack it together.
+          const int64_t pk0 = gm > 1 ? q0 + ti * (q1 - q0) / gm : q0;
+          const int64_t pk1 = gm > 1 ? q0 + (ti + 1) * (q1 - q0) / gm : q1;
+          // Panels at a fixed stride (kcb, not this block's kc): a thread that already
+          // packs a shorter last K block must not reach into its neighbour's slot.
+          auto bpanel = [&](int64_t q) { return bpack + (gm > 1 ? q : tj * slot + q - q0) * NR * kcb; };
+          for (int64_t q = pk0; q < pk1; ++q)
+            B.template pack<NR>(pc, kc, jc + q * NR, int(min64(NR, n - jc - q * NR)), bpanel(q), ic == 0);
+          if (jc == 0 || gm > 1) {
+#pragma omp barrier
+          }
+
+          const int64_t r0 = ti * mpan / gm, r1 = (ti + 1) * mpan / gm;
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t i = ic + r * MR;
+            const int mr = int(min64(MR, m - i));
+            const T* ap = apack + r * MR * kc;
+            for (int64_t q = q0; q < q1; ++q) {
+              const int64_t j = jc + q * NR;
+              tile(kc, ap, bpanel(q), c + i * ldc + j, ldc, i, j, mr, int(min64(NR, n - j)),
+                   load_c, last, ep);
             }
           }
         }
       }
     }
   }
+}
+
+// GemmArgs form: strided A and B, beta 0 or 1.
+template <class T, class Ep>
+void gemm_engine(const GemmArgs<T>& g, const Ep& ep) {
+  gemm_engine(g.m, g.n, g.k, gemm_detail::StridedA<T>{g.a, g.a_rs, g.a_cs},
+              gemm_detail::StridedB<T>{g.b, g.b_rs, g.b_cs}, g.c, g.ldc, g.beta != T(0), ep);
 }
 
 }  // namespace fastnn::cpu::FASTNN_ISA

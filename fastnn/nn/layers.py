@@ -85,6 +85,51 @@ class Linear(Module):
         return dx, dalpha
 
 
+class Maxout(Module):
+    """y[:, j] = max_k (x @ weight + bias)[:, j * pieces + k]  (Goodfellow et al. 2013).
+
+    Shapes: x (N, in), weight (in, out * pieces), bias (out * pieces,), y (N, out).
+    The pieces of unit j are the adjacent columns j*pieces .. j*pieces + pieces-1,
+    so one GEMM (linear_act with the identity) computes every piece at once;
+    backward routes each dy to the piece that won the max (the first on ties)
+    and runs linear_act's backward on that sparse dz."""
+
+    def __init__(self, in_features, out_features, pieces=2, init="auto", bias=True, dtype=np.float32,
+                 rng=None):
+        super().__init__()
+        self.in_features = V.positive_int(in_features, "in_features")
+        self.out_features = V.positive_int(out_features, "out_features")
+        self.pieces = V.positive_int(pieces, "pieces")
+        dt = _dtype(dtype)
+        cols = self.out_features * self.pieces
+        fn = initializers.resolve(init, "identity")
+        self.weight = Parameter(np.ascontiguousarray(fn((self.in_features, cols), rng=generator(rng), dtype=dt)),
+                                "weight")
+        self.bias = Parameter(np.zeros(cols, dt), "bias") if bias else None
+        self._saved = None
+        self._argmax = None
+
+    def forward(self, x):
+        V.float_array(x, "x", ndim=2, dtype=self.weight.data.dtype)
+        z, self._saved = ops.linear_act(x, self.weight.data, self.bias.data if self.bias else None)
+        pieces = z.reshape(z.shape[0], self.out_features, self.pieces)
+        self._argmax = pieces.argmax(axis=2)[:, :, None]
+        return np.take_along_axis(pieces, self._argmax, axis=2)[:, :, 0]
+
+    def backward(self, dout):
+        if self._saved is None:
+            raise RuntimeError("Maxout.backward called before forward")
+        n = self._saved.x.shape[0]
+        V.float_array(dout, "dout", ndim=2, dtype=self.weight.data.dtype)
+        V.shape_is(dout, "dout", (n, self.out_features))
+        dz = np.zeros((n, self.out_features, self.pieces), dout.dtype)
+        np.put_along_axis(dz, self._argmax, dout[:, :, None], axis=2)
+        dx, _, _, _ = ops.linear_act_backward(
+            dz.reshape(n, -1), self._saved, need_dx=self.input_grad, dweight=self.weight.grad,
+            dbias=self.bias.grad if self.bias else None, need_dbias=self.bias is not None)
+        return dx
+
+
 class Activation(Module):
     """An elementwise activation layer (the base of ReLU, Tanh, ...)."""
 
