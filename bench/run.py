@@ -32,6 +32,8 @@ def main(argv=None):
         raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHES)}")
     sys.path.insert(0, HERE)
     chosen = argv or list(BENCHES)
+    from fastnn.backend import cpp
+    best_isa = cpp._C.cpu_isa() if cpp._C is not None else None
     tables = []
     for name in chosen:
         path = os.path.join(HERE, BENCHES[name] + ".py")
@@ -39,6 +41,8 @@ def main(argv=None):
             print(f"-- {name}: {path} not present, skipped")
             continue
         print(f"== {name}")
+        if best_isa is not None:
+            cpp._C.set_cpu_isa(best_isa)  # a benchmark may have forced a narrower code path
         t0 = time.perf_counter()
         importlib.import_module(BENCHES[name]).main()
         print(f"-- {name}: {time.perf_counter() - t0:.0f} s")
