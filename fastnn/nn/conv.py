@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _validate as V
-from .. import init as initializers
 from .. import ops
 from .._random import generator
-from .layers import _dtype
-from .module import Module, Parameter
+from .layers import _WeightedActivation
+from .module import Module
 
 
-class Conv2d(Module):
+class Conv2d(_WeightedActivation):
     """y = act(conv(x, weight) + bias), one fused im2col + GEMM kernel.
 
     kernel_size, stride, padding: an int or an (h, w) pair; padding is zeros.
@@ -32,26 +31,8 @@ class Conv2d(Module):
         self.kernel_size = ops._pair(kernel_size, "kernel_size", 1)
         self.stride = ops._pair(stride, "stride", 1)
         self.padding = ops._pair(padding, "padding", 0)
-        self.activation = "identity" if activation is None else activation
-        _, self._alpha = ops.activation_code(self.activation, alpha)
-        dt = _dtype(dtype)
-        fn = initializers.resolve(init, self.activation)
         shape = (self.out_channels, self.in_channels) + self.kernel_size
-        self.weight = Parameter(np.ascontiguousarray(fn(shape, rng=generator(rng), dtype=dt)), "weight")
-        self.bias = Parameter(np.zeros(self.out_channels, dt), "bias") if bias else None
-        if self.activation == "prelu":
-            self.alpha = Parameter(np.full(1, self._alpha, dt), "alpha")
-        self._saved = None
-
-    def fuses(self, act) -> bool:
-        """Whether a following activation layer can run inside this layer's kernel."""
-        return self.activation == "identity"
-
-    def _act_alpha(self):
-        return float(self.alpha.data[0]) if self.activation == "prelu" else self._alpha
-
-    def forward(self, x):
-        return self.forward_fused(x, self.activation, self._act_alpha())
+        self._init_weights(shape, self.out_channels, activation, alpha, init, bias, dtype, rng)
 
     def forward_fused(self, x, act, alpha):
         """Forward with an activation taken from a following layer."""
@@ -62,12 +43,6 @@ class Conv2d(Module):
         y, self._saved = ops.conv2d(x, self.weight.data, self.bias.data if self.bias else None, self.stride,
                                     self.padding, act, alpha)
         return y
-
-    def backward(self, dout):
-        dx, dalpha = self.backward_fused(dout)
-        if dalpha is not None:
-            self.alpha.grad[0] = dalpha
-        return dx
 
     def backward_fused(self, dout):
         """Gradients into weight.grad / bias.grad; returns (dx or None, dalpha or None)."""

@@ -23,26 +23,18 @@ def _dtype(dtype):
     return dt
 
 
-class Linear(Module):
-    """y = act(x @ weight + bias).
+class _WeightedActivation(Module):
+    """The shared part of Linear and Conv2d: weight/bias/prelu-alpha creation, the
+    activation they may fuse, and the fusion protocol Sequential uses
+    (fuses / forward_fused / backward_fused)."""
 
-    activation: None or a name from DESIGN (relu, leaky_relu, prelu, elu, selu,
-    sigmoid, tanh, gelu, gelu_tanh, swish); alpha its parameter (leaky slope,
-    elu alpha, prelu's initial slope). init: an initializer name or callable;
-    "auto" picks He for the ReLU family, LeCun for SELU, Xavier otherwise."""
-
-    def __init__(self, in_features, out_features, activation=None, alpha=None, init="auto",
-                 bias=True, dtype=np.float32, rng=None):
-        super().__init__()
-        self.in_features = V.positive_int(in_features, "in_features")
-        self.out_features = V.positive_int(out_features, "out_features")
+    def _init_weights(self, shape, units, activation, alpha, init, bias, dtype, rng):
         self.activation = "identity" if activation is None else activation
         _, self._alpha = ops.activation_code(self.activation, alpha)
         dt = _dtype(dtype)
         fn = initializers.resolve(init, self.activation)
-        self.weight = Parameter(np.ascontiguousarray(fn((self.in_features, self.out_features),
-                                                        rng=generator(rng), dtype=dt)), "weight")
-        self.bias = Parameter(np.zeros(self.out_features, dt), "bias") if bias else None
+        self.weight = Parameter(np.ascontiguousarray(fn(shape, rng=generator(rng), dtype=dt)), "weight")
+        self.bias = Parameter(np.zeros(units, dt), "bias") if bias else None
         if self.activation == "prelu":
             self.alpha = Parameter(np.full(1, self._alpha, dt), "alpha")
         self._saved = None
@@ -57,6 +49,29 @@ class Linear(Module):
     def forward(self, x):
         return self.forward_fused(x, self.activation, self._act_alpha())
 
+    def backward(self, dout):
+        dx, dalpha = self.backward_fused(dout)
+        if dalpha is not None:
+            self.alpha.grad[0] = dalpha
+        return dx
+
+
+class Linear(_WeightedActivation):
+    """y = act(x @ weight + bias).
+
+    activation: None or a name from DESIGN (relu, leaky_relu, prelu, elu, selu,
+    sigmoid, tanh, gelu, gelu_tanh, swish); alpha its parameter (leaky slope,
+    elu alpha, prelu's initial slope). init: an initializer name or callable;
+    "auto" picks He for the ReLU family, LeCun for SELU, Xavier otherwise."""
+
+    def __init__(self, in_features, out_features, activation=None, alpha=None, init="auto",
+                 bias=True, dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_features = V.positive_int(in_features, "in_features")
+        self.out_features = V.positive_int(out_features, "out_features")
+        self._init_weights((self.in_features, self.out_features), self.out_features, activation, alpha, init,
+                           bias, dtype, rng)
+
     def forward_fused(self, x, act, alpha):
         """Forward with an activation taken from a following layer."""
         V.float_array(x, "x", ndim=2, dtype=self.weight.data.dtype)
@@ -65,12 +80,6 @@ class Linear(Module):
                                         out=self._buf("y", shape, dt),
                                         z_out=self._buf("z", shape, dt, True) if act in SAVES_PREACTIVATION else None)
         return y
-
-    def backward(self, dout):
-        dx, dalpha = self.backward_fused(dout)
-        if dalpha is not None:
-            self.alpha.grad[0] = dalpha
-        return dx
 
     def backward_fused(self, dout):
         """Gradients into weight.grad / bias.grad; returns (dx or None, dalpha or None)."""
