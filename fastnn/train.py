@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+import zipfile
 
 import numpy as np
 
@@ -99,9 +100,17 @@ class Trainer:
 
     schedule: a fastnn.schedules.Schedule (per epoch or per step); callbacks:
     Callback objects; augment: a callable t(x, rng) applied to each training batch
-    (called t(x, rng, y=labels) when its ``uses_labels`` is true; it may return (x, y))."""
+    (called t(x, rng, y=labels) when its ``uses_labels`` is true; it may return (x, y)).
 
-    def __init__(self, model, loss, optimizer, schedule=None, callbacks=(), augment=None, seed=None):
+    Divergence: a NaN/Inf loss, or (with ``check_gradients``, the default) a
+    NaN/Inf in the flat gradient buffer, stops ``fit`` before the optimizer
+    step, restores the model and optimizer to the end of the last good epoch
+    (the initial state in the first epoch) and raises ``TrainingDiverged``;
+    ``history.message`` says what happened. The gradient check is one dot
+    product over the gradients per step (about 2% of a step of the reference MLP)."""
+
+    def __init__(self, model, loss, optimizer, schedule=None, callbacks=(), augment=None, seed=None,
+                 check_gradients=True):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -114,18 +123,32 @@ class Trainer:
         self.epochs_done = 0
         self._base_lr = optimizer.lr
         self._resume_history = None
+        self.check_gradients = bool(check_gradients)
+        self.nonfinite = None  # what went non-finite in the last train_step: None, "loss" or "gradients"
 
     def _apply_schedule(self, t):
         if self.schedule is not None:
             self.optimizer.set_lr(self.schedule(t, self._base_lr))
 
     def train_step(self, xb, yb) -> float:
-        """Forward, loss, backward, optimizer step; returns the batch loss."""
+        """Forward, loss, backward, optimizer step; returns the batch loss.
+
+        When the loss or (with ``check_gradients``) a gradient is NaN/Inf the
+        optimizer step is skipped, so the parameters stay as they were, and
+        ``self.nonfinite`` names the culprit."""
+        self.nonfinite = None
         scores = self.model.forward(xb)
         loss = self.loss.forward(scores, yb)
         if not math.isfinite(loss):
+            self.nonfinite = "loss"
             return loss
         self.model.backward(self.loss.backward())
+        if self.check_gradients:
+            g = getattr(self.optimizer, "flat_grad", None)
+            # One BLAS dot: NaN or Inf anywhere (or a norm beyond float range) makes it non-finite.
+            if g is not None and not math.isfinite(float(np.dot(g, g))):
+                self.nonfinite = "gradients"
+                return loss
         self.optimizer.step()
         return loss
 
@@ -150,6 +173,7 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=epochs * n_batches, unit="step", leave=True, dynamic_ncols=True)
         good_state = self.model.state_dict()
+        good_optim = self.optimizer.state_dict()
         try:
             for epoch in range(start_epoch, epochs):
                 self.epoch = epoch
@@ -168,11 +192,15 @@ class Trainer:
                             out = self.augment(xb, rng=self.rng)
                         xb, yb = out if isinstance(out, tuple) else (out, yb)
                     loss = self.train_step(xb, yb)
-                    if not math.isfinite(loss):
+                    if self.nonfinite is not None:
                         self.model.load_state_dict(good_state)
+                        self.optimizer.load_state_dict(good_optim)
                         history.stopped_early = True
-                        history.message = (f"loss became {loss} at epoch {epoch + 1}, step {self.step_count + 1}; "
-                                            "restored the weights of the last good epoch (lower the learning rate?)")
+                        what = f"loss became {loss}" if self.nonfinite == "loss" else "gradients became NaN/Inf"
+                        history.message = (f"{what} at epoch {epoch + 1}, step {self.step_count + 1}; the step was "
+                                           "skipped and the model and optimizer restored to the last good epoch "
+                                           "(lower the learning rate? clip gradients?)")
+                        self.history = history
                         raise TrainingDiverged(history.message)
                     losses.append(loss)
                     history.loss.append(loss)
@@ -190,6 +218,7 @@ class Trainer:
                     history.val_loss.append(ev["loss"])
                 history.seconds.append(time.perf_counter() - t0)
                 good_state = self.model.state_dict()
+                good_optim = self.optimizer.state_dict()
                 self.epochs_done = epoch + 1
                 if self.schedule is not None:
                     self.schedule.observe(history.val_loss[-1] if val is not None else history.epoch_loss[-1])
@@ -233,13 +262,13 @@ class Trainer:
 
     def load_checkpoint(self, path) -> None:
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as f:
+            with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as f:
                 if "trainer" not in f.files:
                     raise ValueError(f"{path} is not a fastnn trainer checkpoint (no 'trainer' entry)")
                 meta = json.loads(str(f["trainer"]))
                 model_state = {k[6:]: f[k] for k in f.files if k.startswith("model/")}
                 optim_state = {k[6:]: f[k] for k in f.files if k.startswith("optim/")}
-        except (OSError, EOFError, KeyError) as exc:
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
         except ValueError as exc:
             if str(path) in str(exc):

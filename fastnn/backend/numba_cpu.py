@@ -459,21 +459,28 @@ if numba is not None:
 _PARALLEL_MIN = 1 << 16
 
 
-class _threads_for:
-    """Run the enclosed Numba kernel on 1 thread when the work is small."""
+# Numba's thread count is per calling thread; fastnn's is one number for the
+# process (set_num_threads), applied here on each call so that a kernel runs on
+# the same team size, and rounds the same way, from whichever thread calls it.
+_THREADS = [0]
 
-    __slots__ = ("small", "saved")
+
+class _threads_for:
+    """Run the enclosed Numba kernel on fastnn's thread count, or on 1 thread
+    when the work is small."""
+
+    __slots__ = ("want", "saved")
 
     def __init__(self, work: int):
-        self.small = work < _PARALLEL_MIN
+        self.want = 1 if work < _PARALLEL_MIN else (_THREADS[0] or numba.config.NUMBA_NUM_THREADS)
 
     def __enter__(self):
-        if self.small:
-            self.saved = numba.get_num_threads()
-            numba.set_num_threads(1)
+        self.saved = numba.get_num_threads()
+        if self.saved != self.want:
+            numba.set_num_threads(self.want)
 
     def __exit__(self, *exc):
-        if self.small:
+        if self.saved != self.want:
             numba.set_num_threads(self.saved)
 
 
@@ -632,7 +639,8 @@ def dropout(x, y, seed, offset, threshold, scale):
 
 
 def max_norm(param, offset, rows, cols, limit):
-    _max_norm(param, offset, rows, cols, limit)
+    with _threads_for(param.size):
+        _max_norm(param, offset, rows, cols, limit)
 
 
 # Images per im2col chunk: the columns of a chunk stay under ~32 MiB.
@@ -695,7 +703,8 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     dweight.reshape(f, ckk)[...] = dw
 
 def set_num_threads(n: int) -> None:
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    _THREADS[0] = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(_THREADS[0])
 
 
 if numba is not None:

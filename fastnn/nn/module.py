@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -274,7 +275,10 @@ class Module:
 
 
 def save_npz_atomic(path, arrays: dict) -> None:
-    """np.savez to a temporary file in the same folder, then rename over path."""
+    """np.savez to a temporary file in the same folder, fsync, then rename over
+    path: a reader (or a crash at any point) sees the old file or the new one,
+    never a torn one. A process killed mid-write leaves a ``.fastnn-*.npz``
+    temporary behind, never a damaged ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".npz", dir=folder)
@@ -288,17 +292,28 @@ def save_npz_atomic(path, arrays: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    # Make the rename itself durable: a crash after return keeps the new file.
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def load(path) -> Module:
     """A model saved by ``Module.save``: architecture and weights, no pickle."""
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as f:
+        with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as f:
             if "config" not in f.files:
                 raise ValueError(f"{path} is not a fastnn model file (no 'config' entry)")
             config = json.loads(str(f["config"]))
             state = {k[len("state/"):]: f[k] for k in f.files if k.startswith("state/")}
-    except (OSError, EOFError, KeyError) as exc:
+    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise ValueError(f"cannot read model file {path}: {exc}") from exc
     except ValueError as exc:
         if str(path) in str(exc):

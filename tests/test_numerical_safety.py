@@ -1,0 +1,124 @@
+"""Numerical safety (issue 12): where the math is finite the kernels are too.
+
+Softmax cross-entropy with logits near the float range, every activation and
+its derivative far out in both tails, BatchNorm with tiny variance, zero
+variance and huge means: no inf/NaN, and agreement with float64 references
+computed from the formulas (tests/oracle.py) on every backend and CPU path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import oracle
+from fastnn import ops
+from fastnn.backend.codes import ACTIVATIONS
+
+DTYPES = [np.float32, np.float64]
+_ALPHA = {"leaky_relu": 0.01, "prelu": 0.25, "elu": 1.0}
+
+
+def _tails(dtype):
+    big = 1e4 if dtype == np.float32 else 1e6
+    return np.array([-big, -1e3, -200.0, -100.0, -88.5, -50.0, -30.0, -17.0, -1e-30, 0.0, 1e-30, 17.0, 30.0,
+                     50.0, 88.5, 100.0, 200.0, 1e3, big], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+# The piecewise-linear ones (identity, relu, leaky_relu, prelu) have no tail to lose.
+@pytest.mark.parametrize("act", [a for a in ACTIVATIONS if a not in ("identity", "relu", "leaky_relu", "prelu")])
+def test_activations_are_finite_in_both_tails(backend, act, dtype):
+    x = _tails(dtype)
+    alpha = _ALPHA.get(act)
+    y = ops.activation(x, act, alpha)
+    assert np.isfinite(y).all(), dict(zip(x, y))
+    ref = oracle.act(act, x.astype(np.float64), alpha or 0.0)
+    # Relative to max(|ref|, 1): the saturated tails must land on their limits.
+    np.testing.assert_allclose(y, ref, rtol=2e-6 if dtype == np.float32 else 1e-12,
+                               atol=2e-6 if dtype == np.float32 else 1e-12)
+    dy = np.ones_like(x)
+    dx, _ = ops.activation_backward(dy, x, y, act, alpha)
+    assert np.isfinite(dx).all(), dict(zip(x, dx))
+    gref = oracle.act_grad(act, x.astype(np.float64), alpha or 0.0)
+    np.testing.assert_allclose(dx, gref, rtol=5e-5 if dtype == np.float32 else 1e-10,
+                               atol=5e-6 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_with_huge_logits(backend, dtype):
+    scores = np.array([[1e30, -1e30, 0.0],
+                       [-1e30, -1e30, -1e30],      # all equal and hugely negative: uniform
+                       [3e37, 3e37, -3e37],
+                       [88.0, 89.0, 90.0],
+                       [-1e4, 1e4, 0.0],
+                       [0.0, 0.0, 1e-30]], dtype)
+    labels = np.array([0, 2, 1, 0, 0, 2])
+    loss, saved = ops.softmax_cross_entropy(scores, labels)
+    ref_loss, ref_grad = oracle.softmax_xent(scores, labels)
+    assert np.isfinite(loss) and np.isfinite(ref_loss)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(saved.probs.sum(axis=1), 1.0, rtol=1e-6)
+    grad = ops.softmax_cross_entropy_backward(saved)
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-7 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_cross_entropy_log_of_a_vanishing_probability(backend, dtype):
+    """The true class is 1e4 below the best: log-softmax, not log(softmax),
+    so the loss is 1e4 and not inf."""
+    scores = np.zeros((4, 7), dtype)
+    scores[:, 3] = 1e4
+    loss, _ = ops.softmax_cross_entropy(scores, np.array([0, 1, 2, 4]))
+    np.testing.assert_allclose(loss, 1e4, rtol=1e-6)
+
+
+def _bn_reference(x, eps):
+    x64 = x.astype(np.float64)
+    axes = (0,) + tuple(range(2, x.ndim))
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = x64.var(axis=axes, keepdims=True)
+    return (x64 - mean) / np.sqrt(var + eps)
+
+
+# (mean, spread) pairs whose ratio float32 can still resolve (<= 1e6) and whose
+# variance it can hold (< 3e38); beyond that, float64 only.
+_BN_CASES = [(dt, m, s) for dt in DTYPES for m, s in [(1e4, 1.0), (1e6, 1.0), (0.0, 1e-4), (3.0, 1e-3), (1e15, 1e13)]]
+_BN_CASES += [(np.float64, 1e9, 1e-2), (np.float64, 1e30, 1e28)]
+
+
+@pytest.mark.parametrize("dtype,mean,spread", _BN_CASES)
+@pytest.mark.parametrize("shape", [(257, 5), (6, 3, 7, 5)])
+def test_batchnorm_huge_means_and_tiny_variance(backend, dtype, shape, mean, spread, rng):
+    x = (mean + spread * rng.standard_normal(shape)).astype(dtype)
+    c = shape[1]
+    gamma, beta = np.ones(c, dtype), np.zeros(c, dtype)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    eps = 1e-5 * spread ** 2     # keep eps below the variance so the output is unit scale
+    y, saved = ops.batchnorm(x, gamma, beta, rm, rv, training=True, eps=eps)
+    assert np.isfinite(y).all() and np.isfinite(rm).all() and np.isfinite(rv).all()
+    # Budget: a few roundings at the input's own magnitude, in units of the spread.
+    atol = max(2e-3 if dtype == np.float32 else 1e-8, 8 * float(np.spacing(dtype(mean))) / spread)
+    np.testing.assert_allclose(y, _bn_reference(x, eps), atol=atol)
+    dy = rng.standard_normal(shape).astype(dtype)
+    dx, dgamma, dbeta = ops.batchnorm_backward(dy, saved, gamma)
+    assert np.isfinite(dx).all() and np.isfinite(dgamma).all() and np.isfinite(dbeta).all()
+    # dx is orthogonal to the constant and to xhat in every channel (the BN Jacobian's null space).
+    axes = (0,) + tuple(range(2, x.ndim))
+    xhat = _bn_reference(x, eps)
+    scale = np.sqrt(np.mean(dx.astype(np.float64) ** 2)) * np.prod([shape[a] for a in axes])
+    assert np.all(np.abs(dx.astype(np.float64).sum(axis=axes)) < 1e-3 * scale + 1e-30)
+    assert np.all(np.abs((dx * xhat).sum(axis=axes)) < 1e-3 * scale + 1e-30)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_of_a_constant_channel_is_beta(backend, dtype):
+    """Zero variance: xhat = 0, so y = beta exactly and dx = 0, never NaN."""
+    x = np.full((33, 4), 7.25, dtype)
+    x[:, 1] = -1e6
+    beta = np.array([0.5, -1.0, 2.0, 0.0], dtype)
+    y, saved = ops.batchnorm(x, np.ones(4, dtype), beta, np.zeros(4, dtype), np.ones(4, dtype), training=True)
+    np.testing.assert_array_equal(y, np.broadcast_to(beta, x.shape))
+    dx, dgamma, dbeta = ops.batchnorm_backward(np.ones_like(x), saved, np.ones(4, dtype))
+    assert np.isfinite(dx).all()
+    np.testing.assert_allclose(dx, 0.0, atol=1e-6)
+    np.testing.assert_allclose(dbeta, 33.0)
