@@ -376,7 +376,8 @@ def _run(objective, param_list, n_jobs, executor, round_=0, start_index=0, callb
     else:
         trials = []
         for i, p in enumerate(param_list):
-            trials.append(Trial(p, *_evaluate(objective, p), start_index + i, round_))
+            score, error, seconds = _evaluate(objective, p)
+            trials.append(Trial(p, score, error, start_index + i, round_, seconds))
             if callback is not None:
                 callback(trials[-1])
     if trials and not any(t.ok for t in trials):

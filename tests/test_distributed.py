@@ -35,14 +35,15 @@ def _mpi_missing():
 needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
 
 
-def mpirun(args, n=2, timeout=180):
+def mpirun(args, cwd, n=2, timeout=180):
+    """Runs ``python args`` on n ranks from cwd (not the source tree: the installed fastnn)."""
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1",
                # containers often forbid the cross-memory-attach copy path
                OMPI_MCA_btl_vader_single_copy_mechanism="none")
     cmd = ["mpirun", "-n", str(n), "--oversubscribe", "--allow-run-as-root", "--bind-to", "none",
            sys.executable] + args
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -51,7 +52,7 @@ def mpirun(args, n=2, timeout=180):
 def ranks(tmp_path_factory):
     """What each of the two ranks saw: [rank0 dict, rank1 dict], and the output folder."""
     out = tmp_path_factory.mktemp("mpi")
-    mpirun([os.path.join(HERE, "_mpi_worker.py"), str(out)])
+    mpirun([os.path.join(HERE, "_mpi_worker.py"), str(out)], cwd=out)
     results = []
     for r in range(2):
         with np.load(out / f"rank{r}.npz", allow_pickle=False) as f:
@@ -139,7 +140,7 @@ def test_batch_not_divisible_by_world_size_is_a_clear_error(ranks):
 @needs_mpi
 def test_cli_train_distributed(tmp_path):
     proc = mpirun(["-m", "fastnn.cli", "train", "--distributed", "--epochs", "2", "--hidden", "32",
-                   "--batch-size", "64", "--quiet", "--save", str(tmp_path / "m.npz")])
+                   "--batch-size", "64", "--quiet", "--save", str(tmp_path / "m.npz")], cwd=tmp_path)
     assert proc.stdout.count("2 ranks") == 1, proc.stdout       # only rank 0 prints
     assert proc.stdout.count("trained 2 epochs") == 1
     assert (tmp_path / "m.npz").exists()
