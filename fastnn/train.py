@@ -277,16 +277,18 @@ class Trainer:
         pickle); ``load_checkpoint`` + ``fit`` continue the exact same run.
         Distributed: call it on every rank; rank 0 writes, the others wait for it
         (resume with the same number of ranks for the same dropout streams)."""
-        from .nn.module import save_npz_atomic
         if self._dp is not None and self._dp.world_size > 1:
             from .distributed import barrier
-            if self._dp.rank == 0:
-                self._write_checkpoint(path, save_npz_atomic)
-            barrier()
+            try:
+                if self._dp.rank == 0:
+                    self._write_checkpoint(path)
+            finally:
+                barrier()       # even when rank 0 failed to write: the others must not hang
             return
-        self._write_checkpoint(path, save_npz_atomic)
+        self._write_checkpoint(path)
 
-    def _write_checkpoint(self, path, save_npz_atomic) -> None:
+    def _write_checkpoint(self, path) -> None:
+        from .nn.module import save_npz_atomic
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim/{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()})
         meta = {"epochs_done": self.epochs_done, "step_count": self.step_count, "base_lr": self._base_lr,
