@@ -28,7 +28,7 @@ from . import ops, init, losses, schedules, data, nn, optim
 from . import preprocessing, augment
 from .train import Callback, History, Trainer, TrainingDiverged
 from .callbacks import BestCheckpoint, EarlyStopping
-from . import diagnostics, search, ensemble
+from . import diagnostics, search, ensemble, distributed
 
 
 def set_num_threads(n: int) -> None:
@@ -50,4 +50,5 @@ def get_num_threads() -> int:
 
 __all__ = ["backend", "ops", "init", "losses", "schedules", "data", "nn", "optim", "preprocessing", "augment",
            "Trainer", "History", "Callback", "TrainingDiverged", "manual_seed", "set_num_threads",
-           "get_num_threads", "__version__", "EarlyStopping", "BestCheckpoint", "diagnostics", "search", "ensemble"]
+           "get_num_threads", "__version__", "EarlyStopping", "BestCheckpoint", "diagnostics", "search", "ensemble",
+           "distributed"]

@@ -100,7 +100,8 @@ class BestCheckpoint(_Monitor):
         value = self._value(history)
         if self._improved(value):
             self.best, self.best_epoch = value, epoch
-            trainer.model.save(self.path)
+            if getattr(trainer, "is_main", True):     # distributed: rank 0 writes
+                trainer.model.save(self.path)
             self.saves += 1
         return False
 

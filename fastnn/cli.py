@@ -32,8 +32,6 @@ def _load_dataset(fnn, spec, seed, dtype):
 
     Images are scaled to [0, 1] and flattened for the MLP. Files that ship a test
     set keep it; 10% of their training set becomes the validation split."""
-    import numpy as np
-
     name, _, path = spec.partition(":")
     if name in ("cifar10", "mnist"):
         if not path:
@@ -80,6 +78,18 @@ def cmd_train(args) -> int:
         fnn.backend.use(args.backend)
     if args.threads:
         fnn.set_num_threads(args.threads)
+    if args.bucket_mb is not None and not args.distributed:
+        raise SystemExit("fastnn train: --bucket-mb needs --distributed")
+    if args.distributed:
+        try:
+            fnn.distributed.init()
+        except RuntimeError as exc:
+            raise SystemExit(f"fastnn train --distributed: {exc}") from None
+        if args.batch_size % fnn.distributed.world_size():
+            raise SystemExit(f"fastnn train --distributed: --batch-size {args.batch_size} (the global batch) must "
+                             f"be divisible by the number of ranks ({fnn.distributed.world_size()})")
+    main_rank = fnn.distributed.is_main()
+    say = print if main_rank else (lambda *a, **k: None)
     fnn.manual_seed(args.seed)
     if args.model == "cnn" and args.dataset != "digits":
         raise SystemExit("fastnn train: --model cnn needs image data (--dataset digits)")
@@ -101,22 +111,24 @@ def cmd_train(args) -> int:
         arch = f"MLP {n_features}-{'-'.join(map(str, hidden))}-{classes} ({args.activation})"
     opt = fnn.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = fnn.schedules.CosineAnnealing(t_max=args.epochs)
-    trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt, schedule=schedule, seed=args.seed)
-    print(f"fastnn {fnn.__version__}: {args.dataset} {len(Xtr)}/{len(Xva)}/{len(Xte)} train/val/test, "
-          f"{arch}, "
-          f"backend {fnn.backend.current()}, {fnn.get_num_threads()} threads")
+    trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt, schedule=schedule, seed=args.seed,
+                          distributed=args.distributed, bucket_mb=args.bucket_mb)
+    ranks = f", {fnn.distributed.world_size()} ranks" if args.distributed else ""
+    say(f"fastnn {fnn.__version__}: {args.dataset} {len(Xtr)}/{len(Xva)}/{len(Xte)} train/val/test, "
+        f"{arch}, "
+        f"backend {fnn.backend.current()}, {fnn.get_num_threads()} threads{ranks}")
     t0 = time.perf_counter()
     hist = trainer.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, val=(Xva, yva),
                        progress=not args.quiet)
     seconds = time.perf_counter() - t0
     test = trainer.evaluate(Xte, yte)
-    if args.plot:
+    if args.plot and main_rank:
         hist.plot(args.plot)
-        print(f"curves written to {args.plot}")
-    if args.save:
+        say(f"curves written to {args.plot}")
+    if args.save and main_rank:
         model.save(args.save)
-        print(f"model written to {args.save}")
-    print(f"trained {hist.epochs} epochs in {seconds:.1f} s; val accuracy {hist.val_acc[-1]:.4f}; "
+        say(f"model written to {args.save}")
+    say(f"trained {hist.epochs} epochs in {seconds:.1f} s; val accuracy {hist.val_acc[-1]:.4f}; "
           f"test loss {test['loss']:.4f}; test accuracy {test['accuracy']:.4f}")
     return 0
 
@@ -223,6 +235,11 @@ def main(argv=None) -> int:
     t.add_argument("--plot", default=None, help="write the loss/accuracy curves to this PNG")
     t.add_argument("--save", default=None, help="write the trained model to this .npz")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: mpirun -n 4 fastnn train --distributed "
+                        "(--batch-size is the global batch)")
+    t.add_argument("--bucket-mb", type=float, default=None,
+                   help="with --distributed: allreduce gradients in buckets of this many MiB during backward")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("search", help="random search of lr and weight decay (log space) on the digits")

@@ -17,7 +17,10 @@ with cpu_count / n_jobs kernel threads. The objective is pickled to the
 workers, so it must be a module-level function (or a functools.partial of
 one), not a lambda, closure or a function defined in ``__main__`` of an
 interactive session. ``executor=`` takes any ``concurrent.futures.Executor``
-(a Dask ``distributed.Client`` too) instead.
+(a Dask ``distributed.Client`` too, e.g. ``Client("tcp://scheduler:8786")``)
+instead; the search does not shut it down. Results come back as trials finish
+(``callback=`` sees each one); a trial whose future fails (its worker died,
+its objective could not be sent) is recorded as failed like one that raised.
 """
 from __future__ import annotations
 
@@ -319,8 +322,40 @@ def _worker_init(threads):
     fastnn.set_num_threads(threads)
 
 
-def _run(objective, param_list, n_jobs, executor, round_=0, start_index=0):
+def _completed(futures):
+    """Futures in the order they finish: Dask futures through distributed.as_completed,
+    any other through concurrent.futures.as_completed."""
+    if futures and type(futures[0]).__module__.split(".")[0] == "distributed":
+        from distributed import as_completed
+        return as_completed(futures)
+    import concurrent.futures
+    return concurrent.futures.as_completed(futures)
+
+
+def _collect(futures, param_list, callback, round_, start_index):
+    """Trials as their futures finish; a future that raises (a worker lost, an
+    objective that cannot be sent) becomes a failed trial."""
+    index = {id(f): i for i, f in enumerate(futures)}
+    trials = [None] * len(futures)
+    for f in _completed(futures):
+        i = index[id(f)]
+        try:
+            score, error, seconds = f.result()
+        except Exception as exc:
+            score, error, seconds = float("nan"), f"{type(exc).__name__}: {exc}", 0.0
+        trials[i] = Trial(param_list[i], score, error, start_index + i, round_, seconds)
+        if callback is not None:
+            callback(trials[i])
+    return trials
+
+
+def _run(objective, param_list, n_jobs, executor, round_=0, start_index=0, callback=None):
     n_jobs = V.positive_int(n_jobs, "n_jobs")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (called with each Trial as it finishes), got {callback!r}")
+    if executor is not None and not callable(getattr(executor, "submit", None)):
+        raise TypeError("executor must be a concurrent.futures.Executor or a dask distributed.Client "
+                        f"(something with .submit), got {type(executor).__name__}")
     if executor is None and n_jobs > 1:
         try:
             pickle.dumps(objective)
@@ -333,13 +368,18 @@ def _run(objective, param_list, n_jobs, executor, round_=0, start_index=0):
         threads = max(1, (os.cpu_count() or 1) // n_jobs)
         with concurrent.futures.ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"),
                                                     initializer=_worker_init, initargs=(threads,)) as pool:
-            outs = list(pool.map(_evaluate, [objective] * len(param_list), param_list))
+            futures = [pool.submit(_evaluate, objective, p) for p in param_list]
+            trials = _collect(futures, param_list, callback, round_, start_index)
     elif executor is not None:
         futures = [executor.submit(_evaluate, objective, p) for p in param_list]
-        outs = [f.result() for f in futures]
+        trials = _collect(futures, param_list, callback, round_, start_index)
     else:
-        outs = [_evaluate(objective, p) for p in param_list]
-    trials = [Trial(p, s, e, start_index + i, round_, sec) for i, (p, (s, e, sec)) in enumerate(zip(param_list, outs))]
+        trials = []
+        for i, p in enumerate(param_list):
+            score, error, seconds = _evaluate(objective, p)
+            trials.append(Trial(p, score, error, start_index + i, round_, seconds))
+            if callback is not None:
+                callback(trials[-1])
     if trials and not any(t.ok for t in trials):
         raise RuntimeError(f"every trial failed; the first: {trials[0].error}")
     return trials
@@ -349,17 +389,18 @@ def _sample(space, trials, rng):
     return [{k: s.sample(rng) for k, s in space.items()} for _ in range(trials)]
 
 
-def random_search(objective, space, trials, seed=None, n_jobs=1, executor=None) -> SearchResult:
+def random_search(objective, space, trials, seed=None, n_jobs=1, executor=None, callback=None) -> SearchResult:
     """``trials`` random points of ``space`` (names -> samplers), drawn up front
     from ``seed`` (same seed, same points, whatever n_jobs), each scored by
-    ``objective(params)`` (higher is better)."""
+    ``objective(params)`` (higher is better). ``callback(trial)`` is called
+    with each Trial as it finishes (completion order)."""
     space = _check_space(space)
     trials = V.positive_int(trials, "trials")
     params = _sample(space, trials, np.random.default_rng(seed))
-    return SearchResult(_run(objective, params, n_jobs, executor), space)
+    return SearchResult(_run(objective, params, n_jobs, executor, callback=callback), space)
 
 
-def grid_search(objective, grid, n_jobs=1, executor=None) -> SearchResult:
+def grid_search(objective, grid, n_jobs=1, executor=None, callback=None) -> SearchResult:
     """Every combination of ``grid`` (names -> lists of values, or choice([...]))."""
     if not isinstance(grid, dict) or not grid:
         raise TypeError("grid must be a non-empty dict mapping names to lists of values")
@@ -370,11 +411,12 @@ def grid_search(objective, grid, n_jobs=1, executor=None) -> SearchResult:
             raise TypeError(f"grid[{k!r}] must be a non-empty list of values (or choice([...])), got {v!r}")
         axes[k] = values
     params = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
-    return SearchResult(_run(objective, params, n_jobs, executor), {k: Choice(v) for k, v in axes.items()})
+    return SearchResult(_run(objective, params, n_jobs, executor, callback=callback),
+                        {k: Choice(v) for k, v in axes.items()})
 
 
 def coarse_to_fine(objective, space, rounds=2, trials=10, shrink=0.3, top_k=3, seed=None, n_jobs=1,
-                   executor=None) -> SearchResult:
+                   executor=None, callback=None) -> SearchResult:
     """Random search in ``rounds``: each round after the first samples a range
     narrowed around the best trials so far (width ``shrink`` times the previous
     one, centred on the best, stretched to hold the ``top_k`` best; in log space
@@ -393,7 +435,8 @@ def coarse_to_fine(objective, space, rounds=2, trials=10, shrink=0.3, top_k=3, s
     for r in range(rounds):
         spaces.append(current)
         params = _sample(current, V.positive_int(per_round[r], "trials"), rng)
-        everything += _run(objective, params, n_jobs, executor, round_=r, start_index=len(everything))
+        everything += _run(objective, params, n_jobs, executor, round_=r, start_index=len(everything),
+                           callback=callback)
         good = [t for t in sorted(everything, key=_sort_key) if t.ok][:top_k]
         current = {k: s.narrow([t.params[k] for t in good], shrink) for k, s in current.items()}
     return SearchResult(everything, space, spaces)

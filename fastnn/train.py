@@ -107,10 +107,18 @@ class Trainer:
     step, restores the model and optimizer to the end of the last good epoch
     (the initial state in the first epoch) and raises ``TrainingDiverged``;
     ``history.message`` says what happened. The gradient check is one dot
-    product over the gradients per step (about 2% of a step of the reference MLP)."""
+    product over the gradients per step (about 2% of a step of the reference MLP).
+
+    distributed=True: data-parallel over the ranks of fastnn.distributed (MPI;
+    ``init()`` is called if needed). ``fit``'s batch_size is the global batch,
+    which the world size must divide; each rank trains on its shard and ONE
+    allreduce of the flat gradient buffer follows backward. ``bucket_mb``: reduce
+    the gradients in buckets of about that many MiB during backward instead
+    (overlapping communication with the rest of backward). Only rank 0 prints and
+    writes checkpoints; see fastnn/distributed.py for the rest of the contract."""
 
     def __init__(self, model, loss, optimizer, schedule=None, callbacks=(), augment=None, seed=None,
-                 check_gradients=True):
+                 check_gradients=True, distributed=False, bucket_mb=None):
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -125,6 +133,19 @@ class Trainer:
         self._resume_history = None
         self.check_gradients = bool(check_gradients)
         self.nonfinite = None  # what went non-finite in the last train_step: None, "loss" or "gradients"
+        self._dp = None
+        if distributed:
+            from .distributed import DataParallel, broadcast_object
+            self._dp = DataParallel(model, optimizer, bucket_mb=bucket_mb)
+            # Every rank shuffles (and augments) the same global batches.
+            self.rng.bit_generator.state = broadcast_object(self.rng.bit_generator.state)
+        elif bucket_mb is not None:
+            raise ValueError("bucket_mb only applies with distributed=True")
+
+    @property
+    def is_main(self) -> bool:
+        """True unless this is a rank other than 0 of a distributed run."""
+        return self._dp is None or self._dp.rank == 0
 
     def _apply_schedule(self, t):
         if self.schedule is not None:
@@ -137,12 +158,17 @@ class Trainer:
         optimizer step is skipped, so the parameters stay as they were, and
         ``self.nonfinite`` names the culprit."""
         self.nonfinite = None
+        if self._dp is not None and self._dp.world_size > 1:
+            return self._distributed_step(xb, yb)
         scores = self.model.forward(xb)
         loss = self.loss.forward(scores, yb)
         if not math.isfinite(loss):
             self.nonfinite = "loss"
             return loss
         self.model.backward(self.loss.backward())
+        return self._checked_step(loss)
+
+    def _checked_step(self, loss):
         if self.check_gradients:
             g = getattr(self.optimizer, "flat_grad", None)
             # One BLAS dot: NaN or Inf anywhere (or a norm beyond float range) makes it non-finite.
@@ -152,6 +178,22 @@ class Trainer:
         self.optimizer.step()
         return loss
 
+    def _distributed_step(self, xb, yb) -> float:
+        """This rank's shard of the global batch; the returned loss is the global mean."""
+        from .distributed import shard_bounds
+        dp = self._dp
+        lo, hi = shard_bounds(len(xb), dp.world_size, dp.rank)
+        weight = (hi - lo) / len(xb)
+        scores = self.model.forward(xb[lo:hi])
+        loss = dp.allreduce_scalar(self.loss.forward(scores, yb[lo:hi]) * weight)
+        if not math.isfinite(loss):
+            self.nonfinite = "loss"
+            return loss
+        dp.begin_backward(weight)
+        self.model.backward(self.loss.backward())
+        dp.finish_backward()
+        return self._checked_step(loss)   # the reduced gradients are the same on every rank
+
     def fit(self, X, y, epochs, batch_size=128, val=None, progress=True, eval_train_size=1000) -> History:
         X, y = _check_xy(X, y)
         epochs = V.positive_int(epochs, "epochs")
@@ -160,6 +202,13 @@ class Trainer:
             if not (isinstance(val, (tuple, list)) and len(val) == 2):
                 raise TypeError("val must be a tuple (X_val, y_val)")
             _check_xy(val[0], val[1], "val[0]", "val[1]")
+        dp = self._dp
+        if dp is not None:
+            if batch_size % dp.world_size:
+                raise ValueError(f"batch_size ({batch_size}) is the global batch and must be divisible by the "
+                                 f"world size ({dp.world_size}) in distributed training")
+            dp.rank_streams()
+            progress = progress and dp.rank == 0
         history = self._resume_history or History()
         self._resume_history = None
         start_epoch = self.epochs_done if history.epochs else 0
@@ -183,6 +232,8 @@ class Trainer:
                 history.lr.append(self.optimizer.lr)
                 losses = []
                 for xb, yb in batches(X, y, batch_size, shuffle=True, rng=self.rng):
+                    if dp is not None and len(xb) < dp.world_size:
+                        continue    # a last batch smaller than the world size: some rank would get no rows
                     if self.schedule is not None and self.schedule.per == "step":
                         self._apply_schedule(self.step_count)
                     if self.augment is not None:
@@ -210,6 +261,8 @@ class Trainer:
                     if bar is not None:
                         bar.update(1)
                 history.epoch_loss.append(float(np.mean(losses)))
+                if dp is not None:
+                    dp.average_running_stats()
                 sub = slice(None) if len(X) <= eval_train_size else self.rng.choice(len(X), eval_train_size, replace=False)
                 history.train_acc.append(self.evaluate(X[sub], y[sub])["accuracy"])
                 if val is not None:
@@ -230,6 +283,8 @@ class Trainer:
                 stop = False
                 for cb in self.callbacks:
                     stop = bool(cb.on_epoch_end(self, epoch, history)) or stop
+                if dp is not None:
+                    stop = dp.agree(stop)
                 if stop:
                     history.stopped_early = True
                     break
@@ -250,13 +305,27 @@ class Trainer:
     # --- checkpoints -----------------------------------------------------------
     def save_checkpoint(self, path) -> None:
         """Model, optimizer, schedule, RNG and history to one .npz (atomic, no
-        pickle); ``load_checkpoint`` + ``fit`` continue the exact same run."""
+        pickle); ``load_checkpoint`` + ``fit`` continue the exact same run.
+        Distributed: call it on every rank; rank 0 writes, the others wait for it
+        (resume with the same number of ranks for the same dropout streams)."""
+        if self._dp is not None and self._dp.world_size > 1:
+            from .distributed import barrier
+            try:
+                if self._dp.rank == 0:
+                    self._write_checkpoint(path)
+            finally:
+                barrier()       # even when rank 0 failed to write: the others must not hang
+            return
+        self._write_checkpoint(path)
+
+    def _write_checkpoint(self, path) -> None:
         from .nn.module import save_npz_atomic
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim/{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()})
         meta = {"epochs_done": self.epochs_done, "step_count": self.step_count, "base_lr": self._base_lr,
                 "rng": self.rng.bit_generator.state, "schedule": _schedule_state(self.schedule),
-                "history": getattr(self, "history", History()).as_dict()}
+                "history": getattr(self, "history", History()).as_dict(),
+                "world_size": 1 if self._dp is None else self._dp.world_size}
         arrays["trainer"] = np.array(json.dumps(meta))
         save_npz_atomic(path, arrays)
 

@@ -12,7 +12,7 @@ from .. import _validate as V
 from .. import init as initializers
 from .. import ops
 from .._random import generator
-from ..backend.codes import ACTIVATIONS, SAVES_PREACTIVATION
+from ..backend.codes import SAVES_PREACTIVATION
 from .module import Module, Parameter
 
 
@@ -285,6 +285,9 @@ class Sequential(Module):
             object.__setattr__(layer, "reuse_buffers", True)
         self._plan = self._make_plan()
         self._ran = []
+        # fastnn.distributed.DataParallel(bucket_mb=...) sets this during a step: called
+        # with k after the k-th plan step of backward, when that step's gradients are final.
+        self._after_backward_step = None
 
     def _make_plan(self):
         plan, i = [], 0
@@ -315,6 +318,7 @@ class Sequential(Module):
         return x if self.reuse_buffers else np.array(x, copy=True)
 
     def backward(self, dout):
+        hook = self._after_backward_step
         for k, (layer, act) in enumerate(reversed(self._plan)):
             first = k == len(self._plan) - 1
             object.__setattr__(layer, "input_grad", self.input_grad or not first)
@@ -323,4 +327,6 @@ class Sequential(Module):
             else:
                 dout, dalpha = layer.backward_fused(dout)
                 act._accumulate_alpha(dalpha)
+            if hook is not None:
+                hook(k)
         return dout if (self.reuse_buffers or dout is None) else np.array(dout, copy=True)

@@ -1,0 +1,364 @@
+"""Data-parallel training over MPI (mpi4py), NCCL for CuPy buffers.
+
+One process per rank, each with a full replica of the model:
+
+    mpirun -n 4 fastnn train --distributed
+    # or, in a script started by mpirun:
+    fnn.distributed.init()
+    trainer = fnn.Trainer(model, loss, opt, distributed=True)   # bucket_mb=... for overlap
+    trainer.fit(X, y, epochs=10, batch_size=256)                 # 256 = the GLOBAL batch
+
+What keeps the replicas identical (``DataParallel``):
+
+- At construction rank 0 broadcasts the flat parameter buffer, the optimizer
+  state and every module buffer (BatchNorm running statistics, Dropout seeds);
+  the Trainer also broadcasts its shuffling generator, so every rank draws the
+  same global batches.
+- Each rank runs forward/backward on its rows of the global batch (rank r of p
+  gets rows [r*B/p, (r+1)*B/p)), so its gradient is that of its local mean
+  loss. The gradients are weighted by each rank's share of the batch and summed
+  by ONE in-place allreduce of the flat gradient buffer: the average of equal
+  shards, the gradient of the global mean loss. Then every rank runs the same
+  fused optimizer step on the same numbers.
+- ``bucket_mb``: the flat gradient buffer is cut, from its end, into buckets of
+  about that many MiB at layer boundaries. During backward, as soon as the
+  last layer of a bucket has written its gradients, a non-blocking
+  ``Iallreduce`` of that bucket starts (NCCL: it is queued on the stream) while
+  backward goes on with the layers before it; the optimizer step waits for all
+  of them. The result is the same sum as the single collective.
+- Dropout/DropConnect: rank r uses the Philox stream (seed, offset + r * 2**52),
+  so the masks differ between ranks and the run is reproducible; checkpoints
+  keep the rank-0 offset.
+- BatchNorm keeps local statistics unless built with ``sync_bn=True``; the
+  local running statistics are averaged over the ranks at the end of every
+  epoch (before evaluation), so every replica evaluates with the same buffers.
+- Only rank 0 prints progress and writes checkpoints; every rank evaluates the
+  full validation set itself (identical models, identical numbers, no
+  communication).
+
+Without ``init()`` (or with one process) every function here is the
+single-process identity: ``rank() == 0``, ``world_size() == 1``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_comm = None            # mpi4py communicator once init() ran
+_MPI = None             # the mpi4py.MPI module
+_nccl_comm = None       # cupy.cuda.nccl.NcclCommunicator, created on the first CuPy collective
+
+# Each rank's dropout stream starts rank * RANK_STREAM_SPAN elements apart: 4096
+# ranks of 4.5e15 mask elements each before two streams could meet.
+RANK_STREAM_SPAN = 2**52
+
+_INSTALL_HINT = ("pip install 'fastnn[dist]' (mpi4py) and an MPI library, e.g. "
+                 "apt-get install openmpi-bin libopenmpi-dev")
+
+
+def init(comm=None) -> None:
+    """Join the MPI job (idempotent). ``comm``: an mpi4py communicator
+    (default ``MPI.COMM_WORLD``). Raises RuntimeError when mpi4py or MPI is missing."""
+    global _comm, _MPI
+    if _comm is not None and comm is None:
+        return
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise RuntimeError(f"fastnn.distributed needs mpi4py and an MPI library ({exc}); {_INSTALL_HINT}") from exc
+    except RuntimeError as exc:      # mpi4py present but libmpi cannot be loaded or initialised
+        raise RuntimeError(f"fastnn.distributed could not initialise MPI ({exc}); {_INSTALL_HINT}") from exc
+    _MPI = MPI
+    _comm = MPI.COMM_WORLD if comm is None else comm
+
+
+def is_initialized() -> bool:
+    return _comm is not None
+
+
+def rank() -> int:
+    """This process's rank (0 when not initialised)."""
+    return 0 if _comm is None else _comm.Get_rank()
+
+
+def world_size() -> int:
+    """Number of ranks (1 when not initialised)."""
+    return 1 if _comm is None else _comm.Get_size()
+
+
+def is_main() -> bool:
+    """True on rank 0: the rank that prints and writes files."""
+    return rank() == 0
+
+
+def active() -> bool:
+    """Initialised with more than one rank: collectives have work to do."""
+    return _comm is not None and _comm.Get_size() > 1
+
+
+def barrier() -> None:
+    if active():
+        _comm.Barrier()
+
+
+def _is_cupy(buf) -> bool:
+    return type(buf).__module__.startswith("cupy")
+
+
+def _check_buffer(buf, name):
+    if _is_cupy(buf):
+        if not buf.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+        return
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(buf).__name__}")
+    if not buf.flags.c_contiguous or not buf.flags.writeable:
+        raise ValueError(f"{name} must be a writeable C-contiguous array (the collective works in place)")
+
+
+def allreduce_(buf, op: str = "sum"):
+    """In-place allreduce of ``buf`` over all ranks; op "sum" or "mean". Returns buf."""
+    if op not in ("sum", "mean"):
+        raise ValueError(f"op must be 'sum' or 'mean', got {op!r}")
+    _check_buffer(buf, "buf")
+    if not active():
+        return buf
+    if _is_cupy(buf):
+        _nccl_allreduce(buf)
+    else:
+        _comm.Allreduce(_MPI.IN_PLACE, buf, op=_MPI.SUM)
+    if op == "mean":
+        buf *= buf.dtype.type(1.0 / world_size())
+    return buf
+
+
+def allreduce_mean(buf):
+    """In-place average of ``buf`` over all ranks. Returns buf."""
+    return allreduce_(buf, "mean")
+
+
+def broadcast_(buf, root: int = 0):
+    """In-place broadcast of ``buf`` from ``root``. Returns buf."""
+    _check_buffer(buf, "buf")
+    if not active():
+        return buf
+    if _is_cupy(buf):
+        import cupy
+        _nccl().bcast(buf.data.ptr, buf.size, _nccl_dtype(buf), root, cupy.cuda.get_current_stream().ptr)
+    else:
+        _comm.Bcast(buf, root=root)
+    return buf
+
+
+def broadcast_object(obj, root: int = 0):
+    """A small JSON-able value from ``root`` (sent as JSON text)."""
+    if not active():
+        return obj
+    import json
+    text = _comm.bcast(json.dumps(obj) if rank() == root else None, root=root)
+    return json.loads(text)
+
+
+# --- NCCL (CuPy buffers) ---------------------------------------------------------
+
+def _nccl():
+    """The NCCL communicator of this MPI job (the unique id travels over MPI)."""
+    global _nccl_comm
+    if _nccl_comm is None:
+        try:
+            from cupy.cuda import nccl
+        except ImportError as exc:
+            raise RuntimeError(f"allreduce of CuPy arrays needs CuPy built with NCCL ({exc})") from exc
+        uid = nccl.get_unique_id() if rank() == 0 else None
+        uid = _comm.bcast(uid, root=0)
+        _nccl_comm = nccl.NcclCommunicator(world_size(), uid, rank())
+    return _nccl_comm
+
+
+def _nccl_dtype(buf):
+    from cupy.cuda import nccl
+    table = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
+    if buf.dtype not in table:
+        raise TypeError(f"NCCL collectives take float32 or float64 buffers, got {buf.dtype}")
+    return table[buf.dtype]
+
+
+def _nccl_allreduce(buf):
+    """Sum in place on CuPy's current stream (asynchronous, like a kernel launch)."""
+    import cupy
+    from cupy.cuda import nccl
+    _nccl().allReduce(buf.data.ptr, buf.data.ptr, buf.size, _nccl_dtype(buf), nccl.NCCL_SUM,
+                      cupy.cuda.get_current_stream().ptr)
+
+
+# --- data parallelism ------------------------------------------------------------
+
+def shard_bounds(n: int, world: int | None = None, index: int | None = None) -> tuple[int, int]:
+    """Rows [lo, hi) of a global batch of n rows that rank ``index`` trains on
+    (as even as possible; equal shards when world divides n)."""
+    world = world_size() if world is None else world
+    index = rank() if index is None else index
+    base, extra = divmod(n, world)
+    lo = index * base + min(index, extra)
+    return lo, lo + base + (1 if index < extra else 0)
+
+
+class DataParallel:
+    """Keeps the replicas of ``model`` trained by ``optimizer`` identical across
+    the ranks (see the module docstring). ``bucket_mb``: None for one allreduce
+    of the whole gradient after backward; a size in MiB for buckets reduced
+    during backward (the model must be a ``Sequential``).
+
+    Per step: ``begin_backward(weight)``, ``model.backward(...)``,
+    ``finish_backward()``, then ``optimizer.step()``."""
+
+    def __init__(self, model, optimizer, bucket_mb=None):
+        from . import _validate as V
+        init()
+        self.model = model
+        self.optimizer = optimizer
+        self.rank = rank()
+        self.world_size = world_size()
+        self.flat_grad = optimizer.flat_grad
+        self.bucket_mb = None if bucket_mb is None else V.real(bucket_mb, "bucket_mb", low=0.0, low_open=True)
+        self._weight = 1.0
+        self._pending = []
+        self._buckets = None
+        if self.bucket_mb is not None:
+            self._buckets = self._make_buckets()
+        self.comm_seconds = 0.0      # time spent waiting in gradient collectives (for benchmarks)
+        self.broadcast_state()
+
+    # --- set-up ---------------------------------------------------------------------
+    def broadcast_state(self) -> None:
+        """Rank 0's parameters, optimizer state and module buffers to every rank."""
+        if not active():
+            return
+        broadcast_(self.optimizer.flat_param)
+        for s in self.optimizer.state:
+            broadcast_(s)
+        for _, buf in self.model.named_buffers():
+            if isinstance(buf, np.ndarray) and buf.flags.c_contiguous:
+                broadcast_(buf)
+
+    def rank_streams(self) -> None:
+        """Move every Philox stream (Dropout, DropConnect) to this rank's block:
+        offset = (offset mod span) + rank * span. Idempotent, so it is safe after
+        loading rank 0's checkpoint."""
+        for m in self.model.modules():
+            state = getattr(m, "rng_state", None)
+            if isinstance(state, np.ndarray) and state.dtype == np.uint64 and state.shape == (2,):
+                state[1] = np.uint64(int(state[1]) % RANK_STREAM_SPAN + self.rank * RANK_STREAM_SPAN)
+
+    def _make_buckets(self):
+        """[(plan steps done in reverse order, [(lo, hi) flat ranges])], and the
+        ranges no step covers (reduced after backward)."""
+        from .nn.layers import Sequential
+        if not isinstance(self.model, Sequential):
+            raise ValueError(f"bucket_mb needs a Sequential model (buckets follow its layers), got "
+                             f"{type(self.model).__name__}; use bucket_mb=None for one collective")
+        opt = self.optimizer
+        where = {id(p): (int(b), int(e)) for p, b, e in zip(opt._params, opt.seg_begin[:-1], opt.seg_begin[1:])}
+        limit = self.bucket_mb * 2**20 / self.flat_grad.itemsize
+        plan = self.model._plan
+        ends, ranges, current, size = {}, [], [], 0
+        for k, (layer, act) in enumerate(reversed(plan)):
+            params = layer.parameters() + (act.parameters() if act is not None else [])
+            for p in params:
+                if id(p) in where:
+                    current.append(where.pop(id(p)))
+                    size += current[-1][1] - current[-1][0]
+            last = k == len(plan) - 1
+            if current and (size >= limit or last):
+                merged = _merge(current)
+                ends[k] = len(ranges)
+                ranges.append(merged)
+                current, size = [], 0
+        leftover = _merge(list(where.values()))
+        return {"ends": ends, "ranges": ranges, "leftover": leftover}
+
+    # --- per step ---------------------------------------------------------------------
+    def begin_backward(self, weight: float) -> None:
+        """weight: this rank's share of the global batch (1/p for equal shards)."""
+        self._weight = weight
+        if self._buckets is not None and active():
+            object.__setattr__(self.model, "_after_backward_step", self._on_step_done)
+
+    def _on_step_done(self, k: int) -> None:
+        b = self._buckets["ends"].get(k)
+        if b is not None:
+            for lo, hi in self._buckets["ranges"][b]:
+                self._start(self.flat_grad[lo:hi])
+        elif self._pending:
+            _MPI.Request.Testall(self._pending)     # lets MPI progress the collectives in flight
+
+    def _start(self, view):
+        if self._weight != 1.0:
+            view *= view.dtype.type(self._weight)
+        if _is_cupy(view):
+            _nccl_allreduce(view)
+        else:
+            self._pending.append(_comm.Iallreduce(_MPI.IN_PLACE, view, op=_MPI.SUM))
+
+    def finish_backward(self) -> None:
+        """Completes the gradient sum: waits for the buckets, or runs the single collective."""
+        if not active():
+            return
+        import time
+        t0 = time.perf_counter()
+        if self._buckets is not None:
+            object.__setattr__(self.model, "_after_backward_step", None)
+            for lo, hi in self._buckets["leftover"]:
+                self._start(self.flat_grad[lo:hi])
+            if self._pending:
+                _MPI.Request.Waitall(self._pending)
+                self._pending = []
+        else:
+            if self._weight != 1.0:
+                self.flat_grad *= self.flat_grad.dtype.type(self._weight)
+            allreduce_(self.flat_grad, "sum")
+        self.comm_seconds += time.perf_counter() - t0
+
+    def allreduce_scalar(self, value: float) -> float:
+        """Sum of a float over the ranks (e.g. the weighted local losses)."""
+        if not active():
+            return value
+        buf = np.array([value], np.float64)
+        _comm.Allreduce(_MPI.IN_PLACE, buf, op=_MPI.SUM)
+        return float(buf[0])
+
+    def average_running_stats(self) -> None:
+        """Average the running statistics of BatchNorm layers without sync_bn
+        (their batches differed); sync_bn ones are identical already."""
+        if not active():
+            return
+        from .nn.regularization import _BatchNorm
+        bns = [m for m in self.model.modules() if isinstance(m, _BatchNorm) and not m.sync_bn]
+        if not bns:
+            return
+        flat = np.concatenate([np.concatenate([m.running_mean, m.running_var]).astype(np.float64) for m in bns])
+        allreduce_(flat, "mean")
+        i = 0
+        for m in bns:
+            c = m.num_features
+            m.running_mean[...] = flat[i:i + c]
+            m.running_var[...] = flat[i + c:i + 2 * c]
+            i += 2 * c
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision (e.g. early stopping), so every rank takes the same branch."""
+        return bool(broadcast_object(bool(flag))) if active() else bool(flag)
+
+
+def _merge(ranges):
+    out = []
+    for lo, hi in sorted(ranges):
+        if out and out[-1][1] == lo:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+__all__ = ["init", "is_initialized", "rank", "world_size", "is_main", "active", "barrier", "allreduce_",
+           "allreduce_mean", "broadcast_", "broadcast_object", "shard_bounds", "DataParallel",
+           "RANK_STREAM_SPAN"]
