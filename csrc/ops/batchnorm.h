@@ -36,9 +36,13 @@ FASTNN_HD void batchnorm_mean_var(const BatchNormMoments& s, double count, T shi
                                   T& var) {
   double m = s.sum / count;
   double v = s.sumsq / count - m * m;
-  double mean = double(shift) + m;
+  // TwoSum: mean + err is shift + m exactly, so a float64 mean keeps the bits
+  // the double addition rounds away (data around 1e9 with spread 1e-2).
+  double a = double(shift), mean = a + m;
+  double bb = mean - a;
+  double err = (a - (mean - bb)) + (m - bb);
   mean_hi = T(mean);
-  mean_lo = T(mean - double(mean_hi));
+  mean_lo = T((mean - double(mean_hi)) + err);
   var = T(v > 0.0 ? v : 0.0);
 }
 

@@ -588,9 +588,12 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, save_mean, save
             _bn_moments(x3, shift, s1, s2)
         m = s1 / count
         var = np.maximum(s2 / count - m * m, 0.0).astype(x.dtype)
-        mean64 = shift.astype(np.float64) + m
+        a = shift.astype(np.float64)
+        mean64 = a + m
+        bb = mean64 - a
+        err = (a - (mean64 - bb)) + (m - bb)          # TwoSum, as in csrc/ops/batchnorm.h
         save_mean[0] = mean64
-        save_mean[1] = mean64 - save_mean[0].astype(np.float64)
+        save_mean[1] = (mean64 - save_mean[0].astype(np.float64)) + err
         mean = save_mean[0] + save_mean[1]
         save_invstd[...] = t(1) / np.sqrt(var + t(eps))
         if running_mean is not None and running_var is not None:
