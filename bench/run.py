@@ -22,6 +22,9 @@ BENCHES = {  # name -> module
     "optim": "bench_optim",
     "conv": "bench_conv",
     "train_step": "bench_train_step",
+    "profile_step": "profile_step",
+    "memory": "bench_memory",
+    "digits_e2e": "bench_digits_e2e",
 }
 
 

@@ -198,6 +198,7 @@ class Trainer:
         X, y = _check_xy(X, y)
         epochs = V.positive_int(epochs, "epochs")
         batch_size = V.positive_int(batch_size, "batch_size")
+        eval_train_size = V.positive_int(eval_train_size, "eval_train_size", minimum=0)
         if val is not None:
             if not (isinstance(val, (tuple, list)) and len(val) == 2):
                 raise TypeError("val must be a tuple (X_val, y_val)")
@@ -263,8 +264,12 @@ class Trainer:
                 history.epoch_loss.append(float(np.mean(losses)))
                 if dp is not None:
                     dp.average_running_stats()
-                sub = slice(None) if len(X) <= eval_train_size else self.rng.choice(len(X), eval_train_size, replace=False)
-                history.train_acc.append(self.evaluate(X[sub], y[sub])["accuracy"])
+                if eval_train_size:
+                    sub = (slice(None) if len(X) <= eval_train_size
+                           else self.rng.choice(len(X), eval_train_size, replace=False))
+                    history.train_acc.append(self.evaluate(X[sub], y[sub])["accuracy"])
+                else:   # eval_train_size=0: no training-accuracy pass
+                    history.train_acc.append(float("nan"))
                 if val is not None:
                     ev = self.evaluate(val[0], val[1])
                     history.val_acc.append(ev["accuracy"])
