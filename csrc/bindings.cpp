@@ -498,6 +498,10 @@ PYBIND11_MODULE(_C, mod) {
     fastnn::set_num_threads(n);
   });
   mod.def("get_num_threads", &fastnn::get_num_threads);
+  mod.def("effective_num_threads", &fastnn::effective_num_threads,
+          "threads the next kernel uses: the configured count capped by the cores other processes leave idle");
+  mod.def("set_adaptive_threads", &fastnn::set_adaptive_threads, py::arg("on"));
+  mod.def("adaptive_threads", &fastnn::adaptive_threads);
 
   py::dict acts;
   const char* names[] = {"identity", "relu", "leaky_relu", "prelu", "elu", "selu",

@@ -196,6 +196,9 @@ bool set_cpu_isa(const char* name);
 const char* cpu_isas_supported();
 
 void set_num_threads(int n);
-int get_num_threads();
+int get_num_threads();        // the configured count (set_num_threads, else OpenMP's default)
+int effective_num_threads();  // what the next kernel uses: configured, capped by the cores other processes leave idle
+void set_adaptive_threads(bool on);
+bool adaptive_threads();
 
 }  // namespace fastnn

@@ -197,6 +197,11 @@ def cmd_doctor(args) -> int:
     import numba
     print(f"numba {numba.__version__}, threading layer {numba.config.THREADING_LAYER}")
     print(f"threads: {fnn.get_num_threads()} (os.cpu_count() = {os.cpu_count()})")
+    from fastnn.backend import cpp
+    if cpp._C is not None:
+        state = "on" if cpp._C.adaptive_threads() else "off (FASTNN_ADAPTIVE_THREADS=0)"
+        print(f"adaptive threads: {state}; the C++ kernels use at most the cores other processes leave idle "
+              f"(now {cpp._C.effective_num_threads()})")
     print(f"cuda: {'available' if cuda.reason is None else cuda.reason}")
     return 0
 

@@ -328,3 +328,22 @@ def test_no_growth_of_memory_or_objects_over_5000_steps(backend_name, digits):
     # glibc can take one step of up to about 1 MiB (its mmap threshold adapts) at any point.
     assert rss1 - rss0 < 4 * 2**20, f"resident memory grew by {(rss1 - rss0) / 2**10:.0f} KiB"
     assert np.isfinite(trainer.optimizer.flat_param).all()
+
+
+@pytest.mark.skipif("cpp" not in fnn.backend.available(), reason="the compiled extension is not built")
+def test_adaptive_threads_stay_within_the_configured_count():
+    from fastnn.backend import cpp
+    saved, adaptive = fnn.get_num_threads(), cpp._C.adaptive_threads()
+    try:
+        fnn.set_num_threads(2)
+        for _ in range(3):
+            assert 1 <= cpp._C.effective_num_threads() <= 2
+            time.sleep(0.11)   # past the 100 ms measuring window
+        cpp._C.set_adaptive_threads(False)
+        assert cpp._C.effective_num_threads() == 2 == fnn.get_num_threads()
+        fnn.set_num_threads(1)
+        cpp._C.set_adaptive_threads(True)
+        assert cpp._C.effective_num_threads() == 1
+    finally:
+        fnn.set_num_threads(saved)
+        cpp._C.set_adaptive_threads(adaptive)

@@ -2,8 +2,13 @@
 // Compiled once, for baseline x86-64: it must run on any processor so it can
 // ask the processor which of the per-ISA tables it may use.
 #include <omp.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -83,9 +88,92 @@ void* scratch(int slot, size_t bytes) {
   return s.ptr;
 }
 
-int num_threads() {
+namespace {
+
+// --- threads that the machine can actually give us ---------------------------
+// Every parallel kernel meets its threads at barriers. When another process
+// keeps a core busy, the thread that lands on it runs only when the scheduler
+// lets it, and every barrier waits for it: a small MLP step went from 0.2 ms to
+// 20 ms. So, at most every 100 ms, the kernels look at how much CPU the rest of
+// the machine used since the last look (/proc/stat busy minus this process's
+// own utime+stime) and use only the cores it left idle. The MLP kernels are
+// deterministic across thread counts, so this changes no result bits there.
+// FASTNN_ADAPTIVE_THREADS=0 (or set_adaptive_threads(false)) turns it off.
+
+std::atomic<bool> g_adaptive{[] {
+  const char* e = std::getenv("FASTNN_ADAPTIVE_THREADS");
+  return !(e && std::strcmp(e, "0") == 0);
+}()};
+std::atomic<int64_t> g_next_check_ns{0};
+std::atomic<int> g_free_cores{0};  // 0: not measured yet
+std::atomic_flag g_checking = ATOMIC_FLAG_INIT;
+unsigned long long g_prev_busy = 0, g_prev_total = 0, g_prev_self = 0;  // guarded by g_checking
+
+bool read_cpu_times(unsigned long long& busy, unsigned long long& total, unsigned long long& self) {
+  unsigned long long v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  FILE* f = std::fopen("/proc/stat", "r");
+  if (!f) return false;
+  int got = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+                        &v[6], &v[7]);
+  std::fclose(f);
+  if (got < 5) return false;
+  total = 0;
+  for (unsigned long long x : v) total += x;
+  busy = total - v[3] - v[4];  // minus idle and iowait
+  char line[1024];
+  f = std::fopen("/proc/self/stat", "r");
+  if (!f) return false;
+  size_t n = std::fread(line, 1, sizeof(line) - 1, f);
+  std::fclose(f);
+  line[n] = 0;
+  const char* p = std::strrchr(line, ')');  // the command name may hold spaces and parentheses
+  unsigned long long ut = 0, st = 0;
+  if (!p || std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    return false;
+  self = ut + st;
+  return true;
+}
+
+void refresh_free_cores() {
+  unsigned long long busy, total, self;
+  if (!read_cpu_times(busy, total, self)) {
+    g_adaptive.store(false, std::memory_order_relaxed);  // no /proc: use the configured count
+    return;
+  }
+  const long ncpu = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  if (g_prev_total && total > g_prev_total) {
+    const double window = double(total - g_prev_total) / double(ncpu);  // ticks of wall time per core
+    const double others = double(busy - g_prev_busy) - double(self - g_prev_self);
+    const double other_cores = std::max(0.0, others / window);
+    // Use a core unless others kept it more than ~70% busy.
+    g_free_cores.store(std::max(1, int(std::floor(double(ncpu) - other_cores + 0.3))), std::memory_order_relaxed);
+  }
+  g_prev_busy = busy, g_prev_total = total, g_prev_self = self;
+}
+
+int free_cores() {
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (now >= g_next_check_ns.load(std::memory_order_relaxed) && !g_checking.test_and_set(std::memory_order_acquire)) {
+    g_next_check_ns.store(now + 100000000, std::memory_order_relaxed);
+    refresh_free_cores();
+    g_checking.clear(std::memory_order_release);
+  }
+  return g_free_cores.load(std::memory_order_relaxed);
+}
+
+}  // namespace
+
+int configured_threads() {
   int n = g_threads.load(std::memory_order_relaxed);
   return n > 0 ? n : omp_get_max_threads();
+}
+
+int num_threads() {
+  const int n = configured_threads();
+  if (n == 1 || !g_adaptive.load(std::memory_order_relaxed)) return n;
+  const int free = free_cores();
+  return free > 0 ? std::min(n, free) : n;
 }
 
 }  // namespace cpu
@@ -118,6 +206,9 @@ const char* cpu_isas_supported() {
 }
 
 void set_num_threads(int n) { cpu::g_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }
-int get_num_threads() { return cpu::num_threads(); }
+int get_num_threads() { return cpu::configured_threads(); }
+int effective_num_threads() { return cpu::num_threads(); }
+void set_adaptive_threads(bool on) { cpu::g_adaptive.store(on, std::memory_order_relaxed); }
+bool adaptive_threads() { return cpu::g_adaptive.load(std::memory_order_relaxed); }
 
 }  // namespace fastnn
