@@ -60,6 +60,9 @@ int batch_threads(const ConvShape& s) {
 
 int inner_threads(int64_t work) { return work < 32768 ? 1 : num_threads(); }
 
+// Fixed groups of the batch whose weight gradients are summed separately (see conv2d_backward).
+constexpr int64_t kWeightGradGroups = 8;
+
 // Output rows per im2col chunk. Splitting the batch gives each thread its own
 // single-threaded GEMMs, whose packed B is the whole column block: kept to
 // ~256 KiB (rows of OW columns) so it and its packed copy stay in that core's
@@ -212,7 +215,9 @@ void backward_image(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t i, T* d
     if (dxi) gemm_engine(GemmArgs<T>{ckk, p, s.f, a.weight, 1, ckk, dzi, p, 1, dxi, p, T(0)}, NoEpilogue{});
     return;
   }
-  const int64_t rows = chunk_rows<T>(s, split_batch);
+  // The K split of dw's sum (output rows per chunk) must not depend on how the
+  // batch is threaded, or the bits of dw would: always the cache-sized chunks.
+  const int64_t rows = chunk_rows<T>(s, true);
   T* cols = static_cast<T*>(scratch(kConvColumns, size_t(ckk * rows * s.ow) * sizeof(T)));
   if (dxi)
     for (int64_t e = 0; e < s.c * s.h * s.w; ++e) dxi[e] = T(0);
@@ -260,25 +265,31 @@ void conv2d_backward(const Conv2dBackwardArgs<T>& a) {
     for (int64_t e = 0; e < wsize; ++e) a.dweight[e] = T(0);
     return;
   }
+  // dw is summed over images in kWeightGradGroups fixed groups of the batch,
+  // each group into its own partial, the partials then added in group order:
+  // the same bits at any thread count (threads only decide who computes which
+  // group), so adaptive threading and set_num_threads never change a result.
+  const int64_t groups = s.n < kWeightGradGroups ? s.n : kWeightGradGroups;
+  T* partial = groups > 1 ? static_cast<T*>(scratch(kConvWeightGrad, size_t(groups * wsize) * sizeof(T)))
+                          : a.dweight;
   const int bt = batch_threads(s);
-  if (bt <= 1) {
-    for (int64_t i = 0; i < s.n; ++i) backward_image(a, dz, i, a.dweight, i > 0, false);
-    return;
+  auto run_group = [&](int64_t g, bool split) {
+    const int64_t i0 = s.n * g / groups, i1 = s.n * (g + 1) / groups;
+    T* dw = partial + g * wsize;
+    for (int64_t i = i0; i < i1; ++i) backward_image(a, dz, i, dw, i > i0, split);
+  };
+  if (bt > 1) {
+#pragma omp parallel for num_threads(bt) schedule(dynamic, 1)
+    for (int64_t g = 0; g < groups; ++g) run_group(g, true);
+  } else {
+    for (int64_t g = 0; g < groups; ++g) run_group(g, false);
   }
-  T* partial = static_cast<T*>(scratch(kConvWeightGrad, size_t(bt) * size_t(wsize) * sizeof(T)));
-#pragma omp parallel num_threads(bt)
-  {
-    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
-    const int64_t i0 = s.n * t / nth, i1 = s.n * (t + 1) / nth;
-    T* dw = partial + t * wsize;
-    if (i1 == i0)
-      for (int64_t e = 0; e < wsize; ++e) dw[e] = T(0);
-    for (int64_t i = i0; i < i1; ++i) backward_image(a, dz, i, dw, i > i0, true);
-#pragma omp barrier
-#pragma omp for schedule(static)
+  if (groups > 1) {
+    const int st = inner_threads(groups * wsize);
+#pragma omp parallel for num_threads(st) if (st > 1) schedule(static)
     for (int64_t e = 0; e < wsize; ++e) {
       T acc = partial[e];
-      for (int u = 1; u < nth; ++u) acc += partial[u * wsize + e];
+      for (int64_t g = 1; g < groups; ++g) acc += partial[g * wsize + e];
       a.dweight[e] = acc;
     }
   }
