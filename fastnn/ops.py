@@ -213,7 +213,7 @@ def batchnorm(x, gamma, beta, running_mean, running_var, training=True, momentum
     if training:
         per_channel = x.shape[0] * (x.size // max(1, x.shape[0] * c))
         if per_channel < 2:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
+            raise ValueError(f"x: expected more than 1 value per channel when training, got input of shape {x.shape}")
     elif running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required in eval mode")
     y = _out(out, "out", x.shape, x.dtype)

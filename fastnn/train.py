@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+import zipfile
 
 import numpy as np
 
@@ -232,14 +233,15 @@ class Trainer:
         save_npz_atomic(path, arrays)
 
     def load_checkpoint(self, path) -> None:
+        from .nn.module import open_npz
         try:
-            with np.load(os.fspath(path), allow_pickle=False) as f:
+            with open_npz(path) as f:
                 if "trainer" not in f.files:
                     raise ValueError(f"{path} is not a fastnn trainer checkpoint (no 'trainer' entry)")
                 meta = json.loads(str(f["trainer"]))
                 model_state = {k[6:]: f[k] for k in f.files if k.startswith("model/")}
                 optim_state = {k[6:]: f[k] for k in f.files if k.startswith("optim/")}
-        except (OSError, EOFError, KeyError) as exc:
+        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
             raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
         except ValueError as exc:
             if str(path) in str(exc):
