@@ -38,7 +38,7 @@ from test_dropout import philox_py
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-FEW, SOME = 15, 25   # examples per property per backend: the file runs in well under 90 s per backend
+FEW, SOME = 40, 80   # examples per property per backend: the file runs in well under 90 s per backend
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 LAYOUTS = st.sampled_from(["contiguous", "misaligned", "strided", "fortran"])
@@ -289,7 +289,10 @@ def test_activation_backward(backend, shape, act, alpha, dtype, layout, kind, se
         return
     a = ops.activation_code(act, alpha)[1]
     g = act_grad_ref(act, x, a)
-    assert_matches(dx, dy * g, dtype, rtol=RTOL[dtype] * 20, what=f"d {act}")
+    # Derivatives read from the rounded output y (tanh' = 1 - y^2) carry an error
+    # of a few ulps of |dy|, not of |dy * g|, where g is small.
+    bound = RTOL[dtype] * 20 * np.abs(dy) * (1 + np.abs(np.nan_to_num(g))) + 8 * float(np.finfo(dtype).tiny)
+    assert_matches(dx, dy * g, dtype, bound=bound, what=f"d {act}")
     if act == "prelu":
         with np.errstate(all="ignore"):
             terms = dy * np.where(x > 0, 0.0, x.astype(np.float64))
@@ -713,7 +716,7 @@ def test_layer_shapes_and_layouts(backend, layer, act_name, n, dtype, training, 
     x64 = rng.standard_normal(shape)
     x = place(cast(x64, dtype), layout)
     a, b = make().train(training), make().train(training)
-    if layer.startswith("bn") and training and n < 2:
+    if layer.startswith("bn") and training and n * int(np.prod(shape[2:])) < 2:
         with pytest.raises(ValueError, match="x: expected more than 1 value per channel"):
             a.forward(np.ascontiguousarray(x))
         return

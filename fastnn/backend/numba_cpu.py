@@ -372,7 +372,8 @@ if numba is not None:
                 if g >= offset and g < end:
                     i = np.int64(g - offset)
                     word = w0 if w == 0 else (w1 if w == 1 else (w2 if w == 2 else w3))
-                    y[i] = x[i] * scale if word < threshold else x[i] * 0
+                    # A dropped element is 0 even when x is NaN or inf (ops/dropout.h dropout_apply).
+                    y[i] = x[i] * scale if word < threshold else 0.0
 
 
 # --- the backend's kernels, named and ordered like fastnn._C --------------------
