@@ -290,6 +290,17 @@ def max_norm(param, offset, rows, cols, limit):
     V.float_array(param, "param", ndim=1)
     arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (offset, rows, cols)]
     lim = np.ascontiguousarray(limit, dtype=np.float64)
+    # Checked here, not only in _C, so every backend refuses the same input.
+    for name, a in zip(("offset", "rows", "cols", "max_norm"), arrays + [lim]):
+        if a.ndim != 1 or a.shape != arrays[0].shape:
+            raise ValueError(f"{name} must be 1-D with one entry per matrix ({arrays[0].shape}), got {a.shape}")
+    off, r, c = arrays
+    outside = (off < 0) | (r < 0) | (c < 0) | (off + r * c > param.shape[0])
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"matrix {k} (offset, rows, cols) lies outside param")
+    if not (lim > 0).all() or not np.isfinite(lim).all():
+        raise ValueError(f"max_norm must be > 0 and finite, got {lim}")
     _kernel("max_norm", param)(param, *arrays, lim)
 
 

@@ -12,7 +12,7 @@ from .. import _validate as V
 from .. import init as initializers
 from .. import ops
 from .._random import generator
-from ..backend.codes import ACTIVATIONS, SAVES_PREACTIVATION
+from ..backend.codes import SAVES_PREACTIVATION
 from .module import Module, Parameter
 
 
