@@ -1,6 +1,7 @@
 """Argument checks shared by the Python API: each failure names the argument."""
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -19,7 +20,11 @@ def array_module(x):
 
 def float_array(x, name: str, ndim=None, dtype=None, contiguous: bool = True):
     """x if it is a float32/float64 ndarray of the given rank (int or tuple of ints)."""
-    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+    if not isinstance(x, np.ndarray) and not type(x).__module__.startswith("cupy"):
+        if hasattr(x, "__cuda_array_interface__"):
+            raise TypeError(f"{name} is a GPU array ({type(x).__module__}.{type(x).__name__}); fastnn takes NumPy "
+                            "arrays on the CPU and CuPy arrays on the GPU: convert it with cupy.asarray() "
+                            "or copy it to the host first")
         raise TypeError(f"{name} must be a numpy.ndarray (float32 or float64), got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
@@ -74,11 +79,14 @@ def positive_int(v, name: str, minimum: int = 1) -> int:
 
 
 def real(v, name: str, low=None, high=None, low_open=False, high_open=False) -> float:
+    """v as a float: a finite real number (not NaN, not +-inf) within the bounds."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(v).__name__}")
     v = float(v)
     if v != v:
         raise ValueError(f"{name} must not be NaN")
+    if v in (math.inf, -math.inf):
+        raise ValueError(f"{name} must be finite, got {v}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {v}")
     if high is not None and (v > high or (high_open and v == high)):

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from . import _validate as V
 from ._random import generator
 
 
@@ -48,11 +49,11 @@ def zeros(shape, rng=None, dtype=np.float32):
 
 
 def constant(shape, value=0.0, rng=None, dtype=np.float32):
-    return np.full(shape, value, dtype)
+    return np.full(shape, V.real(value, "value"), dtype)
 
 
 def normal(shape, std=1.0, rng=None, dtype=np.float32):
-    return (generator(rng).standard_normal(shape) * std).astype(dtype)
+    return (generator(rng).standard_normal(shape) * V.real(std, "std", low=0.0)).astype(dtype)
 
 
 def small_random(shape, std=0.01, rng=None, dtype=np.float32):
@@ -60,11 +61,11 @@ def small_random(shape, std=0.01, rng=None, dtype=np.float32):
 
 
 def xavier_normal(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
-    return normal(shape, gain / math.sqrt(_fan(shape, mode)), rng, dtype)
+    return normal(shape, V.real(gain, "gain", low=0.0) / math.sqrt(_fan(shape, mode)), rng, dtype)
 
 
 def xavier_uniform(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
-    bound = gain * math.sqrt(3.0 / _fan(shape, mode))
+    bound = V.real(gain, "gain", low=0.0) * math.sqrt(3.0 / _fan(shape, mode))
     return generator(rng).uniform(-bound, bound, shape).astype(dtype)
 
 
@@ -89,7 +90,7 @@ def orthogonal(shape, rng=None, dtype=np.float32, gain=1.0):
     q *= np.sign(np.diag(r))
     if rows < cols:
         q = q.T
-    return (gain * q[:rows, :cols]).reshape(shape).astype(dtype)
+    return (V.real(gain, "gain", low=0.0) * q[:rows, :cols]).reshape(shape).astype(dtype)
 
 
 def lsuv(model, x, tol=0.1, max_iter=10, rng=None):

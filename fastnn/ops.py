@@ -213,7 +213,7 @@ def batchnorm(x, gamma, beta, running_mean, running_var, training=True, momentum
     if training:
         per_channel = x.shape[0] * (x.size // max(1, x.shape[0] * c))
         if per_channel < 2:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
+            raise ValueError(f"x: expected more than 1 value per channel when training, got input of shape {x.shape}")
     elif running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required in eval mode")
     y = _out(out, "out", x.shape, x.dtype)
@@ -290,6 +290,17 @@ def max_norm(param, offset, rows, cols, limit):
     V.float_array(param, "param", ndim=1)
     arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (offset, rows, cols)]
     lim = np.ascontiguousarray(limit, dtype=np.float64)
+    # Checked here, not only in _C, so every backend refuses the same input.
+    for name, a in zip(("offset", "rows", "cols", "max_norm"), arrays + [lim]):
+        if a.ndim != 1 or a.shape != arrays[0].shape:
+            raise ValueError(f"{name} must be 1-D with one entry per matrix ({arrays[0].shape}), got {a.shape}")
+    off, r, c = arrays
+    outside = (off < 0) | (r < 0) | (c < 0) | (off + r * c > param.shape[0])
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        raise ValueError(f"matrix {k} (offset, rows, cols) lies outside param")
+    if not (lim > 0).all() or not np.isfinite(lim).all():
+        raise ValueError(f"max_norm must be > 0 and finite, got {lim}")
     _kernel("max_norm", param)(param, *arrays, lim)
 
 

@@ -110,15 +110,34 @@ class Preprocessor:
 
     def load_state_dict(self, state):
         """Restore from ``state_dict()`` (or an ``np.load`` of its .npz)."""
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise TypeError(f"state must be a mapping of names to arrays, got {type(state).__name__}")
         missing = [k for k in self._state if k not in state]
         if missing:
             raise ValueError(f"{type(self).__name__}.load_state_dict: missing {missing}")
+        arrays = {}
         for k in self._state:
-            setattr(self, k, np.array(state[k], dtype=np.float64))
+            v = np.asarray(state[k])
+            if v.dtype.kind not in "biuf":
+                raise TypeError(f"state[{k!r}] must hold numbers, got dtype {v.dtype}")
+            v = np.array(v, dtype=np.float64)
+            if not np.isfinite(v).all():
+                raise ValueError(f"state[{k!r}] contains NaN or infinite values")
+            arrays[k] = v
+        self._check_state(arrays)
+        for k, v in arrays.items():
+            setattr(self, k, v)
         for k in self._config():
             setattr(self, k, np.asarray(state[k]).item() if k in state else None)
         self._after_load()
         return self
+
+    def _check_state(self, arrays):
+        """Shapes of the loaded arrays agree with each other (ValueError naming the key)."""
+        ref = arrays["mean_"]
+        for k, v in arrays.items():
+            if k != "mean_" and k in ("std_", "scale_") and v.shape != ref.shape:
+                raise ValueError(f"state[{k!r}] has shape {v.shape}, but mean_ has shape {ref.shape}")
 
     def _after_load(self):
         pass
@@ -317,6 +336,18 @@ class PCA(Preprocessor):
         self.total_variance_ = np.float64(S.sum())
         self._after_load()
         return self
+
+    def _check_state(self, arrays):
+        d = arrays["mean_"].shape
+        comp, var = arrays["components_"], arrays["explained_variance_"]
+        if len(d) != 1:
+            raise ValueError(f"state['mean_'] must be 1-D (D,), got shape {d}")
+        if comp.ndim != 2 or comp.shape[1] != d[0]:
+            raise ValueError(f"state['components_'] must have shape (k, {d[0]}), got {comp.shape}")
+        if var.shape != comp.shape[:1]:
+            raise ValueError(f"state['explained_variance_'] must have shape ({comp.shape[0]},), got {var.shape}")
+        if arrays["total_variance_"].shape != ():
+            raise ValueError(f"state['total_variance_'] must be a scalar, got shape {arrays['total_variance_'].shape}")
 
     def _check(self, X, name, inverse=False):
         """X of the fitted input width, or of the output width for ``inverse``."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import zipfile
 
@@ -335,8 +334,9 @@ class Trainer:
         save_npz_atomic(path, arrays)
 
     def load_checkpoint(self, path) -> None:
+        from .nn.module import open_npz
         try:
-            with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            with open_npz(path) as f:
                 if "trainer" not in f.files:
                     raise ValueError(f"{path} is not a fastnn trainer checkpoint (no 'trainer' entry)")
                 meta = json.loads(str(f["trainer"]))

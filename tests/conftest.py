@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import contextlib
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests (tests/test_properties.py) draw the same examples on every run
+# and keep no example database, so CI is reproducible; HYPOTHESIS_PROFILE=dev
+# explores fresh examples locally.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 import fastnn as fnn
 from fastnn.backend import cpp

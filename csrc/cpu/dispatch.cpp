@@ -34,8 +34,10 @@ bool supports(const char* isa) {
 }
 
 const KernelTable* table_named(const char* isa) {
-#if defined(FASTNN_HAVE_X86_ISAS)
+#if defined(FASTNN_HAVE_AVX512)
   if (std::strcmp(isa, "avx512") == 0) return &table_avx512();
+#endif
+#if defined(FASTNN_HAVE_AVX2)
   if (std::strcmp(isa, "avx2") == 0) return &table_avx2();
 #endif
   if (std::strcmp(isa, "generic") == 0) return &table_generic();

@@ -23,8 +23,8 @@ template <> struct VecAct<act::Identity> {
 
 template <> struct VecAct<act::Relu> {
   static constexpr bool kAvailable = true;
-  // max(z, +0) returns its second operand for NaN and for -0, like z > 0 ? z : 0.
-  template <class S, class V> static FASTNN_INLINE V forward(V z, V) { return S::max(z, S::zero()); }
+  // max(+0, z) returns its second operand for NaN and for -0, like 0 > z ? 0 : z.
+  template <class S, class V> static FASTNN_INLINE V forward(V z, V) { return S::max(S::zero(), z); }
   template <class S, class V> static FASTNN_INLINE V backward(V dy, V, V y, V) {
     return S::select_pos(y, dy, S::zero());
   }

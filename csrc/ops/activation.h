@@ -25,6 +25,11 @@ constexpr int kNumActs = 11;
 
 namespace act {
 
+// a * s where s is a factor that vanishes as |z| -> inf (a probability, a
+// Gaussian density, 1 - tanh^2): 0 once s is 0, so a = +-inf gives the limit 0
+// instead of inf * 0 = NaN. NaN in either operand still gives NaN.
+template <class T> FASTNN_HD T mul_vanishing(T a, T s) { return s == T(0) ? T(0) : a * s; }
+
 template <class T> FASTNN_HD T sigmoid(T z) {
   // Stable on both sides: never exponentiates a large positive number.
   if (z >= T(0)) return T(1) / (T(1) + math::exp(-z));
@@ -38,9 +43,13 @@ struct Identity {
   template <class T> FASTNN_HD static T grad(T, T, T) { return T(1); }
 };
 
+// relu(NaN) = NaN (PyTorch's convention): a NaN pre-activation must reach the
+// loss, not be silently replaced by 0. Written as max(0, z) with x86 maxps's
+// operand rule (the second operand wins on NaN and on equal zeros) so the
+// vector form in cpu/vec_act.h is bit-identical.
 struct Relu {
   static constexpr bool kGradFromOutput = true;
-  template <class T> FASTNN_HD static T forward(T z, T) { return z > T(0) ? z : T(0); }
+  template <class T> FASTNN_HD static T forward(T z, T) { return T(0) > z ? T(0) : z; }
   template <class T> FASTNN_HD static T grad(T, T y, T) { return y > T(0) ? T(1) : T(0); }
 };
 
@@ -94,12 +103,12 @@ struct Tanh {
 struct Gelu {
   static constexpr bool kGradFromOutput = false;
   template <class T> FASTNN_HD static T forward(T z, T) {
-    return T(0.5) * z * (T(1) + math::erf(z * T(0.70710678118654752440)));
+    return mul_vanishing(T(0.5) * z, T(1) + math::erf(z * T(0.70710678118654752440)));
   }
   template <class T> FASTNN_HD static T grad(T z, T, T) {
     T cdf = T(0.5) * (T(1) + math::erf(z * T(0.70710678118654752440)));
     T pdf = T(0.39894228040143267794) * math::exp(T(-0.5) * z * z);
-    return cdf + z * pdf;
+    return cdf + mul_vanishing(z, pdf);
   }
 };
 
@@ -107,22 +116,23 @@ struct GeluTanh {
   static constexpr bool kGradFromOutput = false;
   template <class T> FASTNN_HD static T forward(T z, T) {
     T u = T(0.79788456080286535588) * (z + T(0.044715) * z * z * z);
-    return T(0.5) * z * (T(1) + math::tanh(u));
+    return mul_vanishing(T(0.5) * z, T(1) + math::tanh(u));
   }
   template <class T> FASTNN_HD static T grad(T z, T, T) {
     T u = T(0.79788456080286535588) * (z + T(0.044715) * z * z * z);
     T t = math::tanh(u);
     T du = T(0.79788456080286535588) * (T(1) + T(3 * 0.044715) * z * z);
-    return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * du;
+    // (1 - t^2) reaches 0 while z^2 in du may overflow: the product's limit is 0.
+    return T(0.5) * (T(1) + t) + mul_vanishing(T(0.5) * z * du, T(1) - t * t);
   }
 };
 
 struct Swish {
   static constexpr bool kGradFromOutput = false;
-  template <class T> FASTNN_HD static T forward(T z, T) { return z * sigmoid(z); }
+  template <class T> FASTNN_HD static T forward(T z, T) { return mul_vanishing(z, sigmoid(z)); }
   template <class T> FASTNN_HD static T grad(T z, T, T) {
     T s = sigmoid(z);
-    return s * (T(1) + z * (T(1) - s));
+    return mul_vanishing(T(1) + mul_vanishing(z, T(1) - s), s);
   }
 };
 

@@ -43,10 +43,15 @@ if numba is not None:
         return e / (1.0 + e)
 
     @njit(inline="always", **_jit)
+    def _mul_vanishing(a, s):
+        """ops/activation.h mul_vanishing: a * s, 0 once s is 0 (no inf * 0 = NaN)."""
+        return s * 0.0 if s == 0 else a * s
+
+    @njit(inline="always", **_jit)
     def act_value(z, code, a):
         """ops/activation.h forward(z, alpha)."""
         if code == _RELU:
-            return z if z > 0 else z * 0
+            return 0.0 if z < 0 else z   # NaN and -0 pass through, as activation.h
         if code == _LEAKY or code == _PRELU:
             return z if z > 0 else a * z
         if code == _ELU:
@@ -58,12 +63,12 @@ if numba is not None:
         if code == _TANH:
             return math.tanh(z)
         if code == _GELU:
-            return 0.5 * z * (1.0 + math.erf(z * 0.70710678118654752440))
+            return _mul_vanishing(0.5 * z, 1.0 + math.erf(z * 0.70710678118654752440))
         if code == _GELU_TANH:
             u = 0.79788456080286535588 * (z + 0.044715 * z * z * z)
-            return 0.5 * z * (1.0 + math.tanh(u))
+            return _mul_vanishing(0.5 * z, 1.0 + math.tanh(u))
         if code == _SWISH:
-            return z * _sigmoid(z)
+            return _mul_vanishing(z, _sigmoid(z))
         return z
 
     @njit(inline="always", **_jit)
@@ -85,15 +90,15 @@ if numba is not None:
             return 1.0 - y * y
         if code == _GELU:
             cdf = 0.5 * (1.0 + math.erf(z * 0.70710678118654752440))
-            return cdf + z * 0.39894228040143267794 * math.exp(-0.5 * z * z)
+            return cdf + _mul_vanishing(z, 0.39894228040143267794 * math.exp(-0.5 * z * z))
         if code == _GELU_TANH:
             u = 0.79788456080286535588 * (z + 0.044715 * z * z * z)
             t = math.tanh(u)
             du = 0.79788456080286535588 * (1.0 + 3 * 0.044715 * z * z)
-            return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
+            return 0.5 * (1.0 + t) + _mul_vanishing(0.5 * z * du, 1.0 - t * t)
         if code == _SWISH:
             s = _sigmoid(z)
-            return s * (1.0 + z * (1.0 - s))
+            return _mul_vanishing(1.0 + _mul_vanishing(z, 1.0 - s), s)
         return 1.0
 
     @njit(parallel=True, **_jit)
@@ -367,7 +372,8 @@ if numba is not None:
                 if g >= offset and g < end:
                     i = np.int64(g - offset)
                     word = w0 if w == 0 else (w1 if w == 1 else (w2 if w == 2 else w3))
-                    y[i] = x[i] * scale if word < threshold else x[i] * 0
+                    # A dropped element is 0 even when x is NaN or inf (ops/dropout.h dropout_apply).
+                    y[i] = x[i] * scale if word < threshold else 0.0
 
 
 # --- the backend's kernels, named and ordered like fastnn._C --------------------
@@ -508,7 +514,7 @@ def linear_act_forward(x, weight, bias, y, z, act, alpha):
         np.matmul(x, weight, out=y)
     save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
     with _threads_for(y.size):
-        _bias_act_rows(y, z if save_z else _empty_like_rows(y), bias if bias is not None else y[0, :0],
+        _bias_act_rows(y, z if save_z else _empty_like_rows(y), bias if bias is not None else np.empty(0, y.dtype),
                        bias is not None, save_z, act, alpha)
 
 

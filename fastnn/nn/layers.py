@@ -262,7 +262,7 @@ class Flatten(Module):
 
     def forward(self, x):
         self._shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))   # not -1: an empty batch has no size to infer
 
     def backward(self, dout):
         return dout.reshape(self._shape)

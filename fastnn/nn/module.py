@@ -8,6 +8,7 @@ without pickle.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -239,6 +240,8 @@ class Module:
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Copy arrays into the existing parameters (views stay views)."""
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state).__name__}")
         own = dict(self.named_parameters())
         bufs = dict(self.named_buffers())
         expected = set(own) | set(bufs)
@@ -251,6 +254,8 @@ class Module:
                 continue
             target = own[name].data if name in own else bufs[name]
             value = np.asarray(value)
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"state_dict[{name!r}] must hold numbers, got dtype {value.dtype}")
             if value.shape != target.shape:
                 raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the model expects {target.shape}")
             np.copyto(target, value.astype(target.dtype, copy=False))
@@ -305,10 +310,19 @@ def save_npz_atomic(path, arrays: dict) -> None:
         os.close(dir_fd)
 
 
+@contextlib.contextmanager
+def open_npz(path):
+    """np.load of an .npz without pickle, the file closed even when it is not a
+    zip archive (np.load leaks its handle then). A corrupt file raises
+    zipfile.BadZipFile, OSError or EOFError; callers turn those into ValueError."""
+    with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as f:
+        yield f
+
+
 def load(path) -> Module:
     """A model saved by ``Module.save``: architecture and weights, no pickle."""
     try:
-        with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as f:
+        with open_npz(path) as f:
             if "config" not in f.files:
                 raise ValueError(f"{path} is not a fastnn model file (no 'config' entry)")
             config = json.loads(str(f["config"]))
@@ -319,6 +333,9 @@ def load(path) -> Module:
         if str(path) in str(exc):
             raise
         raise ValueError(f"cannot read model file {path}: {exc}") from exc
-    model = from_config(config)
-    model.load_state_dict(state)
+    try:
+        model = from_config(config)
+        model.load_state_dict(state)
+    except (ValueError, TypeError) as exc:   # name the file, keep the type
+        raise type(exc)(f"model file {path}: {exc}") from exc
     return model

@@ -200,14 +200,30 @@ class Optimizer:
         return out
 
     def load_state_dict(self, state: dict) -> None:
-        if str(state.get("rule")) != self.rule:
-            raise ValueError(f"state_dict is for rule {state.get('rule')!r}, this optimizer is {self.rule!r}")
+        """Restore from ``state_dict()``; everything is checked before anything changes."""
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state).__name__}")
+        rule = str(np.asarray(state["rule"])) if "rule" in state else None
+        if rule != self.rule:
+            raise ValueError(f"state_dict is for rule {rule!r}, this optimizer is {self.rule!r}")
+        missing = [k for k in ["t"] + [f"state{i}" for i in range(len(self.state))] if k not in state]
+        if missing:
+            raise ValueError(f"state_dict[{missing[0]!r}] is missing (a {self.rule} state_dict has 't' and "
+                             f"{len(self.state)} state array(s))")
+        t = np.asarray(state["t"])
+        if t.shape != () or t.dtype.kind not in "iu" or int(t) < 0:
+            raise ValueError(f"state_dict['t'] must be a non-negative integer step count, got {t!r}")
+        sources = []
         for i, s in enumerate(self.state):
             src = np.asarray(state[f"state{i}"])
+            if src.dtype.kind not in "biuf":
+                raise TypeError(f"state_dict['state{i}'] must hold numbers, got dtype {src.dtype}")
             if src.shape != s.shape:
                 raise ValueError(f"state_dict['state{i}'] has shape {src.shape}, expected {s.shape}")
+            sources.append(src)
+        for s, src in zip(self.state, sources):
             s[...] = src
-        self.t = int(state["t"])
+        self.t = int(t)
         for gi, g in enumerate(self.param_groups):
             for k in list(g):
                 key = f"group{gi}/{k}"
