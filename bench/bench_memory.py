@@ -2,7 +2,7 @@
 
 Each run is a fresh process (so peaks don't mix) that trains the reference MLP
 (784-1024-1024-10, BatchNorm1d + ReLU + Dropout(0.5), Adam) for 100 steps on
-one random batch, and reports its peak RSS (ru_maxrss), its RSS after the
+one random batch, and reports its peak RSS (VmHWM), its RSS after the
 imports (the libraries themselves) and after the model is built, and its RSS
 growth from step 10 to step 100 (steady state: should be 0). Runs alternate
 between the libraries, three of each; medians.
@@ -12,16 +12,16 @@ between the libraries, three of each; medians.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import harness  # noqa: E402
 
 _CHILD = r"""
-import json, resource, sys, os
+import json, sys, os
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -63,14 +63,16 @@ warm = rss()
 for _ in range(90):
     step()
 end = rss()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: the latter keeps the forking parent's RSS across exec.
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 print(json.dumps({"after_import": base, "after_build": built, "peak": peak, "growth_10_100": end - warm}))
 """
 
 
 def run(lib, batch):
     out = subprocess.run([sys.executable, "-c", _CHILD, lib, str(batch)], capture_output=True, text=True,
-                         check=True, cwd=os.path.dirname(os.path.abspath(__file__)) + "/..")
+                         check=True, cwd=tempfile.gettempdir())  # not the repo root: import the installed fastnn
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
