@@ -17,6 +17,8 @@ Hyperparameter names and defaults are PyTorch's; formulas in csrc/ops/optim.h.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import _validate as V
@@ -153,8 +155,17 @@ class Optimizer:
         row[_FIELD["grad_scale"]] = 1.0
         return row
 
-    def step(self):
-        """One update of every parameter from its current .grad."""
+    def step(self, check_finite: bool = False) -> bool:
+        """One update of every parameter from its current .grad. With
+        ``check_finite``, a NaN/Inf gradient (one dot product over the flat
+        buffer, shared with global-norm clipping) skips the update, leaving
+        parameters and state untouched, and returns False."""
+        sq = None
+        if check_finite or self.clip_grad_norm is not None:
+            g = self.flat_grad
+            sq = float(np.dot(g, g))   # NaN or Inf anywhere (or a norm beyond float range): non-finite
+            if check_finite and not math.isfinite(sq):
+                return False
         self.t += 1
         seg_begin = self._segments()
         table = np.array([self._group_row(g) for g in self.param_groups], np.float64)
@@ -164,8 +175,7 @@ class Optimizer:
             for field in ("lr", "weight_decay", "l1"):
                 self.hyper[frozen, _FIELD[field]] = 0.0
         if self.clip_grad_norm is not None:
-            g = self.flat_grad
-            self.last_grad_norm = float(np.sqrt(np.dot(g, g)))
+            self.last_grad_norm = math.sqrt(sq) if sq >= 0 else float("nan")
             # PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
             self.hyper[:, _FIELD["grad_scale"]] = min(1.0, self.clip_grad_norm / (self.last_grad_norm + 1e-6))
         s1 = self.state[0] if self.n_state > 0 else None
@@ -173,6 +183,7 @@ class Optimizer:
         ops.optim_step(self.rule, self.flat_param, self.flat_grad, s1, s2, seg_begin, self.hyper)
         if self._max_norm is not None:
             ops.max_norm(self.flat_param, *self._max_norm)
+        return True
 
     def zero_grad(self):
         self.flat_grad[...] = 0
