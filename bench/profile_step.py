@@ -43,7 +43,7 @@ def profile(batch, steps=40):
     object.__setattr__(model, "input_grad", False)
     for _ in range(5):
         trainer.train_step(x, y)
-    plan = model._plan
+    plan = model.steps()
     names = [f"{i}:{_stage_name(layer, act)}" for i, (layer, act) in enumerate(plan)]
     rows = {f"fwd {n}": [] for n in names}
     rows.update({"loss fwd+bwd": []})

@@ -8,7 +8,15 @@ _rng = np.random.default_rng()
 
 
 def manual_seed(seed: int) -> None:
-    """Seed every fastnn random draw that is not given its own generator."""
+    """Seed every fastnn random draw that is not given its own generator:
+    weight initialization, each Dropout/DropConnect's Philox seed (drawn when
+    the layer is built), and the shuffling of a Trainer built without ``seed=``.
+
+    Seed before building the model: ``fnn.manual_seed(0)`` then
+    ``model = fnn.nn.Sequential(...)`` gives the same initial weights every
+    time. ``Trainer(seed=...)`` cannot do this for you, because the model
+    already exists when the Trainer is made; it seeds only the Trainer's own
+    shuffling and augmentation."""
     global _rng
     _rng = np.random.default_rng(seed)
 

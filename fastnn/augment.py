@@ -7,7 +7,7 @@ seed gives the same output. Random parameters are drawn per image as arrays,
 never in a per-image Python loop; the output is a new array with the input's
 dtype (and shape, except ``RandomCrop`` to a smaller ``size``).
 
-Geometry (crop, translate, scale, rotate) is one kernel, ``warp_affine``: output
+Geometry (crop, translate, scale, stretch, shear, rotate) is one kernel, ``warp_affine``: output
 pixel (i, j) of image n reads the input at
 
     (sy, sx) = (t0*i + t1*j + t2,  t3*i + t4*j + t5),   theta[n] = (t0..t5),
@@ -332,6 +332,125 @@ class RandomRotate(Transform):
         return warp_affine(x, self.theta(degrees, h, w), None, self.interpolation, self.fill)
 
 
+def _about_centre(a, b, c, d, h, w):
+    """(N, 6) grid theta for the linear source map [[a, b], [c, d]] (each (N,))
+    applied about the image centre: source - centre = M (out - centre)."""
+    cy, cx = _centre(h, w)
+    return np.stack([a, b, cy - a * cy - b * cx, c, d, cx - c * cy - d * cx], axis=1)
+
+
+class RandomShear(Transform):
+    """Shear each image about its centre, bilinear, corners filled with ``fill``.
+
+    Per image, k_x ~ U(-max_shear, max_shear) (when ``horizontal``) and
+    k_y ~ U(-max_shear, max_shear) (when ``vertical``); a pixel at (row, col),
+    taken relative to the centre, moves to
+
+        (row, col) -> (row + k_y * col', col') with col' = col + k_x * row,
+
+    i.e. a horizontal shear (rows slide sideways in proportion to their height)
+    then a vertical one. k = tan(shear angle): 0.2 is about 11 degrees. The map
+    has determinant 1 (areas are kept). x (N, C, H, W) -> (N, C, H, W).
+    ``max_shear=0`` is the identity."""
+
+    def __init__(self, max_shear: float = 0.2, horizontal: bool = True, vertical: bool = True, fill: float = 0.0,
+                 interpolation: str = "bilinear"):
+        self.max_shear = V.real(max_shear, "max_shear", low=0.0)
+        self.horizontal = bool(horizontal)
+        self.vertical = bool(vertical)
+        self.fill = V.real(fill, "fill")
+        self.interpolation = _interpolation(interpolation)
+
+    @staticmethod
+    def theta(kx, ky, h, w):
+        """(N, 6) sampling grid for shears (kx, ky) (each (N,)) of (h, w) images."""
+        kx, ky = np.asarray(kx, np.float64), np.asarray(ky, np.float64)
+        # forward F = V(ky) H(kx) with H = [[1, 0], [kx, 1]] and V = [[1, ky], [0, 1]] in
+        # (row, col); the grid samples the source at F^-1 (out - centre) + centre.
+        one = np.ones_like(kx)
+        return _about_centre(one, -ky, -kx, one + kx * ky, h, w)
+
+    def _apply(self, x, rng):
+        n, _, h, w = x.shape
+        m = self.max_shear
+        kx = rng.uniform(-m, m, n) if self.horizontal else np.zeros(n)
+        ky = rng.uniform(-m, m, n) if self.vertical else np.zeros(n)
+        return warp_affine(x, self.theta(kx, ky, h, w), None, self.interpolation, self.fill)
+
+
+class RandomStretch(Transform):
+    """Stretch each image about its centre by independent factors: width by
+    s_x ~ U(x_scale), height by s_y ~ U(y_scale) (an aspect-ratio change;
+    ``RandomScale`` zooms both axes by one factor). Bilinear; the size stays
+    (H, W): a factor > 1 crops that axis' border, < 1 pads it with ``fill``.
+    x (N, C, H, W) -> (N, C, H, W). ``x_scale = y_scale = (1, 1)`` is the identity."""
+
+    def __init__(self, x_scale=(0.8, 1.2), y_scale=(0.8, 1.2), fill: float = 0.0,
+                 interpolation: str = "bilinear"):
+        self.x_scale = _range(x_scale, "x_scale", low=1e-6)
+        self.y_scale = _range(y_scale, "y_scale", low=1e-6)
+        self.fill = V.real(fill, "fill")
+        self.interpolation = _interpolation(interpolation)
+
+    def _apply(self, x, rng):
+        n, _, h, w = x.shape
+        sx = rng.uniform(self.x_scale[0], self.x_scale[1], n)
+        sy = rng.uniform(self.y_scale[0], self.y_scale[1], n)
+        zero = np.zeros(n)
+        return warp_affine(x, _about_centre(1.0 / sy, zero, zero, 1.0 / sx, h, w), None, self.interpolation,
+                           self.fill)
+
+
+def gaussian_kernel(sigma, radius: int):
+    """(N, 2*radius + 1) float64 rows exp(-k^2 / (2 sigma_n^2)), k = -radius..radius,
+    each normalized to sum 1 (sigma_n = 0 gives the unit impulse)."""
+    sigma = np.asarray(sigma, np.float64).reshape(-1, 1)
+    k = np.arange(-radius, radius + 1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = np.exp(-0.5 * (k / sigma) ** 2)
+    weights = np.where(sigma > 0, weights, (k == 0).astype(np.float64))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+class GaussianBlur(Transform):
+    """Blur each image with a Gaussian of its own sigma ~ U(sigma) (a number: fixed).
+
+        out[n, c] = G_sigma_n * x[n, c],   G(i, j) ~ exp(-(i^2 + j^2) / (2 sigma^2)),
+
+    separable (a row pass then a column pass), truncated at radius
+    ceil(truncate * sigma) and normalized to sum 1, with the image reflected at
+    its border (like torchvision's GaussianBlur); so a constant image stays
+    constant and the mean is kept. x (N, C, H, W) -> (N, C, H, W), in x's dtype.
+    ``sigma=0`` is the identity."""
+
+    def __init__(self, sigma=(0.5, 1.5), truncate: float = 3.0):
+        if isinstance(sigma, (tuple, list)):
+            self.sigma = _range(sigma, "sigma", low=0.0)
+        else:
+            s = V.real(sigma, "sigma", low=0.0)
+            self.sigma = (s, s)
+        self.truncate = V.real(truncate, "truncate", low=0.0, low_open=True)
+
+    def _apply(self, x, rng):
+        n, c, h, w = x.shape
+        lo, hi = self.sigma
+        sigma = rng.uniform(lo, hi, n) if hi > lo else np.full(n, lo)
+        radius = int(math.ceil(self.truncate * hi))
+        if radius == 0:
+            return x.copy()
+        taps = gaussian_kernel(sigma, radius).astype(x.dtype)[:, :, None, None, None]   # (N, K, 1, 1, 1)
+        size = 2 * radius + 1
+        padded = np.pad(x, ((0, 0), (0, 0), (0, 0), (radius, radius)), mode="reflect")
+        rows = taps[:, 0] * padded[..., 0:w]
+        for k in range(1, size):
+            rows += taps[:, k] * padded[..., k:k + w]
+        padded = np.pad(rows, ((0, 0), (0, 0), (radius, radius), (0, 0)), mode="reflect")
+        out = taps[:, 0] * padded[:, :, 0:h]
+        for k in range(1, size):
+            out += taps[:, k] * padded[:, :, k:k + h]
+        return np.ascontiguousarray(out)
+
+
 class GaussianNoise(Transform):
     """Add N(0, std^2) noise to every element. Works on any batch (N, ...)."""
 
@@ -482,5 +601,6 @@ class Mixup(Transform):
         return onehot
 
 
-__all__ = ["Transform", "Compose", "RandomFlip", "RandomCrop", "RandomScale", "ColorJitter", "RandomTranslate",
-           "RandomRotate", "GaussianNoise", "Cutout", "Mixup", "warp_affine"]
+__all__ = ["Transform", "Compose", "RandomFlip", "RandomCrop", "RandomScale", "RandomStretch", "RandomShear",
+           "ColorJitter", "RandomTranslate", "RandomRotate", "GaussianBlur", "GaussianNoise", "Cutout", "Mixup",
+           "warp_affine", "gaussian_kernel"]

@@ -7,7 +7,11 @@ The checks to run before and while training, each one measured, not guessed:
   regularization term sneaked into the loss), far below means something leaks.
 - ``overfit_small``: a model that cannot reach 100% on 20 examples has a bug.
 - ``gradient_check``: analytic ``.grad`` vs central differences (CS231n's
-  relative error), per parameter; run it in float64.
+  relative error), per parameter; runs in float64 (a float32 model is checked
+  on a float64 copy).
+- ``gradient_stats`` (+ ``plot_gradient_stats``): mean, std, largest value and
+  histogram of every parameter's gradient over one batch: vanishing or
+  exploding gradients, layer by layer.
 - ``activation_stats`` (+ ``plot_activation_stats``) and
   ``dead_relu_fraction``: mean, std, saturation and dead units of every
   nonlinearity's output, layer by layer (Sequential's fused Linear+activation
@@ -22,16 +26,18 @@ Shapes: X (N, D) or (N, C, H, W); a layer's output (N, M) or (N, C, H, W);
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 
 import numpy as np
 
 from . import _validate as V
+from . import losses, optim
 from ._random import generator
-from .nn.layers import Activation, Sequential
+from .nn.layers import Activation, Linear, Sequential
 from .nn.module import Module
-from .train import Callback
+from .train import Callback, Trainer
 
 # Output bounds of the squashing nonlinearities (saturated = within 1% of a bound).
 SATURATING = frozenset({"tanh", "sigmoid"})
@@ -50,7 +56,7 @@ def _steps(model, prefix=""):
     if isinstance(model, Sequential):
         out = []
         index = {id(layer): i for i, layer in enumerate(model.layers)}
-        for layer, act in model._plan:
+        for layer, act in model.steps():
             i = index[id(layer)]
             if isinstance(layer, Sequential):
                 out.extend(_steps(layer, f"{prefix}{i}."))
@@ -82,21 +88,31 @@ def _run_step(layer, act, x):
 
 @contextlib.contextmanager
 def _frozen_state(model, training: bool):
-    """Run in the given mode and leave the model exactly as found (mode, BN
-    running statistics, dropout counters)."""
+    """Run in the given mode and leave the model exactly as found (modes, BN
+    running statistics, the random streams of the stochastic layers)."""
     was = [(m, m.training) for m in model.modules()]
     state = model.state_dict() if training else None
-    offsets = [(m, m.offset) for m in model.modules() if hasattr(m, "offset")]
+    streams = _rng_states(model)
     model.train(training)
     try:
         yield
     finally:
         for m, mode in was:
-            object.__setattr__(m, "training", mode)
+            m.training = mode
         if state is not None:
             model.load_state_dict(state)
-        for m, off in offsets:
-            m.offset = off
+        _set_rng_states(streams)
+
+
+def _rng_states(model):
+    """[(layer, its random-stream state)] for every stochastic layer (Dropout,
+    DropConnect, FractionalMaxPool2d, Residual: the layers with ``stochastic``)."""
+    return [(m, m.get_rng_state()) for m in model.modules() if getattr(m, "stochastic", False)]
+
+
+def _set_rng_states(streams):
+    for m, state in streams:
+        m.set_rng_state(state)
 
 
 def _trace(model, X, training=False):
@@ -110,11 +126,44 @@ def _trace(model, X, training=False):
     return out
 
 
-def _check_x(X, name="X"):
+def _check_x(X, name="X", usage=None):
+    if usage is not None and not hasattr(X, "dtype"):
+        raise TypeError(f"{name} must be a numpy.ndarray (float32 or float64), got {type(X).__name__}; "
+                        f"the arguments are {usage}")
     V.float_array(X, name, contiguous=False)
     if X.ndim < 2 or len(X) == 0:
         raise ValueError(f"{name} must be a non-empty batch (N, ...), got shape {X.shape}")
     return np.ascontiguousarray(X)
+
+
+def _check_model(model, usage):
+    """model itself, a fastnn Module; a function or a class gets a message saying
+    what to pass instead (overfit_small is the one diagnostic taking a factory)."""
+    where = usage.split("(")[0]
+    if isinstance(model, Module):
+        return model
+    if isinstance(model, type):
+        raise TypeError(f"{where} needs model, a fastnn Module instance, got the class {model.__name__}: "
+                        f"build the model first ({model.__name__}(...)); the arguments are {usage}")
+    if callable(model):
+        name = getattr(model, "__name__", type(model).__name__)
+        raise TypeError(f"{where} needs model, a fastnn Module (the model itself), got a function ({name}): "
+                        "call it and pass the model it returns (only overfit_small takes a function that "
+                        f"builds a fresh model); the arguments are {usage}")
+    raise TypeError(f"{where} needs model, a fastnn Module, got {type(model).__name__}; the arguments are {usage}")
+
+
+def _check_loss(loss, usage):
+    """loss, an object with forward(scores, y) and backward() (an instance, not a class)."""
+    where = usage.split("(")[0]
+    if isinstance(loss, type):
+        raise TypeError(f"{where} needs loss, a loss object such as fnn.losses.SoftmaxCrossEntropy() (an "
+                        f"instance, with parentheses), got the class {loss.__name__}")
+    if isinstance(loss, Module) or not (callable(getattr(loss, "forward", None))
+                                        and callable(getattr(loss, "backward", None))):
+        raise TypeError(f"{where} needs loss, a loss object with forward(scores, y) and backward() such as "
+                        f"fnn.losses.SoftmaxCrossEntropy(), got {type(loss).__name__}; the arguments are {usage}")
+    return loss
 
 
 # --- initial loss ----------------------------------------------------------------
@@ -129,8 +178,14 @@ def check_initial_loss(model, loss, X, y, rtol=0.1, atol=0.05) -> dict:
     an MLP (their scores have std ~0.5, loss ~1.05 ln C) and flags weights a
     few times too large. Runs in eval mode and leaves the model unchanged.
 
-    Returns {'loss', 'expected', 'ok', 'score_std', 'hint'} (hint is '' when ok)."""
-    X = _check_x(X)
+    Returns {'loss', 'expected', 'ok', 'score_std', 'hint'} (hint is '' when ok).
+
+    Takes the model itself (unlike ``overfit_small``, which takes a function
+    building a fresh one): ``check_initial_loss(make_model(), loss, X, y)``."""
+    usage = "check_initial_loss(model, loss, X, y)"
+    _check_model(model, usage)
+    _check_loss(loss, usage)
+    X = _check_x(X, usage=usage)
     with _frozen_state(model, training=False):
         scores = np.asarray(model.forward(X))
         value = float(loss.forward(scores, y))
@@ -163,11 +218,21 @@ def overfit_small(build, X, y, epochs=200, n=20, lr=1e-2, seed=0, loss=None) -> 
     decay, dropout switched off) for ``epochs`` steps. A correct model and
     training loop drive the training accuracy to 1.0 and the loss near 0.
 
-    Returns {'train_acc', 'final_loss', 'ok', 'model', 'history'}."""
-    from . import losses, optim
-    from .train import Trainer
+    ``build`` is a function returning a fresh model (``lambda: make_model()``),
+    not a model: the check must start from untrained weights, and a model
+    trained by an earlier call would pass it for the wrong reason.
 
-    X = _check_x(X)
+    Returns {'train_acc', 'final_loss', 'ok', 'model', 'history'}."""
+    if isinstance(build, Module):
+        raise TypeError("overfit_small needs build, a function returning a fresh model (e.g. lambda: "
+                        f"make_model()), got a {type(build).__name__}: the check trains from untrained weights "
+                        "(check_initial_loss, gradient_check and the others take the model itself)")
+    if not callable(build):
+        raise TypeError("overfit_small needs build, a function returning a fresh model (e.g. lambda: "
+                        f"make_model()), got {type(build).__name__}")
+    if loss is not None:
+        _check_loss(loss, "overfit_small(build, X, y, epochs=200, ..., loss=None)")
+    X = _check_x(X, usage="overfit_small(build, X, y, epochs=200)")
     n = V.positive_int(n, "n")
     if n > len(X):
         raise ValueError(f"n={n} is larger than the {len(X)} examples given")
@@ -175,7 +240,8 @@ def overfit_small(build, X, y, epochs=200, n=20, lr=1e-2, seed=0, loss=None) -> 
     xs, ys = np.ascontiguousarray(X[idx]), np.asarray(y)[idx]
     model = build()
     if not isinstance(model, Module):
-        raise TypeError(f"build() must return a fastnn Module, got {type(model).__name__}")
+        raise TypeError(f"overfit_small needs build, a function returning a fresh model: build() must return a "
+                        f"fastnn Module, got {type(model).__name__}")
     for m in model.modules():       # no regularization: this checks capacity, not generalization
         if hasattr(m, "p") and hasattr(m, "offset"):
             m.p = 0.0
@@ -194,46 +260,82 @@ def _relative_error(analytic, numeric):
     return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
 
 
-def gradient_check(model, loss, X, y, eps=1e-6, n_checks=10, seed=0, tol=None, training=False) -> dict:
+def _converted_copy(model, dtype):
+    """A deep copy of ``model`` whose float parameters and buffers are ``dtype``
+    (the layers take their dtype from their weights, so the copy computes in
+    ``dtype`` end to end); the model itself is not touched."""
+    clone = copy.deepcopy(model)
+    for _, p in clone.named_parameters():
+        if p.data.dtype != dtype:
+            p.data = p.data.astype(dtype)
+            p.grad = np.zeros_like(p.data)
+    for m in clone.modules():
+        for name, buf in list(m.named_buffers()):
+            if "." not in name and getattr(buf, "dtype", None) is not None and buf.dtype.kind == "f":
+                setattr(m, name, buf.astype(dtype))
+    return clone
+
+
+def gradient_check(model, loss, X, y, eps=1e-6, n_checks=10, seed=0, tol=None, training=False,
+                   dtype=np.float64) -> dict:
     """Analytic gradients (``model.backward`` into each ``.grad``) against
     central differences (L(w + eps) - L(w - eps)) / 2 eps at ``n_checks``
     random entries of every trainable parameter (all entries of small ones).
 
-    Use float64 models and a few rows of X: float32 round-off swamps eps=1e-6
-    (for float32 pass eps ~1e-3 and expect errors ~1e-2). Relative errors
-    below 1e-7 are right; up to ~1e-5 can come from ReLU kinks.
-    ``tol`` (default 1e-5 for float64, 2e-2 for float32) decides ``ok``.
-    training=True checks the training-mode function (dropout masks are held
-    fixed; BN running statistics are restored afterwards).
+    The check runs in ``dtype`` (float64 by default): float32 round-off swamps
+    a difference of eps = 1e-6 (the loss moves by ~1e-6 * grad, below float32's
+    resolution, so every relative error reads ~1). A model of another dtype is
+    checked on a converted deep copy (same weights, buffers, random streams and
+    code); the result says so in ``dtype`` and ``converted``. Pass
+    ``dtype=None`` to check in the model's own dtype (for float32, with eps
+    ~1e-3, expect errors ~1e-2). Use a few rows of X. Relative errors below
+    1e-7 are right; up to ~1e-5 can come from ReLU kinks. ``tol`` (default
+    1e-5 for float64, 2e-2 for float32) decides ``ok``. training=True checks
+    the training-mode function (the random draws of Dropout, DropConnect,
+    FractionalMaxPool2d and Residual are held fixed; BN running statistics are
+    restored afterwards).
 
-    Returns {'errors': {name: max relative error}, 'max_error', 'ok'}; the
-    model's weights are left unchanged."""
-    X = _check_x(X)
+    Returns {'errors': {name: max relative error}, 'max_error', 'ok', 'dtype'
+    (the dtype the check ran in), 'converted' (whether a converted copy was
+    checked), 'hint' ('' unless a float32 check looks swamped by round-off)};
+    the model's weights are left unchanged."""
+    usage = "gradient_check(model, loss, X, y)"
+    _check_model(model, usage)
+    _check_loss(loss, usage)
+    X = _check_x(X, usage=usage)
     eps = V.real(eps, "eps", low=0.0, low_open=True)
     n_checks = V.positive_int(n_checks, "n_checks")
     params = [(name, p) for name, p in model.named_parameters() if p.trainable]
     if not params:
         raise ValueError("the model has no trainable parameters to check")
-    dtype = params[0][1].data.dtype
+    if dtype is None:
+        dtype = params[0][1].data.dtype
+    dtype = np.dtype(dtype)
+    if dtype not in V.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32, float64 or None (the model's own), got {dtype}")
+    converted = any(p.data.dtype != dtype for _, p in model.named_parameters())
+    if converted:
+        model = _converted_copy(model, dtype)
+        params = [(name, p) for name, p in model.named_parameters() if p.trainable]
+    X = X.astype(dtype, copy=False)
     if tol is None:
         tol = 1e-5 if dtype == np.float64 else 2e-2
     rng = generator(seed)
-    offsets = [(m, m.offset) for m in model.modules() if hasattr(m, "offset")]
+    streams = _rng_states(model)
 
     def loss_at():
-        for m, off in offsets:          # the same dropout masks for every evaluation
-            m.offset = off
+        _set_rng_states(streams)        # the same random draws (dropout masks...) for every evaluation
         return float(loss.forward(model.forward(X), y))
 
     errors = {}
     with _frozen_state(model, training):
         loss_at()
         was_input_grad = model.input_grad
-        object.__setattr__(model, "input_grad", False)
+        model.input_grad = False
         try:
             model.backward(loss.backward())
         finally:
-            object.__setattr__(model, "input_grad", was_input_grad)
+            model.input_grad = was_input_grad
         analytic = {name: np.array(p.grad, np.float64, copy=True) for name, p in params}
         for name, p in params:
             size = p.data.size
@@ -249,7 +351,13 @@ def gradient_check(model, loss, X, y, eps=1e-6, n_checks=10, seed=0, tol=None, t
                 numeric[k] = (plus - minus) / (2 * eps)
             errors[name] = float(np.max(_relative_error(analytic[name].reshape(-1)[picks], numeric)))
     worst = max(errors.values())
-    return {"errors": errors, "max_error": worst, "ok": bool(worst <= tol)}
+    hint = ""
+    if dtype == np.float32 and worst > tol:
+        hint = (f"checked in float32 with eps={eps:g}: round-off swamps the central differences; gradient checks "
+                "need float64: use dtype=np.float64 (the default; a float64 copy of the model is checked) or "
+                "build the model with dtype=np.float64")
+    return {"errors": errors, "max_error": worst, "ok": bool(worst <= tol), "dtype": dtype.name,
+            "converted": converted, "hint": hint}
 
 
 # --- activation statistics --------------------------------------------------------------
@@ -280,14 +388,18 @@ def activation_stats(model, X, training=False) -> list[dict]:
     y > 0.99; None otherwise), ``dead`` (fraction of exact zeros for relu,
     leaky_relu and prelu; None otherwise) and ``hist`` (counts, edges) for
     plotting. Eval mode unless ``training``; the model is left unchanged."""
-    X = _check_x(X)
+    usage = "activation_stats(model, X)"
+    _check_model(model, usage)
+    X = _check_x(X, usage=usage)
     return [_layer_stats(label, act, y) for label, act, y in _trace(model, X, training) if act != "identity"]
 
 
 def dead_relu_fraction(model, X) -> dict:
     """{layer name: fraction of its units (axis 1) that output exactly 0 for
     every example of X} for every ReLU step: units that no longer learn."""
-    X = _check_x(X)
+    usage = "dead_relu_fraction(model, X)"
+    _check_model(model, usage)
+    X = _check_x(X, usage=usage)
     out = {}
     for label, act, y in _trace(model, X):
         if act in ZERO_FLOOR:
@@ -296,20 +408,30 @@ def dead_relu_fraction(model, X) -> dict:
     return out
 
 
-def plot_activation_stats(stats, X=None, path=None, max_layers=12):
-    """Histograms of every nonlinearity's output (one panel per layer) and the
-    mean/std per layer. ``stats`` is activation_stats' list or a model (then X
-    is required). Needs matplotlib."""
+def _pyplot(what):
+    """matplotlib.pyplot (Agg unless a backend is already chosen), or an
+    ImportError saying how to install it."""
     try:
         import matplotlib
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("plot_activation_stats needs matplotlib: pip install 'fastnn[plot]'") from exc
+        raise ImportError(f"{what} needs matplotlib, which is not installed: pip install matplotlib "
+                          "(or pip install \"fastnn-train[plot]\")") from exc
+    return plt
+
+
+def plot_activation_stats(stats, X=None, path=None, max_layers=12):
+    """Histograms of every nonlinearity's output (one panel per layer) and the
+    mean/std per layer. ``stats`` is activation_stats' list or a model (then X
+    is required). Needs matplotlib."""
+    plt = _pyplot("plot_activation_stats")
     if isinstance(stats, Module):
         if X is None:
             raise ValueError("plot_activation_stats(model, X, path): X is required when given a model")
         stats = activation_stats(stats, X)
+    if not isinstance(stats, (list, tuple)):
+        raise TypeError(f"stats must be activation_stats' list or a fastnn Module, got {type(stats).__name__}")
     stats = list(stats)
     if not stats:
         raise ValueError("no layer applies a nonlinearity: nothing to plot")
@@ -330,6 +452,113 @@ def plot_activation_stats(stats, X=None, path=None, max_layers=12):
         counts, edges = s["hist"]
         a.stairs(counts, edges, fill=True)
         a.set_title(f"{k + 1}: {s['activation']}\nstd {s['std']:.3g}", fontsize=8)
+        a.tick_params(labelsize=7)
+        a.set_yticks([])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig
+
+
+# --- gradient statistics -------------------------------------------------------------
+
+def _grad_stats(p, bins) -> dict:
+    g = np.asarray(p.grad, np.float64).reshape(-1)
+    w = np.asarray(p.data, np.float64).reshape(-1)
+    finite = g[np.isfinite(g)]
+    if finite.size:
+        counts, edges = np.histogram(finite, bins=bins)
+    else:
+        counts, edges = np.zeros(bins, np.int64), np.linspace(0.0, 1.0, bins + 1)
+    norm, weight_norm = float(np.linalg.norm(g)), float(np.linalg.norm(w))
+    return {"shape": tuple(p.data.shape), "trainable": bool(p.trainable), "mean": float(np.mean(g)),
+            "std": float(np.std(g)), "abs_max": float(np.max(np.abs(g))), "norm": norm,
+            "ratio": norm / weight_norm if weight_norm > 0 else None,
+            "nonfinite": int(g.size - finite.size), "hist": (counts, edges)}
+
+
+def gradient_stats(model, X, y, loss, bins=50) -> dict:
+    """The distribution of every parameter's gradient over one forward/backward
+    pass on the batch (X, y), like ``activation_stats`` for the backward pass.
+
+    The lecture's point: look at the gradients layer by layer. Their scale
+    should stay comparable from the last layer to the first; a std that shrinks
+    by orders of magnitude towards the input is a vanishing gradient (saturated
+    tanh/sigmoid, a too-small init, dead ReLUs: the early layers stop
+    learning), one that grows is exploding (a too-large init, a too-high
+    learning rate; clip or re-initialize). ``ratio`` = ||grad|| / ||W|| puts
+    each layer on the same footing (times the learning rate it is about the
+    update/weight ratio that UpdateRatioMonitor tracks, healthy near 1e-3).
+
+    Shapes: X (N, ...) a batch, y its labels (or targets) as ``loss`` takes
+    them. The pass runs in training mode (Dropout and BatchNorm as in a
+    training step); the model is left exactly as found: weights, ``.grad``
+    arrays, modes, BN running statistics and random streams.
+
+    Returns {parameter name (``model.named_parameters()``, in order):
+    {'shape', 'trainable', 'mean', 'std', 'abs_max', 'norm' (||grad||),
+    'ratio' (||grad|| / ||W||, None when W is all zeros), 'nonfinite' (count
+    of NaN/Inf entries, left out of the histogram), 'hist' (counts, bin
+    edges) with ``bins`` bins}}. Plot with ``plot_gradient_stats``."""
+    usage = "gradient_stats(model, X, y, loss)"
+    _check_model(model, usage)
+    X = _check_x(X, usage=usage)
+    _check_loss(loss, usage)
+    bins = V.positive_int(bins, "bins")
+    params = list(model.named_parameters())
+    if not params:
+        raise ValueError("the model has no parameters: no gradients to describe")
+    grads_before = [(p, np.array(p.grad, copy=True)) for _, p in params]
+    try:
+        with _frozen_state(model, training=True):
+            loss.forward(model.forward(X), y)
+            was_input_grad = model.input_grad
+            model.input_grad = False
+            try:
+                model.backward(loss.backward())
+            finally:
+                model.input_grad = was_input_grad
+            return {name: _grad_stats(p, bins) for name, p in params}
+    finally:
+        for p, g in grads_before:
+            p.grad[...] = g
+
+
+def plot_gradient_stats(stats, X=None, y=None, loss=None, path=None, max_params=12):
+    """The std and largest |gradient| per parameter (log scale: vanishing or
+    exploding gradients show as a slope across layers) and a histogram of each
+    parameter's gradient. ``stats`` is gradient_stats' dict or a model (then X,
+    y and loss are required). Needs matplotlib."""
+    plt = _pyplot("plot_gradient_stats")
+    if isinstance(stats, Module):
+        if X is None or y is None or loss is None:
+            raise ValueError("plot_gradient_stats(model, X, y, loss, path): X, y and loss are required when "
+                             "given a model")
+        stats = gradient_stats(stats, X, y, loss)
+    if not isinstance(stats, dict):
+        raise TypeError(f"stats must be gradient_stats' dict or a fastnn Module, got {type(stats).__name__}")
+    if not stats:
+        raise ValueError("stats is empty: nothing to plot")
+    names = list(stats)
+    shown = names[:max_params]
+    cols = min(len(shown), 6)
+    rows = 1 + math.ceil(len(shown) / cols)
+    fig = plt.figure(figsize=(2.4 * cols + 1, 2.3 * rows))
+    ax = fig.add_subplot(rows, 1, 1)
+    where = np.arange(1, len(names) + 1)
+    tiny = np.finfo(np.float64).tiny        # keep zeros on a log axis
+    ax.semilogy(where, [max(stats[n]["std"], tiny) for n in names], "o-", label="std")
+    ax.semilogy(where, [max(stats[n]["abs_max"], tiny) for n in names], "s-", label="max |grad|")
+    ax.set_xticks(where)
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.legend()
+    ax.set_title("gradient scale per parameter (input side on the left)")
+    for k, name in enumerate(shown):
+        a = fig.add_subplot(rows, cols, cols + k + 1)
+        counts, edges = stats[name]["hist"]
+        a.stairs(counts, edges, fill=True)
+        a.set_title(f"{name}\nstd {stats[name]['std']:.3g}", fontsize=8)
         a.tick_params(labelsize=7)
         a.set_yticks([])
     fig.tight_layout()
@@ -425,8 +654,6 @@ def init_experiment(init, activation, layers=10, width=500, n=1000, seed=0, dtyp
     returns the std of every layer's output. tanh + small_random(0.01) decays
     to ~0, tanh + normal(1.0) saturates at +-1, tanh + xavier_normal and relu +
     he_normal keep a healthy spread."""
-    from .nn.layers import Linear
-
     layers = V.positive_int(layers, "layers")
     width = V.positive_int(width, "width")
     n = V.positive_int(n, "n")
@@ -437,5 +664,5 @@ def init_experiment(init, activation, layers=10, width=500, n=1000, seed=0, dtyp
     return [float(np.std(y.astype(np.float64))) for _, _, y in _trace(model, X)]
 
 
-__all__ = ["check_initial_loss", "overfit_small", "gradient_check", "activation_stats", "plot_activation_stats",
-           "dead_relu_fraction", "UpdateRatioMonitor", "init_experiment"]
+__all__ = ["check_initial_loss", "overfit_small", "gradient_check", "gradient_stats", "plot_gradient_stats",
+           "activation_stats", "plot_activation_stats", "dead_relu_fraction", "UpdateRatioMonitor", "init_experiment"]

@@ -259,7 +259,7 @@ class DataParallel:
         opt = self.optimizer
         where = {id(p): (int(b), int(e)) for p, b, e in zip(opt._params, opt.seg_begin[:-1], opt.seg_begin[1:])}
         limit = self.bucket_mb * 2**20 / self.flat_grad.itemsize
-        plan = self.model._plan
+        plan = self.model.steps()
         ends, ranges, current, size = {}, [], [], 0
         for k, (layer, act) in enumerate(reversed(plan)):
             params = layer.parameters() + (act.parameters() if act is not None else [])

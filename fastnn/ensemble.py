@@ -7,10 +7,13 @@ Shapes: X (N, ...), probabilities (N, C), y (N,) integer labels.
 """
 from __future__ import annotations
 
+import contextlib
+import warnings
 
 import numpy as np
 
 from . import _validate as V
+from ._random import generator
 from .data import batches
 from .nn.module import Module, from_config
 from .schedules import CosineWarmRestarts
@@ -24,11 +27,16 @@ def softmax(scores):
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _forward_probs(model, X, batch_size):
+    """softmax(model.forward(X)) batch by batch, in the model's current modes."""
+    return np.concatenate([softmax(model.forward(xb)) for xb, _ in batches(X, None, batch_size, shuffle=False)])
+
+
 def _model_probs(model, X, batch_size):
     was = model.training
     model.eval()
     try:
-        return np.concatenate([softmax(model.forward(xb)) for xb, _ in batches(X, None, batch_size, shuffle=False)])
+        return _forward_probs(model, X, batch_size)
     finally:
         model.train(was)
 
@@ -154,4 +162,106 @@ class SnapshotEnsemble(Ensemble, Callback):
         return self._built
 
 
-__all__ = ["Ensemble", "SnapshotEnsemble", "softmax"]
+# --- one model, many stochastic or augmented passes --------------------------------------
+
+@contextlib.contextmanager
+def _restored(model):
+    """Leave every module's mode and every stochastic layer's random stream as found."""
+    modes = [(m, m.training) for m in model.modules()]
+    streams = [(m, m.get_rng_state()) for m in model.modules() if getattr(m, "stochastic", False)]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for m, state in streams:
+            m.set_rng_state(state)
+
+
+def _check_model_x(model, X, where):
+    if not isinstance(model, Module):
+        raise TypeError(f"{where} needs model, a fastnn Module, got {type(model).__name__}")
+    V.float_array(X, "X", contiguous=False)
+    if X.ndim < 2 or len(X) == 0:
+        raise ValueError(f"X must be a non-empty batch (N, ...), got shape {X.shape}")
+
+
+def mc_predict(model, X, samples=16, seed=None, batch_size=1024):
+    """Monte-Carlo prediction: the softmax probabilities averaged over
+    ``samples`` stochastic forward passes,
+
+        p(y | x) ~ 1/S sum_s softmax(f(x; noise_s)),
+
+    where every stochastic layer draws fresh randomness on every pass (Dropout
+    and DropConnect masks: "MC dropout", Gal & Ghahramani 2016;
+    FractionalMaxPool2d pooling grids: Graham 2014 averages several random
+    grids at test time; Residual stochastic depth) and everything else runs
+    in eval mode, BatchNorm with its running statistics. Compare with the
+    eval-mode prediction, which replaces the noise by its expected value
+    (dropout's identity, the fixed u = 0.5 pooling grid).
+
+    Shapes: X (N, ...) -> (N, C) probabilities (float64).
+
+    seed: None (fastnn's global generator, so ``fastnn.manual_seed`` makes it
+    reproducible), an int or a numpy Generator ``rng``. The k-th stochastic
+    layer in ``model.modules()`` order restarts its stream from
+    ``rng.integers(2**63, size=K)[k]`` (K stochastic layers; ``reseed``), so
+    the same seed gives the same output and different seeds differ. Passes run
+    batch by batch (``batch_size`` rows). The model is left as found: every
+    module's train/eval mode and every stochastic layer's random stream.
+    A model without stochastic layers warns (every pass would be the same)."""
+    _check_model_x(model, X, "mc_predict")
+    samples = V.positive_int(samples, "samples")
+    rng = generator(seed)
+    layers = [m for m in model.modules() if getattr(m, "stochastic", False)]
+    if not layers:
+        warnings.warn(f"mc_predict: the model ({type(model).__name__}) has no stochastic layer (Dropout, "
+                      "DropConnect, FractionalMaxPool2d, Residual): every pass is the eval-mode prediction",
+                      UserWarning, stacklevel=2)
+    seeds = rng.integers(2**63, size=len(layers))
+    with _restored(model):
+        model.eval()
+        for m, s in zip(layers, seeds):
+            m.reseed(int(s))
+            m.training = True            # this layer only: a Residual's block stays in eval mode
+        total = _forward_probs(model, X, batch_size)
+        for _ in range(samples - 1):
+            total += _forward_probs(model, X, batch_size)
+    return total / samples
+
+
+def tta_predict(model, X, augment, samples=8, seed=None, batch_size=1024):
+    """Test-time augmentation: the softmax probabilities averaged over X itself
+    and ``samples`` augmented copies of it,
+
+        p(y | x) ~ 1/(S + 1) (softmax(f(x)) + sum_s softmax(f(t_s(x)))),
+
+    the model in eval mode (the lectures' "average predictions over random
+    crops/flips at test time").
+
+    Shapes: X (N, ...) -> (N, C) probabilities (float64).
+
+    augment: a callable ``t(x, rng)`` returning a batch of X's shape, e.g.
+    ``fnn.augment.Compose([fnn.augment.RandomFlip(), fnn.augment.RandomCrop(...)])``;
+    it is called ``samples`` times on the whole of X with one generator made
+    from ``seed`` (None: fastnn's global generator; an int or a Generator), so
+    the same seed gives the same output. The model's modes are restored."""
+    _check_model_x(model, X, "tta_predict")
+    if not callable(augment):
+        raise TypeError(f"augment must be a callable t(x, rng) such as fnn.augment.RandomFlip(), "
+                        f"got {type(augment).__name__}")
+    samples = V.positive_int(samples, "samples")
+    rng = generator(seed)
+    with _restored(model):
+        model.eval()
+        total = _forward_probs(model, X, batch_size)
+        for _ in range(samples):
+            xa = augment(X, rng)
+            if getattr(xa, "shape", None) is None or len(xa.shape) < 1 or xa.shape[0] != len(X):
+                raise ValueError(f"augment must return a batch with the {len(X)} rows of X, got "
+                                 f"{type(xa).__name__} of shape {getattr(xa, 'shape', None)}")
+            total += _forward_probs(model, np.ascontiguousarray(xa, dtype=X.dtype), batch_size)
+    return total / (samples + 1)
+
+
+__all__ = ["Ensemble", "SnapshotEnsemble", "softmax", "mc_predict", "tta_predict"]

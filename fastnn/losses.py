@@ -1,9 +1,11 @@
 """Losses: ``loss.forward(scores, y) -> float`` (mean over the batch) and
 ``loss.backward() -> dscores``.
 
-Shapes: scores (N, C), y (N,) integer class labels (targets (N, C) for MSE;
-``SoftmaxCrossEntropy`` also takes a float (N, C) target distribution, e.g. from
-``fastnn.augment.Mixup`` or label smoothing).
+Shapes: scores (N, C), y (N,) integer class labels (whole floats such as 2.0
+are taken as labels too; targets (N, C) for MSE). ``SoftmaxCrossEntropy`` also
+takes (N, C) class probabilities: one-hot rows, or soft targets from
+``fastnn.augment.Mixup`` or label smoothing. ``loss.check_targets(y,
+num_classes)`` validates a whole data set's targets up front (Trainer does).
 """
 from __future__ import annotations
 
@@ -16,9 +18,64 @@ from . import _validate as V
 from . import ops
 
 
+def class_labels(y, name: str = "y", num_classes: int | None = None):
+    """1-D class labels as int64: an integer array, or floats that are all whole
+    numbers (np.array([0., 2., 1.]), as read from a CSV); anything else gets a
+    message naming ``name``. num_classes (when known): labels must be in
+    [0, num_classes)."""
+    if not hasattr(y, "dtype"):
+        y = np.asarray(y)
+    if isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind == "f":
+        whole = np.isfinite(y) & (y == np.round(y))
+        if not whole.all():
+            bad = y[np.flatnonzero(~whole)[0]].item()
+            raise ValueError(f"{name} must hold integer class labels, got {y.dtype} values such as {bad!r} "
+                             f"(for class probabilities pass {name} with shape (N, C), one row per sample)")
+        y = y.astype(np.int64)
+    if isinstance(y, np.ndarray) and y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class labels (N,), got dtype {y.dtype}")
+    if isinstance(y, np.ndarray) and y.ndim != 1:
+        raise ValueError(f"{name} must be (N,) integer class labels, got shape {tuple(y.shape)}")
+    if num_classes is not None and isinstance(y, np.ndarray) and y.size:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"{name}: labels must be in [0, {num_classes}) for a model with {num_classes} "
+                             f"outputs, got values in [{lo}, {hi}]")
+    return y
+
+
+def class_probabilities(y, name: str = "y", num_classes: int | None = None):
+    """(N, C) target distributions (one-hot or soft rows) as a float array:
+    non-negative, finite, rows summing to 1 (within 1e-3); C must equal
+    num_classes when it is known. Integer or bool one-hot rows become float32."""
+    if not hasattr(y, "dtype"):
+        y = np.asarray(y)
+    if y.dtype.kind in "biu":
+        y = y.astype(np.float32)
+    if y.dtype.kind != "f":
+        raise TypeError(f"{name} must hold class probabilities (floats), got dtype {y.dtype}")
+    if y.ndim != 2 or (num_classes is not None and y.shape[1] != num_classes):
+        c = "C" if num_classes is None else num_classes
+        raise ValueError(f"{name} as class probabilities must have shape (N, {c}), one column per model output, "
+                         f"got shape {tuple(y.shape)}")
+    V.finite(y, name)
+    if y.size and (y.min() < 0 or np.abs(y.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3):
+        raise ValueError(f"{name} as class probabilities must be distributions: non-negative rows that sum to 1 "
+                         "(one-hot or soft labels)")
+    return y
+
+
 class Loss:
     def __call__(self, scores, y):
         return self.forward(scores, y)
+
+    def check_targets(self, y, num_classes: int | None = None, name: str = "y"):
+        """The targets of a whole data set checked (and converted, e.g. whole
+        floats to int64 labels) before training starts, so a mistake is named
+        before the first step instead of after an epoch. num_classes: the
+        model's number of outputs, None when unknown. Trainer calls this once
+        per fit/evaluate; the default accepts anything."""
+        return y
 
     def expected_initial(self, num_classes: int) -> float | None:
         """The loss of an untrained network with small random weights."""
@@ -35,10 +92,12 @@ def _soft_cross_entropy(scores, target):
     V.float_array(scores, "scores", ndim=2, contiguous=False)
     n, c = scores.shape
     if target.ndim != 2 or target.shape != scores.shape:
-        raise ValueError(f"soft targets y must have the shape of scores ({n}, {c}), got {tuple(target.shape)}")
+        raise ValueError(f"y as class probabilities must have the shape of scores ({n}, {c}), one column per "
+                         f"class, got {tuple(target.shape)}")
     V.finite(target, "y")
     if n and (target.min() < 0 or np.abs(target.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3):
-        raise ValueError("soft targets y must be distributions: non-negative rows that sum to 1")
+        raise ValueError("y as class probabilities must be distributions: non-negative rows that sum to 1 "
+                         "(one-hot or soft labels)")
     shifted = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     loss = float(-(target * log_probs).sum() / max(n, 1))
@@ -56,11 +115,27 @@ class SoftmaxCrossEntropy(Loss):
         self._saved = None
 
     def forward(self, scores, y):
-        if getattr(y, "dtype", None) is not None and y.dtype.kind == "f":
-            loss, self._saved = _soft_cross_entropy(scores, y)
+        if not hasattr(y, "dtype"):
+            y = np.asarray(y)
+        if y.ndim == 2:
+            loss, self._saved = _soft_cross_entropy(scores, y if y.dtype.kind == "f" else y.astype(np.float64))
         else:
+            if y.dtype.kind == "f":
+                y = class_labels(y, "y")     # whole floats are labels; others get a message naming y
             loss, self._saved = ops.softmax_cross_entropy(scores, y)
         return loss
+
+    def check_targets(self, y, num_classes=None, name="y"):
+        """(N,) class labels (integers, or whole floats: returned as int64) or
+        (N, C) class probabilities (one-hot or soft rows)."""
+        if not hasattr(y, "dtype"):
+            y = np.asarray(y)
+        if y.ndim == 2:
+            return class_probabilities(y, name, num_classes)
+        if y.ndim != 1:
+            raise ValueError(f"{name} must be (N,) integer class labels or (N, C) class probabilities, got shape "
+                             f"{tuple(y.shape)}")
+        return class_labels(y, name, num_classes)
 
     def backward(self):
         if self._saved is None:
@@ -88,6 +163,8 @@ class MulticlassHinge(Loss):
     def forward(self, scores, y):
         V.float_array(scores, "scores", ndim=2, contiguous=False)
         n, c = scores.shape
+        if getattr(y, "dtype", None) is not None and y.dtype.kind == "f" and y.ndim == 1:
+            y = class_labels(y, "y")
         y = V.labels(y, "y", n, c)
         rows = np.arange(n)
         margins = np.maximum(0.0, scores - scores[rows, y][:, None] + self.margin)
@@ -107,6 +184,15 @@ class MulticlassHinge(Loss):
     def expected_initial(self, num_classes: int) -> float:
         return (num_classes - 1) * self.margin
 
+    def check_targets(self, y, num_classes=None, name="y"):
+        """(N,) class labels (integers, or whole floats: returned as int64)."""
+        if not hasattr(y, "dtype"):
+            y = np.asarray(y)
+        if y.ndim == 2:
+            raise ValueError(f"MulticlassHinge takes (N,) integer class labels, got {name} with shape "
+                             f"{tuple(y.shape)}; for one-hot rows pass {name}.argmax(axis=1)")
+        return class_labels(y, name, num_classes)
+
 
 class MSE(Loss):
     """Mean squared error over all elements (PyTorch's MSELoss, reduction="mean")."""
@@ -125,6 +211,19 @@ class MSE(Loss):
         diff = scores - target
         self._saved = diff
         return float(np.mean(diff.astype(np.float64) ** 2)) if diff.size else 0.0
+
+    def check_targets(self, y, num_classes=None, name="y"):
+        """Targets with the shape of the scores, (N, C) ((N,) when C is 1)."""
+        if not hasattr(y, "dtype"):
+            y = np.asarray(y)
+        if y.dtype.kind not in "biuf":
+            raise TypeError(f"{name} (MSE targets) must hold numbers, got dtype {y.dtype}")
+        if num_classes is not None:
+            ok = (y.ndim == 2 and y.shape[1] == num_classes) or (y.ndim == 1 and num_classes == 1)
+            if not ok:
+                raise ValueError(f"{name} (MSE targets) must have shape (N, {num_classes}) like the model's "
+                                 f"outputs, got shape {tuple(y.shape)}")
+        return y
 
     def backward(self):
         if self._saved is None:

@@ -14,9 +14,16 @@ Shapes: N samples, D features (a flattened image), C channels, H x W pixels.
 - ``PCA(n_components | variance)``: rotate the centred data onto the leading
   eigenvectors U of its covariance ``cov = Xc.T @ Xc / N`` (SVD of cov, so
   ``cov = U diag(S) U.T``) and keep k of them.
-- ``PCAWhitening(eps)``: ``Xc @ U_k / sqrt(S_k + eps)``: white, k dimensions.
-- ``ZCAWhitening(eps)``: ``Xc @ U diag(1/sqrt(S + eps)) U.T``: white and, of all
-  whitening maps, the one closest to the input (Bell & Sejnowski 1997).
+- ``PCAWhitening(eps)``: ``Xc @ U_k / sqrt(S_k + eps * S_max)``: white, k dimensions.
+- ``ZCAWhitening(eps)``: ``Xc @ U diag(1/sqrt(S + eps * S_max)) U.T``: white and,
+  of all whitening maps, the one closest to the input (Bell & Sejnowski 1997).
+
+The whitening ``eps`` is relative to the largest eigenvalue S_max of the
+covariance (the notes' ``Xrot / sqrt(S + 1e-5)`` adds an absolute 1e-5, which
+depends on the data's units: pixels in [0, 1] and in [0, 255] would whiten
+differently). Scaling X by any factor therefore leaves the whitened output
+unchanged, and a direction is damped only when its variance is comparable to
+``eps * S_max`` or smaller. The absolute value used is the fitted ``eps_``.
 
 All statistics are accumulated in float64 in row chunks (no float64 copy of a
 large training set); outputs keep the input dtype (float32 or float64).
@@ -375,38 +382,57 @@ class PCA(Preprocessor):
                 f"{100 * ratio.sum():.2f}% of the variance (per component: {head}{more})")
 
 
+def _relative_eps(eps, variances):
+    """eps * (largest eigenvalue): the regularizer in the data's own units. Data
+    with no variance at all (S_max = 0) falls back to the absolute eps."""
+    top = float(np.max(variances, initial=0.0))
+    return eps * top if top > 0 else eps
+
+
 class PCAWhitening(PCA):
-    """PCA, then each component divided by sqrt(its variance + eps): cov(Z) ~ I (k x k)."""
+    """PCA, then each component divided by sqrt(its variance + eps * S_max):
+    Z = Xc @ U_k / sqrt(S_k + eps_), cov(Z) ~ I (k x k). X (N, D) -> Z (N, k).
+
+    ``eps`` is relative to the largest eigenvalue S_max (see the module doc), so
+    X and 255 * X whiten alike; ``eps_ = eps * S_max`` is the absolute value used."""
 
     def __init__(self, eps: float = 1e-5, n_components: int | None = None, variance: float | None = None):
         super().__init__(n_components, variance)
         self.eps = V.real(eps, "eps", low=0.0)
+        self.eps_ = None
 
     def _config(self):
         return {"eps": self.eps, **super()._config()}
 
     def _after_load(self):
-        if np.any(self.explained_variance_ + self.eps <= 0):
+        # explained_variance_[0] is S_max: components are kept largest first.
+        self.eps_ = _relative_eps(self.eps, self.explained_variance_)
+        if np.any(self.explained_variance_ + self.eps_ <= 0):
             raise ValueError("PCAWhitening: a kept direction has zero variance and eps=0; use eps > 0 "
                              "or fewer components")
 
     def transform(self, X):
         self._check(X, "X")
-        return _affine(X, self.components_.T / np.sqrt(self.explained_variance_ + self.eps), subtract=self.mean_)
+        return _affine(X, self.components_.T / np.sqrt(self.explained_variance_ + self.eps_), subtract=self.mean_)
 
     def inverse_transform(self, Z):
         self._check(Z, "Z", inverse=True)
-        dewhiten = np.sqrt(self.explained_variance_ + self.eps)[:, None] * self.components_
+        dewhiten = np.sqrt(self.explained_variance_ + self.eps_)[:, None] * self.components_
         return _affine(Z, dewhiten, add=self.mean_)
 
 
 class ZCAWhitening(PCA):
-    """Whitening that rotates back: W = U diag(1/sqrt(S + eps)) U.T, so cov(Z) ~ I
-    and Z stays as close to the centred input as any white signal can."""
+    """Whitening that rotates back: W = U diag(1/sqrt(S + eps * S_max)) U.T, so
+    cov(Z) ~ I and Z stays as close to the centred input as any white signal
+    can. X (N, D) -> Z (N, D).
+
+    ``eps`` is relative to the largest eigenvalue S_max (see the module doc), so
+    X and 255 * X whiten alike; ``eps_ = eps * S_max`` is the absolute value used."""
 
     def __init__(self, eps: float = 1e-5):
         super().__init__()
         self.eps = V.real(eps, "eps", low=0.0)
+        self.eps_ = None
         self.whiten_ = self.dewhiten_ = None
 
     def _config(self):
@@ -414,7 +440,8 @@ class ZCAWhitening(PCA):
 
     def _after_load(self):
         U = self.components_.T
-        root = np.sqrt(self.explained_variance_ + self.eps)
+        self.eps_ = _relative_eps(self.eps, self.explained_variance_)
+        root = np.sqrt(self.explained_variance_ + self.eps_)
         if np.any(root == 0):
             raise ValueError("ZCAWhitening: a zero-variance direction with eps=0; use eps > 0")
         self.whiten_ = (U / root) @ U.T

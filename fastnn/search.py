@@ -16,19 +16,28 @@ n_jobs "spawn" processes (fork is unsafe once OpenMP threads exist), each
 with cpu_count / n_jobs kernel threads. The objective is pickled to the
 workers, so it must be a module-level function (or a functools.partial of
 one), not a lambda, closure or a function defined in ``__main__`` of an
-interactive session. ``executor=`` takes any ``concurrent.futures.Executor``
-(a Dask ``distributed.Client`` too, e.g. ``Client("tcp://scheduler:8786")``)
+interactive session. Each worker imports the script that started the search,
+so a script must run the search under ``if __name__ == "__main__":`` (without
+the guard the workers die at start-up, and the search says so).
+``executor=`` takes any ``concurrent.futures.Executor`` (a Dask
+``distributed.Client`` too, e.g. ``Client("tcp://scheduler:8786")``)
 instead; the search does not shut it down. Results come back as trials finish
 (``callback=`` sees each one); a trial whose future fails (its worker died,
 its objective could not be sent) is recorded as failed like one that raised.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import concurrent.futures.process
 import itertools
 import math
+import multiprocessing
 import os
 import pickle
+import re
+import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -41,8 +50,9 @@ class Sampler:
     def sample(self, rng: np.random.Generator):
         raise NotImplementedError
 
-    def narrow(self, values, shrink: float) -> "Sampler":
-        """A smaller range around values (the best trials' values, best first)."""
+    def narrow(self, values, shrink: float, widen: bool = False) -> "Sampler":
+        """A smaller range around values (the best trials' values, best first);
+        with ``widen``, extended past an edge the best value sits at."""
         raise NotImplementedError
 
 
@@ -62,14 +72,36 @@ class Uniform(Sampler):
     def sample(self, rng):
         return float(self._from(rng.uniform(self._to(self.low), self._to(self.high))))
 
-    def narrow(self, values, shrink):
+    # The best value within this fraction of the width (in the sampling space)
+    # of an edge "sits at the edge": the optimum may lie beyond it.
+    EDGE = 0.1
+
+    def narrow(self, values, shrink, widen=False):
         lo, hi = self._to(self.low), self._to(self.high)
+        width = hi - lo
         pts = [self._to(v) for v in values]
-        half = shrink * (hi - lo) / 2
+        half = shrink * width / 2
         # Centered on the best, wide enough to hold the other good trials, inside the old range.
         a = max(lo, min(pts[0] - half, min(pts)))
         b = min(hi, max(pts[0] + half, max(pts)))
+        if widen and width > 0:
+            # The notes: a best value at the edge of the range means the range
+            # was wrong; search past that edge by half the old width. "At the
+            # edge": within EDGE of the width, or close enough that the window
+            # around the best would be cut off by the edge.
+            zone = max(self.EDGE * width, half)
+            if pts[0] - lo < zone:
+                a = self._limit(lo - width / 2, lo)
+            if hi - pts[0] < zone:
+                b = self._limit(hi + width / 2, hi)
         return type(self)(float(self._from(a)), float(self._from(b)))
+
+    def _limit(self, extended, edge):
+        """A plain uniform range never widens across zero (a probability or a
+        momentum stays non-negative; a negative range stays negative)."""
+        if edge >= 0 > extended or edge <= 0 < extended:
+            return 0.0
+        return extended
 
     def __repr__(self):
         return f"{type(self).__name__.lower()}({self.low:.4g}, {self.high:.4g})"
@@ -91,6 +123,9 @@ class LogUniform(Uniform):
     def _from(self, u):
         return math.exp(u)
 
+    def _limit(self, extended, edge):
+        return extended           # log space: any width stays positive
+
 
 class Choice(Sampler):
     log = False
@@ -103,7 +138,7 @@ class Choice(Sampler):
     def sample(self, rng):
         return self.options[int(rng.integers(len(self.options)))]
 
-    def narrow(self, values, shrink):
+    def narrow(self, values, shrink, widen=False):
         keep = [o for o in self.options if any(_same(o, v) for v in values)]
         return Choice(keep or self.options)
 
@@ -147,13 +182,15 @@ def _check_space(space):
 
 class Trial:
     """One evaluated point: ``params``, ``score`` (NaN if it failed), ``error``
-    (the exception text or None), ``index`` (order of sampling), ``round``, ``seconds``."""
+    (the exception text or None), ``index`` (order of sampling), ``round``,
+    ``seconds``, ``budget`` (what ``coarse_to_fine(budgets=...)`` passed, else None)."""
 
-    __slots__ = ("params", "score", "error", "index", "round", "seconds")
+    __slots__ = ("params", "score", "error", "index", "round", "seconds", "budget")
 
-    def __init__(self, params, score, error=None, index=0, round=0, seconds=0.0):
+    def __init__(self, params, score, error=None, index=0, round=0, seconds=0.0, budget=None):
         self.params, self.score, self.error = params, score, error
         self.index, self.round, self.seconds = index, round, seconds
+        self.budget = budget
 
     @property
     def ok(self) -> bool:
@@ -221,13 +258,16 @@ class SearchResult:
         """A text table of the trials, best first."""
         rows = self.trials if top is None else self.trials[:top]
         names = list(self.space) or sorted({k for t in rows for k in t.params})
-        header = ["rank", "score"] + names + ["seconds"]
+        budgets = any(t.budget is not None for t in rows)
+        header = ["rank", "score"] + names + (["budget"] if budgets else []) + ["seconds"]
         body = []
         for r, t in enumerate(rows, 1):
             cells = [str(r), f"{t.score:.4f}" if t.ok else "failed"]
             for n in names:
                 v = t.params.get(n, "")
                 cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+            if budgets:
+                cells.append("" if t.budget is None else str(t.budget))
             cells.append(f"{t.seconds:.1f}")
             if t.error:
                 cells[-1] += f"  ({t.error})"
@@ -304,11 +344,13 @@ def _ranks(a):
 
 # --- running trials -------------------------------------------------------------
 
-def _evaluate(objective, params):
-    """Runs one trial (also in worker processes): (score, error, seconds)."""
+def _evaluate(objective, params, budget=None):
+    """Runs one trial (also in worker processes): (score, error, seconds).
+    ``objective(params)``, or ``objective(params, budget)`` when a budget is given."""
     t0 = time.perf_counter()
     try:
-        score = float(objective(dict(params)))
+        args = (dict(params),) if budget is None else (dict(params), budget)
+        score = float(objective(*args))
         error = None if math.isfinite(score) else f"objective returned {score}"
     except Exception as exc:  # a diverging trial must not end the search
         score, error = float("nan"), f"{type(exc).__name__}: {exc}"
@@ -328,11 +370,10 @@ def _completed(futures):
     if futures and type(futures[0]).__module__.split(".")[0] == "distributed":
         from distributed import as_completed
         return as_completed(futures)
-    import concurrent.futures
     return concurrent.futures.as_completed(futures)
 
 
-def _collect(futures, param_list, callback, round_, start_index):
+def _collect(futures, param_list, callback, round_, start_index, budget=None):
     """Trials as their futures finish; a future that raises (a worker lost, an
     objective that cannot be sent) becomes a failed trial."""
     index = {id(f): i for i, f in enumerate(futures)}
@@ -343,13 +384,66 @@ def _collect(futures, param_list, callback, round_, start_index):
             score, error, seconds = f.result()
         except Exception as exc:
             score, error, seconds = float("nan"), f"{type(exc).__name__}: {exc}", 0.0
-        trials[i] = Trial(param_list[i], score, error, start_index + i, round_, seconds)
+        trials[i] = Trial(param_list[i], score, error, start_index + i, round_, seconds, budget)
         if callback is not None:
             callback(trials[i])
     return trials
 
 
-def _run(objective, param_list, n_jobs, executor, round_=0, start_index=0, callback=None):
+_GUARD = re.compile(r"""^\s*if\s+(__name__\s*==\s*['"]__main__['"]|['"]__main__['"]\s*==\s*__name__)""",
+                    re.MULTILINE)
+
+
+def _unguarded_main_script():
+    """The path of the running script if it has no ``if __name__ == "__main__":``
+    guard (so every "spawn" worker re-runs it from the top), else None."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not os.path.isfile(path):
+        return None             # an interactive session or python -c: nothing to re-run
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    except OSError:
+        return None
+    return None if _GUARD.search(source) else path
+
+
+def _guard_message(n_jobs, script=None):
+    where = f"{script} has" if script else "the script that runs the search has"
+    return (f"n_jobs={n_jobs} runs trials in 'spawn' worker processes, and each worker imports the main "
+            f"script again; {where} no `if __name__ == \"__main__\":` guard, so every worker re-ran the "
+            "search at start-up and died (BrokenProcessPool). Put the code that runs the search under "
+            "`if __name__ == \"__main__\":` (keep the objective a module-level function), or use n_jobs=1.")
+
+
+def _pool_trials(objective, param_list, n_jobs, round_, start_index, callback, budget):
+    """Trials on a spawn ProcessPoolExecutor of n_jobs workers."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # We are a worker re-running an unguarded script: say why instead of
+        # multiprocessing's generic bootstrapping error.
+        raise RuntimeError(_guard_message(n_jobs))
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    with concurrent.futures.ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = [pool.submit(_evaluate, objective, p, budget) for p in param_list]
+        trials = _collect(futures, param_list, callback, round_, start_index, budget)
+        broken = [f for f in futures if f.done() and not f.cancelled() and isinstance(
+            f.exception(), concurrent.futures.process.BrokenProcessPool)]
+    if broken:
+        script = _unguarded_main_script()
+        if script is not None:
+            raise RuntimeError(_guard_message(n_jobs, script)) from broken[0].exception()
+        if not any(t.ok for t in trials):
+            raise RuntimeError(
+                f"every trial failed: a worker process of n_jobs={n_jobs} died (BrokenProcessPool), which "
+                "kills the whole pool. Usual causes: no `if __name__ == \"__main__\":` guard around the "
+                "search in the script, the machine running out of memory, or a crash in native code; run "
+                "with n_jobs=1 to see the objective's own error.") from broken[0].exception()
+    return trials
+
+
+def _run(objective, param_list, n_jobs, executor, round_=0, start_index=0, callback=None, budget=None):
     n_jobs = V.positive_int(n_jobs, "n_jobs")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (called with each Trial as it finishes), got {callback!r}")
@@ -363,21 +457,15 @@ def _run(objective, param_list, n_jobs, executor, round_=0, start_index=0, callb
             raise TypeError("n_jobs > 1 runs trials in other processes, so the objective must be picklable: "
                             "a module-level function (or functools.partial of one), not a lambda, closure or "
                             f"local function ({exc})") from exc
-        import concurrent.futures
-        import multiprocessing
-        threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        with concurrent.futures.ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = [pool.submit(_evaluate, objective, p) for p in param_list]
-            trials = _collect(futures, param_list, callback, round_, start_index)
+        trials = _pool_trials(objective, param_list, n_jobs, round_, start_index, callback, budget)
     elif executor is not None:
-        futures = [executor.submit(_evaluate, objective, p) for p in param_list]
-        trials = _collect(futures, param_list, callback, round_, start_index)
+        futures = [executor.submit(_evaluate, objective, p, budget) for p in param_list]
+        trials = _collect(futures, param_list, callback, round_, start_index, budget)
     else:
         trials = []
         for i, p in enumerate(param_list):
-            score, error, seconds = _evaluate(objective, p)
-            trials.append(Trial(p, score, error, start_index + i, round_, seconds))
+            score, error, seconds = _evaluate(objective, p, budget)
+            trials.append(Trial(p, score, error, start_index + i, round_, seconds, budget))
             if callback is not None:
                 callback(trials[-1])
     if trials and not any(t.ok for t in trials):
@@ -416,18 +504,39 @@ def grid_search(objective, grid, n_jobs=1, executor=None, callback=None) -> Sear
 
 
 def coarse_to_fine(objective, space, rounds=2, trials=10, shrink=0.3, top_k=3, seed=None, n_jobs=1,
-                   executor=None, callback=None) -> SearchResult:
+                   executor=None, callback=None, budgets=None, widen=True) -> SearchResult:
     """Random search in ``rounds``: each round after the first samples a range
     narrowed around the best trials so far (width ``shrink`` times the previous
     one, centred on the best, stretched to hold the ``top_k`` best; in log space
     for loguniform; choices keep the options of the top_k). ``trials`` is per
     round (an int or one int per round). The result holds every round's trials
-    (``trial.round``) and ``spaces`` (one per round)."""
+    (``trial.round``) and ``spaces`` (one per round).
+
+    Widening (``widen=True``): when the best value of a numeric parameter sits
+    at an edge of its range (within 10% of the width, or within the next
+    window's half-width ``shrink``/2; in log space for loguniform), the optimum
+    may lie beyond it, so the next range extends past that edge by half the old
+    width (a uniform range never crosses zero) and a UserWarning names the
+    parameter and the new range. ``widen=False`` only narrows.
+
+    Budgets: ``budgets=[b0, b1, ...]`` (one per round, e.g. epochs) calls
+    ``objective(params, budget)`` with the round's budget, so a coarse round
+    trains briefly and later rounds longer; each Trial records its ``budget``.
+    Scores of different budgets are compared as they are (the best trial
+    overall is usually from the longest round)."""
     space = _check_space(space)
     rounds = V.positive_int(rounds, "rounds")
     per_round = [trials] * rounds if isinstance(trials, (int, np.integer)) else list(trials)
     if len(per_round) != rounds:
         raise ValueError(f"trials must be an int or {rounds} ints, got {trials!r}")
+    if budgets is not None:
+        if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__len__"):
+            raise TypeError(f"budgets must be a list with one budget per round ({rounds}), got {budgets!r}")
+        budgets = list(budgets)
+        if len(budgets) != rounds:
+            raise ValueError(f"budgets must hold one budget per round ({rounds}), got {len(budgets)}: {budgets!r}")
+        if any(b is None for b in budgets):
+            raise ValueError(f"budgets must not contain None, got {budgets!r}")
     shrink = V.real(shrink, "shrink", low=0.0, high=1.0, low_open=True)
     top_k = V.positive_int(top_k, "top_k")
     rng = np.random.default_rng(seed)
@@ -436,9 +545,20 @@ def coarse_to_fine(objective, space, rounds=2, trials=10, shrink=0.3, top_k=3, s
         spaces.append(current)
         params = _sample(current, V.positive_int(per_round[r], "trials"), rng)
         everything += _run(objective, params, n_jobs, executor, round_=r, start_index=len(everything),
-                           callback=callback)
+                           callback=callback, budget=None if budgets is None else budgets[r])
+        if r == rounds - 1:
+            break
         good = [t for t in sorted(everything, key=_sort_key) if t.ok][:top_k]
-        current = {k: s.narrow([t.params[k] for t in good], shrink) for k, s in current.items()}
+        following = {}
+        for k, s in current.items():
+            following[k] = s.narrow([t.params[k] for t in good], shrink, widen=widen)
+            if isinstance(s, Uniform) and (following[k].low < s.low or following[k].high > s.high):
+                side = "lower" if following[k].low < s.low else "upper"
+                warnings.warn(
+                    f"coarse_to_fine: the best {k!r} so far ({good[0].params[k]:.4g}) sits at the {side} edge "
+                    f"of round {r}'s range {s!r}; round {r + 1} searches the widened range {following[k]!r}",
+                    UserWarning, stacklevel=2)
+        current = following
     return SearchResult(everything, space, spaces)
 
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-import zipfile
 
 import numpy as np
 
 from . import _validate as V
+from ._io import load_npz, save_npz_atomic
 from ._random import generator
 from .data import batches
+from .nn.module import as_model_input
+
+_CHECKPOINT_FILE = "a fastnn trainer checkpoint (.npz written by Trainer.save_checkpoint)"
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,16 +86,36 @@ class Callback:
     def on_train_end(self, trainer, history: History): ...
 
 
-def _check_xy(x, y, name_x="X", name_y="y"):
+def _check_x(x, dtype, name_x="X"):
+    """x at the API boundary: float32/float64 with at least one row, copied once
+    into the model's dtype and a C-contiguous layout when it is not already."""
+    x = as_model_input(x, dtype, name_x)
     V.float_array(x, name_x, contiguous=False)
     if x.ndim < 2:
         raise ValueError(f"{name_x} must have a batch axis and features, got shape {x.shape}")
+    return x
+
+
+def _check_xy(x, y, dtype, name_x="X", name_y="y"):
+    x = _check_x(x, dtype, name_x)
     if not hasattr(y, "dtype"):
         y = np.asarray(y)
-    if len(y) != len(x):
-        raise ValueError(f"{name_y} must have one entry per row of {name_x}: {len(y)} != {len(x)}")
+    if y.ndim == 0 or len(y) != len(x):
+        got = "a scalar" if y.ndim == 0 else f"{len(y)} entries"
+        raise ValueError(f"{name_y} must have one entry per row of {name_x}: {name_x} has {len(x)} rows, "
+                         f"{name_y} has {got}")
     V.finite(x, name_x)
     return x, y
+
+
+def _accuracy(scores, y) -> float:
+    """Fraction of rows whose top score is the label (the argmax of the row for
+    (N, C) class probabilities); NaN for targets that are not classes."""
+    if y.ndim == 2:
+        return float(np.mean(np.argmax(scores, axis=1) == np.argmax(y, axis=1)))
+    if y.dtype.kind in "iu":
+        return float(np.mean(np.argmax(scores, axis=1) == y))
+    return float("nan")
 
 
 class Trainer:
@@ -100,6 +124,28 @@ class Trainer:
     schedule: a fastnn.schedules.Schedule (per epoch or per step); callbacks:
     Callback objects; augment: a callable t(x, rng) applied to each training batch
     (called t(x, rng, y=labels) when its ``uses_labels`` is true; it may return (x, y)).
+
+    The optimizer must hold the model's parameters: every trainable one
+    (frozen ones may be left out) and nothing else. One built for another model,
+    or before ``model[i] = layer`` replaced a layer, would train nothing, so
+    ``Trainer(...)`` and ``fit`` raise ValueError instead.
+
+    seed: seeds the Trainer's own generator, which shuffles the batches, picks
+    the ``eval_train_size`` rows scored each epoch and drives ``augment``. It
+    does NOT seed weight initialization or the dropout masks: the model (its
+    weights, and each Dropout's Philox seed) exists before the Trainer. For a
+    fully repeatable run seed fastnn's global generator before building the
+    model: ``fnn.manual_seed(0); model = ...; Trainer(model, ..., seed=0)``
+    (or give each layer ``rng=``/``seed=``).
+
+    Inputs (``fit``, ``evaluate``, ``predict``): X is float32 or float64, any
+    layout; when its dtype differs from the model's, or it is not C-contiguous,
+    it is copied once, up front, into the model's dtype (a float64 X into a
+    float32 model is rounded to float32) and a C-contiguous layout. Targets y
+    are (N,) class labels (integers, or whole floats such as 2.0) or (N, C)
+    class probabilities (one-hot or soft rows; accuracy then counts the argmax
+    of each row), as the loss accepts; they are checked against the model's
+    number of outputs before the first step (``loss.check_targets``).
 
     Divergence: a NaN/Inf loss, or (with ``check_gradients``, the default) a
     NaN/Inf in the flat gradient buffer, stops ``fit`` before the optimizer
@@ -133,6 +179,7 @@ class Trainer:
         self._resume_history = None
         self.check_gradients = bool(check_gradients)
         self.nonfinite = None  # what went non-finite in the last train_step: None, "loss" or "gradients"
+        self._check_optimizer()
         self._dp = None
         if distributed:
             from .distributed import DataParallel, broadcast_object
@@ -141,6 +188,30 @@ class Trainer:
             self.rng.bit_generator.state = broadcast_object(self.rng.bit_generator.state)
         elif bucket_mb is not None:
             raise ValueError("bucket_mb only applies with distributed=True")
+
+    def _check_optimizer(self) -> None:
+        """The optimizer holds every trainable parameter of the model and no other."""
+        groups = getattr(self.optimizer, "param_groups", None)
+        parameters = getattr(self.model, "named_parameters", None)
+        if groups is None or parameters is None:
+            return      # a duck-typed optimizer or model: nothing to compare
+        held = {id(p) for g in groups for p in g["params"]}
+        named = list(parameters())
+        own = {id(p) for _, p in named}
+        missing = [name for name, p in named if p.trainable and id(p) not in held]
+        extra = [p.name or "?" for g in groups for p in g["params"] if id(p) not in own]
+        if missing:
+            trainable = sum(p.trainable for _, p in named)
+            raise ValueError(f"optimizer does not hold {len(missing)} of the model's {trainable} trainable "
+                             f"parameters ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}), so "
+                             "they would never be updated: build the optimizer from this model, "
+                             "e.g. fnn.optim.Adam(model.parameters()), after any model[i] = layer replacement "
+                             "(freeze() the parameters you mean to keep fixed)")
+        if extra:
+            raise ValueError(f"optimizer holds {len(extra)} parameter(s) that are not in the model "
+                             f"({', '.join(extra[:5])}{', ...' if len(extra) > 5 else ''}): was it built for "
+                             "another model, or before a layer was replaced? Build it from "
+                             "model.parameters()")
 
     @property
     def is_main(self) -> bool:
@@ -193,14 +264,27 @@ class Trainer:
         return self._checked_step(loss)   # the reduced gradients are the same on every rank
 
     def fit(self, X, y, epochs, batch_size=128, val=None, progress=True, eval_train_size=1000) -> History:
-        X, y = _check_xy(X, y)
+        """Train ``epochs`` passes over (X, y) in shuffled batches; returns the History.
+
+        Everything is checked before the first step: X and val[0] (converted
+        once as the class docstring says; no rows is an error), y and val[1]
+        against the loss and the model's number of outputs (one forward pass of
+        one row, in eval mode, finds it), the optimizer against the model."""
+        dtype = self._input_dtype()
+        X, y = _check_xy(X, y, dtype)
         epochs = V.positive_int(epochs, "epochs")
         batch_size = V.positive_int(batch_size, "batch_size")
         eval_train_size = V.positive_int(eval_train_size, "eval_train_size", minimum=0)
         if val is not None:
             if not (isinstance(val, (tuple, list)) and len(val) == 2):
                 raise TypeError("val must be a tuple (X_val, y_val)")
-            _check_xy(val[0], val[1], "val[0]", "val[1]")
+            val = _check_xy(val[0], val[1], dtype, "val[0]", "val[1]")
+        self._check_optimizer()
+        num_classes = self._num_outputs(X, "X", may_differ=self.augment is not None)
+        y = self._check_targets(y, num_classes, "y")
+        if val is not None:
+            val_classes = self._num_outputs(val[0], "val[0]")
+            val = (val[0], self._check_targets(val[1], val_classes, "val[1]"))
         dp = self._dp
         if dp is not None:
             if batch_size % dp.world_size:
@@ -322,7 +406,6 @@ class Trainer:
         self._write_checkpoint(path)
 
     def _write_checkpoint(self, path) -> None:
-        from .nn.module import save_npz_atomic
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim/{k}": np.asarray(v) for k, v in self.optimizer.state_dict().items()})
         meta = {"epochs_done": self.epochs_done, "step_count": self.step_count, "base_lr": self._base_lr,
@@ -333,20 +416,19 @@ class Trainer:
         save_npz_atomic(path, arrays)
 
     def load_checkpoint(self, path) -> None:
-        from .nn.module import open_npz
+        """Restore a ``save_checkpoint`` file. A missing file is a
+        FileNotFoundError; one that is not a checkpoint is a ValueError naming it."""
+        arrays = load_npz(path, what=_CHECKPOINT_FILE)
+        if "trainer" not in arrays:
+            raise ValueError(f"{os.fspath(path)} is not {_CHECKPOINT_FILE}: it has no 'trainer' entry"
+                             + (" (it is a model file: load it with fastnn.nn.load)" if "config" in arrays else ""))
         try:
-            with open_npz(path) as f:
-                if "trainer" not in f.files:
-                    raise ValueError(f"{path} is not a fastnn trainer checkpoint (no 'trainer' entry)")
-                meta = json.loads(str(f["trainer"]))
-                model_state = {k[6:]: f[k] for k in f.files if k.startswith("model/")}
-                optim_state = {k[6:]: f[k] for k in f.files if k.startswith("optim/")}
-        except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+            meta = json.loads(str(arrays["trainer"]))
         except ValueError as exc:
-            if str(path) in str(exc):
-                raise
-            raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+            raise ValueError(f"{os.fspath(path)} is not {_CHECKPOINT_FILE}: its 'trainer' entry is not valid "
+                             f"JSON ({exc})") from exc
+        model_state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
+        optim_state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optim_state)
         self.epochs_done = int(meta["epochs_done"])
@@ -359,9 +441,38 @@ class Trainer:
             setattr(history, k, list(v))
         self.history = self._resume_history = history
 
+    # --- inputs ------------------------------------------------------------------
+    def _input_dtype(self):
+        dtype = getattr(self.model, "input_dtype", None)
+        return dtype() if dtype is not None else None
+
+    def _num_outputs(self, X, name, may_differ=False):
+        """The model's number of outputs (classes), from one row of X in eval
+        mode (no statistics or random streams move), or None when the output
+        is not (N, C). A model that cannot take X says so here, before training;
+        with ``may_differ`` (an augment may reshape the batches) it is left to
+        the first step instead."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.forward(X[:1])
+        except (ValueError, TypeError) as exc:
+            if may_differ:
+                return None
+            kind = TypeError if isinstance(exc, TypeError) else ValueError
+            raise kind(f"the model cannot take {name} of shape {tuple(X.shape)}: {exc}") from exc
+        finally:
+            self.model.train(was_training)
+        return int(out.shape[1]) if getattr(out, "ndim", 0) == 2 else None
+
+    def _check_targets(self, y, num_classes, name):
+        check = getattr(self.loss, "check_targets", None)
+        return y if check is None else check(y, num_classes, name)
+
     def predict(self, X, batch_size=1024):
-        """Scores (N, C) in eval mode."""
-        V.float_array(X, "X", contiguous=False)
+        """Scores (N, C) in eval mode. X as in ``fit``: float32/float64, any
+        layout, converted once to the model's dtype and a C-contiguous array."""
+        X = _check_x(X, self._input_dtype())
         was_training = self.model.training
         self.model.eval()
         try:
@@ -369,15 +480,17 @@ class Trainer:
                     for xb, _ in batches(X, None, batch_size, shuffle=False)]
         finally:
             self.model.train(was_training)
-        return np.concatenate(outs) if outs else np.empty((0, 0), X.dtype)
+        return np.concatenate(outs)
 
     def evaluate(self, X, y, batch_size=1024) -> dict:
-        """{'loss': mean loss, 'accuracy': fraction correct} in eval mode."""
-        X, y = _check_xy(X, y)
+        """{'loss': mean loss, 'accuracy': fraction correct} in eval mode. y: (N,)
+        class labels or (N, C) class probabilities (accuracy counts the argmax
+        of each row)."""
+        X, y = _check_xy(X, y, self._input_dtype())
         scores = self.predict(X, batch_size)
+        y = self._check_targets(y, int(scores.shape[1]) if scores.ndim == 2 else None, "y")
         loss = self.loss.forward(scores, y)
-        acc = float(np.mean(np.argmax(scores, axis=1) == y)) if len(y) else float("nan")
-        return {"loss": float(loss), "accuracy": acc}
+        return {"loss": float(loss), "accuracy": _accuracy(scores, y)}
 
 
 def _schedule_state(schedule):

@@ -80,12 +80,21 @@ def softmax_xent(scores, labels):
     return loss, d / n
 
 
-def optim_reference(rule, p, grads, lr, clip=None, max_norm=None, matrices=(), **h):
+def optim_reference(rule, p, grads, lr, clip=None, max_norm=None, matrices=(), state_dtype=np.float64, **h):
     """The PyTorch update rules, step by step, in float64. Returns the trajectory.
 
     clip: global-norm gradient clipping (torch.nn.utils.clip_grad_norm_) before the step;
     max_norm: after the step, every column of each (offset, rows, cols) matrix in
-    `matrices` is rescaled to L2 norm <= max_norm."""
+    `matrices` is rescaled to L2 norm <= max_norm.
+    state_dtype: the precision the optimizer state is stored in (the parameter's
+    dtype, as in PyTorch). The arithmetic stays float64, but each state value is
+    rounded to it after its update, so a float32 squared gradient beyond
+    float32's range (|g| > ~1.8e19) becomes inf there and that element's step
+    becomes zero, as in the kernels and in torch.optim."""
+    def stored(s):
+        with np.errstate(over="ignore"):
+            return s.astype(state_dtype).astype(np.float64)
+
     p = np.array(p, np.float64)
     s1 = np.zeros_like(p)
     s2 = np.zeros_like(p)
@@ -106,21 +115,21 @@ def optim_reference(rule, p, grads, lr, clip=None, max_norm=None, matrices=(), *
         if rule == "sgd":
             p = p - lr * g
         elif rule == "momentum":
-            s1 = mu * s1 + g
+            s1 = stored(mu * s1 + g)
             p = p - lr * s1
         elif rule == "nesterov":
-            s1 = mu * s1 + g
+            s1 = stored(mu * s1 + g)
             p = p - lr * (g + mu * s1)
         elif rule == "adagrad":
-            s1 = s1 + g * g
+            s1 = stored(s1 + g * g)
             p = p - lr * g / (np.sqrt(s1) + h.get("eps", 1e-10))
         elif rule == "rmsprop":
             a = h.get("alpha", 0.99)
-            s1 = a * s1 + (1 - a) * g * g
+            s1 = stored(a * s1 + (1 - a) * g * g)
             p = p - lr * g / (np.sqrt(s1) + h.get("eps", 1e-8))
         else:
-            s1 = b1 * s1 + (1 - b1) * g
-            s2 = b2 * s2 + (1 - b2) * g * g
+            s1 = stored(b1 * s1 + (1 - b1) * g)
+            s2 = stored(b2 * s2 + (1 - b2) * g * g)
             mhat = s1 / (1 - b1**t)
             vhat = s2 / (1 - b2**t)
             p = p - lr * mhat / (np.sqrt(vhat) + h.get("eps", 1e-8))

@@ -53,7 +53,8 @@ def per_image_factor(b, a):
 
 ALL = [A.RandomFlip(), A.RandomFlip(horizontal=False, vertical=True), A.RandomCrop(6, padding=2),
        A.RandomCrop((9, 7), padding=3), A.RandomScale(), A.ColorJitter(0.2, 0.3, 0.4, 0.1), A.RandomTranslate(2),
-       A.RandomRotate(20), A.GaussianNoise(0.1), A.Cutout(3, n_holes=2),
+       A.RandomRotate(20), A.GaussianNoise(0.1), A.Cutout(3, n_holes=2), A.RandomShear(), A.RandomStretch(),
+       A.GaussianBlur(),
        A.Compose([A.RandomFlip(), A.RandomCrop((9, 7), 1), A.Cutout(2)])]
 
 
@@ -345,3 +346,124 @@ def test_bad_input(rng):
         A.RandomRotate(5, interpolation="cubic")
     with pytest.raises(TypeError, match="callable"):
         A.Compose([A.RandomFlip(), 3])
+
+
+# --- issue 18: shear, stretch, Gaussian blur ----------------------------------------------
+
+@pytest.mark.parametrize("t", [A.RandomShear(), A.RandomStretch(), A.GaussianBlur()],
+                         ids=lambda t: type(t).__name__)
+def test_new_transforms_change_an_image_with_defaults(rng, t):
+    x = images(rng, n=6, c=3, h=12, w=10, dtype=np.float32)
+    out = t(x, rng=0)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    changed = np.abs(out - x).reshape(6, -1).max(axis=1)
+    assert (changed > 1e-3).all()                                  # every image of the batch
+    images_differ = [not np.array_equal(out[0], out[k]) for k in range(1, 6)]
+    assert any(images_differ)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_identity_at_zero_strength(rng, dtype):
+    x = images(rng, n=5, dtype=dtype)
+    np.testing.assert_array_equal(A.RandomShear(0.0)(x, rng=0), x)
+    np.testing.assert_array_equal(A.RandomShear(0.5, horizontal=False, vertical=False)(x, rng=0), x)
+    np.testing.assert_array_equal(A.RandomStretch((1.0, 1.0), (1.0, 1.0))(x, rng=0), x)
+    np.testing.assert_array_equal(A.GaussianBlur(0.0)(x, rng=0), x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shear(rng, dtype):
+    x = images(rng, n=4, c=2, h=9, w=7, dtype=dtype)           # centre (4, 3)
+    # k_x = 1: row i slides right by (i - 4) pixels; k_y = 1: column j slides down by (j - 3).
+    one, zero = np.ones(4), np.zeros(4)
+    horizontal = A.warp_affine(x, A.RandomShear.theta(one, zero, 9, 7), fill=-7.0)
+    vertical = A.warp_affine(x, A.RandomShear.theta(zero, one, 9, 7), fill=-7.0)
+    for i in range(9):
+        for j in range(7):
+            src = j - (i - 4)
+            want = x[:, :, i, src] if 0 <= src < 7 else -7.0
+            np.testing.assert_array_equal(horizontal[:, :, i, j], want)
+            src = i - (j - 3)
+            want = x[:, :, src, j] if 0 <= src < 9 else -7.0
+            np.testing.assert_array_equal(vertical[:, :, i, j], want)
+    # The general grid is the inverse of "shear x, then shear y" about the centre.
+    kx, ky = rng.uniform(-0.4, 0.4, 4), rng.uniform(-0.4, 0.4, 4)
+    theta = A.RandomShear.theta(kx, ky, 9, 7)
+    for n in range(4):
+        forward = np.array([[1, ky[n]], [0, 1]]) @ np.array([[1, 0], [kx[n], 1]])
+        inverse = np.linalg.inv(forward)
+        np.testing.assert_allclose(theta[n, [0, 1, 3, 4]], inverse.ravel(), atol=1e-15)
+        np.testing.assert_allclose(inverse @ [-4, -3] + [4, 3], theta[n, [2, 5]], atol=1e-12)   # centre fixed
+    # Random horizontal shears keep the centre row, vertical ones the centre column.
+    tol = TOL[dtype] * 10
+    np.testing.assert_allclose(A.RandomShear(0.3, vertical=False)(x, rng=1)[:, :, 4], x[:, :, 4], rtol=0, atol=tol)
+    np.testing.assert_allclose(A.RandomShear(0.3, horizontal=False)(x, rng=1)[:, :, :, 3], x[:, :, :, 3], rtol=0,
+                               atol=tol)
+
+
+def test_stretch(rng):
+    x = images(rng, n=4, h=9, w=9)
+    wide = A.RandomStretch(x_scale=(2.0, 2.0), y_scale=(1.0, 1.0))(x, rng=0)     # source col = (j - 4) / 2 + 4
+    np.testing.assert_allclose(wide[..., ::2], x[..., 2:7], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(wide[..., 1], (x[..., 2] + x[..., 3]) / 2, rtol=0, atol=1e-12)
+    tall = A.RandomStretch(x_scale=(1.0, 1.0), y_scale=(0.5, 0.5), fill=-3.0)(x, rng=0)   # source row = 2 i - 4
+    np.testing.assert_allclose(tall[:, :, 2:7], x[:, :, ::2], rtol=0, atol=1e-12)
+    assert np.all(tall[:, :, :2] == -3.0) and np.all(tall[:, :, 7:] == -3.0)
+    # Independent factors per axis and per image, drawn from their ranges, about the centre.
+    out = A.RandomStretch((0.7, 1.3), (0.7, 1.3))(x, rng=3)
+    assert np.all(out[:, :, 4, 4] == x[:, :, 4, 4])
+    r = np.random.default_rng(3)
+    sx, sy = r.uniform(0.7, 1.3, 4), r.uniform(0.7, 1.3, 4)
+    theta = np.stack([1 / sy, 0 * sx, 4 - 4 / sy, 0 * sx, 1 / sx, 4 - 4 / sx], axis=1)
+    assert rel_err(out, warp_reference(x, theta, (9, 9), True, 0.0)) < 1e-12
+
+
+def blur_reference(x, sigma, truncate=3.0):
+    """2-D convolution with the normalized, truncated Gaussian, reflected borders, float64."""
+    x = np.asarray(x, np.float64)
+    out = np.empty_like(x)
+    _, _, h, w = x.shape
+    for n, s in enumerate(sigma):
+        r = int(np.ceil(truncate * max(sigma)))
+        k = np.arange(-r, r + 1)
+        g = np.exp(-(k[:, None] ** 2 + k[None, :] ** 2) / (2 * s * s))
+        g /= g.sum()
+        padded = np.pad(x[n], ((0, 0), (r, r), (r, r)), mode="reflect")
+        out[n] = sum(g[a, b] * padded[:, a:a + h, b:b + w] for a in range(2 * r + 1) for b in range(2 * r + 1))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gaussian_blur(rng, dtype):
+    x = images(rng, n=5, c=2, h=10, w=8, dtype=dtype)
+    out = A.GaussianBlur(sigma=(0.4, 1.6))(x, rng=2)
+    sigma = np.random.default_rng(2).uniform(0.4, 1.6, 5)
+    assert rel_err(out, blur_reference(x, sigma)) < TOL[dtype] * 10
+    fixed = A.GaussianBlur(sigma=1.0)(x, rng=0)
+    assert rel_err(fixed, blur_reference(x, np.ones(5))) < TOL[dtype] * 10
+    # A constant image stays constant (so its mean is kept), borders included.
+    flat = np.full((3, 3, 6, 5), 0.37, dtype)
+    np.testing.assert_allclose(A.GaussianBlur()(flat, rng=1), flat, rtol=0, atol=TOL[dtype] * 10)
+    # Noise loses variance; the mean of the batch stays (up to the border reflection).
+    noise = rng.standard_normal((16, 1, 32, 32)).astype(dtype) + 2.0
+    blurred = A.GaussianBlur()(noise, rng=4)
+    assert blurred.var() < 0.5 * noise.var()
+    assert abs(blurred.mean() - noise.mean()) < 0.02
+    # A larger sigma blurs more.
+    var = [A.GaussianBlur(s)(noise, rng=0).var() for s in (0.5, 1.0, 2.0)]
+    assert var[0] > var[1] > var[2]
+
+
+def test_new_transforms_bad_arguments():
+    with pytest.raises(ValueError, match="max_shear"):
+        A.RandomShear(-0.1)
+    with pytest.raises(ValueError, match="x_scale"):
+        A.RandomStretch(x_scale=(1.2, 0.8))
+    with pytest.raises(ValueError, match="y_scale"):
+        A.RandomStretch(y_scale=(0.0, 1.0))
+    with pytest.raises(ValueError, match="sigma"):
+        A.GaussianBlur(sigma=(2.0, 1.0))
+    with pytest.raises(ValueError, match="sigma"):
+        A.GaussianBlur(sigma=-1.0)
+    with pytest.raises(ValueError, match="x"):
+        A.GaussianBlur()(np.zeros((2, 3, 4)))

@@ -94,7 +94,7 @@ def test_layer_constructor_errors():
 
 def test_layer_forward_errors():
     lin = fnn.nn.Linear(3, 2)
-    with pytest.raises(ValueError, match="weight must have shape"):
+    with pytest.raises(ValueError, match=r"Linear\(3, 2\): expected x with 3 input features"):
         lin.forward(_x(4, 5))
     with pytest.raises(TypeError, match="x must have dtype"):
         lin.forward(_x(4, 3, dtype=np.float64))

@@ -121,10 +121,11 @@ def test_whitening_gives_identity_covariance(rng, cls, dtype):
     z = t.transform(x)
     assert z.dtype == dtype and z.shape == x.shape
     s, _ = eig_desc(covariance(x))
-    # Exactly: each white direction has variance S / (S + eps).
-    expected = np.sort(s / (s + eps))
+    # Exactly: each white direction has variance S / (S + eps * S_max) (eps is relative).
+    expected = np.sort(s / (s + eps * s.max()))
+    assert t.eps_ == pytest.approx(eps * s.max(), rel=1e-6)
     assert np.abs(np.sort(np.linalg.eigvalsh(covariance(z))) - expected).max() < TOL[dtype] * 100
-    assert np.abs(covariance(z) - np.eye(6)).max() < eps / s.min() + TOL[dtype] * 100
+    assert np.abs(covariance(z) - np.eye(6)).max() < eps * s.max() / s.min() + TOL[dtype] * 100
     assert rel_err(t.inverse_transform(z), x) < TOL[dtype] * 100
 
 
@@ -200,3 +201,34 @@ def test_bad_arguments():
         P.Standardize().fit(np.ones((5, 3, 2)))
     with pytest.raises(ValueError, match="missing"):
         P.Standardize().load_state_dict({"mean_": np.zeros(3)})
+
+
+@pytest.mark.parametrize("cls", [P.PCAWhitening, P.ZCAWhitening])
+def test_whitening_eps_is_relative_to_the_largest_eigenvalue(rng, cls):
+    # Pixel-like data in [0, 1]: small variances (1e-4 .. 4e-3), full rank.
+    x = np.clip(correlated(rng, 4000, np.geomspace(4e-3, 1e-4, 16), shift=0.0) + 0.5, 0.0, 1.0)
+    z = cls().fit_transform(x)                  # default eps=1e-5
+    # An absolute eps of 1e-5 would leave the weakest direction at 1e-4 / (1e-4 + 1e-5) = 0.91.
+    assert np.abs(covariance(z) - np.eye(16)).max() < 2e-3
+    # Units do not matter: pixels in [0, 255] whiten to the same output.
+    t255 = cls().fit(255.0 * x)
+    np.testing.assert_allclose(t255.transform(255.0 * x), z, rtol=1e-7, atol=1e-7)
+    assert t255.eps_ == pytest.approx(255.0 ** 2 * cls().fit(x).eps_, rel=1e-9)
+    # The fitted eps_ survives a state_dict round trip.
+    restored = cls().load_state_dict(t255.state_dict())
+    assert restored.eps_ == t255.eps_
+    np.testing.assert_array_equal(restored.transform(255.0 * x), t255.transform(255.0 * x))
+
+
+def test_pca_whitening_subset_uses_the_top_eigenvalue(rng):
+    x = correlated(rng, 500, [20.0, 5.0, 1.0, 0.1])
+    t = P.PCAWhitening(eps=1e-2, n_components=2).fit(x)
+    s, _ = eig_desc(covariance(x))
+    assert t.eps_ == pytest.approx(1e-2 * s[0], rel=1e-9)
+    np.testing.assert_allclose(np.diag(covariance(t.transform(x))), s[:2] / (s[:2] + 1e-2 * s[0]), rtol=1e-8)
+
+
+def test_whitening_constant_data_falls_back_to_absolute_eps():
+    x = np.full((10, 3), 0.25)
+    z = P.ZCAWhitening().fit_transform(x)
+    assert np.isfinite(z).all() and not z.any()

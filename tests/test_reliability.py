@@ -106,7 +106,7 @@ def test_checkpoint_write_killed_half_way_leaves_previous_checkpoint(tmp_path):
     assert version >= 1
     np.testing.assert_array_equal(opt.flat_param, version)  # one complete version, not a mix
     # The torn temporary is garbage, and reading it says so instead of crashing.
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(ValueError, match="not a fastnn trainer checkpoint"):
         trainer.load_checkpoint(leftovers[0])
 
 

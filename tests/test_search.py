@@ -139,3 +139,96 @@ def test_cli_search_prints_a_table():
     lines = out.stdout.splitlines()
     assert any(line.split()[:3] == ["rank", "score", "lr"] for line in lines)
     assert lines[-1].startswith("best:")
+
+
+# --- coarse to fine: widening past an edge, budgets (issue 18 item 9) ----------------------------
+
+def optimum_at_2e_7(params):
+    """Peak 0 at lr = 2e-7, outside the starting range [1e-6, 1e-3]."""
+    return -abs(math.log10(params["lr"]) - math.log10(2e-7))
+
+
+def test_coarse_to_fine_widens_past_an_edge_the_best_sits_at():
+    space = {"lr": loguniform(1e-6, 1e-3)}
+    with pytest.warns(UserWarning, match=r"'lr'.*lower edge.*widened range loguniform\(") as record:
+        res = coarse_to_fine(optimum_at_2e_7, space, rounds=4, trials=10, seed=0)
+    assert res.best.params["lr"] < 4e-7, res.table()                 # well below the starting 1e-6
+    assert res.spaces[1]["lr"].low < 1e-6                             # the range extended past the edge
+    first = str(record[0].message)
+    assert f"loguniform({res.spaces[1]['lr'].low:.4g}" in first      # the warning names the new range
+    # Without widening the range can only shrink: the best stays at the old edge.
+    narrow = coarse_to_fine(optimum_at_2e_7, space, rounds=4, trials=10, seed=0, widen=False)
+    assert narrow.best.params["lr"] >= 1e-6
+
+
+def test_widening_extends_in_log_space_and_a_uniform_range_never_crosses_zero():
+    lu = loguniform(1e-4, 1e-2).narrow([1.05e-4, 2e-3], 0.3, widen=True)
+    assert lu.low == pytest.approx(1e-5) and lu.high < 1e-2          # half the old width: one decade
+    u = uniform(0.0, 0.5).narrow([0.01, 0.2], 0.3, widen=True)
+    assert u.low == 0.0                                               # a probability stays a probability
+    u = uniform(0.1, 0.5).narrow([0.48, 0.3], 0.3, widen=True)
+    assert u.high == pytest.approx(0.7) and u.low >= 0.1
+    inside = loguniform(1e-4, 1e-2).narrow([1e-3], 0.3, widen=True)
+    assert 1e-4 <= inside.low and inside.high <= 1e-2                 # an interior best only narrows
+
+
+def test_coarse_to_fine_with_an_interior_optimum_does_not_warn():
+    space = {"lr": loguniform(1e-6, 1.0), "kind": choice(["a", "b"])}
+    res = coarse_to_fine(quadratic, space, rounds=3, trials=12, seed=0)     # warnings are errors here
+    assert all(s["lr"].low >= 1e-6 and s["lr"].high <= 1.0 for s in res.spaces)
+
+
+_BUDGET_CALLS = []
+
+
+def budgeted(params, budget):
+    _BUDGET_CALLS.append(budget)
+    return -(math.log10(params["lr"]) + 2.0) ** 2 + 0.01 * budget
+
+
+def test_coarse_to_fine_passes_one_budget_per_round_in_order():
+    _BUDGET_CALLS.clear()
+    space = {"lr": loguniform(1e-4, 1.0)}
+    res = coarse_to_fine(budgeted, space, rounds=3, trials=[4, 3, 2], budgets=[1, 5, 20], seed=0)
+    assert _BUDGET_CALLS == [1] * 4 + [5] * 3 + [20] * 2
+    assert {(t.round, t.budget) for t in res} == {(0, 1), (1, 5), (2, 20)}
+    assert "budget" in res.table().splitlines()[0]
+    with pytest.raises(ValueError, match="one budget per round"):
+        coarse_to_fine(budgeted, space, rounds=3, budgets=[1, 2])
+    with pytest.raises(TypeError, match="budgets"):
+        coarse_to_fine(budgeted, space, rounds=2, budgets=5)
+    # Without budgets the objective still gets params only.
+    res = coarse_to_fine(quadratic, space, rounds=2, trials=3, seed=0)
+    assert all(t.budget is None for t in res) and "budget" not in res.table().splitlines()[0]
+
+
+# --- n_jobs > 1 in a script without a __main__ guard (issue 16) ----------------------------------
+
+_SCRIPT = '''
+import math
+from fastnn.search import loguniform, random_search
+
+def objective(params):
+    return -abs(math.log10(params["lr"]) + 2)
+
+{body}
+'''
+_SEARCH = 'print("BEST", random_search(objective, {"lr": loguniform(1e-4, 1)}, trials=4, seed=0, n_jobs=2).best)'
+
+
+def _run_script(tmp_path, body):
+    script = tmp_path / "search_script.py"
+    script.write_text(_SCRIPT.format(body=body))
+    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def test_parallel_search_without_a_main_guard_says_what_to_do(tmp_path):
+    out = _run_script(tmp_path, _SEARCH)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: n_jobs=2 runs trials in 'spawn' worker processes"), out.stderr
+    assert "search_script.py has no `if __name__ == \"__main__\":` guard" in last
+    assert "or use n_jobs=1" in last and "BEST" not in out.stdout
+    guarded = _run_script(tmp_path, 'if __name__ == "__main__":\n    ' + _SEARCH)
+    assert guarded.returncode == 0, guarded.stderr
+    assert "BEST Trial(score=" in guarded.stdout

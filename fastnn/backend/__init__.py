@@ -18,8 +18,8 @@ from . import numba_cpu as _numba  # noqa: F401
 from . import cuda as _cuda_backend  # noqa: F401
 
 if "cpp" not in registry.available() and "numba" in registry.available():
-    warnings.warn(
-        f"fastnn: the compiled extension is unavailable ({registry.failures().get('cpp')}); "
-        "running on the Numba backend", RuntimeWarning, stacklevel=2)
+    # Never silent: say why the compiled kernels are missing and how to get them.
+    warnings.warn(f"fastnn: {_cpp.LOAD_PROBLEM}. Falling back to the slower Numba backend.",
+                  RuntimeWarning, stacklevel=2)
 
 __all__ = ["available", "current", "use", "using", "lookup", "failures"]

@@ -36,10 +36,17 @@ class Conv2d(_WeightedActivation):
 
     def forward_fused(self, x, act, alpha):
         """Forward with an activation taken from a following layer."""
-        V.float_array(x, "x", ndim=4, dtype=self.weight.data.dtype)
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"x must have {self.in_channels} channels (axis 1) for Conv2d({self.in_channels}, "
-                             f"{self.out_channels}), got shape {x.shape}")
+        V.float_array(x, "x", dtype=self.weight.data.dtype, contiguous=False)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            c = self.in_channels
+            hint = ""
+            if x.ndim == 3 and x.shape[0] == c:
+                hint = " (one image? use x[None])"
+            elif x.ndim == 2:
+                hint = " (flat rows? reshape them to (N, C, H, W))"
+            raise ValueError(f"Conv2d({c}, {self.out_channels}): x must have {c} channels (shape (N, {c}, H, W)), "
+                             f"got shape {tuple(x.shape)}{hint}")
+        V.float_array(x, "x")
         y, self._saved = ops.conv2d(x, self.weight.data, self.bias.data if self.bias else None, self.stride,
                                     self.padding, act, alpha)
         return y
@@ -78,7 +85,27 @@ class MaxPool2d(Module):
         return ops.max_pool2d_backward(dout, self._saved)
 
 
-class FractionalMaxPool2d(Module):
+class _GeneratorStream:
+    """A layer that draws randomness from its own numpy Generator, with the
+    stochastic-layer protocol of Dropout: ``stochastic``, ``get_rng_state()``,
+    ``set_rng_state(state)``, ``reseed(seed)``."""
+
+    stochastic = True
+
+    def get_rng_state(self):
+        return self.seed, self._rng.bit_generator.state
+
+    def set_rng_state(self, state) -> None:
+        self.seed, generator_state = state
+        self._rng = np.random.default_rng(self.seed)
+        self._rng.bit_generator.state = generator_state
+
+    def reseed(self, seed: int) -> None:
+        self.seed = ops._seed_offset(seed, 0)[0]
+        self._rng = np.random.default_rng(self.seed)
+
+
+class FractionalMaxPool2d(_GeneratorStream, Module):
     """Fractional max pooling (Graham 2014, "Fractional Max-Pooling"): disjoint
     pooling regions from the pseudo-random sequence a_i = ceil(alpha (i + u)) -
     ceil(alpha u), alpha = H_in / H_out (and likewise along W), so the size
@@ -166,7 +193,7 @@ def stochastic_depth_probs(n_blocks, p_last=0.5):
     return [1.0 - l / n * (1.0 - p_last) for l in range(1, n + 1)]
 
 
-class Residual(Module):
+class Residual(_GeneratorStream, Module):
     """y = x + f(x) with stochastic depth (Huang et al. 2016, "Deep Networks with
     Stochastic Depth"): in training the whole block is skipped (y = x) with
     probability 1 - survival_prob, drawn once per forward call for the batch; in

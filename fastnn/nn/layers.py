@@ -6,6 +6,8 @@ linear_act kernel (GEMM with the bias + activation in its epilogue).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import _validate as V
@@ -13,7 +15,7 @@ from .. import init as initializers
 from .. import ops
 from .._random import generator
 from ..backend.codes import SAVES_PREACTIVATION
-from .module import Module, Parameter
+from .module import Module, Parameter, as_model_input
 
 
 def _dtype(dtype):
@@ -21,6 +23,22 @@ def _dtype(dtype):
     if dt not in V.FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def _check_features(x, layer: str, in_features: int, dtype) -> None:
+    """x is (N, in_features) of the layer's dtype, C-contiguous; the feature
+    count is checked before the layout, so a column slice of the wrong width is
+    blamed for its width, not for its strides."""
+    V.float_array(x, "x", dtype=dtype, contiguous=False)
+    if x.ndim != 2 or x.shape[1] != in_features:
+        hint = ""
+        if x.ndim == 1 and x.shape[0] == in_features:
+            hint = " (one sample? use x[None, :])"
+        elif x.ndim > 2 and int(np.prod(x.shape[1:])) == in_features:
+            hint = " (put a fastnn.nn.Flatten() before it)"
+        raise ValueError(f"{layer}: expected x with {in_features} input features (shape (N, {in_features})), "
+                         f"got shape {tuple(x.shape)}{hint}")
+    V.float_array(x, "x")
 
 
 class _WeightedActivation(Module):
@@ -74,7 +92,8 @@ class Linear(_WeightedActivation):
 
     def forward_fused(self, x, act, alpha):
         """Forward with an activation taken from a following layer."""
-        V.float_array(x, "x", ndim=2, dtype=self.weight.data.dtype)
+        _check_features(x, f"Linear({self.in_features}, {self.out_features})", self.in_features,
+                        self.weight.data.dtype)
         shape, dt = (x.shape[0], self.out_features), self.weight.data.dtype
         y, self._saved = ops.linear_act(x, self.weight.data, self.bias.data if self.bias else None, act, alpha,
                                         out=self._buf("y", shape, dt),
@@ -119,7 +138,8 @@ class Maxout(Module):
         self._argmax = None
 
     def forward(self, x):
-        V.float_array(x, "x", ndim=2, dtype=self.weight.data.dtype)
+        _check_features(x, f"Maxout({self.in_features}, {self.out_features})", self.in_features,
+                        self.weight.data.dtype)
         z, self._saved = ops.linear_act(x, self.weight.data, self.bias.data if self.bias else None)
         pieces = z.reshape(z.shape[0], self.out_features, self.pieces)
         self._argmax = pieces.argmax(axis=2)[:, :, None]
@@ -268,11 +288,47 @@ class Flatten(Module):
         return dout.reshape(self._shape)
 
 
+class Step(NamedTuple):
+    """One kernel call of a Sequential's forward: ``layer`` runs alone
+    (``activation`` is None), or a Linear/Conv2d runs with the following
+    activation layer fused into its GEMM epilogue (``activation`` is that layer,
+    which then has no call of its own). Backward walks the steps in reverse."""
+    layer: Module
+    activation: Activation | None
+
+
+class _Layers(tuple):
+    """Sequential.layers: a read-only tuple. Assigning into it would change
+    nothing the model runs (the fused steps and parameters() would keep the
+    old layer), so it says where replacing a layer is done instead."""
+
+    def __setitem__(self, i, layer):
+        raise TypeError(f"Sequential.layers is read-only: replace a layer with model[{i!r}] = layer (that also "
+                        "rebuilds the fused steps and parameters())")
+
+    def __delitem__(self, i):
+        raise TypeError("Sequential.layers is read-only: build a new Sequential(*layers) without the layer")
+
+
 class Sequential(Module):
     """Layers applied in order; backward in reverse.
 
-    A Linear without its own activation followed by an activation layer runs as
-    one fused linear_act step (the activation's PReLU slope gets its gradient)."""
+    A Linear (or Conv2d) without its own activation followed by an activation
+    layer runs as one fused step (``steps()``; the activation's PReLU slope gets
+    its gradient).
+
+    ``model[i]``, ``len(model)`` and ``for layer in model`` read the layers
+    (``model[a:b]`` is a new Sequential sharing them); ``model[i] = layer``
+    replaces one (the transfer-learning move: a new head), rebuilding the fused
+    steps, so ``forward`` and ``parameters()`` use the new layer at once. Build
+    the optimizer (``fnn.optim.Adam(model.parameters())``) after replacing:
+    one built before still holds the old layer's parameters, and Trainer
+    refuses it. ``model.layers`` is a read-only tuple.
+
+    Called as the top-level model (``model(x)`` or ``model.forward(x)``), x is
+    brought to the parameters' dtype and a C-contiguous layout with one copy
+    when needed (``fastnn.nn.module.as_model_input``); layers inside keep
+    refusing what their kernels cannot take."""
 
     def __init__(self, *layers):
         super().__init__()
@@ -280,8 +336,8 @@ class Sequential(Module):
             if not isinstance(layer, Module):
                 raise TypeError(f"layers[{i}] must be a fastnn Module, got {type(layer).__name__}")
             setattr(self, str(i), layer)
-        self.layers = list(layers)
-        for layer in self.layers:
+        object.__setattr__(self, "_layers", _Layers(layers))
+        for layer in self._layers:
             object.__setattr__(layer, "reuse_buffers", True)
         self._plan = self._make_plan()
         self._ran = []
@@ -289,26 +345,77 @@ class Sequential(Module):
         # with k after the k-th plan step of backward, when that step's gradients are final.
         self._after_backward_step = None
 
+    @property
+    def layers(self) -> tuple:
+        """The layers in order, read-only (replace one with ``model[i] = layer``)."""
+        return self._layers
+
+    @layers.setter
+    def layers(self, value):
+        raise TypeError("Sequential.layers is read-only: replace a layer with model[i] = layer, or build a new "
+                        "Sequential(*layers)")
+
     def _make_plan(self):
         plan, i = [], 0
-        while i < len(self.layers):
-            layer = self.layers[i]
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+        while i < len(self._layers):
+            layer = self._layers[i]
+            nxt = self._layers[i + 1] if i + 1 < len(self._layers) else None
             if isinstance(nxt, Activation) and getattr(layer, "fuses", None) and layer.fuses(nxt):
-                plan.append((layer, nxt))
+                plan.append(Step(layer, nxt))
                 i += 2
             else:
-                plan.append((layer, None))
+                plan.append(Step(layer, None))
                 i += 1
         return plan
 
+    def steps(self) -> list[Step]:
+        """The execution plan: the ``Step(layer, activation)`` that forward runs,
+        in order (a Linear/Conv2d with the activation layer fused into it, or one
+        layer alone). A fresh list: changing it changes nothing."""
+        return list(self._plan)
+
     def __len__(self):
-        return len(self.layers)
+        return len(self._layers)
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def _index(self, i) -> int:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"Sequential indices must be integers, got {type(i).__name__}")
+        n = len(self._layers)
+        if not -n <= i < n:
+            raise IndexError(f"layer index {i} out of range for a Sequential of {n} layers")
+        return int(i) % n
 
     def __getitem__(self, i):
-        return self.layers[i]
+        if isinstance(i, slice):
+            return Sequential(*self._layers[i])
+        return self._layers[self._index(i)]
+
+    def __setitem__(self, i, layer):
+        """Replace layer i (negative indices count from the end); the fused
+        steps are rebuilt, the new layer takes the model's train/eval mode."""
+        if isinstance(i, slice):
+            raise TypeError("replace layers one at a time: model[i] = layer")
+        k = self._index(i)
+        if not isinstance(layer, Module):
+            raise TypeError(f"model[{i}] must be set to a fastnn Module, got {type(layer).__name__}")
+        old = self._layers[k]
+        layers = list(self._layers)
+        layers[k] = layer
+        setattr(self, str(k), layer)
+        object.__setattr__(self, "_layers", _Layers(layers))
+        object.__setattr__(self, "_config_args", (layers, {}))    # save() writes the model as it is now
+        object.__setattr__(layer, "reuse_buffers", True)
+        layer.train(self.training)
+        if all(m is not old for m in layers):
+            object.__setattr__(old, "reuse_buffers", False)   # standalone again: fresh outputs
+        self._plan = self._make_plan()
 
     def forward(self, x):
+        if not self.reuse_buffers:      # the top-level model: the API boundary
+            x = as_model_input(x, self.input_dtype())
         for layer, act in self._plan:
             if act is None:
                 x = layer.forward(x)

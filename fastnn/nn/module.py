@@ -8,15 +8,14 @@ without pickle.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import json
 import os
-import tempfile
-import zipfile
 
 import numpy as np
+
+from .._io import load_npz, save_npz_atomic
 
 _LAYER_CLASSES: dict[str, type] = {}
 
@@ -90,6 +89,25 @@ def from_config(config: dict) -> "Module":
     kwargs = {k: _decode(v) for k, v in config.get("kwargs", {}).items()}
     kwargs = {k: v for k, v in kwargs.items() if v is not None or k not in ("init", "rng")}
     return cls(*args, **kwargs)
+
+
+def as_model_input(x, dtype=None, name: str = "x"):
+    """x as the kernels take it, copied at most once, on purpose, at the API
+    boundary (``model(x)``, a top-level ``Sequential.forward``,
+    ``Trainer.fit/evaluate/predict``): a float32/float64 NumPy array that is not
+    C-contiguous (a column slice, a transpose, Fortran order) or whose dtype is
+    not ``dtype`` (a float64 array into a float32 model) becomes a C-contiguous
+    array of ``dtype``. Anything else (integers, lists, CuPy arrays) passes
+    unchanged for the layers to accept or refuse. An array with no rows is a
+    ValueError naming ``name``: there is nothing to compute, and the error beats
+    an empty result or a warning from a mean over nothing further on."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+        return x
+    if x.ndim >= 1 and x.shape[0] == 0:
+        raise ValueError(f"{name} has no rows (shape {tuple(x.shape)}): pass at least one sample")
+    if dtype is not None and x.dtype != dtype:
+        return np.ascontiguousarray(x, dtype=dtype)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
 class Module:
@@ -168,7 +186,18 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
     def __call__(self, x):
-        return self.forward(x)
+        """``forward`` behind the model's front door (see ``as_model_input``):
+        a strided, Fortran-ordered or other-precision float array is copied once
+        into the C-contiguous layout and dtype of the parameters; no rows is a
+        ValueError. ``forward`` itself (and every op) refuses such arrays."""
+        return self.forward(as_model_input(x, self.input_dtype()))
+
+    def input_dtype(self):
+        """The dtype of the first parameter (what the kernels need x in), or None
+        for a module without parameters."""
+        for _, p in self.named_parameters():
+            return p.data.dtype
+        return None
 
     # --- structure ---------------------------------------------------------------
     def children(self):
@@ -266,7 +295,9 @@ class Module:
                 "kwargs": {k: _encode(v) for k, v in named.items()}}
 
     def save(self, path) -> None:
-        """Weights, buffers and architecture to one .npz, written atomically."""
+        """Weights, buffers and architecture to one .npz, written atomically
+        (``fastnn._io.save_npz_atomic``: no pickle, mode 0o666 minus the umask;
+        a missing folder is a FileNotFoundError naming it)."""
         arrays = {f"state/{k}": v for k, v in self.state_dict().items()}
         arrays["config"] = np.array(json.dumps(self.get_config()))
         save_npz_atomic(path, arrays)
@@ -279,60 +310,25 @@ class Module:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
-def save_npz_atomic(path, arrays: dict) -> None:
-    """np.savez to a temporary file in the same folder, fsync, then rename over
-    path: a reader (or a crash at any point) sees the old file or the new one,
-    never a torn one. A process killed mid-write leaves a ``.fastnn-*.npz``
-    temporary behind, never a damaged ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    # Make the rename itself durable: a crash after return keeps the new file.
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-@contextlib.contextmanager
-def open_npz(path):
-    """np.load of an .npz without pickle, the file closed even when it is not a
-    zip archive (np.load leaks its handle then). A corrupt file raises
-    zipfile.BadZipFile, OSError or EOFError; callers turn those into ValueError."""
-    with open(os.fspath(path), "rb") as fh, np.load(fh, allow_pickle=False) as f:
-        yield f
+_MODEL_FILE = "a fastnn model file (.npz written by Module.save)"
 
 
 def load(path) -> Module:
-    """A model saved by ``Module.save``: architecture and weights, no pickle."""
+    """A model saved by ``Module.save``: architecture and weights, no pickle.
+
+    A missing file is a FileNotFoundError; a file that is not a model file is a
+    ValueError "<path> is not a fastnn model file (.npz written by Module.save):
+    <reason>"."""
+    arrays = load_npz(path, what=_MODEL_FILE)
+    if "config" not in arrays:
+        raise ValueError(f"{os.fspath(path)} is not {_MODEL_FILE}: it has no 'config' entry "
+                         f"(entries: {sorted(arrays)[:8]})")
     try:
-        with open_npz(path) as f:
-            if "config" not in f.files:
-                raise ValueError(f"{path} is not a fastnn model file (no 'config' entry)")
-            config = json.loads(str(f["config"]))
-            state = {k[len("state/"):]: f[k] for k in f.files if k.startswith("state/")}
-    except (OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read model file {path}: {exc}") from exc
+        config = json.loads(str(arrays["config"]))
     except ValueError as exc:
-        if str(path) in str(exc):
-            raise
-        raise ValueError(f"cannot read model file {path}: {exc}") from exc
+        raise ValueError(f"{os.fspath(path)} is not {_MODEL_FILE}: its 'config' entry is not valid JSON "
+                         f"({exc})") from exc
+    state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
     try:
         model = from_config(config)
         model.load_state_dict(state)

@@ -160,6 +160,24 @@ def _init_stream(module, seed):
 
 
 class _PhiloxStream:
+    """A layer that draws randomness from its own Philox stream (seed, offset).
+
+    The stochastic-layer protocol (shared with FractionalMaxPool2d and Residual):
+    ``stochastic`` is True; ``get_rng_state()`` / ``set_rng_state(state)`` save
+    and restore the stream; ``reseed(seed)`` restarts it from a new seed (used by
+    fastnn.ensemble.mc_predict and the diagnostics, which leave it as found)."""
+
+    stochastic = True
+
+    def get_rng_state(self):
+        return self.rng_state.copy()
+
+    def set_rng_state(self, state) -> None:
+        self.rng_state[...] = state
+
+    def reseed(self, seed: int) -> None:
+        self.rng_state[...] = (ops._seed_offset(seed, 0)[0], 0)
+
     @property
     def seed(self) -> int:
         return int(self.rng_state[0])

@@ -1,6 +1,14 @@
 """Polyak averaging of the weights: an exponential moving average (EMA).
 
-    shadow = decay * shadow + (1 - decay) * param        (after every step)
+    shadow = decay_t * shadow + (1 - decay_t) * param        (after every step)
+    decay_t = min(decay, (1 + t) / (10 + t))   with warmup (the default)
+    decay_t = decay                            with warmup=False
+
+t = 0, 1, 2, ... counts the updates made before this one. The warm-up (as in
+TensorFlow's ExponentialMovingAverage(num_updates=...)) makes the first updates
+forget the initial weights quickly: with decay 0.999 and no warm-up the shadow
+still holds ~0.999^170 = 84% of the initialization after 170 steps, so a short
+run's averaged weights are mostly the random init.
 
 The averaged weights often evaluate better than the last iterate (Polyak &
 Juditsky 1992; "Training Neural Networks II", model ensembles). ``update()``
@@ -35,20 +43,35 @@ def _parameters(model_or_params) -> list[Parameter]:
 
 
 class EMA(Callback):
-    """EMA(model or params, decay=0.999). Holds the Parameter objects (not
-    their arrays), so it keeps working after an optimizer moves them into its
-    flat buffer. The shadow starts as a copy of the current weights."""
+    """EMA(model or params, decay=0.999, warmup=True). Holds the Parameter
+    objects (not their arrays), so it keeps working after an optimizer moves
+    them into its flat buffer. The shadow (one array per parameter, of its
+    shape and dtype) starts as a copy of the current weights.
 
-    def __init__(self, model_or_params, decay=0.999):
+    ``warmup=True`` uses decay_t = min(decay, (1 + t) / (10 + t)) for update t
+    (t = num_updates before it: 0.1, 0.18, 0.25, ... rising to ``decay``);
+    ``warmup=False`` uses ``decay`` from the first update (the plain form)."""
+
+    def __init__(self, model_or_params, decay=0.999, warmup=True):
         self.decay = V.real(decay, "decay", low=0.0, high=1.0)
+        if not isinstance(warmup, (bool, np.bool_)):
+            raise TypeError(f"warmup must be True or False, got {type(warmup).__name__}")
+        self.warmup = bool(warmup)
         self.params = _parameters(model_or_params)
         self.shadow = [np.array(p.data, copy=True) for p in self.params]
         self.num_updates = 0
         self._backup = None
 
+    def current_decay(self) -> float:
+        """The decay the next ``update()`` uses."""
+        if not self.warmup:
+            return self.decay
+        t = self.num_updates
+        return min(self.decay, (1.0 + t) / (10.0 + t))
+
     def update(self) -> None:
-        """shadow = decay * shadow + (1 - decay) * param, in place."""
-        d = self.decay
+        """shadow = decay_t * shadow + (1 - decay_t) * param, in place."""
+        d = self.current_decay()
         for s, p in zip(self.shadow, self.params):
             s *= d
             s += (1.0 - d) * p.data
@@ -85,6 +108,7 @@ class EMA(Callback):
         out = {f"shadow{i}": s.copy() for i, s in enumerate(self.shadow)}
         out["num_updates"] = np.array(self.num_updates)
         out["decay"] = np.array(self.decay)
+        out["warmup"] = np.array(self.warmup)
         return out
 
     def load_state_dict(self, state: dict) -> None:
@@ -95,3 +119,5 @@ class EMA(Callback):
             s[...] = src
         self.num_updates = int(state["num_updates"])
         self.decay = float(state["decay"])
+        if "warmup" in state:
+            self.warmup = bool(np.asarray(state["warmup"]))

@@ -9,9 +9,25 @@ with their own hyperparameter row, so a step has no Python loop over tensors.
 Consecutive parameters with the same settings share one segment.
 
 Options on every optimizer: ``weight_decay`` (L2), ``l1`` (elastic net with
-both), ``max_norm`` (per output unit of each weight matrix, after the update;
-per group), ``clip_grad_norm`` (global-norm gradient clipping, fused into the
-update as a gradient scale).
+both), ``max_norm`` (per unit, after the update; per group), ``clip_grad_norm``
+(global-norm gradient clipping, fused into the update as a gradient scale).
+
+- ``weight_decay`` adds ``weight_decay * p`` to the gradient, i.e. it is the
+  gradient of ``0.5 * weight_decay * ||W||^2``: the notes' L2 term
+  ``lambda * ||W||^2`` is ``weight_decay = 2 * lambda`` (PyTorch's convention).
+  AdamW decays ``p *= 1 - lr * weight_decay`` instead (decoupled).
+- ``l1`` adds ``l1 * sign(p)`` (the gradient of ``l1 * |W|_1``).
+- ``max_norm=c`` (Srivastava et al. 2014; the notes' "max norm constraints"):
+  after each step every unit's incoming weight vector w is rescaled to
+  ``w * min(1, c / ||w||_2)``. A unit is a column of a Linear/Maxout/DropConnect
+  weight (in, out) (norm over ``in``; Maxout: each piece), and a filter of a
+  Conv2d weight (F, C, KH, KW) (norm over its C*KH*KW weights). In general a
+  2-D parameter is (fan_in, units) and a parameter of 3 or more dimensions is
+  (units, ...). 1-D parameters (biases, BatchNorm gamma/beta, PReLU slopes) are
+  never constrained.
+
+Frozen parameters (``trainable`` False, e.g. after ``module.freeze()``) are
+untouched by every path: the update, weight decay, l1, and max_norm.
 
 Hyperparameter names and defaults are PyTorch's; formulas in csrc/ops/optim.h.
 """
@@ -30,6 +46,15 @@ _FIELD = {name: i for i, name in enumerate(HYPER_FIELDS)}
 
 
 class Optimizer:
+    """Base of the fused optimizers: ``step()`` updates every trainable parameter
+    from its ``.grad`` in one kernel pass over the flat buffer.
+
+    ``weight_decay`` is PyTorch's: g += weight_decay * p, the gradient of
+    0.5 * weight_decay * ||W||^2, so the notes' L2 penalty lambda * ||W||^2 is
+    ``weight_decay = 2 * lambda``. ``l1``: g += l1 * sign(p). ``max_norm``: each
+    unit's incoming weights rescaled to norm <= max_norm after the step (see the
+    module doc for what a unit is). Frozen parameters are skipped."""
+
     rule = "sgd"
     n_state = 0
     defaults: dict = {}
@@ -48,7 +73,8 @@ class Optimizer:
         self._group_of = np.array([gi for gi, g in enumerate(self.param_groups) for _ in g["params"]], np.int64)
         self._flatten()
         self._seg_key = None
-        self._max_norm_table()
+        self._max_norm_blocks = self._max_norm_table()
+        self._segments()
         self.t = 0
 
     # --- construction ----------------------------------------------------------
@@ -107,7 +133,10 @@ class Optimizer:
         self.state = [np.zeros(total, dt) for _ in range(self.n_state)]
 
     def _segments(self):
-        """Runs of consecutive parameters with the same group and trainable flag."""
+        """Runs of consecutive parameters with the same group and trainable flag.
+
+        Also (re)selects the max-norm blocks of the trainable parameters, so a
+        parameter frozen (or unfrozen) between steps is skipped (or constrained)."""
         key = tuple(p.trainable for p in self._params)
         if key != self._seg_key:
             begin, group, frozen = [0], [], []
@@ -123,21 +152,35 @@ class Optimizer:
             self._segment_group = np.array(group, np.int64)
             self._segment_frozen = np.array(frozen, bool)
             self.hyper = np.zeros((len(group), len(HYPER_FIELDS)), np.float64)
+            blocks = [b for i, bs in self._max_norm_blocks.items() if key[i] for b in bs]
+            self._max_norm = None
+            if blocks:
+                off, r, c, lim = zip(*blocks)
+                self._max_norm = (np.array(off, np.int64), np.array(r, np.int64), np.array(c, np.int64),
+                                  np.array(lim, np.float64))
             self._seg_key = key
         return self._segment_begin
 
-    def _max_norm_table(self):
-        """(offset, rows, cols, limit) of every weight matrix in a group with max_norm."""
-        rows = []
+    def _max_norm_table(self) -> dict:
+        """{param index: [(offset, rows, cols, limit), ...]} for the parameters of
+        groups with max_norm: the blocks whose COLUMNS ``ops.max_norm`` caps.
+
+        A 2-D weight (fan_in, units) is one (fan_in, units) block: one column per
+        unit. A weight of 3+ dimensions (units, ...), e.g. a Conv2d filter bank
+        (F, C, KH, KW), stores unit f contiguously at offset + f*K (K = C*KH*KW),
+        so each unit is its own (K, 1) block whose single column is the filter."""
+        table = {}
         for i, p in enumerate(self._params):
             limit = self.param_groups[self._group_of[i]].get("max_norm")
-            if limit is not None and p.data.ndim >= 2:
-                rows.append((int(self.seg_begin[i]), p.data.shape[0], int(np.prod(p.data.shape[1:])), float(limit)))
-        self._max_norm = None
-        if rows:
-            off, r, c, lim = zip(*rows)
-            self._max_norm = (np.array(off, np.int64), np.array(r, np.int64), np.array(c, np.int64),
-                              np.array(lim, np.float64))
+            if limit is None or p.data.ndim < 2:
+                continue
+            base, limit = int(self.seg_begin[i]), float(limit)
+            if p.data.ndim == 2:
+                table[i] = [(base, int(p.data.shape[0]), int(p.data.shape[1]), limit)]
+            else:
+                units, k = int(p.data.shape[0]), int(np.prod(p.data.shape[1:]))
+                table[i] = [(base + f * k, k, 1, limit) for f in range(units)]
+        return table
 
     # --- stepping -------------------------------------------------------------
     def _group_row(self, g) -> list[float]:
@@ -155,32 +198,51 @@ class Optimizer:
         row[_FIELD["grad_scale"]] = 1.0
         return row
 
+    def _trainable_runs(self):
+        """[(first segment, end segment)] of the maximal runs of trainable segments."""
+        runs, start = [], None
+        for k, is_frozen in enumerate(self._segment_frozen.tolist() + [True]):
+            if not is_frozen and start is None:
+                start = k
+            elif is_frozen and start is not None:
+                runs.append((start, k))
+                start = None
+        return runs
+
     def step(self, check_finite: bool = False) -> bool:
-        """One update of every parameter from its current .grad. With
+        """One update of every trainable parameter from its current .grad. With
         ``check_finite``, a NaN/Inf gradient (one dot product over the flat
         buffer, shared with global-norm clipping) skips the update, leaving
-        parameters and state untouched, and returns False."""
+        parameters and state untouched, and returns False.
+
+        Frozen parameters (``trainable`` False) are skipped entirely, as PyTorch
+        skips parameters without a gradient: their values and optimizer state
+        stay as they are, and their gradients count neither in the clipping
+        norm nor in the finite check."""
+        seg_begin = self._segments()
+        frozen = self._segment_frozen
+        runs = self._trainable_runs() if frozen.any() else [(0, len(frozen))]
         sq = None
         if check_finite or self.clip_grad_norm is not None:
-            g = self.flat_grad
-            sq = float(np.dot(g, g))   # NaN or Inf anywhere (or a norm beyond float range): non-finite
+            sq = 0.0
+            for a, b in runs:   # NaN or Inf anywhere (or a norm beyond float range): non-finite
+                g = self.flat_grad[seg_begin[a]:seg_begin[b]]
+                sq += float(np.dot(g, g))
             if check_finite and not math.isfinite(sq):
                 return False
         self.t += 1
-        seg_begin = self._segments()
         table = np.array([self._group_row(g) for g in self.param_groups], np.float64)
         np.take(table, self._segment_group, axis=0, out=self.hyper)
-        frozen = self._segment_frozen
-        if frozen.any():
-            for field in ("lr", "weight_decay", "l1"):
-                self.hyper[frozen, _FIELD[field]] = 0.0
         if self.clip_grad_norm is not None:
             self.last_grad_norm = math.sqrt(sq) if sq >= 0 else float("nan")
             # PyTorch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1.
             self.hyper[:, _FIELD["grad_scale"]] = min(1.0, self.clip_grad_norm / (self.last_grad_norm + 1e-6))
-        s1 = self.state[0] if self.n_state > 0 else None
-        s2 = self.state[1] if self.n_state > 1 else None
-        ops.optim_step(self.rule, self.flat_param, self.flat_grad, s1, s2, seg_begin, self.hyper)
+        for a, b in runs:
+            lo, hi = int(seg_begin[a]), int(seg_begin[b])
+            s1 = self.state[0][lo:hi] if self.n_state > 0 else None
+            s2 = self.state[1][lo:hi] if self.n_state > 1 else None
+            ops.optim_step(self.rule, self.flat_param[lo:hi], self.flat_grad[lo:hi], s1, s2,
+                           seg_begin[a:b + 1] - lo, self.hyper[a:b])
         if self._max_norm is not None:
             ops.max_norm(self.flat_param, *self._max_norm)
         return True
