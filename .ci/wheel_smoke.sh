@@ -9,7 +9,7 @@ venv=$(mktemp -d /tmp/fastnn-wheel-venv.XXXXXX)
 trap 'rm -rf "$dist" "$venv"' EXIT
 
 pip wheel . -w "$dist" --no-deps
-wheel=$(ls "$dist"/fastnn-*.whl)
+wheel=$(ls "$dist"/fastnn_train-*.whl)
 echo "built $wheel"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q "$wheel"

@@ -92,3 +92,20 @@ def real(v, name: str, low=None, high=None, low_open=False, high_open=False) -> 
     if high is not None and (v > high or (high_open and v == high)):
         raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {v}")
     return v
+
+
+PLOT_HINT = 'pip install "fastnn-train[plot]" (from a clone: pip install ".[plot]")'
+
+
+def pyplot(what: str):
+    """matplotlib.pyplot (the Agg backend unless one is already chosen), or an
+    ImportError saying that `what` needs matplotlib and how to install it. The
+    one plotting guard of the package (matplotlib is an optional extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(f"{what} needs matplotlib, which is not installed: pip install matplotlib "
+                          f"or {PLOT_HINT}") from exc
+    return plt

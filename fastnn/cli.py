@@ -21,9 +21,9 @@ import numpy as np
 import fastnn as fnn
 from . import bench_quick
 from .backend import cpp, cuda, registry
+from ._validate import PLOT_HINT
 from .search import loguniform, random_search
 
-PLOT_HINT = 'pip install "fastnn-train[plot]" (from a clone: pip install ".[plot]")'
 DATASET_FORMS = "digits, spiral, cifar10:PATH or mnist:PATH"
 
 

@@ -408,17 +408,7 @@ def dead_relu_fraction(model, X) -> dict:
     return out
 
 
-def _pyplot(what):
-    """matplotlib.pyplot (Agg unless a backend is already chosen), or an
-    ImportError saying how to install it."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError(f"{what} needs matplotlib, which is not installed: pip install matplotlib "
-                          "(or pip install \"fastnn-train[plot]\")") from exc
-    return plt
+_pyplot = V.pyplot
 
 
 def plot_activation_stats(stats, X=None, path=None, max_layers=12):

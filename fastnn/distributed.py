@@ -51,7 +51,7 @@ _nccl_comm = None       # cupy.cuda.nccl.NcclCommunicator, created on the first 
 # ranks of 4.5e15 mask elements each before two streams could meet.
 RANK_STREAM_SPAN = 2**52
 
-_INSTALL_HINT = ("pip install 'fastnn[dist]' (mpi4py) and an MPI library, e.g. "
+_INSTALL_HINT = ('pip install "fastnn-train[dist]" (mpi4py) and an MPI library, e.g. '
                  "apt-get install openmpi-bin libopenmpi-dev")
 
 

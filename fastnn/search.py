@@ -282,12 +282,7 @@ class SearchResult:
     def plot(self, path=None):
         """Score over the two most important hyperparameters (colour = score;
         log axes for loguniform ones), or score over the only one. Needs matplotlib."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            raise ImportError("SearchResult.plot needs matplotlib: pip install 'fastnn[plot]'") from exc
+        plt = V.pyplot("SearchResult.plot")
         ok = [t for t in self.trials if t.ok]
         if not ok:
             raise ValueError("no successful trial to plot")

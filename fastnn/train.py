@@ -47,12 +47,7 @@ class History:
 
     def plot(self, path=None, smooth: int = 20):
         """Loss per step (raw and smoothed) and train/val accuracy per epoch."""
-        try:
-            import matplotlib
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            raise ImportError("History.plot needs matplotlib: pip install 'fastnn[plot]'") from exc
+        plt = V.pyplot("History.plot")
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
         steps = np.arange(len(self.loss))
         ax1.plot(steps, self.loss, alpha=0.35, lw=0.8, label="loss (per step)")

@@ -28,7 +28,7 @@ def _mpi_missing():
         return "mpirun not found (apt-get install openmpi-bin libopenmpi-dev)"
     import importlib.util
     if importlib.util.find_spec("mpi4py") is None:
-        return "mpi4py is not installed (pip install 'fastnn[dist]')"
+        return 'mpi4py is not installed (pip install "fastnn-train[dist]")'
     return None
 
 
@@ -228,7 +228,7 @@ def _objective(params):
 
 @pytest.fixture(scope="module")
 def dask_client():
-    pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'fastnn[dist]')")
+    pytest.importorskip("distributed", reason='dask.distributed is not installed (pip install "fastnn-train[dist]")')
     from distributed import Client, LocalCluster
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None)
     client = Client(cluster)

@@ -3,20 +3,25 @@ current stream. Loaded only when the extension was built, CuPy imports and a
 GPU is present; otherwise ``reason`` says why not."""
 from __future__ import annotations
 
+import importlib
+
 from . import registry
 from .codes import ACTIVATIONS
 
 reason = None
 _cuda = cp = None
 try:
-    from .. import _cuda
+    _cuda = importlib.import_module("fastnn._cuda")
+except ModuleNotFoundError:
+    reason = ("fastnn._cuda was not built (the CUDA build needs nvcc and, with FASTNN_CUDA=AUTO, an NVIDIA "
+              "driver; FASTNN_CUDA=ON pip install . builds it anyway)")
 except ImportError as exc:
-    reason = f"fastnn._cuda not built or not loadable ({exc})"
+    reason = f"fastnn._cuda failed to load ({exc})"
 if _cuda is not None:
     try:
         import cupy as cp
     except ImportError:
-        reason = "CuPy is not installed (pip install fastnn[cuda])"
+        reason = 'CuPy is not installed (pip install "fastnn-train[cuda]")'
     else:
         if _cuda.device_count() < 1:
             reason = "no CUDA device visible"
