@@ -21,7 +21,7 @@ trap 'rm -rf "$venv" "$log"' EXIT
 python3 -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install -q --upgrade pip
-"$py" -m pip install -q numpy numba tqdm pytest hypothesis
+"$py" -m pip install -q numpy numba tqdm pytest hypothesis==6.170.17
 
 # Only the code paths this processor runs: an instrumented build of one it
 # cannot run would cost minutes and test nothing.
