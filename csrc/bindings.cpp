@@ -233,15 +233,15 @@ void softmax_xent_backward(py::object probs, py::object labels, py::object dscor
   });
 }
 
-// hyper: (S, 10) float64 rows of
-// [lr, weight_decay, l1, momentum, alpha, beta1, beta2, eps, bias_correction1, bias_correction2,
-//  grad_scale] (fastnn/backend/codes.py HYPER_FIELDS)
-constexpr int kHyperFields = 11;
+// hyper: (S, kNumHyper) float64 rows, one field per OptimHyper member in
+// FASTNN_OPTIM_HYPER's order (exported as HYPER_FIELDS).
+constexpr int kNumHyper = int(sizeof(fastnn::kHyperFields) / sizeof(fastnn::kHyperFields[0]));
 
 void optim_step(int rule, py::object param, py::object grad, py::object state1, py::object state2,
                 py::object seg_begin, py::object hyper) {
-  if (rule < 0 || rule > int(Rule::adamw))
-    throw py::value_error("rule must be an optimizer rule code in [0, 6], got " + std::to_string(rule));
+  if (rule < 0 || rule >= fastnn::kNumRules)
+    throw py::value_error("rule must be an optimizer rule code in [0, " + std::to_string(fastnn::kNumRules - 1) +
+                          "], got " + std::to_string(rule));
   if (!py::isinstance<py::array>(seg_begin) || !py::isinstance<py::array>(hyper))
     throw py::type_error("seg_begin and hyper must be numpy arrays");
   by_dtype(param, "param", [&](auto tag) {
@@ -249,7 +249,7 @@ void optim_step(int rule, py::object param, py::object grad, py::object state1, 
     int64_t n = dim(param, "param", 1, 0);
     int64_t s = dim(hyper, "hyper", 2, 0);
     const int64_t* seg = checked<int64_t>(seg_begin, "seg_begin", {s + 1});
-    const double* hy = checked<double>(hyper, "hyper", {s, kHyperFields});
+    const double* hy = checked<double>(hyper, "hyper", {s, kNumHyper});
     if (s < 1 || seg[0] != 0 || seg[s] != n)
       throw py::value_error("seg_begin must start at 0 and end at len(param)");
     for (int64_t i = 0; i < s; ++i)
@@ -258,9 +258,11 @@ void optim_step(int rule, py::object param, py::object grad, py::object state1, 
     bool needs1 = r != Rule::sgd, needs2 = r == Rule::adam || r == Rule::adamw;
     std::vector<fastnn::OptimHyper<T>> h(static_cast<size_t>(s));
     for (int64_t i = 0; i < s; ++i) {
-      const double* row = hy + i * kHyperFields;
-      h[size_t(i)] = {T(row[0]), T(row[1]), T(row[2]), T(row[3]), T(row[4]),
-                      T(row[5]), T(row[6]), T(row[7]), T(row[8]), T(row[9]), T(row[10])};
+      const double* row = hy + i * kNumHyper;
+      int field = 0;
+#define FASTNN_HYPER_FROM_ROW(name) h[size_t(i)].name = T(row[field++]);
+      FASTNN_OPTIM_HYPER(FASTNN_HYPER_FROM_ROW)
+#undef FASTNN_HYPER_FROM_ROW
     }
     fastnn::OptimStepArgs<T> args{n, checked<T>(param, "param", {n}, true), checked<T>(grad, "grad", {n}),
                                   needs1 ? checked<T>(state1, "state1", {n}, true) : nullptr,
@@ -286,10 +288,12 @@ std::vector<int64_t> ncs_of(const py::object& x, const char* name) {
 
 Act batchnorm_act(int act, double alpha) {
   Act a = act_of(act, alpha);
-  if (fastnn::act_saves_preactivation(a))
-    throw py::value_error("act fused into batchnorm must have a derivative computable from its output "
-                          "(not prelu, gelu, gelu_tanh or swish)");
-  return a;
+  if (!fastnn::act_saves_preactivation(a)) return a;
+  std::string saving;
+  for (int i = 0; i < fastnn::kNumActs; ++i)
+    if (fastnn::act_saves_preactivation(Act(i))) saving += (saving.empty() ? "" : ", ") + std::string(fastnn::kActNames[i]);
+  throw py::value_error("act fused into batchnorm must have a derivative computable from its output (not " + saving +
+                        ")");
 }
 
 void batchnorm_forward(py::object x, py::object gamma, py::object beta, py::object running_mean,
@@ -503,14 +507,27 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("set_adaptive_threads", &fastnn::set_adaptive_threads, py::arg("on"));
   mod.def("adaptive_threads", &fastnn::adaptive_threads);
 
+  // The names tables, generated from the X-macros (ops/activation.h,
+  // ops/optim.h, kernels.h); fastnn/backend/codes.py is the Python copy and
+  // tests/test_backend.py compares the two.
   py::dict acts;
-  const char* names[] = {"identity", "relu", "leaky_relu", "prelu", "elu", "selu",
-                         "sigmoid", "tanh", "gelu", "gelu_tanh", "swish"};
-  for (int i = 0; i < fastnn::kNumActs; ++i) acts[names[i]] = i;
+  py::list saves_preactivation;
+  for (int i = 0; i < fastnn::kNumActs; ++i) {
+    acts[fastnn::kActNames[i]] = i;
+    if (fastnn::act_saves_preactivation(Act(i))) saves_preactivation.append(fastnn::kActNames[i]);
+  }
   mod.attr("ACTIVATIONS") = acts;
+  mod.attr("SAVES_PREACTIVATION") = py::tuple(saves_preactivation);
   py::dict rules;
-  const char* rnames[] = {"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"};
-  for (int i = 0; i <= int(Rule::adamw); ++i) rules[rnames[i]] = i;
+  for (int i = 0; i < fastnn::kNumRules; ++i) rules[fastnn::kRuleNames[i]] = i;
   mod.attr("RULES") = rules;
+  py::list hyper_fields;
+  for (const char* name : fastnn::kHyperFields) hyper_fields.append(name);
+  mod.attr("HYPER_FIELDS") = py::tuple(hyper_fields);
+  py::list kernels;
+#define FASTNN_KERNEL_NAME(name, Args) kernels.append(#name);
+  FASTNN_CPU_KERNELS(FASTNN_KERNEL_NAME)
+#undef FASTNN_KERNEL_NAME
+  mod.attr("KERNELS") = py::tuple(kernels);
   mod.attr("OPENMP") = py::int_(_OPENMP);
 }

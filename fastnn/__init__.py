@@ -24,28 +24,12 @@ _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 from . import backend
 from . import _validate
 from ._random import manual_seed
+from ._threads import get_num_threads, set_num_threads
 from . import ops, init, losses, schedules, data, nn, optim
 from . import preprocessing, augment
-from .train import Callback, History, Trainer, TrainingDiverged
-from .callbacks import BestCheckpoint, EarlyStopping
+from .callbacks import BestCheckpoint, Callback, EarlyStopping, History
+from .train import Trainer, TrainingDiverged
 from . import diagnostics, search, ensemble, distributed
-
-
-def set_num_threads(n: int) -> None:
-    """Threads for the CPU kernels of every backend (C++ OpenMP and Numba)."""
-    n = _validate.positive_int(n, "n")
-    from .backend import cpp, numba_cpu
-    if cpp._C is not None:
-        cpp._C.set_num_threads(n)
-    if numba_cpu.numba is not None:
-        numba_cpu.set_num_threads(n)
-
-
-def get_num_threads() -> int:
-    from .backend import cpp, numba_cpu
-    if cpp._C is not None:
-        return int(cpp._C.get_num_threads())
-    return int(numba_cpu.numba.get_num_threads())
 
 
 __all__ = ["backend", "ops", "init", "losses", "schedules", "data", "nn", "optim", "preprocessing", "augment",

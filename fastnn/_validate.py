@@ -94,6 +94,44 @@ def real(v, name: str, low=None, high=None, low_open=False, high_open=False) -> 
     return v
 
 
+def uint64(v, name: str) -> int:
+    """v as a Python int: an integer in [0, 2**64) (a Philox seed or offset)."""
+    if isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if not 0 <= int(v) < 2**64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {v}")
+    return int(v)
+
+
+def seed(v, name: str = "seed") -> int:
+    """A Philox seed: an int in [0, 2**64)."""
+    return uint64(v, name)
+
+
+def pair(v, name: str, minimum: int = 0) -> tuple[int, int]:
+    """(height, width) from an int (used for both) or a pair of ints, each >= minimum."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair (height, width) of ints, got {v!r}")
+        return (positive_int(v[0], name, minimum), positive_int(v[1], name, minimum))
+    v = positive_int(v, name, minimum)
+    return (v, v)
+
+
+def batch(x, name: str, ndim=None, allow_empty: bool = False, contiguous: bool = False):
+    """x if it is a batch: a float32/float64 array with the batch axis N first
+    and the features after it (at least 2-D, or ``ndim`` dimensions), with at
+    least one row unless ``allow_empty``. The one "X is a batch" check of the
+    package; callers that need a C-contiguous array copy or pass contiguous=True."""
+    float_array(x, name, ndim=ndim, contiguous=contiguous)
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be a batch (N, ...): a batch axis, then the features, got shape "
+                         f"{tuple(x.shape)}")
+    if not allow_empty and x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
+    return x
+
+
 PLOT_HINT = 'pip install "fastnn-train[plot]" (from a clone: pip install ".[plot]")'
 
 

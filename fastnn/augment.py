@@ -30,11 +30,11 @@ import numpy as np
 
 from . import _validate as V
 from ._random import generator
-from .backend import numba_cpu  # (sets Numba's threading layer before the first parallel compile)
+# numba as the Numba backend's runtime sets it up (threading layer chosen before
+# the first parallel compile); None when numba failed to import.
+from .backend.numba.runtime import JIT as _JIT, njit, numba, prange
 
-if numba_cpu.numba is not None:
-    from numba import njit, prange
-else:  # pragma: no cover - numba is a dependency; without it only the geometric transforms fail
+if numba is None:  # pragma: no cover - numba is a dependency; without it only the geometric transforms fail
     def njit(*args, **kwargs):
         def unavailable(*a, **k):
             raise RuntimeError("fastnn.augment: the geometric transforms need numba, which failed to import")
@@ -42,8 +42,6 @@ else:  # pragma: no cover - numba is a dependency; without it only the geometric
     prange = range
 
 # --- kernels --------------------------------------------------------------------
-
-_JIT = dict(cache=True, nogil=True, fastmath=False, error_model="numpy")
 
 
 @njit(**_JIT)
@@ -127,7 +125,7 @@ def warp_affine(x, theta, out_size=None, interpolation: str = "bilinear", fill: 
     """Resample each image of x (N, C, H, W) on its own affine grid theta (N, 6) (see the module doc).
 
     out_size: (Ho, Wo), default (H, W). interpolation: "bilinear" or "nearest"."""
-    _check_batch(x, "x", spatial=True)
+    V.batch(x, "x", ndim=4, allow_empty=True, contiguous=True)
     theta = np.ascontiguousarray(theta, dtype=np.float64)
     V.shape_is(theta, "theta", (x.shape[0], 6))
     V.finite(theta, "theta")
@@ -140,22 +138,6 @@ def warp_affine(x, theta, out_size=None, interpolation: str = "bilinear", fill: 
 
 
 # --- argument checks --------------------------------------------------------------
-
-def _check_batch(x, name="x", spatial=True):
-    V.float_array(x, name, ndim=4 if spatial else None)
-    if not spatial and x.ndim < 2:
-        raise ValueError(f"{name} must be a batch (N, ...), got shape {tuple(x.shape)}")
-    return x
-
-
-def _pair(v, name, minimum=0):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair (height, width), got {v!r}")
-        return (V.positive_int(v[0], name, minimum), V.positive_int(v[1], name, minimum))
-    v = V.positive_int(v, name, minimum)
-    return (v, v)
-
 
 def _range(v, name, low=None):
     """(lo, hi) from a pair."""
@@ -186,7 +168,7 @@ class Transform:
     spatial = True
 
     def __call__(self, x, rng=None):
-        _check_batch(x, "x", self.spatial)
+        V.batch(x, "x", ndim=4 if self.spatial else None, allow_empty=True, contiguous=True)
         return self._apply(x, generator(rng))
 
     def _apply(self, x, rng):
@@ -252,7 +234,7 @@ class RandomCrop(Transform):
     """Zero-pad each side by ``padding``, then crop a random size (h, w) window per image."""
 
     def __init__(self, size, padding: int = 0, fill: float = 0.0):
-        self.size = _pair(size, "size", 1)
+        self.size = V.pair(size, "size", 1)
         self.padding = V.positive_int(padding, "padding", 0)
         self.fill = V.real(fill, "fill")
 
@@ -274,7 +256,7 @@ class RandomTranslate(Transform):
     """Shift each image by whole pixels, dy, dx uniform in [-max_shift, max_shift]; fill the gap."""
 
     def __init__(self, max_shift, fill: float = 0.0):
-        self.max_shift = _pair(max_shift, "max_shift", 0)
+        self.max_shift = V.pair(max_shift, "max_shift", 0)
         self.fill = V.real(fill, "fill")
 
     def _apply(self, x, rng):
@@ -571,7 +553,7 @@ class Mixup(Transform):
         self.num_classes = None if num_classes is None else V.positive_int(num_classes, "num_classes")
 
     def __call__(self, x, rng=None, *, y=None):
-        _check_batch(x, "x", spatial=False)
+        V.batch(x, "x", allow_empty=True, contiguous=True)
         if y is None:
             raise ValueError("Mixup mixes labels too: call mixup(x, rng, y=labels); it returns (x, y_soft)")
         targets = self._targets(x, y)

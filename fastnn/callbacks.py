@@ -1,6 +1,7 @@
-"""Trainer callbacks: early stopping and best-model checkpoints.
+"""Trainer callbacks: the ``Callback`` protocol, the ``History`` that
+``Trainer.fit`` returns, early stopping and best-model checkpoints.
 
-Both watch one History list per epoch: ``val_loss`` (default), ``val_acc``,
+EarlyStopping and BestCheckpoint watch one History list per epoch: ``val_loss`` (default), ``val_acc``,
 ``train_acc`` or ``epoch_loss`` ("loss" is an alias of ``epoch_loss``).
 mode="auto" maximizes accuracies and minimizes losses.
 """
@@ -9,8 +10,83 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
+
 from . import _validate as V
-from .train import Callback, History
+
+
+class History:
+    """Per-step ``loss`` and per-epoch ``epoch_loss``, ``reg_loss``,
+    ``train_acc``, ``val_acc``, ``val_loss``, ``lr`` and ``seconds`` (lists).
+
+    ``loss`` and ``epoch_loss`` are the data loss (what the loss function
+    returns). ``reg_loss`` is the regularization penalty the optimizer applies,
+    measured on the weights at the end of each epoch, beside it (the notes'
+    full objective is data loss + penalty):
+
+        reg_loss = sum over regularized parameters W of
+                   0.5 * weight_decay * ||W||^2 + l1 * |W|_1
+
+    with each parameter group's own weight_decay and l1, over the trainable
+    parameters (``fastnn.train.regularization_loss``). fastnn's (PyTorch's)
+    ``weight_decay`` is 2 * lambda of the notes' L2 term lambda * ||W||^2. For
+    AdamW the same 0.5 * weight_decay * ||W||^2 is reported although its
+    decoupled decay is not the gradient of any term of the loss."""
+
+    def __init__(self):
+        self.loss: list[float] = []
+        self.epoch_loss: list[float] = []
+        self.reg_loss: list[float] = []
+        self.train_acc: list[float] = []
+        self.val_acc: list[float] = []
+        self.val_loss: list[float] = []
+        self.lr: list[float] = []
+        self.seconds: list[float] = []
+        self.stopped_early = False
+        self.message = ""
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_acc)
+
+    def as_dict(self) -> dict:
+        return {k: list(v) for k, v in vars(self).items() if isinstance(v, list)}
+
+    def plot(self, path=None, smooth: int = 20):
+        """Loss per step (raw and smoothed) and train/val accuracy per epoch."""
+        plt = V.pyplot("History.plot")
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        steps = np.arange(len(self.loss))
+        ax1.plot(steps, self.loss, alpha=0.35, lw=0.8, label="loss (per step)")
+        if len(self.loss) >= smooth > 1:
+            kernel = np.ones(smooth) / smooth
+            ax1.plot(steps[smooth - 1:], np.convolve(self.loss, kernel, mode="valid"), lw=1.8,
+                     label=f"moving average ({smooth})")
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("loss")
+        ax1.legend()
+        epochs = np.arange(1, self.epochs + 1)
+        ax2.plot(epochs, self.train_acc, "o-", label="train")
+        if self.val_acc:
+            ax2.plot(epochs[:len(self.val_acc)], self.val_acc, "s-", label="validation")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("accuracy")
+        ax2.legend()
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+class Callback:
+    """Hooks called by Trainer.fit; return True from on_epoch_end to stop."""
+
+    def on_train_begin(self, trainer): ...
+    def on_step_end(self, trainer, step: int, loss: float): ...
+    def on_epoch_end(self, trainer, epoch: int, history: History): ...
+    def on_train_end(self, trainer, history: History): ...
+
 
 _ALIASES = {"loss": "epoch_loss", "acc": "train_acc", "accuracy": "train_acc", "val_accuracy": "val_acc"}
 
@@ -18,7 +94,8 @@ _ALIASES = {"loss": "epoch_loss", "acc": "train_acc", "accuracy": "train_acc", "
 class _Monitor(Callback):
     def __init__(self, monitor="val_loss", mode="auto", min_delta=0.0):
         monitor = _ALIASES.get(monitor, monitor)
-        known = [k for k, v in vars(History()).items() if isinstance(v, list) and k not in ("loss", "seconds", "lr")]
+        known = [k for k, v in vars(History()).items() if isinstance(v, list)
+                 and k not in ("loss", "seconds", "lr", "reg_loss")]
         if monitor not in known:
             raise ValueError(f"monitor must be one of {sorted(known)}, got {monitor!r}")
         if mode == "auto":

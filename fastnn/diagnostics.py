@@ -25,7 +25,6 @@ Shapes: X (N, D) or (N, C, H, W); a layer's output (N, M) or (N, C, H, W);
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import warnings
@@ -36,40 +35,17 @@ from . import _validate as V
 from . import losses, optim
 from ._random import generator
 from .nn.layers import Activation, Linear, Sequential
+from .callbacks import Callback
 from .nn.module import Module
-from .train import Callback, Trainer
+from .train import Trainer
 
-# Output bounds of the squashing nonlinearities (saturated = within 1% of a bound).
-SATURATING = frozenset({"tanh", "sigmoid"})
 # Activations whose output is exactly 0 for every negative input ("dead" units).
 ZERO_FLOOR = frozenset({"relu"})
 # Activations for which a count of exact zeros is reported (0 for the leaky ones: they never die).
 RELU_FAMILY = frozenset({"relu", "leaky_relu", "prelu"})
 
 
-# --- walking a model step by step --------------------------------------------------
-
-def _steps(model, prefix=""):
-    """The model as a flat list of (label, layer, fused_activation_layer or None):
-    Sequential's own execution plan (a Linear followed by an activation is ONE
-    fused step), nested Sequentials flattened, any other module one opaque step."""
-    if isinstance(model, Sequential):
-        out = []
-        index = {id(layer): i for i, layer in enumerate(model.layers)}
-        for layer, act in model.steps():
-            i = index[id(layer)]
-            if isinstance(layer, Sequential):
-                out.extend(_steps(layer, f"{prefix}{i}."))
-                continue
-            label = f"{prefix}{i}:{type(layer).__name__}"
-            if act is not None:
-                label = f"{prefix}{i}-{index[id(act)]}:{type(layer).__name__}+{type(act).__name__}"
-            out.append((label, layer, act))
-        return out
-    if not isinstance(model, Module):
-        raise TypeError(f"model must be a fastnn Module, got {type(model).__name__}")
-    return [(f"{prefix}{type(model).__name__}", model, None)]
-
+# --- walking a model step by step (Module.walk / forward_step / preserving_state) ---
 
 def _nonlinearity(layer, act) -> str:
     """The name of the nonlinearity a step applies ('identity' for none)."""
@@ -80,48 +56,13 @@ def _nonlinearity(layer, act) -> str:
     return getattr(layer, "activation", "identity") or "identity"
 
 
-def _run_step(layer, act, x):
-    if act is None:
-        return layer.forward(x)
-    return layer.forward_fused(x, act.name, act.alpha_value)
-
-
-@contextlib.contextmanager
-def _frozen_state(model, training: bool):
-    """Run in the given mode and leave the model exactly as found (modes, BN
-    running statistics, the random streams of the stochastic layers)."""
-    was = [(m, m.training) for m in model.modules()]
-    state = model.state_dict() if training else None
-    streams = _rng_states(model)
-    model.train(training)
-    try:
-        yield
-    finally:
-        for m, mode in was:
-            m.training = mode
-        if state is not None:
-            model.load_state_dict(state)
-        _set_rng_states(streams)
-
-
-def _rng_states(model):
-    """[(layer, its random-stream state)] for every stochastic layer (Dropout,
-    DropConnect, FractionalMaxPool2d, Residual: the layers with ``stochastic``)."""
-    return [(m, m.get_rng_state()) for m in model.modules() if getattr(m, "stochastic", False)]
-
-
-def _set_rng_states(streams):
-    for m, state in streams:
-        m.set_rng_state(state)
-
-
 def _trace(model, X, training=False):
     """[(label, activation name, output array)] for every step of the forward pass."""
     out = []
-    with _frozen_state(model, training):
+    with model.preserving_state(training):
         x = X
-        for label, layer, act in _steps(model):
-            x = _run_step(layer, act, x)
+        for label, layer, act in model.walk():
+            x = layer.forward_step(x, act)
             out.append((label, _nonlinearity(layer, act), np.asarray(x)))
     return out
 
@@ -130,10 +71,7 @@ def _check_x(X, name="X", usage=None):
     if usage is not None and not hasattr(X, "dtype"):
         raise TypeError(f"{name} must be a numpy.ndarray (float32 or float64), got {type(X).__name__}; "
                         f"the arguments are {usage}")
-    V.float_array(X, name, contiguous=False)
-    if X.ndim < 2 or len(X) == 0:
-        raise ValueError(f"{name} must be a non-empty batch (N, ...), got shape {X.shape}")
-    return np.ascontiguousarray(X)
+    return np.ascontiguousarray(V.batch(X, name))
 
 
 def _check_model(model, usage):
@@ -186,7 +124,7 @@ def check_initial_loss(model, loss, X, y, rtol=0.1, atol=0.05) -> dict:
     _check_model(model, usage)
     _check_loss(loss, usage)
     X = _check_x(X, usage=usage)
-    with _frozen_state(model, training=False):
+    with model.preserving_state(training=False):
         scores = np.asarray(model.forward(X))
         value = float(loss.forward(scores, y))
     if scores.ndim != 2:
@@ -321,21 +259,21 @@ def gradient_check(model, loss, X, y, eps=1e-6, n_checks=10, seed=0, tol=None, t
     if tol is None:
         tol = 1e-5 if dtype == np.float64 else 2e-2
     rng = generator(seed)
-    streams = _rng_states(model)
+    streams = model.rng_states()
 
     def loss_at():
-        _set_rng_states(streams)        # the same random draws (dropout masks...) for every evaluation
+        model.set_rng_states(streams)        # the same random draws (dropout masks...) for every evaluation
         return float(loss.forward(model.forward(X), y))
 
     errors = {}
-    with _frozen_state(model, training):
+    with model.preserving_state(training):
         loss_at()
         was_input_grad = model.input_grad
-        model.input_grad = False
+        model.set_input_grad(False)
         try:
             model.backward(loss.backward())
         finally:
-            model.input_grad = was_input_grad
+            model.set_input_grad(was_input_grad)
         analytic = {name: np.array(p.grad, np.float64, copy=True) for name, p in params}
         for name, p in params:
             size = p.data.size
@@ -363,6 +301,7 @@ def gradient_check(model, loss, X, y, eps=1e-6, n_checks=10, seed=0, tol=None, t
 # --- activation statistics --------------------------------------------------------------
 
 def _layer_stats(label, act, y, bins=50) -> dict:
+    # saturated: within 1% of a bound of the squashing nonlinearities (tanh +-1, sigmoid 0 and 1)
     y64 = y.astype(np.float64, copy=False)
     saturated = dead = None
     if act == "tanh":
@@ -501,14 +440,14 @@ def gradient_stats(model, X, y, loss, bins=50) -> dict:
         raise ValueError("the model has no parameters: no gradients to describe")
     grads_before = [(p, np.array(p.grad, copy=True)) for _, p in params]
     try:
-        with _frozen_state(model, training=True):
+        with model.preserving_state(training=True):
             loss.forward(model.forward(X), y)
             was_input_grad = model.input_grad
-            model.input_grad = False
+            model.set_input_grad(False)
             try:
                 model.backward(loss.backward())
             finally:
-                model.input_grad = was_input_grad
+                model.set_input_grad(was_input_grad)
             return {name: _grad_stats(p, bins) for name, p in params}
     finally:
         for p, g in grads_before:
@@ -586,7 +525,7 @@ class UpdateRatioMonitor(Callback):
         if not hasattr(opt, "flat_param"):
             raise TypeError("UpdateRatioMonitor needs a fastnn optimizer (one flat parameter buffer)")
         names = {id(p): name for name, p in trainer.model.named_parameters()}
-        self._params = list(opt._params)
+        self._params = opt.parameters()
         self._names = [names.get(id(p), p.name) for p in self._params]
         for name in self._names:
             self.ratios.setdefault(name, [])

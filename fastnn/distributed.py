@@ -37,157 +37,26 @@ What keeps the replicas identical (``DataParallel``):
   communication).
 
 Without ``init()`` (or with one process) every function here is the
-single-process identity: ``rank() == 0``, ``world_size() == 1``.
+single-process identity: ``rank() == 0``, ``world_size() == 1``. The
+collectives (``init``, ``rank``, ``allreduce_``, ``broadcast_`` ...) live in
+``fastnn._comm`` (layer L0, shared with synchronized BatchNorm) and are
+re-exported here.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-_comm = None            # mpi4py communicator once init() ran
-_MPI = None             # the mpi4py.MPI module
-_nccl_comm = None       # cupy.cuda.nccl.NcclCommunicator, created on the first CuPy collective
+from . import _comm
+from . import _validate as V
+from ._comm import (active, allreduce_, allreduce_mean, barrier, broadcast_, broadcast_object, init, is_initialized,
+                    is_main, rank, world_size)
+from .nn import BatchNorm1d, BatchNorm2d, Sequential
 
 # Each rank's dropout stream starts rank * RANK_STREAM_SPAN elements apart: 4096
 # ranks of 4.5e15 mask elements each before two streams could meet.
 RANK_STREAM_SPAN = 2**52
-
-_INSTALL_HINT = ('pip install "fastnn-train[dist]" (mpi4py) and an MPI library, e.g. '
-                 "apt-get install openmpi-bin libopenmpi-dev")
-
-
-def init(comm=None) -> None:
-    """Join the MPI job (idempotent). ``comm``: an mpi4py communicator
-    (default ``MPI.COMM_WORLD``). Raises RuntimeError when mpi4py or MPI is missing."""
-    global _comm, _MPI
-    if _comm is not None and comm is None:
-        return
-    try:
-        from mpi4py import MPI
-    except ImportError as exc:
-        raise RuntimeError(f"fastnn.distributed needs mpi4py and an MPI library ({exc}); {_INSTALL_HINT}") from exc
-    except RuntimeError as exc:      # mpi4py present but libmpi cannot be loaded or initialised
-        raise RuntimeError(f"fastnn.distributed could not initialise MPI ({exc}); {_INSTALL_HINT}") from exc
-    _MPI = MPI
-    _comm = MPI.COMM_WORLD if comm is None else comm
-
-
-def is_initialized() -> bool:
-    return _comm is not None
-
-
-def rank() -> int:
-    """This process's rank (0 when not initialised)."""
-    return 0 if _comm is None else _comm.Get_rank()
-
-
-def world_size() -> int:
-    """Number of ranks (1 when not initialised)."""
-    return 1 if _comm is None else _comm.Get_size()
-
-
-def is_main() -> bool:
-    """True on rank 0: the rank that prints and writes files."""
-    return rank() == 0
-
-
-def active() -> bool:
-    """Initialised with more than one rank: collectives have work to do."""
-    return _comm is not None and _comm.Get_size() > 1
-
-
-def barrier() -> None:
-    if active():
-        _comm.Barrier()
-
-
-def _is_cupy(buf) -> bool:
-    return type(buf).__module__.startswith("cupy")
-
-
-def _check_buffer(buf, name):
-    if _is_cupy(buf):
-        if not buf.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous")
-        return
-    if not isinstance(buf, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(buf).__name__}")
-    if not buf.flags.c_contiguous or not buf.flags.writeable:
-        raise ValueError(f"{name} must be a writeable C-contiguous array (the collective works in place)")
-
-
-def allreduce_(buf, op: str = "sum"):
-    """In-place allreduce of ``buf`` over all ranks; op "sum" or "mean". Returns buf."""
-    if op not in ("sum", "mean"):
-        raise ValueError(f"op must be 'sum' or 'mean', got {op!r}")
-    _check_buffer(buf, "buf")
-    if not active():
-        return buf
-    if _is_cupy(buf):
-        _nccl_allreduce(buf)
-    else:
-        _comm.Allreduce(_MPI.IN_PLACE, buf, op=_MPI.SUM)
-    if op == "mean":
-        buf *= buf.dtype.type(1.0 / world_size())
-    return buf
-
-
-def allreduce_mean(buf):
-    """In-place average of ``buf`` over all ranks. Returns buf."""
-    return allreduce_(buf, "mean")
-
-
-def broadcast_(buf, root: int = 0):
-    """In-place broadcast of ``buf`` from ``root``. Returns buf."""
-    _check_buffer(buf, "buf")
-    if not active():
-        return buf
-    if _is_cupy(buf):
-        import cupy
-        _nccl().bcast(buf.data.ptr, buf.size, _nccl_dtype(buf), root, cupy.cuda.get_current_stream().ptr)
-    else:
-        _comm.Bcast(buf, root=root)
-    return buf
-
-
-def broadcast_object(obj, root: int = 0):
-    """A small JSON-able value from ``root`` (sent as JSON text)."""
-    if not active():
-        return obj
-    import json
-    text = _comm.bcast(json.dumps(obj) if rank() == root else None, root=root)
-    return json.loads(text)
-
-
-# --- NCCL (CuPy buffers) ---------------------------------------------------------
-
-def _nccl():
-    """The NCCL communicator of this MPI job (the unique id travels over MPI)."""
-    global _nccl_comm
-    if _nccl_comm is None:
-        try:
-            from cupy.cuda import nccl
-        except ImportError as exc:
-            raise RuntimeError(f"allreduce of CuPy arrays needs CuPy built with NCCL ({exc})") from exc
-        uid = nccl.get_unique_id() if rank() == 0 else None
-        uid = _comm.bcast(uid, root=0)
-        _nccl_comm = nccl.NcclCommunicator(world_size(), uid, rank())
-    return _nccl_comm
-
-
-def _nccl_dtype(buf):
-    from cupy.cuda import nccl
-    table = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
-    if buf.dtype not in table:
-        raise TypeError(f"NCCL collectives take float32 or float64 buffers, got {buf.dtype}")
-    return table[buf.dtype]
-
-
-def _nccl_allreduce(buf):
-    """Sum in place on CuPy's current stream (asynchronous, like a kernel launch)."""
-    import cupy
-    from cupy.cuda import nccl
-    _nccl().allReduce(buf.data.ptr, buf.data.ptr, buf.size, _nccl_dtype(buf), nccl.NCCL_SUM,
-                      cupy.cuda.get_current_stream().ptr)
 
 
 # --- data parallelism ------------------------------------------------------------
@@ -212,7 +81,6 @@ class DataParallel:
     ``finish_backward()``, then ``optimizer.step()``."""
 
     def __init__(self, model, optimizer, bucket_mb=None):
-        from . import _validate as V
         init()
         self.model = model
         self.optimizer = optimizer
@@ -252,12 +120,10 @@ class DataParallel:
     def _make_buckets(self):
         """[(plan steps done in reverse order, [(lo, hi) flat ranges])], and the
         ranges no step covers (reduced after backward)."""
-        from .nn.layers import Sequential
         if not isinstance(self.model, Sequential):
             raise ValueError(f"bucket_mb needs a Sequential model (buckets follow its layers), got "
                              f"{type(self.model).__name__}; use bucket_mb=None for one collective")
-        opt = self.optimizer
-        where = {id(p): (int(b), int(e)) for p, b, e in zip(opt._params, opt.seg_begin[:-1], opt.seg_begin[1:])}
+        where = {id(p): (b, e) for p, b, e in self.optimizer.flat_ranges()}
         limit = self.bucket_mb * 2**20 / self.flat_grad.itemsize
         plan = self.model.steps()
         ends, ranges, current, size = {}, [], [], 0
@@ -281,37 +147,34 @@ class DataParallel:
         """weight: this rank's share of the global batch (1/p for equal shards)."""
         self._weight = weight
         if self._buckets is not None and active():
-            object.__setattr__(self.model, "_after_backward_step", self._on_step_done)
+            self.model.set_backward_hook(self._on_step_done)
 
     def _on_step_done(self, k: int) -> None:
         b = self._buckets["ends"].get(k)
         if b is not None:
             for lo, hi in self._buckets["ranges"][b]:
                 self._start(self.flat_grad[lo:hi])
-        elif self._pending:
-            _MPI.Request.Testall(self._pending)     # lets MPI progress the collectives in flight
+        else:
+            _comm.progress(self._pending)     # lets MPI progress the collectives in flight
 
     def _start(self, view):
         if self._weight != 1.0:
             view *= view.dtype.type(self._weight)
-        if _is_cupy(view):
-            _nccl_allreduce(view)
-        else:
-            self._pending.append(_comm.Iallreduce(_MPI.IN_PLACE, view, op=_MPI.SUM))
+        request = _comm.iallreduce_(view)
+        if request is not None:
+            self._pending.append(request)
 
     def finish_backward(self) -> None:
         """Completes the gradient sum: waits for the buckets, or runs the single collective."""
         if not active():
             return
-        import time
         t0 = time.perf_counter()
         if self._buckets is not None:
-            object.__setattr__(self.model, "_after_backward_step", None)
+            self.model.set_backward_hook(None)
             for lo, hi in self._buckets["leftover"]:
                 self._start(self.flat_grad[lo:hi])
-            if self._pending:
-                _MPI.Request.Waitall(self._pending)
-                self._pending = []
+            _comm.wait_all(self._pending)
+            self._pending = []
         else:
             if self._weight != 1.0:
                 self.flat_grad *= self.flat_grad.dtype.type(self._weight)
@@ -320,19 +183,14 @@ class DataParallel:
 
     def allreduce_scalar(self, value: float) -> float:
         """Sum of a float over the ranks (e.g. the weighted local losses)."""
-        if not active():
-            return value
-        buf = np.array([value], np.float64)
-        _comm.Allreduce(_MPI.IN_PLACE, buf, op=_MPI.SUM)
-        return float(buf[0])
+        return _comm.allreduce_scalar(value)
 
     def average_running_stats(self) -> None:
         """Average the running statistics of BatchNorm layers without sync_bn
         (their batches differed); sync_bn ones are identical already."""
         if not active():
             return
-        from .nn.regularization import _BatchNorm
-        bns = [m for m in self.model.modules() if isinstance(m, _BatchNorm) and not m.sync_bn]
+        bns = [m for m in self.model.modules() if isinstance(m, (BatchNorm1d, BatchNorm2d)) and not m.sync_bn]
         if not bns:
             return
         flat = np.concatenate([np.concatenate([m.running_mean, m.running_var]).astype(np.float64) for m in bns])

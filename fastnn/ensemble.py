@@ -7,24 +7,17 @@ Shapes: X (N, ...), probabilities (N, C), y (N,) integer labels.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import numpy as np
 
 from . import _validate as V
 from ._random import generator
+from .callbacks import Callback
 from .data import batches
 from .nn.module import Module, from_config
+from .ops import softmax
 from .schedules import CosineWarmRestarts
-from .train import Callback
-
-
-def softmax(scores):
-    """Row-wise softmax, stable (max subtracted), float64."""
-    s = np.asarray(scores, np.float64)
-    e = np.exp(s - s.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _forward_probs(model, X, batch_size):
@@ -164,26 +157,10 @@ class SnapshotEnsemble(Ensemble, Callback):
 
 # --- one model, many stochastic or augmented passes --------------------------------------
 
-@contextlib.contextmanager
-def _restored(model):
-    """Leave every module's mode and every stochastic layer's random stream as found."""
-    modes = [(m, m.training) for m in model.modules()]
-    streams = [(m, m.get_rng_state()) for m in model.modules() if getattr(m, "stochastic", False)]
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for m, state in streams:
-            m.set_rng_state(state)
-
-
 def _check_model_x(model, X, where):
     if not isinstance(model, Module):
         raise TypeError(f"{where} needs model, a fastnn Module, got {type(model).__name__}")
-    V.float_array(X, "X", contiguous=False)
-    if X.ndim < 2 or len(X) == 0:
-        raise ValueError(f"X must be a non-empty batch (N, ...), got shape {X.shape}")
+    V.batch(X, "X")
 
 
 def mc_predict(model, X, samples=16, seed=None, batch_size=1024):
@@ -219,7 +196,7 @@ def mc_predict(model, X, samples=16, seed=None, batch_size=1024):
                       "DropConnect, FractionalMaxPool2d, Residual): every pass is the eval-mode prediction",
                       UserWarning, stacklevel=2)
     seeds = rng.integers(2**63, size=len(layers))
-    with _restored(model):
+    with model.preserving_state():
         model.eval()
         for m, s in zip(layers, seeds):
             m.reseed(int(s))
@@ -252,7 +229,7 @@ def tta_predict(model, X, augment, samples=8, seed=None, batch_size=1024):
                         f"got {type(augment).__name__}")
     samples = V.positive_int(samples, "samples")
     rng = generator(seed)
-    with _restored(model):
+    with model.preserving_state():
         model.eval()
         total = _forward_probs(model, X, batch_size)
         for _ in range(samples):

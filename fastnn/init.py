@@ -8,6 +8,10 @@ Fans: a Linear weight (in, out) has fan_in = in, fan_out = out; a conv weight
 - ``xavier_normal`` / ``xavier_uniform``: Glorot & Bengio (2010), variance
   2 / (fan_in + fan_out); ``mode="fan_in"`` gives the 1/fan_in form.
 - ``he_normal`` / ``he_uniform``: He et al. (2015), variance 2 / fan_in, for ReLU.
+- ``lecun_normal``: variance 1 / fan_in, for SELU (Klambauer et al. 2017).
+- ``"auto"`` (a layer's default): He for the ReLU family, LeCun for SELU,
+  Xavier otherwise, from the layer's own ``activation=`` or, inside a
+  ``Sequential``, from the activation layer that follows it.
 - ``orthogonal``: Saxe et al. (2014), a (scaled) orthogonal matrix.
 - ``lsuv(model, x)``: data-driven (Mishkin & Matas 2016), applied to a built model.
 """
@@ -78,6 +82,12 @@ def he_uniform(shape, rng=None, dtype=np.float32, mode="fan_in"):
     return generator(rng).uniform(-bound, bound, shape).astype(dtype)
 
 
+def lecun_normal(shape, rng=None, dtype=np.float32):
+    """LeCun normal, N(0, 1 / fan_in) (LeCun et al. 1998; Klambauer et al. 2017
+    for SELU): xavier_normal with mode="fan_in", gain 1."""
+    return normal(shape, 1.0 / math.sqrt(_fan(shape, "fan_in")), rng, dtype)
+
+
 def orthogonal(shape, rng=None, dtype=np.float32, gain=1.0):
     """Rows or columns orthonormal (whichever are fewer), times gain."""
     shape = tuple(shape)
@@ -101,13 +111,13 @@ def lsuv(model, x, tol=0.1, max_iter=10, rng=None):
     max_iter passes). The variance is that of the layer's linear output (before
     its activation, the paper's conv/fc blob), measured on the batch x in eval
     mode. Biases are left as they are. Returns the model (changed in place)."""
-    from .diagnostics import _check_x, _frozen_state, _run_step, _steps
-
-    x = _check_x(x, "x")
+    if not callable(getattr(model, "walk", None)):
+        raise TypeError(f"lsuv needs model, a fastnn Module, got {type(model).__name__}")
+    x = np.ascontiguousarray(V.batch(x, "x"))
     rng = generator(rng)
-    with _frozen_state(model, training=False):
+    with model.preserving_state(training=False):
         h = x
-        for _, layer, act in _steps(model):
+        for _, layer, act in model.walk():
             w = getattr(layer, "weight", None)
             if w is not None and w.data.ndim >= 2 and hasattr(layer, "forward_fused"):
                 w.data[...] = orthogonal(w.data.shape, rng=rng, dtype=w.data.dtype)
@@ -116,30 +126,39 @@ def lsuv(model, x, tol=0.1, max_iter=10, rng=None):
                     if not np.isfinite(var) or var <= 0.0 or abs(var - 1.0) < tol:
                         break
                     w.data[...] /= np.sqrt(var).astype(w.data.dtype)
-            h = _run_step(layer, act, h)
+            h = layer.forward_step(h, act)
     return model
 
 
 INITIALIZERS = {
     "zeros": zeros, "constant": constant, "normal": normal, "small_random": small_random,
     "xavier_normal": xavier_normal, "xavier_uniform": xavier_uniform,
-    "he_normal": he_normal, "he_uniform": he_uniform, "orthogonal": orthogonal,
+    "he_normal": he_normal, "he_uniform": he_uniform, "lecun_normal": lecun_normal, "orthogonal": orthogonal,
 }
 
-# The default for a layer followed by each activation.
+# init="auto": the initializer for a layer whose output goes through each
+# activation. He (variance 2 / fan_in) for the ReLU family, whose negative half
+# is (nearly) cut; LeCun (1 / fan_in) for SELU, as its paper prescribes;
+# Xavier (2 / (fan_in + fan_out)) for the rest (tanh, sigmoid, identity: a
+# last layer). All three draw standard normals, the same number of them.
 AUTO = {"relu": "he_normal", "leaky_relu": "he_normal", "prelu": "he_normal", "elu": "he_normal",
-        "gelu": "he_normal", "gelu_tanh": "he_normal", "swish": "he_normal"}
+        "gelu": "he_normal", "gelu_tanh": "he_normal", "swish": "he_normal", "selu": "lecun_normal"}
+
+
+def auto_name(activation=None) -> str:
+    """The name of the initializer init="auto" picks for a layer followed by
+    ``activation`` (a name; None or "identity" for none): "he_normal",
+    "lecun_normal" or "xavier_normal"."""
+    return AUTO.get(activation, "xavier_normal")
 
 
 def resolve(init, activation=None):
     """An initializer function from a name, a callable, or "auto" (He for the
-    ReLU family, LeCun normal for SELU, Xavier otherwise)."""
+    ReLU family, LeCun normal for SELU, Xavier otherwise: ``auto_name``)."""
     if callable(init):
         return init
     if init in (None, "auto"):
-        if activation == "selu":
-            return lambda shape, rng=None, dtype=np.float32: xavier_normal(shape, rng, dtype, mode="fan_in")
-        return INITIALIZERS[AUTO.get(activation, "xavier_normal")]
+        return INITIALIZERS[auto_name(activation)]
     if init not in INITIALIZERS:
         raise ValueError(f"init must be one of {sorted(INITIALIZERS)} or a callable, got {init!r}")
     return INITIALIZERS[init]

@@ -98,8 +98,7 @@ def _soft_cross_entropy(scores, target):
     if n and (target.min() < 0 or np.abs(target.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3):
         raise ValueError("y as class probabilities must be distributions: non-negative rows that sum to 1 "
                          "(one-hot or soft labels)")
-    shifted = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = ops.softmax(scores, log=True)
     loss = float(-(target * log_probs).sum() / max(n, 1))
     probs = np.exp(log_probs).astype(scores.dtype)
     return loss, SoftTargetSaved(probs, np.ascontiguousarray(target, dtype=scores.dtype))

@@ -135,6 +135,23 @@ def activation_backward(dy, x, y, act, alpha=None, *, out=None):
 
 # --- softmax cross-entropy ------------------------------------------------------
 
+def softmax(scores, *, log: bool = False):
+    """Row-wise softmax of scores (N, C) in float64, stable: the row maximum is
+    subtracted before exp. ``log=True`` returns log softmax (s - max) -
+    log(sum exp(s - max)), finite where softmax underflows to 0. The one NumPy
+    softmax of the package (ensemble probabilities, soft-target cross-entropy);
+    integer labels take the fused kernel, ``softmax_cross_entropy``."""
+    xp = V.array_module(scores)
+    s = xp.asarray(scores, dtype=xp.float64)
+    if s.ndim != 2:
+        raise ValueError(f"scores must be 2-D (N, C), got shape {tuple(s.shape)}")
+    shifted = s - s.max(axis=1, keepdims=True)
+    if log:
+        return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    e = xp.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 class SoftmaxXentSaved(NamedTuple):
     probs: np.ndarray    # (N, C) softmax of the scores
     labels: np.ndarray   # (N,) int64
@@ -241,9 +258,6 @@ def batchnorm_backward(dy, saved: BatchNormSaved, gamma=None, *, need_dx=True, d
 
 # --- dropout ---------------------------------------------------------------------
 
-_U64 = 2**64
-
-
 def dropout_threshold(p) -> tuple[int, float]:
     """(threshold, scale) of dropout with drop probability p: an element is kept
     iff its Philox word < threshold = floor((1 - p) * 2**32); kept values are
@@ -254,12 +268,7 @@ def dropout_threshold(p) -> tuple[int, float]:
 
 
 def _seed_offset(seed, offset):
-    for name, v in (("seed", seed), ("offset", offset)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-        if not 0 <= int(v) < _U64:
-            raise ValueError(f"{name} must be in [0, 2**64), got {v}")
-    return int(seed), int(offset)
+    return V.uint64(seed, "seed"), V.uint64(offset, "offset")
 
 
 def dropout(x, p, seed, offset=0, *, out=None):
@@ -308,15 +317,6 @@ def max_norm(param, offset, rows, cols, limit):
 # Shapes: x (N, C, H, W), weight (F, C, KH, KW), bias (F,), y (N, F, OH, OW) with
 # OH = (H + 2*PH - KH) // SH + 1 and OW likewise (cross-correlation, NCHW).
 
-def _pair(v, name, minimum):
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-        return (V.positive_int(v[0], name, minimum), V.positive_int(v[1], name, minimum))
-    v = V.positive_int(v, name, minimum)
-    return (v, v)
-
-
 def conv_output_size(h, w, kernel, stride, padding):
     """(OH, OW) of a convolution or pooling window over an (h, w) input."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
@@ -349,8 +349,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, act="identity", alpha=None
                          f"(shape {x.shape}), got {weight.shape}")
     if min(f, c, kh, kw) < 1:
         raise ValueError(f"weight must have a nonzero shape, got {weight.shape}")
-    sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
+    sh, sw = V.pair(stride, "stride", 1)
+    ph, pw = V.pair(padding, "padding", 0)
     if kh > h + 2 * ph or kw > w + 2 * pw:
         raise ValueError(f"kernel ({kh}, {kw}) is larger than the padded input ({h + 2 * ph}, {w + 2 * pw}) "
                          f"of x with shape {x.shape} and padding ({ph}, {pw})")
@@ -419,8 +419,8 @@ def max_pool_regions(x, rows, cols):
 def max_pool2d(x, kernel_size, stride=None):
     """Max pooling with square or (kh, kw) windows; stride defaults to the window."""
     V.float_array(x, "x", ndim=4)
-    kh, kw = _pair(kernel_size, "kernel_size", 1)
-    sh, sw = _pair(kernel_size if stride is None else stride, "stride", 1)
+    kh, kw = V.pair(kernel_size, "kernel_size", 1)
+    sh, sw = V.pair(kernel_size if stride is None else stride, "stride", 1)
     h, w = x.shape[2:]
     if kh > h or kw > w:
         raise ValueError(f"kernel_size ({kh}, {kw}) is larger than the input ({h}, {w}) of x with shape {x.shape}")

@@ -42,6 +42,7 @@ import warnings
 import numpy as np
 
 from . import _validate as V
+from ._threads import set_num_threads
 
 
 # --- samplers ----------------------------------------------------------------
@@ -355,8 +356,7 @@ def _evaluate(objective, params, budget=None):
 
 
 def _worker_init(threads):
-    import fastnn
-    fastnn.set_num_threads(threads)
+    set_num_threads(threads)
 
 
 def _completed(futures):

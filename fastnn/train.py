@@ -1,6 +1,7 @@
-"""Trainer, History and callbacks: the training loop of the lectures, with the
-babysitting built in (per-step loss, per-epoch accuracies, lr, time; a clean
-stop with the last good weights when the loss turns NaN/Inf)."""
+"""Trainer: the training loop of the lectures, with the babysitting built in
+(per-step loss, per-epoch accuracies, regularization penalty, lr, time; a
+clean stop with the last good weights when the loss turns NaN/Inf or explodes). ``Callback`` and ``History`` live in
+fastnn.callbacks and are importable from here too."""
 from __future__ import annotations
 
 import json
@@ -13,82 +14,35 @@ import numpy as np
 from . import _validate as V
 from ._io import load_npz, save_npz_atomic
 from ._random import generator
+from .callbacks import Callback, History
 from .data import batches
+from .distributed import DataParallel, barrier, broadcast_object, shard_bounds
 from .nn.module import as_model_input
+from .optim.lbfgs import LBFGS
 
 _CHECKPOINT_FILE = "a fastnn trainer checkpoint (.npz written by Trainer.save_checkpoint)"
 
+# The divergence check (Trainer(divergence_factor=...)): an EMA of the per-step
+# training loss, s_t = beta s_{t-1} + (1 - beta) L_t, s_0 = the initial loss
+# (beta = 0.9 averages about the last 10 steps: one noisy batch cannot trip it,
+# an explosion does within a step or two), compared with the initial loss.
+EXPLOSION_BETA = 0.9
+EXPLOSION_REFERENCE_BATCHES = 4     # batches whose mean loss is the initial loss
+EXPLOSION_REFERENCE_STEPS = 10      # recorded steps whose mean is it, after a resume
+
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the model holds the last good weights."""
-
-
-class History:
-    """Per-step ``loss`` and per-epoch ``train_acc``, ``val_acc``, ``val_loss``,
-    ``lr`` and ``seconds`` (lists)."""
-
-    def __init__(self):
-        self.loss: list[float] = []
-        self.epoch_loss: list[float] = []
-        self.train_acc: list[float] = []
-        self.val_acc: list[float] = []
-        self.val_loss: list[float] = []
-        self.lr: list[float] = []
-        self.seconds: list[float] = []
-        self.stopped_early = False
-        self.message = ""
-
-    @property
-    def epochs(self) -> int:
-        return len(self.train_acc)
-
-    def as_dict(self) -> dict:
-        return {k: list(v) for k, v in vars(self).items() if isinstance(v, list)}
-
-    def plot(self, path=None, smooth: int = 20):
-        """Loss per step (raw and smoothed) and train/val accuracy per epoch."""
-        plt = V.pyplot("History.plot")
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        steps = np.arange(len(self.loss))
-        ax1.plot(steps, self.loss, alpha=0.35, lw=0.8, label="loss (per step)")
-        if len(self.loss) >= smooth > 1:
-            kernel = np.ones(smooth) / smooth
-            ax1.plot(steps[smooth - 1:], np.convolve(self.loss, kernel, mode="valid"), lw=1.8,
-                     label=f"moving average ({smooth})")
-        ax1.set_xlabel("step")
-        ax1.set_ylabel("loss")
-        ax1.legend()
-        epochs = np.arange(1, self.epochs + 1)
-        ax2.plot(epochs, self.train_acc, "o-", label="train")
-        if self.val_acc:
-            ax2.plot(epochs[:len(self.val_acc)], self.val_acc, "s-", label="validation")
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel("accuracy")
-        ax2.legend()
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-        return fig
-
-
-class Callback:
-    """Hooks called by Trainer.fit; return True from on_epoch_end to stop."""
-
-    def on_train_begin(self, trainer): ...
-    def on_step_end(self, trainer, step: int, loss: float): ...
-    def on_epoch_end(self, trainer, epoch: int, history: History): ...
-    def on_train_end(self, trainer, history: History): ...
+    """Training diverged: the loss (or a gradient) became NaN or infinite, or
+    the loss exploded (its smoothed value exceeded ``divergence_factor`` times
+    the initial loss, the notes' "cost > 3x the original: break out early").
+    The model and optimizer hold the last good state (the end of the last good
+    epoch); ``trainer.history.message`` says what happened."""
 
 
 def _check_x(x, dtype, name_x="X"):
     """x at the API boundary: float32/float64 with at least one row, copied once
     into the model's dtype and a C-contiguous layout when it is not already."""
-    x = as_model_input(x, dtype, name_x)
-    V.float_array(x, name_x, contiguous=False)
-    if x.ndim < 2:
-        raise ValueError(f"{name_x} must have a batch axis and features, got shape {x.shape}")
-    return x
+    return V.batch(as_model_input(x, dtype, name_x), name_x)
 
 
 def _check_xy(x, y, dtype, name_x="X", name_y="y"):
@@ -150,6 +104,32 @@ class Trainer:
     product over the gradients per step, shared with clip_grad_norm (about 1% of
     a step of the reference MLP).
 
+    Exploding loss (the notes: "if the cost is ever > 3x the original cost,
+    break out early"): with ``divergence_factor`` (default 3.0; None turns it
+    off) ``fit`` also raises ``TrainingDiverged``, restoring the same way, when
+    the smoothed training loss s_t = 0.9 s_{t-1} + 0.1 L_t (s_0 = L_0, about
+    the last 10 steps) exceeds divergence_factor * L_0, however finite. L_0,
+    the initial loss, is measured once per Trainer before its first update: the
+    mean training-mode loss of up to 4 random batches (augmented as in
+    training; every buffer, random stream and the shuffling left untouched),
+    or the first step's loss when one batch is all of X. A healthy run's
+    smoothed loss stays below L_0; at lr=1e6 it trips within a step or two.
+    Fine-tuning a model from a low loss with a deliberately large learning rate
+    may want a larger factor.
+
+    L-BFGS: with ``fnn.optim.LBFGS`` each step calls ``optimizer.step(closure)``
+    (the closure runs forward, loss, backward on the batch and returns the
+    loss); it is a full-batch method, so ``fit(X, y, epochs,
+    batch_size=len(X))`` makes one step per epoch over all of X (unshuffled),
+    and a smaller batch_size is a ValueError. ``history.loss`` records the
+    loss at the start of each step.
+
+    Regularization: ``history.reg_loss`` (per epoch) and
+    ``evaluate(...)["reg_loss"]`` report the optimizer's penalty
+    0.5 * weight_decay * ||W||^2 + l1 * |W|_1 beside the data loss
+    (``regularization_loss``; ``weight_decay`` is 2 * lambda of the notes'
+    lambda * ||W||^2).
+
     distributed=True: data-parallel over the ranks of fastnn.distributed (MPI;
     ``init()`` is called if needed). ``fit``'s batch_size is the global batch,
     which the world size must divide; each rank trains on its shard and ONE
@@ -159,7 +139,11 @@ class Trainer:
     writes checkpoints; see fastnn/distributed.py for the rest of the contract."""
 
     def __init__(self, model, loss, optimizer, schedule=None, callbacks=(), augment=None, seed=None,
-                 check_gradients=True, distributed=False, bucket_mb=None):
+                 check_gradients=True, distributed=False, bucket_mb=None, divergence_factor=3.0):
+        self.divergence_factor = (None if divergence_factor is None else
+                                  V.real(divergence_factor, "divergence_factor", low=1.0, low_open=True))
+        self.initial_loss = None      # the reference of the divergence check (see the class docstring)
+        self.smoothed_loss = None     # EMA of the training loss, EXPLOSION_BETA
         self.model = model
         self.loss = loss
         self.optimizer = optimizer
@@ -177,7 +161,6 @@ class Trainer:
         self._check_optimizer()
         self._dp = None
         if distributed:
-            from .distributed import DataParallel, broadcast_object
             self._dp = DataParallel(model, optimizer, bucket_mb=bucket_mb)
             # Every rank shuffles (and augments) the same global batches.
             self.rng.bit_generator.state = broadcast_object(self.rng.bit_generator.state)
@@ -222,8 +205,17 @@ class Trainer:
 
         When the loss or (with ``check_gradients``) a gradient is NaN/Inf the
         optimizer step is skipped, so the parameters stay as they were, and
-        ``self.nonfinite`` names the culprit."""
+        ``self.nonfinite`` names the culprit.
+
+        With ``fnn.optim.LBFGS`` the step is ``optimizer.step(closure)``, the
+        closure running forward, loss and backward on (xb, yb) and returning
+        the loss (as many times as L-BFGS asks); the loss returned is the one
+        at the start of the step (what ``LBFGS.step`` returns). A NaN/Inf loss
+        or gradient inside the closure stops the step (``nonfinite`` set; the
+        Trainer then restores the last good state)."""
         self.nonfinite = None
+        if isinstance(self.optimizer, LBFGS):
+            return self._closure_step(xb, yb)
         if self._dp is not None and self._dp.world_size > 1:
             return self._distributed_step(xb, yb)
         scores = self.model.forward(xb)
@@ -233,6 +225,32 @@ class Trainer:
             return loss
         self.model.backward(self.loss.backward())
         return self._checked_step(loss)
+
+    def _closure_step(self, xb, yb) -> float:
+        """One L-BFGS step on the batch (the whole training set: see ``fit``)."""
+        last = [float("nan")]
+
+        def closure():
+            if self._dp is not None and self._dp.world_size > 1:
+                loss = self._distributed_forward_backward(xb, yb)
+            else:
+                loss = self.loss.forward(self.model.forward(xb), yb)
+                if math.isfinite(loss):
+                    self.model.backward(self.loss.backward())
+            last[0] = loss
+            if not math.isfinite(loss):
+                self.nonfinite = "loss"       # LBFGS puts the parameters back and raises
+                return loss
+            if self.check_gradients and not np.isfinite(self.optimizer.flat_grad).all():
+                self.nonfinite = "gradients"
+                raise FloatingPointError("the gradients became NaN/Inf")
+            return loss
+
+        try:
+            return float(self.optimizer.step(closure))
+        except FloatingPointError:
+            self.nonfinite = self.nonfinite or "loss"
+            return last[0]
 
     def _checked_step(self, loss):
         if self.check_gradients:
@@ -244,19 +262,26 @@ class Trainer:
 
     def _distributed_step(self, xb, yb) -> float:
         """This rank's shard of the global batch; the returned loss is the global mean."""
-        from .distributed import shard_bounds
+        loss = self._distributed_forward_backward(xb, yb)
+        if not math.isfinite(loss):
+            self.nonfinite = "loss"
+            return loss
+        return self._checked_step(loss)   # the reduced gradients are the same on every rank
+
+    def _distributed_forward_backward(self, xb, yb) -> float:
+        """Forward, loss and backward of this rank's shard, the gradients
+        allreduced; returns the global mean loss (no backward when it is NaN/Inf)."""
         dp = self._dp
         lo, hi = shard_bounds(len(xb), dp.world_size, dp.rank)
         weight = (hi - lo) / len(xb)
         scores = self.model.forward(xb[lo:hi])
         loss = dp.allreduce_scalar(self.loss.forward(scores, yb[lo:hi]) * weight)
         if not math.isfinite(loss):
-            self.nonfinite = "loss"
             return loss
         dp.begin_backward(weight)
         self.model.backward(self.loss.backward())
         dp.finish_backward()
-        return self._checked_step(loss)   # the reduced gradients are the same on every rank
+        return loss
 
     def fit(self, X, y, epochs, batch_size=128, val=None, progress=True, eval_train_size=1000) -> History:
         """Train ``epochs`` passes over (X, y) in shuffled batches; returns the History.
@@ -280,6 +305,11 @@ class Trainer:
         if val is not None:
             val_classes = self._num_outputs(val[0], "val[0]")
             val = (val[0], self._check_targets(val[1], val_classes, "val[1]"))
+        if isinstance(self.optimizer, LBFGS) and batch_size < len(X):
+            raise ValueError(f"batch_size ({batch_size}) is smaller than X ({len(X)} rows): L-BFGS is a full-batch "
+                             "method (its curvature pairs and line search compare losses and gradients of one "
+                             f"fixed objective), so pass batch_size=len(X) (= {len(X)}), or use a first-order "
+                             "optimizer (SGD, Adam) for mini-batches")
         dp = self._dp
         if dp is not None:
             if batch_size % dp.world_size:
@@ -291,16 +321,28 @@ class Trainer:
         self._resume_history = None
         start_epoch = self.epochs_done if history.epochs else 0
         self.model.train()
-        object.__setattr__(self.model, "input_grad", False)
+        self.model.set_input_grad(False)
         for cb in self.callbacks:
             cb.on_train_begin(self)
         n_batches = math.ceil(len(X) / batch_size)
         bar = None
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm   # optional at import time: only progress bars need it
             bar = tqdm(total=epochs * n_batches, unit="step", leave=True, dynamic_ncols=True)
         good_state = self.model.state_dict()
         good_optim = self.optimizer.state_dict()
+
+        def diverged(message):
+            self.model.load_state_dict(good_state)
+            self.optimizer.load_state_dict(good_optim)
+            self.smoothed_loss = None     # a new fit (lower lr?) starts the smoothing afresh
+            history.stopped_early = True
+            history.message = message
+            self.history = history
+            raise TrainingDiverged(message)
+
+        if self.divergence_factor is not None and self.initial_loss is None:
+            self._set_initial_loss(X, y, batch_size, history)
         try:
             for epoch in range(start_epoch, epochs):
                 self.epoch = epoch
@@ -309,7 +351,8 @@ class Trainer:
                     self._apply_schedule(epoch)
                 history.lr.append(self.optimizer.lr)
                 losses = []
-                for xb, yb in batches(X, y, batch_size, shuffle=True, rng=self.rng):
+                full_batch = isinstance(self.optimizer, LBFGS)    # one fixed objective: no reshuffling
+                for xb, yb in batches(X, y, batch_size, shuffle=not full_batch, rng=self.rng):
                     if dp is not None and len(xb) < dp.world_size:
                         continue    # a last batch smaller than the world size: some rank would get no rows
                     if self.schedule is not None and self.schedule.per == "step":
@@ -322,23 +365,26 @@ class Trainer:
                         xb, yb = out if isinstance(out, tuple) else (out, yb)
                     loss = self.train_step(xb, yb)
                     if self.nonfinite is not None:
-                        self.model.load_state_dict(good_state)
-                        self.optimizer.load_state_dict(good_optim)
-                        history.stopped_early = True
                         what = f"loss became {loss}" if self.nonfinite == "loss" else "gradients became NaN/Inf"
-                        history.message = (f"{what} at epoch {epoch + 1}, step {self.step_count + 1}; the step was "
-                                           "skipped and the model and optimizer restored to the last good epoch "
-                                           "(lower the learning rate? clip gradients?)")
-                        self.history = history
-                        raise TrainingDiverged(history.message)
+                        diverged(f"{what} at epoch {epoch + 1}, step {self.step_count + 1}; the step was "
+                                 "skipped and the model and optimizer restored to the last good epoch "
+                                 "(lower the learning rate? clip gradients?)")
                     losses.append(loss)
                     history.loss.append(loss)
                     self.step_count += 1
+                    if self._exploded(loss):
+                        diverged(f"loss exploded at epoch {epoch + 1}, step {self.step_count}: the smoothed "
+                                 f"training loss {self.smoothed_loss:.4g} exceeds divergence_factor "
+                                 f"({self.divergence_factor:g}) x the initial loss {self.initial_loss:.4g} "
+                                 f"(this step's loss {loss:.4g}); the model and optimizer were restored to the "
+                                 "last good epoch (lower the learning rate? divergence_factor=None turns the "
+                                 "check off)")
                     for cb in self.callbacks:
                         cb.on_step_end(self, self.step_count, loss)
                     if bar is not None:
                         bar.update(1)
                 history.epoch_loss.append(float(np.mean(losses)))
+                history.reg_loss.append(regularization_loss(self.optimizer))
                 if dp is not None:
                     dp.average_running_stats()
                 if eval_train_size:
@@ -384,6 +430,58 @@ class Trainer:
         self.history = history
         return history
 
+    # --- the divergence check ----------------------------------------------------
+    def _set_initial_loss(self, X, y, batch_size, history) -> None:
+        """``initial_loss``, the reference of the divergence check, once per
+        Trainer: the mean training-mode loss over up to EXPLOSION_REFERENCE_BATCHES
+        random batches of X (augmented as in training) before the first update,
+        with every buffer and random stream left as it was (the run itself is
+        unchanged). One batch's loss is a noisy reference (a lucky batch of a
+        pretrained model can be several times below the mean, and a smoothed
+        loss 3x above it would be no explosion at all). When one batch is all
+        of X (L-BFGS) the first step's loss is that mean already and is used.
+        Resumed from a checkpoint: the mean of the run's first recorded losses,
+        and the smoothed loss rebuilt from the recorded ones."""
+        if history.loss:
+            self.initial_loss = float(np.mean(history.loss[:EXPLOSION_REFERENCE_STEPS]))
+            ema = self.initial_loss
+            for value in history.loss:
+                ema = EXPLOSION_BETA * ema + (1.0 - EXPLOSION_BETA) * value
+            self.smoothed_loss = ema
+            return
+        preserving_state = getattr(self.model, "preserving_state", None)
+        if len(X) <= batch_size or preserving_state is None:
+            return      # the first step's loss becomes the reference (_exploded)
+        rng = np.random.Generator(type(self.rng.bit_generator)())
+        rng.bit_generator.state = self.rng.bit_generator.state     # a copy: the run's own draws are untouched
+        rows = rng.choice(len(X), min(len(X), EXPLOSION_REFERENCE_BATCHES * batch_size), replace=False)
+        losses = []
+        with preserving_state(training=True):
+            for xb, yb in batches(X[rows], y[rows], batch_size, shuffle=False):
+                if self.augment is not None:
+                    if getattr(self.augment, "uses_labels", False):
+                        out = self.augment(xb, rng=rng, y=yb)
+                    else:
+                        out = self.augment(xb, rng=rng)
+                    xb, yb = out if isinstance(out, tuple) else (out, yb)
+                losses.append(float(self.loss.forward(self.model.forward(xb), yb)))
+        reference = float(np.mean(losses))
+        if math.isfinite(reference) and reference > 0.0:
+            self.initial_loss = reference
+
+    def _exploded(self, loss) -> bool:
+        """Update the smoothed loss with this step's; True when it exceeds
+        ``divergence_factor * initial_loss``."""
+        if self.divergence_factor is None:
+            return False
+        if self.initial_loss is None:
+            if not (math.isfinite(loss) and loss > 0.0):
+                return False        # no positive reference yet: a ratio to it means nothing
+            self.initial_loss = float(loss)
+        ema = self.initial_loss if self.smoothed_loss is None else self.smoothed_loss
+        self.smoothed_loss = EXPLOSION_BETA * ema + (1.0 - EXPLOSION_BETA) * float(loss)
+        return self.smoothed_loss > self.divergence_factor * self.initial_loss
+
     # --- checkpoints -----------------------------------------------------------
     def save_checkpoint(self, path) -> None:
         """Model, optimizer, schedule, RNG and history to one .npz (atomic, no
@@ -391,7 +489,6 @@ class Trainer:
         Distributed: call it on every rank; rank 0 writes, the others wait for it
         (resume with the same number of ranks for the same dropout streams)."""
         if self._dp is not None and self._dp.world_size > 1:
-            from .distributed import barrier
             try:
                 if self._dp.rank == 0:
                     self._write_checkpoint(path)
@@ -478,14 +575,56 @@ class Trainer:
         return np.concatenate(outs)
 
     def evaluate(self, X, y, batch_size=1024) -> dict:
-        """{'loss': mean loss, 'accuracy': fraction correct} in eval mode. y: (N,)
-        class labels or (N, C) class probabilities (accuracy counts the argmax
-        of each row)."""
+        """{'loss': mean loss, 'accuracy': fraction correct, 'reg_loss': the
+        regularization penalty} in eval mode. y: (N,) class labels or (N, C)
+        class probabilities (accuracy counts the argmax of each row).
+
+        'loss' is the data loss alone; 'reg_loss' is the optimizer's penalty on
+        the current weights, ``regularization_loss(optimizer)`` =
+        sum 0.5 * weight_decay * ||W||^2 + l1 * |W|_1 over the regularized
+        parameters (0.0 without weight decay or l1), so the notes' objective is
+        loss + reg_loss, and "crank up the regularization and the loss goes up"
+        shows in reg_loss."""
         X, y = _check_xy(X, y, self._input_dtype())
         scores = self.predict(X, batch_size)
         y = self._check_targets(y, int(scores.shape[1]) if scores.ndim == 2 else None, "y")
         loss = self.loss.forward(scores, y)
-        return {"loss": float(loss), "accuracy": _accuracy(scores, y)}
+        return {"loss": float(loss), "accuracy": _accuracy(scores, y),
+                "reg_loss": regularization_loss(self.optimizer)}
+
+
+def regularization_loss(optimizer) -> float:
+    """The penalty the optimizer's settings add to the objective, on the
+    current weights (float64):
+
+        R = sum over parameter groups g, over the trainable parameters W of g,
+            0.5 * weight_decay_g * ||W||_2^2 + l1_g * |W|_1
+
+    the terms whose gradients the optimizer adds (weight_decay * W and
+    l1 * sign(W)). Frozen parameters are not regularized (the optimizer leaves
+    them alone), so they are not counted; a group without weight_decay/l1
+    adds 0.
+
+    fastnn's (PyTorch's) ``weight_decay`` is 2 * lambda of the notes' L2 term
+    lambda * ||W||^2, so R is the notes' lambda * ||W||^2 exactly. AdamW's
+    decoupled decay (p *= 1 - lr * weight_decay) is not the gradient of any
+    term of the loss; R reports 0.5 * weight_decay * ||W||^2 for it as well, the
+    L2 penalty of the same strength, to watch the weights' size."""
+    total = 0.0
+    for group in getattr(optimizer, "param_groups", ()):
+        decay = float(group.get("weight_decay", 0.0) or 0.0)
+        l1 = float(group.get("l1", 0.0) or 0.0)
+        if decay == 0.0 and l1 == 0.0:
+            continue
+        for p in group["params"]:
+            if not p.trainable:
+                continue
+            w = np.asarray(p.data, dtype=np.float64).reshape(-1)
+            if decay:
+                total += 0.5 * decay * float(w @ w)
+            if l1:
+                total += l1 * float(np.abs(w).sum())
+    return total
 
 
 def _schedule_state(schedule):

@@ -20,9 +20,17 @@ def test_available_and_switching():
         fnn.backend.use("tpu")
 
 
-def test_codes_match_the_extension():
+def test_every_copy_of_the_names_tables_matches_the_extension():
+    """The names live once in csrc (X-macros: FASTNN_ACTIVATIONS,
+    FASTNN_OPTIM_RULES, FASTNN_OPTIM_HYPER, FASTNN_CPU_KERNELS); _C exports
+    them, and every Python copy (needed when _C is missing) must agree."""
     assert dict(cpp._C.ACTIVATIONS) == codes.ACT_CODE
+    assert tuple(cpp._C.ACTIVATIONS) == codes.ACTIVATIONS
+    assert set(cpp._C.SAVES_PREACTIVATION) == set(codes.SAVES_PREACTIVATION)
     assert dict(cpp._C.RULES) == codes.RULE_CODE
+    assert tuple(cpp._C.HYPER_FIELDS) == codes.HYPER_FIELDS
+    # stream_triad is the benchmarks' bandwidth probe, not an op of the registry.
+    assert set(cpp._C.KERNELS) - {"stream_triad"} == set(cpp.OPS)
 
 
 def test_every_cpp_kernel_has_a_numba_twin():

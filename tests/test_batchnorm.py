@@ -1,8 +1,11 @@
+import threading
+
 import numpy as np
 import pytest
 
 import fastnn as fnn
 from conftest import rel_err
+from fastnn.nn import batchnorm as bn_module
 
 
 def bn_reference(x, gamma, beta, rm, rv, training, momentum=0.1, eps=1e-5, act=None):
@@ -136,7 +139,7 @@ def test_layers_and_edge_cases(backend, rng):
 def test_sequential_fuses_batchnorm_and_relu(rng):
     model = fnn.nn.Sequential(fnn.nn.Linear(5, 6, dtype=np.float64, rng=0), fnn.nn.BatchNorm1d(6, dtype=np.float64),
                               fnn.nn.ReLU(), fnn.nn.Linear(6, 3, dtype=np.float64, rng=1))
-    assert model._plan[1][1] is model.layers[2]
+    assert model.steps()[1].activation is model.layers[2]
     x = rng.standard_normal((10, 5))
     y = model.forward(x)
     ref = x
@@ -146,3 +149,81 @@ def test_sequential_fuses_batchnorm_and_relu(rng):
     ref = np.maximum(bn.forward(ref), 0)
     ref = model.layers[3].forward(ref)
     assert rel_err(y, ref) < 1e-12
+
+
+# --- synchronized BatchNorm: the kernel split at its reductions -------------------------
+
+class _ThreadRanks:
+    """fastnn._comm stand-in for ranks run as threads of this process: allreduce_
+    sums the buffers of every rank (each waits for the others)."""
+
+    def __init__(self, world):
+        self.world = world
+        self.barrier = threading.Barrier(world)
+        self.lock = threading.Lock()
+        self.slots = []
+
+    def active(self):
+        return True
+
+    def allreduce_(self, buf, op="sum"):
+        with self.lock:
+            self.slots.append(buf.copy())
+        self.barrier.wait()
+        total = np.sum(self.slots, axis=0)
+        self.barrier.wait()
+        with self.lock:
+            self.slots.clear()
+        self.barrier.wait()
+        buf[...] = total
+        return buf
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (6, 3, 4, 5)])
+@pytest.mark.parametrize("act", ["identity", "tanh"])
+@pytest.mark.parametrize("world", [1, 3])
+def test_sync_bn_over_ranks_equals_the_kernel_on_the_global_batch(backend, rng, monkeypatch, shape, act, world):
+    """sync_bn=True on `world` ranks (threads sharing an allreduce) with a shard
+    each gives the outputs, running statistics (unbiased variance) and input
+    gradients of plain BatchNorm (the fused kernel) on the whole batch, and each
+    rank's dgamma/dbeta is its share of the global ones."""
+    ranks = _ThreadRanks(world)
+    monkeypatch.setattr(bn_module._comm, "active", ranks.active)
+    monkeypatch.setattr(bn_module._comm, "allreduce_", ranks.allreduce_)
+    cls = fnn.nn.BatchNorm1d if len(shape) == 2 else fnn.nn.BatchNorm2d
+    c = shape[1]
+    x = rng.standard_normal(shape) * 3 + 2
+    dy = rng.standard_normal(shape)
+    gamma, beta, running_mean = rng.uniform(0.5, 2, c), rng.standard_normal(c), rng.standard_normal(c)
+
+    def build(sync):
+        bn = cls(c, dtype=np.float64, sync_bn=sync)
+        bn.weight.data[...], bn.bias.data[...], bn.running_mean[...] = gamma, beta, running_mean
+        return bn
+
+    whole = build(False)
+    y_ref = whole.forward_fused(x, act, None)
+    dx_ref, _ = whole.backward_fused(dy)
+
+    shards = np.array_split(np.arange(shape[0]), world)
+    models = [build(True) for _ in range(world)]
+    out = [None] * world
+
+    def run(r):
+        rows = shards[r]
+        y = models[r].forward_fused(np.ascontiguousarray(x[rows]), act, None)
+        dx, _ = models[r].backward_fused(np.ascontiguousarray(dy[rows]))
+        out[r] = (y, dx)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_allclose(np.concatenate([o[0] for o in out]), y_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([o[1] for o in out]), dx_ref, rtol=1e-9, atol=1e-11)
+    for m in models:
+        np.testing.assert_allclose(m.running_mean, whole.running_mean, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(m.running_var, whole.running_var, rtol=1e-12)
+    np.testing.assert_allclose(sum(m.weight.grad for m in models), whole.weight.grad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sum(m.bias.grad for m in models), whole.bias.grad, rtol=1e-10, atol=1e-12)

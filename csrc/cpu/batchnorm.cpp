@@ -13,7 +13,7 @@
 #include <type_traits>
 
 #include "cpu/isa.h"
-#include "ops/activation.h"
+#include "ops/epilogue.h"
 #include "ops/batchnorm.h"
 
 namespace fastnn::cpu::FASTNN_ISA {
@@ -141,7 +141,7 @@ void backward_sums(const BatchNormBackwardArgs<T>& a, double* sum_dz, double* su
         const T* y = yy + i * c;
 #pragma omp simd
         for (int64_t ch = c0; ch < c1; ++ch) {
-          T dz = dy[ch] * F::grad(T(0), y[ch], a.alpha);
+          T dz = act_backward_epilogue<T, F>(dy[ch], T(0), y[ch], a.alpha);
           s1[ch - c0] += double(dz);
           s2[ch - c0] += double(dz) * double(batchnorm_center(x[ch], a.save_mean[ch], a.save_mean[c + ch]));
         }
@@ -163,7 +163,7 @@ void backward_sums(const BatchNormBackwardArgs<T>& a, double* sum_dz, double* su
         const T* y = yy + off;
 #pragma omp simd reduction(+ : s1, s2)
         for (int64_t j = 0; j < s; ++j) {
-          T dz = dy[j] * F::grad(T(0), y[j], a.alpha);
+          T dz = act_backward_epilogue<T, F>(dy[j], T(0), y[j], a.alpha);
           s1 += double(dz);
           s2 += double(dz) * double(batchnorm_center(x[j], m, lo));
         }
@@ -206,7 +206,7 @@ void backward_impl(const BatchNormBackwardArgs<T>& a) {
       T* dx = a.dx + i * c;
 #pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch) {
-        T dz = dy[ch] * F::grad(T(0), y[ch], a.alpha);
+        T dz = act_backward_epilogue<T, F>(dy[ch], T(0), y[ch], a.alpha);
         T xhat = batchnorm_center(x[ch], a.save_mean[ch], a.save_mean[c + ch]) * invstd[ch];
         dx[ch] = batchnorm_dx(dz, xhat, scale[ch], mean_dz[ch], mean_dz_xhat[ch]);
       }
@@ -223,7 +223,7 @@ void backward_impl(const BatchNormBackwardArgs<T>& a) {
       T* dx = a.dx + r * s;
 #pragma omp simd
       for (int64_t j = 0; j < s; ++j) {
-        T dz = dy[j] * F::grad(T(0), y[j], a.alpha);
+        T dz = act_backward_epilogue<T, F>(dy[j], T(0), y[j], a.alpha);
         dx[j] = batchnorm_dx(dz, batchnorm_center(x[j], m, lo) * inv, sc, mdz, mdx);
       }
     }

@@ -7,7 +7,7 @@
 // (F, CKK), y/z/dy/dz (N, F, OH, OW) viewed per image as (F, P), columns of one
 // image (CKK, P) with row r = (c, ki, kj) and column p = (oh, ow):
 //   cols[r, p] = x[c, oh*SH - PH + ki, ow*SW - PW + kj]   (0 outside the image)
-//   forward   y_n = act(W @ cols_n + bias)           GEMM, RowBiasAct epilogue
+//   forward   y_n = act(W @ cols_n + bias)           GEMM, BiasAct epilogue (bias per row)
 //   backward  dz = dy * act'(z or y), dbias = sum_{n,p} dz
 //             dweight += dz_n @ cols_n^T              (cols_n rebuilt, not stored)
 //             dx_n = col2im(W^T @ dz_n)               (scatter-add back into x's layout)
@@ -143,10 +143,10 @@ void forward_image(const Conv2dForwardArgs<T>& a, int64_t i, bool split_batch) {
   const int64_t ckk = s.c * s.kh * s.kw, p = s.oh * s.ow;
   const T* xi = a.x + i * s.c * s.h * s.w;
   T* yi = a.y + i * s.f * p;
-  T* zi = RowBiasAct<T, F>::kSavesPreactivation ? a.z + i * s.f * p : nullptr;
+  T* zi = BiasAct<T, F, BiasAxis::rows>::kSavesPreactivation ? a.z + i * s.f * p : nullptr;
   if (is_pointwise(s)) {
     gemm_engine(GemmArgs<T>{s.f, p, ckk, a.weight, ckk, 1, xi, p, 1, yi, p, T(0)},
-                RowBiasAct<T, F>{a.bias, zi, p, a.alpha});
+                BiasAct<T, F, BiasAxis::rows>{a.bias, zi, p, a.alpha});
     return;
   }
   const int64_t rows = chunk_rows<T>(s, split_batch);
@@ -156,7 +156,7 @@ void forward_image(const Conv2dForwardArgs<T>& a, int64_t i, bool split_batch) {
     im2col(s, xi, cols, oh0, oh1, !split_batch);
     // y_i[:, off:off+pc] (ldc P) = W (F, CKK) @ cols (CKK, pc), bias + act in the epilogue
     gemm_engine(GemmArgs<T>{s.f, pc, ckk, a.weight, ckk, 1, cols, pc, 1, yi + off, p, T(0)},
-                RowBiasAct<T, F>{a.bias, zi ? zi + off : nullptr, p, a.alpha});
+                BiasAct<T, F, BiasAxis::rows>{a.bias, zi ? zi + off : nullptr, p, a.alpha});
   }
 }
 
@@ -183,7 +183,7 @@ void conv_dz(const Conv2dBackwardArgs<T>& a) {
         const T* z = F::kGradFromOutput ? y : a.z + off;
         T* dz = a.dz_work + off;
         for (int64_t j = 0; j < p; ++j) {
-          T d = dy[j] * F::grad(z[j], y[j], a.alpha);
+          T d = act_backward_epilogue<T, F>(dy[j], z[j], y[j], a.alpha);
           dz[j] = d;
           rsum += d;
         }

@@ -1,9 +1,11 @@
 // Inverted dropout on the CPU (mask definition: ops/dropout.h).
 //
 // y[i] = x[i] * scale if Philox(seed, offset + i) < threshold else 0, n elements.
-// Philox runs on kLanes blocks at once, laid out as structure-of-arrays so the
-// ten rounds vectorize (vpmuludq for the 32x32->64 products); each block of 4
-// words covers 4 consecutive global indices. Threads split the blocks.
+// The Philox rounds are ops/philox.h's, instantiated here for three lane
+// types: 16 blocks as a structure of arrays (any ISA, and the partial chunks),
+// and AVX2 / AVX-512 registers with one block per 64-bit lane (vpmuludq for the
+// 32x32->64 products). Each block of 4 words covers 4 consecutive global
+// indices. Threads split the blocks.
 #include "cpu/isa.h"
 #include "ops/dropout.h"
 
@@ -16,41 +18,44 @@ namespace {
 
 constexpr int kLanes = 16;
 
+// kLanes blocks as a structure of arrays: the ten rounds (ops/philox.h) run
+// across the blocks in `omp simd` loops, so they vectorize on any ISA.
+struct ArrayLanes {
+  struct V { uint32_t w[kLanes]; };
+  static inline __attribute__((always_inline)) void mul_wide(const V& a, uint32_t m, V& hi, V& lo) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const uint64_t p = uint64_t(m) * a.w[l];
+      hi.w[l] = uint32_t(p >> 32);
+      lo.w[l] = uint32_t(p);
+    }
+  }
+  static inline __attribute__((always_inline)) V xor3(const V& a, const V& b, uint32_t k) {
+    V r;
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) r.w[l] = a.w[l] ^ b.w[l] ^ k;
+    return r;
+  }
+};
+
 // words[w][l] = word w of Philox block (first + l).
 inline __attribute__((always_inline)) void philox_lanes(uint64_t seed, uint64_t first, uint32_t words[4][kLanes]) {
-  uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+  ArrayLanes::V c0, c1, c2, c3;
 #pragma omp simd
   for (int l = 0; l < kLanes; ++l) {
     uint64_t block = first + uint64_t(l);
-    c0[l] = uint32_t(block);
-    c1[l] = uint32_t(block >> 32);
-    c2[l] = 0u;
-    c3[l] = 0u;
+    c0.w[l] = uint32_t(block);
+    c1.w[l] = uint32_t(block >> 32);
+    c2.w[l] = 0u;
+    c3.w[l] = 0u;
   }
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-#pragma omp simd
-    for (int l = 0; l < kLanes; ++l) {
-      uint64_t p0 = uint64_t(kPhiloxM0) * c0[l];
-      uint64_t p1 = uint64_t(kPhiloxM1) * c2[l];
-      uint32_t n0 = uint32_t(p1 >> 32) ^ c1[l] ^ k0;
-      uint32_t n2 = uint32_t(p0 >> 32) ^ c3[l] ^ k1;
-      c1[l] = uint32_t(p1);
-      c3[l] = uint32_t(p0);
-      c0[l] = n0;
-      c2[l] = n2;
-    }
-  }
+  philox4x32_10_rounds<ArrayLanes>(c0, c1, c2, c3, uint32_t(seed), uint32_t(seed >> 32));
 #pragma omp simd
   for (int l = 0; l < kLanes; ++l) {
-    words[0][l] = c0[l];
-    words[1][l] = c1[l];
-    words[2][l] = c2[l];
-    words[3][l] = c3[l];
+    words[0][l] = c0.w[l];
+    words[1][l] = c1.w[l];
+    words[2][l] = c2.w[l];
+    words[3][l] = c3.w[l];
   }
 }
 
@@ -58,31 +63,30 @@ inline __attribute__((always_inline)) void philox_lanes(uint64_t seed, uint64_t 
 // AVX-512: 8 Philox blocks (32 elements) per step, one block per 64-bit lane so
 // the 32x32->64 products are single vpmuludq's. Returns the 32-bit keep mask of
 // elements 4*b + w (bit 4*b + w), built from the four per-word lane masks.
+// One Philox block per 64-bit lane, its 32-bit word in the low half, so the
+// 32x32->64 products are single vpmuludq's.
+struct Avx512Lanes {
+  using V = __m512i;
+  static inline __attribute__((always_inline)) void mul_wide(V a, uint32_t m, V& hi, V& lo) {
+    const V p = _mm512_mul_epu32(a, _mm512_set1_epi64(m));
+    hi = _mm512_srli_epi64(p, 32);
+    lo = _mm512_and_si512(p, _mm512_set1_epi64(0xFFFFFFFFll));
+  }
+  static inline __attribute__((always_inline)) V xor3(V a, V b, uint32_t k) {
+    return _mm512_xor_si512(_mm512_xor_si512(a, b), _mm512_set1_epi64(k));
+  }
+};
+
 inline __attribute__((always_inline)) uint32_t philox_keep_mask8(uint64_t seed, uint64_t first_block,
                                                                  uint64_t threshold) {
   const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i block = _mm512_add_epi64(_mm512_set1_epi64(int64_t(first_block)), lane);
   const __m512i lo32 = _mm512_set1_epi64(0xFFFFFFFFll);
-  const __m512i m0 = _mm512_set1_epi64(kPhiloxM0), m1 = _mm512_set1_epi64(kPhiloxM1);
   __m512i c0 = _mm512_and_si512(block, lo32);
   __m512i c1 = _mm512_srli_epi64(block, 32);
   __m512i c2 = _mm512_setzero_si512();
   __m512i c3 = _mm512_setzero_si512();
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    const __m512i p0 = _mm512_mul_epu32(c0, m0);
-    const __m512i p1 = _mm512_mul_epu32(c2, m1);
-    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(p1, 32), c1), _mm512_set1_epi64(k0));
-    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(_mm512_srli_epi64(p0, 32), c3), _mm512_set1_epi64(k1));
-    c1 = _mm512_and_si512(p1, lo32);
-    c3 = _mm512_and_si512(p0, lo32);
-    c0 = n0;
-    c2 = n2;
-  }
+  philox4x32_10_rounds<Avx512Lanes>(c0, c1, c2, c3, uint32_t(seed), uint32_t(seed >> 32));
   const __m512i thr = _mm512_set1_epi64(int64_t(threshold));
   const uint32_t k0m = _mm512_cmplt_epu64_mask(c0, thr), k1m = _mm512_cmplt_epu64_mask(c1, thr);
   const uint32_t k2m = _mm512_cmplt_epu64_mask(c2, thr), k3m = _mm512_cmplt_epu64_mask(c3, thr);
@@ -104,30 +108,27 @@ inline __attribute__((always_inline)) void apply_mask32(const double* x, double*
 }
 #elif FASTNN_VBYTES == 32
 // AVX2: the same scheme with 4 blocks (16 elements) per 256-bit step.
+struct Avx2Lanes {
+  using V = __m256i;
+  static inline __attribute__((always_inline)) void mul_wide(V a, uint32_t m, V& hi, V& lo) {
+    const V p = _mm256_mul_epu32(a, _mm256_set1_epi64x(m));
+    hi = _mm256_srli_epi64(p, 32);
+    lo = _mm256_and_si256(p, _mm256_set1_epi64x(0xFFFFFFFFll));
+  }
+  static inline __attribute__((always_inline)) V xor3(V a, V b, uint32_t k) {
+    return _mm256_xor_si256(_mm256_xor_si256(a, b), _mm256_set1_epi64x(k));
+  }
+};
+
 inline __attribute__((always_inline)) uint32_t philox_keep_mask4(uint64_t seed, uint64_t first_block,
                                                                  uint64_t threshold) {
   const __m256i block = _mm256_add_epi64(_mm256_set1_epi64x(int64_t(first_block)), _mm256_set_epi64x(3, 2, 1, 0));
   const __m256i lo32 = _mm256_set1_epi64x(0xFFFFFFFFll);
-  const __m256i m0 = _mm256_set1_epi64x(kPhiloxM0), m1 = _mm256_set1_epi64x(kPhiloxM1);
   __m256i c0 = _mm256_and_si256(block, lo32);
   __m256i c1 = _mm256_srli_epi64(block, 32);
   __m256i c2 = _mm256_setzero_si256();
   __m256i c3 = _mm256_setzero_si256();
-  uint32_t k0 = uint32_t(seed), k1 = uint32_t(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    const __m256i p0 = _mm256_mul_epu32(c0, m0);
-    const __m256i p1 = _mm256_mul_epu32(c2, m1);
-    const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p1, 32), c1), _mm256_set1_epi64x(k0));
-    const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64(p0, 32), c3), _mm256_set1_epi64x(k1));
-    c1 = _mm256_and_si256(p1, lo32);
-    c3 = _mm256_and_si256(p0, lo32);
-    c0 = n0;
-    c2 = n2;
-  }
+  philox4x32_10_rounds<Avx2Lanes>(c0, c1, c2, c3, uint32_t(seed), uint32_t(seed >> 32));
   // Words are < 2^32 and threshold <= 2^32, so a signed 64-bit compare is exact.
   const __m256i thr = _mm256_set1_epi64x(int64_t(threshold));
   auto keep = [&](__m256i c) { return uint32_t(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(thr, c)))); };

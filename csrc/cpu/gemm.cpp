@@ -50,7 +50,7 @@ void activation_backward_dz(const LinearActBackwardArgs<T>& a) {
       const T* z = F::kGradFromOutput ? y : a.z + i * m;
       T* dz = a.dz_work + i * m;
       for (int64_t j = j0; j < j1; ++j) {
-        T d = dy[j] * F::grad(z[j], y[j], a.alpha);
+        T d = act_backward_epilogue<T, F>(dy[j], z[j], y[j], a.alpha);
         dz[j] = d;
         colsum[j - j0] += d;
       }
@@ -101,11 +101,11 @@ struct DzFromDy {
       if (cols == NR) {
         if constexpr (!simd::VecAct<F>::kAvailable) {
 #pragma GCC unroll 64
-          for (int jj = 0; jj < NR; ++jj) d[jj] = dyr[jj] * F::grad(zr[jj], yr[jj], alpha);
+          for (int jj = 0; jj < NR; ++jj) d[jj] = act_backward_epilogue<T, F>(dyr[jj], zr[jj], yr[jj], alpha);
         }
       } else {
         int jj = 0;
-        for (; jj < cols; ++jj) d[jj] = dyr[jj] * F::grad(zr[jj], yr[jj], alpha);
+        for (; jj < cols; ++jj) d[jj] = act_backward_epilogue<T, F>(dyr[jj], zr[jj], yr[jj], alpha);
         for (; jj < NR; ++jj) d[jj] = T(0);
       }
       if (first) {
@@ -173,37 +173,10 @@ void linear_act_backward(const LinearActBackwardArgs<T>& a) {
                 NoEpilogue{});
 }
 
-template <class T>
-void act_forward(const ActForwardArgs<T>& a) {
-  visit_act(a.act, [&](auto f) {
-    using F = decltype(f);
-    const int nthreads = a.n < 65536 ? 1 : num_threads();
-#pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
-    for (int64_t i = 0; i < a.n; ++i) a.y[i] = F::forward(a.x[i], a.alpha);
-  });
-}
-
-template <class T>
-void act_backward(const ActBackwardArgs<T>& a) {
-  visit_act(a.act, [&](auto f) {
-    using F = decltype(f);
-    const int nthreads = a.n < 65536 ? 1 : num_threads();
-    double dalpha = 0.0;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static) reduction(+ : dalpha)
-    for (int64_t i = 0; i < a.n; ++i) {
-      a.dx[i] = a.dy[i] * F::grad(a.x[i], a.y[i], a.alpha);
-      if constexpr (std::is_same_v<F, act::Prelu>) dalpha += double(a.dy[i] * act::Prelu::grad_alpha(a.x[i]));
-    }
-    if (a.dalpha) *a.dalpha = T(dalpha);
-  });
-}
-
 #define FASTNN_INSTANTIATE(T)                                          \
   template void gemm<T>(const GemmArgs<T>&);                           \
   template void linear_act_forward<T>(const LinearActForwardArgs<T>&); \
-  template void linear_act_backward<T>(const LinearActBackwardArgs<T>&); \
-  template void act_forward<T>(const ActForwardArgs<T>&);              \
-  template void act_backward<T>(const ActBackwardArgs<T>&);
+  template void linear_act_backward<T>(const LinearActBackwardArgs<T>&);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #undef FASTNN_INSTANTIATE

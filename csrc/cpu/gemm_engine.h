@@ -152,11 +152,12 @@ template <class S> struct VecEpilogue<S, NoEpilogue> {
   template <class V> static FASTNN_INLINE V apply(const NoEpilogue&, int64_t, int64_t, V acc) { return acc; }
 };
 
-template <class S, class T, class F> struct VecEpilogue<S, BiasAct<T, F>> {
+template <class S, class T, class F, BiasAxis A> struct VecEpilogue<S, BiasAct<T, F, A>> {
   static constexpr bool kAvailable = simd::VecAct<F>::kAvailable;
-  template <class V> static FASTNN_INLINE V apply(const BiasAct<T, F>& ep, int64_t i, int64_t j, V acc) {
-    V pre = ep.bias ? S::add(acc, S::load(ep.bias + j)) : acc;
-    if constexpr (BiasAct<T, F>::kSavesPreactivation) S::store(ep.z + i * ep.ldz + j, pre);
+  template <class V> static FASTNN_INLINE V apply(const BiasAct<T, F, A>& ep, int64_t i, int64_t j, V acc) {
+    V pre = acc;
+    if (ep.bias) pre = S::add(acc, A == BiasAxis::cols ? S::load(ep.bias + j) : S::set1(ep.bias[i]));
+    if constexpr (BiasAct<T, F, A>::kSavesPreactivation) S::store(ep.z + i * ep.ldz + j, pre);
     return simd::VecAct<F>::template forward<S>(pre, S::set1(ep.alpha));
   }
 };

@@ -38,13 +38,10 @@ void optim_loop(const OptimStepArgs<T>& a) {
 template <class T>
 void optim_step(const OptimStepArgs<T>& a) {
   switch (a.rule) {
-    case Rule::sgd: return optim_loop<Rule::sgd>(a);
-    case Rule::momentum: return optim_loop<Rule::momentum>(a);
-    case Rule::nesterov: return optim_loop<Rule::nesterov>(a);
-    case Rule::adagrad: return optim_loop<Rule::adagrad>(a);
-    case Rule::rmsprop: return optim_loop<Rule::rmsprop>(a);
-    case Rule::adam: return optim_loop<Rule::adam>(a);
-    case Rule::adamw: return optim_loop<Rule::adamw>(a);
+#define FASTNN_RULE_CASE(name) \
+  case Rule::name: return optim_loop<Rule::name>(a);
+    FASTNN_OPTIM_RULES(FASTNN_RULE_CASE)
+#undef FASTNN_RULE_CASE
   }
 }
 
@@ -63,8 +60,7 @@ void max_norm(const MaxNormArgs<T>& a) {
       for (int64_t j = 0; j < cols; ++j) norm[j] += double(row[j]) * double(row[j]);
     }
     for (int64_t j = 0; j < cols; ++j) {
-      double nrm = math::sqrt(norm[j]);
-      norm[j] = nrm > a.max_norm[k] ? a.max_norm[k] / nrm : 1.0;
+      norm[j] = max_norm_scale(math::sqrt(norm[j]), a.max_norm[k]);
     }
     for (int64_t i = 0; i < rows; ++i) {
       T* row = w + i * cols;

@@ -18,10 +18,35 @@
 
 namespace fastnn {
 
+// The one list of activations: X(name, functor). It generates the Act enum,
+// its names (exported by fastnn._C as ACTIVATIONS; fastnn/backend/codes.py is
+// the Python copy a test compares), the visit_act switch and the table of
+// which activations keep the pre-activation for backward. A new activation is
+// a functor below and one line here.
+#define FASTNN_ACTIVATIONS(X) \
+  X(identity, Identity)       \
+  X(relu, Relu)               \
+  X(leaky_relu, LeakyRelu)    \
+  X(prelu, Prelu)             \
+  X(elu, Elu)                 \
+  X(selu, Selu)               \
+  X(sigmoid, Sigmoid)         \
+  X(tanh, Tanh)               \
+  X(gelu, Gelu)               \
+  X(gelu_tanh, GeluTanh)      \
+  X(swish, Swish)
+
 enum class Act : int {
-  identity = 0, relu, leaky_relu, prelu, elu, selu, sigmoid, tanh, gelu, gelu_tanh, swish,
+#define FASTNN_ACT_ENUM(name, F) name,
+  FASTNN_ACTIVATIONS(FASTNN_ACT_ENUM)
+#undef FASTNN_ACT_ENUM
 };
-constexpr int kNumActs = 11;
+#define FASTNN_ACT_COUNT(name, F) +1
+constexpr int kNumActs = 0 FASTNN_ACTIVATIONS(FASTNN_ACT_COUNT);
+#undef FASTNN_ACT_COUNT
+#define FASTNN_ACT_NAME(name, F) #name,
+constexpr const char* kActNames[] = {FASTNN_ACTIVATIONS(FASTNN_ACT_NAME)};
+#undef FASTNN_ACT_NAME
 
 namespace act {
 
@@ -141,17 +166,10 @@ struct Swish {
 // The one switch from the runtime Act tag to its functor type: f(act::Relu{}).
 template <class F> FASTNN_HD decltype(auto) visit_act(Act a, F&& f) {
   switch (a) {
-    case Act::relu: return f(act::Relu{});
-    case Act::leaky_relu: return f(act::LeakyRelu{});
-    case Act::prelu: return f(act::Prelu{});
-    case Act::elu: return f(act::Elu{});
-    case Act::selu: return f(act::Selu{});
-    case Act::sigmoid: return f(act::Sigmoid{});
-    case Act::tanh: return f(act::Tanh{});
-    case Act::gelu: return f(act::Gelu{});
-    case Act::gelu_tanh: return f(act::GeluTanh{});
-    case Act::swish: return f(act::Swish{});
-    case Act::identity:
+#define FASTNN_ACT_CASE(name, Functor) \
+  case Act::name: return f(act::Functor{});
+    FASTNN_ACTIVATIONS(FASTNN_ACT_CASE)
+#undef FASTNN_ACT_CASE
     default: return f(act::Identity{});
   }
 }

@@ -19,44 +19,32 @@ struct NoEpilogue {
   template <class T> FASTNN_HD T apply(int64_t, int64_t, T acc) const { return acc; }
 };
 
-// C = act(acc + bias[j]); Z = acc + bias[j] when the activation needs it.
-template <class T, class ActF>
+// Which way the bias runs: one per column (bias[j], a Linear's output features)
+// or one per row (bias[i], a convolution's GEMM has one row per output channel).
+enum class BiasAxis : int { cols, rows };
+
+// C = act(acc + bias); Z = acc + bias when the activation needs it.
+template <class T, class ActF, BiasAxis Axis = BiasAxis::cols>
 struct BiasAct {
   static constexpr bool kIdentity = false;
   static constexpr bool kSavesPreactivation = !ActF::kGradFromOutput;
-  const T* bias;  // (cols,) or nullptr
+  static constexpr BiasAxis kAxis = Axis;
+  const T* bias;  // (cols,) or (rows,) by Axis, or nullptr
   T* z;           // (rows, ldz) when kSavesPreactivation, else unused
   int64_t ldz;
   T alpha;
 
   FASTNN_HD T apply(int64_t i, int64_t j, T acc) const {
-    T pre = bias ? acc + bias[j] : acc;
+    T pre = bias ? acc + bias[Axis == BiasAxis::cols ? j : i] : acc;
     if constexpr (kSavesPreactivation) z[i * ldz + j] = pre;
     return ActF::forward(pre, alpha);
   }
 };
 
-// C = act(acc + bias[i]); Z = acc + bias[i] when the activation needs it. The
-// bias runs along rows: a convolution's GEMM has one row per output channel.
+// The backward epilogue of an activation: dz = dy * act'(z or y). Every
+// backward loop (GEMM packing, BatchNorm, conv, the standalone layer) calls it.
 template <class T, class ActF>
-struct RowBiasAct {
-  static constexpr bool kIdentity = false;
-  static constexpr bool kSavesPreactivation = !ActF::kGradFromOutput;
-  const T* bias;  // (rows,) or nullptr
-  T* z;           // (rows, ldz) when kSavesPreactivation, else unused
-  int64_t ldz;
-  T alpha;
-
-  FASTNN_HD T apply(int64_t i, int64_t j, T acc) const {
-    T pre = bias ? acc + bias[i] : acc;
-    if constexpr (kSavesPreactivation) z[i * ldz + j] = pre;
-    return ActF::forward(pre, alpha);
-  }
-};
-
-// The backward epilogue of an activation: dz = dy * act'(z or y).
-template <class T, class ActF>
-FASTNN_HD T act_backward(T dy, T z, T y, T alpha) {
+FASTNN_HD T act_backward_epilogue(T dy, T z, T y, T alpha) {
   return dy * ActF::grad(z, y, alpha);
 }
 

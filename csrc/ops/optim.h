@@ -20,19 +20,40 @@
 
 namespace fastnn {
 
-enum class Rule : int { sgd = 0, momentum, nesterov, adagrad, rmsprop, adam, adamw };
+// The one list of update rules; generates the Rule enum, its names (fastnn._C
+// RULES) and the CPU dispatch switch.
+#define FASTNN_OPTIM_RULES(X) X(sgd) X(momentum) X(nesterov) X(adagrad) X(rmsprop) X(adam) X(adamw)
 
+enum class Rule : int {
+#define FASTNN_RULE_ENUM(name) name,
+  FASTNN_OPTIM_RULES(FASTNN_RULE_ENUM)
+#undef FASTNN_RULE_ENUM
+};
+#define FASTNN_RULE_COUNT(name) +1
+constexpr int kNumRules = 0 FASTNN_OPTIM_RULES(FASTNN_RULE_COUNT);
+#undef FASTNN_RULE_COUNT
+#define FASTNN_RULE_NAME(name) #name,
+constexpr const char* kRuleNames[] = {FASTNN_OPTIM_RULES(FASTNN_RULE_NAME)};
+#undef FASTNN_RULE_NAME
+
+// The fields of OptimHyper, in order: one row of the optimizer's hyperparameter
+// table per flat-buffer segment (fastnn._C HYPER_FIELDS).
+#define FASTNN_OPTIM_HYPER(X) \
+  X(lr) X(weight_decay) X(l1) X(momentum) X(alpha) X(beta1) X(beta2) X(eps) X(bias_correction1) X(bias_correction2) \
+  X(grad_scale)
+
+// momentum: sgd family; alpha: rmsprop smoothing; beta1, beta2: adam family;
+// bias_correction1/2: 1 - beta1^t, 1 - beta2^t; grad_scale: 1, or the
+// global-norm clipping factor.
 template <class T>
 struct OptimHyper {
-  T lr, weight_decay, l1;
-  T momentum;             // sgd family
-  T alpha;                // rmsprop smoothing
-  T beta1, beta2;         // adam family
-  T eps;
-  T bias_correction1;     // 1 - beta1^t
-  T bias_correction2;     // 1 - beta2^t
-  T grad_scale;           // 1, or the global-norm clipping factor
+#define FASTNN_HYPER_FIELD(name) T name;
+  FASTNN_OPTIM_HYPER(FASTNN_HYPER_FIELD)
+#undef FASTNN_HYPER_FIELD
 };
+#define FASTNN_HYPER_NAME(name) #name,
+constexpr const char* kHyperFields[] = {FASTNN_OPTIM_HYPER(FASTNN_HYPER_NAME)};
+#undef FASTNN_HYPER_NAME
 
 template <Rule R, class T>
 FASTNN_HD void optim_update(T& p, T g, T& s1, T& s2, const OptimHyper<T>& h) {
@@ -65,5 +86,10 @@ FASTNN_HD void optim_update(T& p, T g, T& s1, T& s2, const OptimHyper<T>& h) {
     p -= (h.lr / h.bias_correction1) * s1 / denom;
   }
 }
+
+// Max-norm constraint (Srivastava et al. 2014): the factor that brings a unit's
+// incoming weight vector of L2 norm `norm` back onto the ball of radius
+// `max_norm`, 1 when it is inside. Computed in double from the sum of squares.
+FASTNN_HD double max_norm_scale(double norm, double max_norm) { return norm > max_norm ? max_norm / norm : 1.0; }
 
 }  // namespace fastnn

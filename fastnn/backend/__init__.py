@@ -14,7 +14,7 @@ import warnings
 from . import registry
 from .registry import available, current, failures, lookup, use, using
 from . import cpp as _cpp  # noqa: F401  (registers the C++ kernels)
-from . import numba_cpu as _numba  # noqa: F401
+from . import numba as _numba  # noqa: F401  (registers the Numba kernels)
 from . import cuda as _cuda_backend  # noqa: F401
 
 if "cpp" not in registry.available() and "numba" in registry.available():

@@ -36,8 +36,14 @@ def act_forward(x, y, act, alpha):
     _cuda.act_forward(x.data.ptr, y.data.ptr, x.size, str(x.dtype), act, alpha, stream.ptr)
 
 
+def dropout(x, y, seed, offset, threshold, scale):
+    stream = cp.cuda.get_current_stream()
+    _cuda.dropout(x.data.ptr, y.data.ptr, x.size, str(x.dtype), seed, offset, threshold, scale, stream.ptr)
+
+
 if reason is None:
     registry.register("cuda", "act_forward", act_forward)
+    registry.register("cuda", "dropout", dropout)
     registry.mark_loaded("cuda")
 else:
     registry.mark_failed("cuda", reason)

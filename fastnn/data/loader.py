@@ -19,7 +19,8 @@ import threading
 import numpy as np
 
 from .. import _validate as V
-from ..backend.numba_cpu import numba
+# numba with the threading layer chosen (set_num_threads below starts its pool); None without numba.
+from ..backend.numba.runtime import numba
 
 _DONE = object()
 

@@ -20,19 +20,22 @@ class Conv2d(_WeightedActivation):
 
     kernel_size, stride, padding: an int or an (h, w) pair; padding is zeros.
     activation/alpha/init as in Linear ("auto": He for the ReLU family, LeCun
-    for SELU, Xavier otherwise; fan_in = C*KH*KW). In a Sequential, a Conv2d
-    without its own activation followed by an activation layer runs fused."""
+    for SELU, Xavier otherwise; fan_in = C*KH*KW; without activation= of its
+    own, from the activation layer that follows it in a Sequential). In a
+    Sequential, a Conv2d without its own activation followed by an activation
+    layer runs fused. bias_init: the value every bias (F,) starts at, a number
+    (0 by default; the notes' 0.01 for ReLU units)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, activation=None, alpha=None,
-                 init="auto", bias=True, dtype=np.float32, rng=None):
+                 init="auto", bias=True, dtype=np.float32, rng=None, bias_init=0.0):
         super().__init__()
         self.in_channels = V.positive_int(in_channels, "in_channels")
         self.out_channels = V.positive_int(out_channels, "out_channels")
-        self.kernel_size = ops._pair(kernel_size, "kernel_size", 1)
-        self.stride = ops._pair(stride, "stride", 1)
-        self.padding = ops._pair(padding, "padding", 0)
+        self.kernel_size = V.pair(kernel_size, "kernel_size", 1)
+        self.stride = V.pair(stride, "stride", 1)
+        self.padding = V.pair(padding, "padding", 0)
         shape = (self.out_channels, self.in_channels) + self.kernel_size
-        self._init_weights(shape, self.out_channels, activation, alpha, init, bias, dtype, rng)
+        self._init_weights(shape, self.out_channels, activation, alpha, init, bias, dtype, rng, bias_init)
 
     def forward_fused(self, x, act, alpha):
         """Forward with an activation taken from a following layer."""
@@ -71,8 +74,8 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None):
         super().__init__()
-        self.kernel_size = ops._pair(kernel_size, "kernel_size", 1)
-        self.stride = self.kernel_size if stride is None else ops._pair(stride, "stride", 1)
+        self.kernel_size = V.pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else V.pair(stride, "stride", 1)
         self._saved = None
 
     def forward(self, x):
@@ -85,24 +88,62 @@ class MaxPool2d(Module):
         return ops.max_pool2d_backward(dout, self._saved)
 
 
+_U64_MASK = (1 << 64) - 1
+
+
 class _GeneratorStream:
-    """A layer that draws randomness from its own numpy Generator, with the
-    stochastic-layer protocol of Dropout: ``stochastic``, ``get_rng_state()``,
-    ``set_rng_state(state)``, ``reseed(seed)``."""
+    """A layer that draws randomness from its own numpy Generator (PCG64 seeded
+    with ``default_rng(seed)``), with the stochastic-layer protocol of Dropout:
+    ``stochastic``, ``get_rng_state()``, ``set_rng_state(state)``,
+    ``reseed(seed)``.
+
+    The stream lives in the buffer ``rng_state``, (7,) uint64:
+    [seed, state_hi, state_lo, inc_hi, inc_lo, has_uint32, uinteger] (the
+    PCG64 state, 128-bit words split in two), so ``state_dict()``, ``save`` and
+    the Trainer checkpoint carry it like Dropout's (seed, offset) and a resumed
+    run draws exactly what the uninterrupted one would have. Every draw reads
+    the generator from the buffer and writes it back (about 5 us)."""
 
     stochastic = True
 
+    def _init_stream(self, seed) -> None:
+        seed = int(generator().integers(2**63)) if seed is None else V.seed(seed)
+        self.register_buffer("rng_state", np.zeros(7, np.uint64))
+        self._rng = np.random.default_rng(seed)
+        self.reseed(seed)
+
+    def _store(self) -> None:
+        st = self._rng.bit_generator.state
+        state, inc = int(st["state"]["state"]), int(st["state"]["inc"])
+        self.rng_state[1:] = (state >> 64, state & _U64_MASK, inc >> 64, inc & _U64_MASK,
+                              int(st["has_uint32"]), int(st["uinteger"]))
+
+    def _random(self, size=None):
+        """Uniform [0, 1) draws from the stream in ``rng_state``, which advances."""
+        r = [int(v) for v in self.rng_state]
+        self._rng.bit_generator.state = {
+            "bit_generator": "PCG64", "state": {"state": (r[1] << 64) | r[2], "inc": (r[3] << 64) | r[4]},
+            "has_uint32": r[5], "uinteger": r[6]}
+        u = self._rng.random(size)
+        self._store()
+        return u
+
+    @property
+    def seed(self) -> int:
+        return int(self.rng_state[0])
+
     def get_rng_state(self):
-        return self.seed, self._rng.bit_generator.state
+        return self.rng_state.copy()
 
     def set_rng_state(self, state) -> None:
-        self.seed, generator_state = state
-        self._rng = np.random.default_rng(self.seed)
-        self._rng.bit_generator.state = generator_state
+        self.rng_state[...] = state
 
     def reseed(self, seed: int) -> None:
-        self.seed = ops._seed_offset(seed, 0)[0]
-        self._rng = np.random.default_rng(self.seed)
+        """Restart the stream as ``np.random.default_rng(seed)``."""
+        seed = V.seed(seed)
+        self._rng = np.random.default_rng(seed)
+        self.rng_state[0] = seed
+        self._store()
 
 
 class FractionalMaxPool2d(_GeneratorStream, Module):
@@ -114,7 +155,9 @@ class FractionalMaxPool2d(_GeneratorStream, Module):
     output_size (int or (OH, OW)) or output_ratio (float or pair, in (0, 1]:
     OH = floor(H * ratio), at least 1). Training: fresh offsets u (one per axis,
     shared by the batch) on every forward call, drawn from a generator seeded by
-    ``seed`` (None: from fastnn's global generator). Eval: the fixed offset
+    ``seed`` (None: from fastnn's global generator) whose state is the buffer
+    ``rng_state``, saved by ``state_dict``/``save`` and Trainer checkpoints, so
+    a resumed run draws the same grids. Eval: the fixed offset
     u = 0.5 on both axes, so eval output is deterministic and does not consume
     random numbers (Graham averages several random draws at test time instead;
     call the layer in training mode repeatedly to do that). Backward is
@@ -124,7 +167,7 @@ class FractionalMaxPool2d(_GeneratorStream, Module):
         super().__init__()
         if (output_size is None) == (output_ratio is None):
             raise ValueError("give exactly one of output_size or output_ratio")
-        self.output_size = None if output_size is None else ops._pair(output_size, "output_size", 1)
+        self.output_size = None if output_size is None else V.pair(output_size, "output_size", 1)
         if output_ratio is not None:
             r = output_ratio if isinstance(output_ratio, (tuple, list)) else (output_ratio, output_ratio)
             if len(r) != 2:
@@ -132,8 +175,7 @@ class FractionalMaxPool2d(_GeneratorStream, Module):
             self.output_ratio = tuple(V.real(v, "output_ratio", low=0.0, high=1.0, low_open=True) for v in r)
         else:
             self.output_ratio = None
-        self.seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
-        self._rng = np.random.default_rng(self.seed)
+        self._init_stream(seed)
         self._saved = None
         self.last_offsets = None
 
@@ -150,7 +192,7 @@ class FractionalMaxPool2d(_GeneratorStream, Module):
         V.float_array(x, "x", ndim=4)
         h, w = x.shape[2:]
         oh, ow = self._out_size(h, w)
-        u = tuple(self._rng.random(2)) if self.training else (0.5, 0.5)
+        u = tuple(self._random(2)) if self.training else (0.5, 0.5)
         self.last_offsets = u
         rows = ops.fractional_pool_sequence(h, oh, u[0])
         cols = ops.fractional_pool_sequence(w, ow, u[1])
@@ -200,6 +242,11 @@ class Residual(_GeneratorStream, Module):
     eval y = x + survival_prob * f(x), the expected value. survival_prob = 1 is
     the plain residual connection. f must keep the shape of x.
 
+    The skip decisions come from a generator seeded by ``seed`` (None: from
+    fastnn's global generator) whose state is the buffer ``rng_state``, saved
+    by ``state_dict``/``save`` and Trainer checkpoints, so a resumed run skips
+    the same blocks as the uninterrupted one.
+
     When the block was skipped, backward returns dout and sets the block's
     gradients to zero (backward overwrites .grad)."""
 
@@ -209,14 +256,13 @@ class Residual(_GeneratorStream, Module):
             raise TypeError(f"block must be a fastnn Module, got {type(block).__name__}")
         self.block = block
         self.survival_prob = V.real(survival_prob, "survival_prob", low=0.0, high=1.0, low_open=True)
-        self.seed = int(generator().integers(2**63)) if seed is None else ops._seed_offset(seed, 0)[0]
-        self._rng = np.random.default_rng(self.seed)
+        self._init_stream(seed)
         self._ran = None      # None: no forward yet; False: skipped; True: block ran
         self._scale = 1.0
 
     def forward(self, x):
         p = self.survival_prob
-        if self.training and p < 1.0 and self._rng.random() >= p:
+        if self.training and p < 1.0 and self._random() >= p:
             self._ran = False
             return x
         self._ran = True
@@ -235,6 +281,6 @@ class Residual(_GeneratorStream, Module):
             for p in self.block.parameters():
                 p.grad[...] = 0
             return dout
-        object.__setattr__(self.block, "input_grad", True)
+        self.block.set_input_grad(True)
         g = dout if self._scale == 1.0 else dout * dout.dtype.type(self._scale)
         return dout + self.block.backward(np.ascontiguousarray(g))

@@ -6,6 +6,7 @@ linear_act kernel (GEMM with the bias + activation in its epilogue).
 """
 from __future__ import annotations
 
+import zlib
 from typing import NamedTuple
 
 import numpy as np
@@ -46,16 +47,57 @@ class _WeightedActivation(Module):
     activation they may fuse, and the fusion protocol Sequential uses
     (fuses / forward_fused / backward_fused)."""
 
-    def _init_weights(self, shape, units, activation, alpha, init, bias, dtype, rng):
+    def _init_weights(self, shape, units, activation, alpha, init, bias, dtype, rng, bias_init=0.0):
         self.activation = "identity" if activation is None else activation
         _, self._alpha = ops.activation_code(self.activation, alpha)
         dt = _dtype(dtype)
+        bias_init = V.real(bias_init, "bias_init")
+        if not bias and bias_init != 0.0:
+            raise ValueError(f"bias_init={bias_init!r} needs a bias: drop bias_init or pass bias=True")
         fn = initializers.resolve(init, self.activation)
-        self.weight = Parameter(np.ascontiguousarray(fn(shape, rng=generator(rng), dtype=dt)), "weight")
-        self.bias = Parameter(np.zeros(units, dt), "bias") if bias else None
+        rng = generator(rng)
+        # init="auto" with no activation of its own: a Sequential may find the
+        # activation layer that follows and redraw with its initializer. The
+        # generator state before the draw is kept so the redraw takes the very
+        # numbers this draw took (auto initializers all draw standard normals),
+        # as if the layer had been built with activation=... (same weights, same
+        # consumption of fastnn's global generator under manual_seed).
+        self._auto_replay = None
+        if (init is None or (isinstance(init, str) and init == "auto")) and self.activation == "identity":
+            self._auto_replay = (type(rng.bit_generator), rng.bit_generator.state)
+        w = np.ascontiguousarray(fn(shape, rng=rng, dtype=dt))
+        self.weight = Parameter(w, "weight")
+        self._auto_for = initializers.auto_name(self.activation)
+        self._auto_crc = zlib.crc32(w) if self._auto_replay is not None else None
+        self.bias = Parameter(np.full(units, bias_init, dt), "bias") if bias else None
         if self.activation == "prelu":
             self.alpha = Parameter(np.full(1, self._alpha, dt), "alpha")
         self._saved = None
+
+    def resolve_auto_init(self, activation) -> bool:
+        """init="auto" decided by the activation that follows this layer (called
+        by Sequential): redraw the weights with ``fastnn.init.auto_name(activation)``
+        (He for the ReLU family, LeCun for SELU, Xavier otherwise) from the
+        generator state of the first draw, in place. The first Sequential that
+        holds the layer decides, once: a later one (a slice ``model[:k]``, a
+        Sequential wrapping it again) never redraws. Does nothing (returns
+        False) when the layer was built with an explicit init or its own
+        activation=, or when its weights changed since they were drawn
+        (trained, loaded, set by hand). Returns True when the weights were
+        redrawn."""
+        if self._auto_replay is None:
+            return False
+        bit_generator, state = self._auto_replay
+        self._auto_replay = None
+        name = initializers.auto_name(activation)
+        w = self.weight.data
+        if name == self._auto_for or zlib.crc32(np.ascontiguousarray(w)) != self._auto_crc:
+            return False
+        replay = bit_generator()
+        replay.state = state
+        w[...] = initializers.INITIALIZERS[name](w.shape, rng=np.random.Generator(replay), dtype=w.dtype)
+        self._auto_for = name
+        return True
 
     def fuses(self, act) -> bool:
         """Whether a following activation layer can run inside this layer's kernel."""
@@ -77,18 +119,31 @@ class _WeightedActivation(Module):
 class Linear(_WeightedActivation):
     """y = act(x @ weight + bias).
 
+    Shapes: x (N, in_features), weight (in_features, out_features), bias
+    (out_features,), y (N, out_features).
+
     activation: None or a name from DESIGN (relu, leaky_relu, prelu, elu, selu,
     sigmoid, tanh, gelu, gelu_tanh, swish); alpha its parameter (leaky slope,
     elu alpha, prelu's initial slope). init: an initializer name or callable;
-    "auto" picks He for the ReLU family, LeCun for SELU, Xavier otherwise."""
+    "auto" picks He (std sqrt(2 / fan_in)) for the ReLU family, LeCun
+    (sqrt(1 / fan_in)) for SELU, Xavier (sqrt(2 / (fan_in + fan_out)))
+    otherwise, from ``activation=``, or, when the layer has none, from the
+    activation layer that follows it in a Sequential (``Sequential(Linear(500,
+    500), ReLU())`` gets He; see ``resolve_auto_init``). An explicit init is
+    never changed.
+
+    bias_init: the value every bias starts at (a number, 0 by default); the
+    notes' "slightly positive bias (0.01) for ReLU units", so that every unit
+    fires at the start: ``Linear(64, 256, bias_init=0.01)``. rng: an int seed,
+    a numpy Generator, or None for fastnn's global generator (``manual_seed``)."""
 
     def __init__(self, in_features, out_features, activation=None, alpha=None, init="auto",
-                 bias=True, dtype=np.float32, rng=None):
+                 bias=True, dtype=np.float32, rng=None, bias_init=0.0):
         super().__init__()
         self.in_features = V.positive_int(in_features, "in_features")
         self.out_features = V.positive_int(out_features, "out_features")
         self._init_weights((self.in_features, self.out_features), self.out_features, activation, alpha, init,
-                           bias, dtype, rng)
+                           bias, dtype, rng, bias_init)
 
     def forward_fused(self, x, act, alpha):
         """Forward with an activation taken from a following layer."""
@@ -163,6 +218,10 @@ class Activation(Module):
     """An elementwise activation layer (the base of ReLU, Tanh, ...)."""
 
     name = "identity"
+    # Whether a preceding Linear/Conv2d/BatchNorm may apply this activation in
+    # its kernel's epilogue (Sequential's fused steps): the kernels take one
+    # scalar alpha.
+    fusable = True
 
     def __init__(self, alpha=None):
         super().__init__()
@@ -257,20 +316,82 @@ class GELU(Activation):
 
 
 class PReLU(Activation):
-    """Leaky ReLU with a learned slope (He et al. 2015), one scalar, init 0.25."""
+    """Leaky ReLU with learned slopes (He et al. 2015, "Delving Deep into
+    Rectifiers"): y = x if x > 0 else a_c * x, init a = 0.25.
+
+    num_parameters (PyTorch's name): 1 (default), one slope shared by every
+    unit; or C, one slope per channel, the channel being axis 1: x (N, C) has
+    one slope per feature, x (N, C, H, W) one per channel plane (N, C, L too).
+    ``alpha`` is the Parameter (num_parameters,). Gradients (PyTorch's):
+
+        dx = dy if x > 0 else a_c * dy
+        d alpha_c = sum over every position i that uses a_c of dy_i * (0 if x_i > 0 else x_i)
+
+    A scalar PReLU after a Linear/Conv2d/BatchNorm runs fused in its kernel; a
+    per-channel one runs as its own step (NumPy, in the dtype of x, the slope
+    gradient summed in float64). ``init`` comes first (fastnn's order since
+    PReLU(0.25)): ``PReLU(64)`` is refused as the likely PyTorch spelling of
+    ``PReLU(num_parameters=64)``."""
 
     name = "prelu"
 
-    def __init__(self, init=0.25, dtype=np.float32):
+    def __init__(self, init=0.25, dtype=np.float32, num_parameters=1):
+        if isinstance(init, (int, np.integer)) and not isinstance(init, bool) and init >= 2:
+            raise ValueError(f"PReLU's first argument is init, the initial slope, got {init!r}: for one slope "
+                             f"per channel write PReLU(num_parameters={init}) (PyTorch's PReLU({init}))")
         super().__init__(init)
-        self.alpha = Parameter(np.full(1, V.real(init, "init"), _dtype(dtype)), "alpha")
+        self.num_parameters = V.positive_int(num_parameters, "num_parameters")
+        self.alpha = Parameter(np.full(self.num_parameters, V.real(init, "init"), _dtype(dtype)), "alpha")
+
+    @property
+    def fusable(self) -> bool:
+        return self.num_parameters == 1
 
     @property
     def alpha_value(self) -> float:
+        if self.num_parameters != 1:
+            raise RuntimeError(f"PReLU(num_parameters={self.num_parameters}) has one slope per channel, not one "
+                               "alpha_value: read PReLU.alpha.data")
         return float(self.alpha.data[0])
 
     def _accumulate_alpha(self, dalpha):
         self.alpha.grad[0] = dalpha
+
+    def _slopes(self, x):
+        """alpha as an array that broadcasts against x (1, C, 1, ...), in x's dtype."""
+        c = self.num_parameters
+        if not isinstance(x, np.ndarray) or x.ndim < 2 or x.shape[1] != c:
+            shape = tuple(getattr(x, "shape", ()))
+            raise ValueError(f"PReLU(num_parameters={c}) needs x with {c} channels on axis 1 (shape (N, {c}) or "
+                             f"(N, {c}, H, W)), got shape {shape}")
+        V.float_array(x, "x", contiguous=False)
+        return self.alpha.data.astype(x.dtype, copy=False).reshape((1, c) + (1,) * (x.ndim - 2))
+
+    def forward(self, x):
+        if self.num_parameters == 1:
+            return super().forward(x)
+        a = self._slopes(x)
+        self._x = x
+        y = np.multiply(x, a, out=self._buf("y", x.shape, x.dtype))
+        np.copyto(y, x, where=x > 0)
+        self._y = y
+        return y
+
+    def backward(self, dout):
+        if self.num_parameters == 1:
+            return super().backward(dout)
+        if self._x is None:
+            raise RuntimeError("PReLU.backward called before forward")
+        x = self._x
+        V.float_array(dout, "dout", dtype=x.dtype, contiguous=False)
+        V.shape_is(dout, "dout", x.shape)
+        a = self._slopes(x)
+        positive = x > 0
+        axes = (0,) + tuple(range(2, x.ndim))
+        self.alpha.grad[...] = np.sum(dout * np.where(positive, 0, x), axis=axes, dtype=np.float64)
+        dx = np.multiply(dout, a, out=self._buf("dx", dout.shape, dout.dtype))
+        np.copyto(dx, dout, where=positive)
+        return dx
 
 
 class Flatten(Module):
@@ -315,7 +436,14 @@ class Sequential(Module):
 
     A Linear (or Conv2d) without its own activation followed by an activation
     layer runs as one fused step (``steps()``; the activation's PReLU slope gets
-    its gradient).
+    its gradient; a per-channel ``PReLU(num_parameters=C)`` runs as its own step).
+
+    init="auto" is resolved here for such a Linear/Conv2d, from the activation
+    layer that follows it (looking past BatchNorm, Dropout, pooling, Flatten):
+    ``Sequential(Linear(500, 500), ReLU())`` gets He init like
+    ``Linear(500, 500, activation="relu")``, the very same weights (see
+    ``Linear.resolve_auto_init``); tanh/sigmoid or no activation (the last
+    layer) keep Xavier, SELU gets LeCun.
 
     ``model[i]``, ``len(model)`` and ``for layer in model`` read the layers
     (``model[a:b]`` is a new Sequential sharing them); ``model[i] = layer``
@@ -338,11 +466,12 @@ class Sequential(Module):
             setattr(self, str(i), layer)
         object.__setattr__(self, "_layers", _Layers(layers))
         for layer in self._layers:
-            object.__setattr__(layer, "reuse_buffers", True)
+            layer.set_reuse_buffers(True)
+        self._resolve_auto_inits()
         self._plan = self._make_plan()
         self._ran = []
-        # fastnn.distributed.DataParallel(bucket_mb=...) sets this during a step: called
-        # with k after the k-th plan step of backward, when that step's gradients are final.
+        # fastnn.distributed.DataParallel(bucket_mb=...) sets this during a step
+        # (set_backward_hook): called with k after the k-th step of backward.
         self._after_backward_step = None
 
     @property
@@ -355,12 +484,36 @@ class Sequential(Module):
         raise TypeError("Sequential.layers is read-only: replace a layer with model[i] = layer, or build a new "
                         "Sequential(*layers)")
 
+    def _following_activation(self, i):
+        """The activation layer whose input is layer i's output, looking past the
+        layers that do not change which activation applies: BatchNorm (a layer
+        with ``running_var``), and parameter-free non-activation layers (Dropout,
+        pooling, Flatten); None when another weighted layer or the end comes first."""
+        for nxt in self._layers[i + 1:]:
+            if isinstance(nxt, Activation):
+                return nxt
+            if getattr(nxt, "running_var", None) is None and (nxt.parameters() or isinstance(nxt, Sequential)):
+                return None
+        return None
+
+    def _resolve_auto_inits(self):
+        """init="auto" of each Linear/Conv2d without its own activation, from the
+        activation layer that follows it (``resolve_auto_init``): He for the
+        ReLU family, LeCun for SELU, Xavier for tanh/sigmoid and for a layer
+        with no activation after it (the last layer). Explicit inits, layers with
+        activation=, and weights changed since their draw are left alone."""
+        for i, layer in enumerate(self._layers):
+            resolve = getattr(layer, "resolve_auto_init", None)
+            if resolve is not None:
+                act = self._following_activation(i)
+                resolve(act.name if act is not None else "identity")
+
     def _make_plan(self):
         plan, i = [], 0
         while i < len(self._layers):
             layer = self._layers[i]
             nxt = self._layers[i + 1] if i + 1 < len(self._layers) else None
-            if isinstance(nxt, Activation) and getattr(layer, "fuses", None) and layer.fuses(nxt):
+            if isinstance(nxt, Activation) and nxt.fusable and getattr(layer, "fuses", None) and layer.fuses(nxt):
                 plan.append(Step(layer, nxt))
                 i += 2
             else:
@@ -373,6 +526,30 @@ class Sequential(Module):
         in order (a Linear/Conv2d with the activation layer fused into it, or one
         layer alone). A fresh list: changing it changes nothing."""
         return list(self._plan)
+
+    def walk(self, prefix: str = "") -> list:
+        """``Module.walk``: the fused steps in order as (label, layer,
+        activation), nested Sequentials flattened; a label names the layer index
+        (``"2:Linear"``), both indices of a fused pair (``"0-1:Linear+ReLU"``) and
+        the path into a nested Sequential (``"3.0:Conv2d"``)."""
+        out = []
+        index = {id(layer): i for i, layer in enumerate(self._layers)}
+        for layer, act in self._plan:
+            i = index[id(layer)]
+            if isinstance(layer, Sequential):
+                out.extend(layer.walk(f"{prefix}{i}."))
+            elif act is None:
+                out.append((f"{prefix}{i}:{type(layer).__name__}", layer, None))
+            else:
+                out.append((f"{prefix}{i}-{index[id(act)]}:{type(layer).__name__}+{type(act).__name__}", layer, act))
+        return out
+
+    def set_backward_hook(self, hook) -> None:
+        """``hook(k)`` is called after the k-th step of backward (k counts from
+        the last step), when that step's gradients are final; None removes it.
+        fastnn.distributed.DataParallel(bucket_mb=...) starts the allreduce of a
+        bucket of gradients from it while backward goes on."""
+        self._after_backward_step = hook
 
     def __len__(self):
         return len(self._layers)
@@ -407,10 +584,11 @@ class Sequential(Module):
         setattr(self, str(k), layer)
         object.__setattr__(self, "_layers", _Layers(layers))
         object.__setattr__(self, "_config_args", (layers, {}))    # save() writes the model as it is now
-        object.__setattr__(layer, "reuse_buffers", True)
+        layer.set_reuse_buffers(True)
         layer.train(self.training)
         if all(m is not old for m in layers):
-            object.__setattr__(old, "reuse_buffers", False)   # standalone again: fresh outputs
+            old.set_reuse_buffers(False)   # standalone again: fresh outputs
+        self._resolve_auto_inits()     # only weights still as drawn: never a trained layer's
         self._plan = self._make_plan()
 
     def forward(self, x):
@@ -428,7 +606,7 @@ class Sequential(Module):
         hook = self._after_backward_step
         for k, (layer, act) in enumerate(reversed(self._plan)):
             first = k == len(self._plan) - 1
-            object.__setattr__(layer, "input_grad", self.input_grad or not first)
+            layer.set_input_grad(self.input_grad or not first)
             if act is None:
                 dout = layer.backward(dout)
             else:

@@ -8,6 +8,7 @@ without pickle.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -16,6 +17,7 @@ import os
 import numpy as np
 
 from .._io import load_npz, save_npz_atomic
+from ..backend import cuda
 
 _LAYER_CLASSES: dict[str, type] = {}
 
@@ -110,6 +112,13 @@ def as_model_input(x, dtype=None, name: str = "x"):
     return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
+def _keeps_frozen_stats(module) -> bool:
+    """A frozen module with running statistics (BatchNorm: buffers running_mean
+    and running_var), which ``train()`` leaves in eval mode."""
+    return (module.__dict__.get("_frozen", False) and "running_mean" in module.__dict__.get("_buffers", {})
+            and "running_var" in module._buffers)
+
+
 class Module:
     """Base class of every layer and network."""
 
@@ -146,6 +155,7 @@ class Module:
         object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "input_grad", True)
+        object.__setattr__(self, "_frozen", False)     # set by freeze(): see train()
         # Set by a containing Sequential: outputs may live in buffers reused by the
         # next call (no allocation, no page faults in steady-state training).
         object.__setattr__(self, "reuse_buffers", False)
@@ -229,23 +239,104 @@ class Module:
             yield from child.named_buffers(f"{prefix}{cname}.")
 
     def train(self, mode: bool = True):
+        """Training mode for this module and every submodule (``eval()``: mode
+        False), except that a frozen BatchNorm (see ``freeze``) stays in eval
+        mode: it normalizes with, and keeps, its running statistics."""
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", bool(mode) and not _keeps_frozen_stats(m))
         return self
 
     def eval(self):
         return self.train(False)
 
     def freeze(self):
-        """Stop updating every parameter of this module (transfer learning)."""
+        """Stop updating this module (transfer learning): every parameter gets
+        ``trainable = False`` (untouched by every optimizer path), and every
+        BatchNorm inside switches to eval mode and stays there through
+        ``train()`` and ``Trainer.fit``, so its pretrained running_mean and
+        running_var are used and never overwritten.
+
+        This is the pitfall PyTorch users hit: there, setting
+        ``requires_grad=False`` leaves a BatchNorm in training mode, so
+        ``model.train()`` makes it normalize with the new data's batch
+        statistics and overwrite its running statistics (Keras' ``trainable =
+        False`` keeps it in inference mode, as fastnn does). ``unfreeze()``
+        undoes both; the BatchNorm then follows ``train()``/``eval()`` again."""
         for p in self.parameters():
             p.trainable = False
+        for m in self.modules():
+            object.__setattr__(m, "_frozen", True)
+            if _keeps_frozen_stats(m):
+                object.__setattr__(m, "training", False)
         return self
 
     def unfreeze(self):
+        """Undo ``freeze()``: parameters trainable again, BatchNorm layers back
+        in this module's mode (and following ``train()``/``eval()``)."""
         for p in self.parameters():
             p.trainable = True
+        for m in self.modules():
+            object.__setattr__(m, "_frozen", False)
+            object.__setattr__(m, "training", self.training)
         return self
+
+    # --- flags a container sets on its children ----------------------------------
+    def set_input_grad(self, flag: bool) -> None:
+        """Whether backward computes the gradient of this module's input (a
+        model's first layer needs none: its input is the data)."""
+        object.__setattr__(self, "input_grad", bool(flag))
+
+    def set_reuse_buffers(self, flag: bool) -> None:
+        """Whether outputs may live in buffers reused by the next call (set by a
+        containing Sequential; a standalone module hands out fresh arrays)."""
+        object.__setattr__(self, "reuse_buffers", bool(flag))
+
+    # --- walking the model step by step -------------------------------------------
+    def walk(self, prefix: str = "") -> list:
+        """The model as a flat list of ``(label, layer, activation)``: each kernel
+        call of the forward pass, ``activation`` the activation layer fused into
+        ``layer`` (or None). A plain module is one opaque step; Sequential lists
+        its fused steps, nested Sequentials flattened (labels "2:Linear",
+        "0-1:Linear+ReLU", "3.0:Conv2d")."""
+        return [(f"{prefix}{type(self).__name__}", self, None)]
+
+    def forward_step(self, x, activation=None):
+        """Forward of one ``walk()`` step: this module alone, or with the
+        activation layer ``activation`` fused into its kernel."""
+        if activation is None:
+            return self.forward(x)
+        return self.forward_fused(x, activation.name, activation.alpha_value)
+
+    def rng_states(self) -> list:
+        """[(module, its random-stream state)] for every stochastic module
+        (Dropout, DropConnect, FractionalMaxPool2d, Residual: ``stochastic``)."""
+        return [(m, m.get_rng_state()) for m in self.modules() if getattr(m, "stochastic", False)]
+
+    @staticmethod
+    def set_rng_states(states) -> None:
+        """Restore what ``rng_states()`` returned."""
+        for m, state in states:
+            m.set_rng_state(state)
+
+    @contextlib.contextmanager
+    def preserving_state(self, training: bool | None = None, buffers: bool = False):
+        """Run in train (True) or eval (False) mode (None: as it is) and leave the
+        model exactly as found: every module's mode, the random streams of the
+        stochastic layers and, with ``buffers=True`` (or when training, where
+        BatchNorm updates them), the parameters and buffers (``state_dict``)."""
+        modes = [(m, m.training) for m in self.modules()]
+        state = self.state_dict() if (buffers or training) else None
+        streams = self.rng_states()
+        if training is not None:
+            self.train(training)
+        try:
+            yield self
+        finally:
+            for m, mode in modes:
+                m.training = mode
+            if state is not None:
+                self.load_state_dict(state)
+            self.set_rng_states(streams)
 
     def to(self, device: str):
         if device == "cpu":
@@ -255,7 +346,6 @@ class Module:
                     p.grad = p.grad.get()
             return self
         if device == "cuda":
-            from ..backend import cuda
             if cuda.reason is not None:
                 raise RuntimeError(f"cannot move the model to cuda: {cuda.reason}")
             raise NotImplementedError("the CUDA backend does not have the layer kernels yet")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import _validate as V
 from ..nn.module import Parameter
-from ..train import Callback
+from ..callbacks import Callback
 
 
 def _parameters(model_or_params) -> list[Parameter]:

@@ -253,6 +253,15 @@ class Optimizer:
     def zero_grad(self):
         self.flat_grad[...] = 0
 
+    def parameters(self) -> list[Parameter]:
+        """The parameters this optimizer updates, in flat-buffer order (a fresh list)."""
+        return list(self._params)
+
+    def flat_ranges(self) -> list[tuple[Parameter, int, int]]:
+        """[(parameter, begin, end)]: its ``.data``/``.grad`` are
+        ``flat_param[begin:end]``/``flat_grad[begin:end]`` (reshaped)."""
+        return [(p, int(b), int(e)) for p, b, e in zip(self._params, self.seg_begin[:-1], self.seg_begin[1:])]
+
     # --- learning rate -----------------------------------------------------------
     @property
     def lr(self) -> float:

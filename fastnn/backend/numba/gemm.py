@@ -1,0 +1,96 @@
+"""GEMM and Linear + activation (csrc/cpu/gemm.cpp; formulas csrc/ops/epilogue.h).
+
+Shapes: x (N, D), weight (D, M), bias (M,), y and z (N, M).
+  forward   z = x @ weight + bias,  y = act(z)   (z kept only for the
+            activations in codes.SAVES_PREACTIVATION)
+  backward  dz = dy * act'(z or y),  dweight = x^T dz,  dbias = column sums of dz,
+            dx = dz weight^T,  dalpha (prelu) = sum of dy * z over z <= 0
+The matrix products are NumPy's matmul (its BLAS); the bias + activation
+epilogue and the derivative with the bias-gradient reduction are parallel Numba
+loops over activation.py's functions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
+from .activation import PRELU, act_grad, act_value
+from .runtime import JIT, njit, prange, quiet_fp, threads_for
+
+# Columns per task of the dz / dbias pass: each task owns its columns' bias sums,
+# so the reduction order (and the result) does not depend on the thread count.
+_COLUMN_BLOCK = 256
+
+
+@njit(parallel=True, **JIT)
+def _bias_act_rows(y, z, bias, has_bias, save_z, code, alpha):
+    """y <- act(y + bias) in place, row by row; z <- the pre-activation when kept."""
+    n, m = y.shape
+    a = alpha
+    for i in prange(n):
+        for j in range(m):
+            v = y[i, j]
+            if has_bias:
+                v += bias[j]
+            if save_z:
+                z[i, j] = v
+            y[i, j] = act_value(v, code, a)
+
+
+@njit(parallel=True, **JIT)
+def _dz_and_bias_grad(dy, y, z, dz, dbias, code, alpha):
+    """dz = dy * act'(.), dbias = column sums; returns d loss / d alpha (prelu)."""
+    n, m = dy.shape
+    a = alpha
+    nblocks = (m + _COLUMN_BLOCK - 1) // _COLUMN_BLOCK
+    alpha_parts = np.zeros(nblocks, np.float64)
+    for b in prange(nblocks):
+        j0 = b * _COLUMN_BLOCK
+        j1 = min(m, j0 + _COLUMN_BLOCK)
+        acc = np.zeros(j1 - j0, dy.dtype)
+        asum = 0.0
+        for i in range(n):
+            for j in range(j0, j1):
+                d = dy[i, j] * act_grad(z[i, j], y[i, j], code, a)
+                dz[i, j] = d
+                acc[j - j0] += d
+                if code == PRELU and not z[i, j] > 0:
+                    asum += dy[i, j] * z[i, j]
+        for j in range(j0, j1):
+            dbias[j] = acc[j - j0]
+        alpha_parts[b] = asum
+    total = 0.0
+    for b in range(nblocks):
+        total += alpha_parts[b]
+    return total
+
+
+def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
+    with quiet_fp():
+        prod = np.matmul(a.T if trans_a else a, b.T if trans_b else b)
+    if beta:
+        c += prod
+    else:
+        c[...] = prod
+
+
+def linear_act_forward(x, weight, bias, y, z, act, alpha):
+    with quiet_fp():
+        np.matmul(x, weight, out=y)
+    save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
+    with threads_for(y.size):
+        _bias_act_rows(y, z if save_z else np.empty((0, 0), y.dtype),
+                       bias if bias is not None else np.empty(0, y.dtype), bias is not None, save_z, act, alpha)
+
+
+def linear_act_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, act, alpha):
+    zz = z if z is not None else y
+    db = dbias if dbias is not None else np.empty(dy.shape[1], dy.dtype)
+    with threads_for(dy.size):
+        total = _dz_and_bias_grad(dy, y, zz, dz_work, db, act, alpha)
+    if dalpha is not None:
+        dalpha[0] = total
+    with quiet_fp():
+        np.matmul(x.T, dz_work, out=dweight)
+        if dx is not None:
+            np.matmul(dz_work, weight.T, out=dx)
