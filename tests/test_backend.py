@@ -1,3 +1,4 @@
+import ast
 import os
 import subprocess
 import sys
@@ -90,3 +91,13 @@ def test_cuda_backend_reports_why_it_is_unavailable():
         assert "cuda" not in fnn.backend.available()
         with pytest.raises(RuntimeError, match="cuda"):
             fnn.nn.Linear(2, 2).to("cuda")
+
+
+def test_the_type_stubs_name_everything_the_extension_exports():
+    stub = os.path.join(os.path.dirname(fnn.__file__), "_C.pyi")
+    with open(stub, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    named = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    named |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    exported = {k for k in dir(cpp._C) if not k.startswith("__")}
+    assert named == exported

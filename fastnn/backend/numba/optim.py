@@ -21,7 +21,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..codes import HYPER_FIELDS, RULE_CODE
-from .runtime import JIT, njit, prange, threads_for
+from .runtime import JIT, literally, njit, prange, threads_for
 
 # csrc/ops/optim.h's OptimHyper<T>: h.lr, h.weight_decay, ..., h.grad_scale.
 OptimHyper = namedtuple("OptimHyper", HYPER_FIELDS)
@@ -74,6 +74,7 @@ def _optim_segment(p, g, s1, s2, b, e, h, rule):
     """optim_update over [b, e); s1 / s2 empty when the rule has no such state
     (the C++ null pointers), which then start each element at 0 and are dropped."""
     T = p.dtype.type
+    literally(rule)
     if s1.size and s2.size:
         for i in prange(b, e):
             p[i], s1[i], s2[i] = optim_update(p[i], g[i], s1[i], s2[i], h, rule, T)
