@@ -22,7 +22,6 @@ import os as _os
 _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 from . import backend
-from . import _validate
 from ._random import manual_seed
 from ._threads import get_num_threads, set_num_threads
 from . import ops, init, losses, schedules, data, nn, optim
@@ -30,9 +29,10 @@ from . import preprocessing, augment
 from .callbacks import BestCheckpoint, Callback, EarlyStopping, History
 from .train import Trainer, TrainingDiverged
 from . import diagnostics, search, ensemble, distributed
+from . import export, interop
 
 
 __all__ = ["backend", "ops", "init", "losses", "schedules", "data", "nn", "optim", "preprocessing", "augment",
            "Trainer", "History", "Callback", "TrainingDiverged", "manual_seed", "set_num_threads",
            "get_num_threads", "__version__", "EarlyStopping", "BestCheckpoint", "diagnostics", "search", "ensemble",
-           "distributed"]
+           "distributed", "export", "interop"]

@@ -34,8 +34,8 @@ import numpy as np
 from . import _validate as V
 from . import losses, optim
 from ._random import generator
-from .nn.layers import Activation, Linear, Sequential
 from .callbacks import Callback
+from .nn.layers import Activation, Linear, Sequential
 from .nn.module import Module
 from .train import Trainer
 

@@ -50,8 +50,19 @@ import numpy as np
 
 from . import _comm
 from . import _validate as V
-from ._comm import (active, allreduce_, allreduce_mean, barrier, broadcast_, broadcast_object, init, is_initialized,
-                    is_main, rank, world_size)
+from ._comm import (
+    active,
+    allreduce_,
+    allreduce_mean,
+    barrier,
+    broadcast_,
+    broadcast_object,
+    init,
+    is_initialized,
+    is_main,
+    rank,
+    world_size,
+)
 from .nn import BatchNorm1d, BatchNorm2d, Sequential
 
 # Each rank's dropout stream starts rank * RANK_STREAM_SPAN elements apart: 4096

@@ -183,8 +183,8 @@ def softmax_cross_entropy_backward(saved: SoftmaxXentSaved, dloss=1.0, *, out=No
 def optim_step(rule, param, grad, state1, state2, seg_begin, hyper):
     """One fused update of the flat buffer ``param`` (see csrc/ops/optim.h).
 
-    seg_begin (S+1,) int64 splits param into segments; hyper (S, 10) float64 holds
-    one row of codes.HYPER_FIELDS per segment."""
+    seg_begin (S+1,) int64 splits param into segments; hyper (S, len(HYPER_FIELDS))
+    float64 holds one row of codes.HYPER_FIELDS per segment (lr ... grad_scale)."""
     if rule not in RULE_CODE:
         raise ValueError(f"rule must be one of {list(RULE_CODE)}, got {rule!r}")
     V.float_array(param, "param", ndim=1)

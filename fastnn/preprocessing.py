@@ -32,11 +32,15 @@ in an .npz next to the model and restored with ``load_state_dict``.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import _validate as V
+from ._io import load_npz
 
 _CHUNK_ROWS = 4096
+_STATE_FILE = "a fastnn preprocessing state (.npz of state_dict())"
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -116,7 +120,17 @@ class Preprocessor:
         return out
 
     def load_state_dict(self, state):
-        """Restore from ``state_dict()`` (or an ``np.load`` of its .npz)."""
+        """Restore from ``state_dict()``, or from the path of an .npz holding it
+        (read with ``fastnn._io.load_npz``: no pickle, headers checked before
+        any data, at most ``fastnn._io.MAX_NPZ_BYTES`` = 2**32 bytes of arrays;
+        errors name the file)."""
+        if isinstance(state, (str, os.PathLike)):
+            path = os.fspath(state)
+            arrays = load_npz(path, what=_STATE_FILE)
+            try:
+                return self.load_state_dict(arrays)
+            except (ValueError, TypeError) as exc:   # name the file, keep the type
+                raise type(exc)(f"preprocessing state file {path}: {exc}") from exc
         if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
             raise TypeError(f"state must be a mapping of names to arrays, got {type(state).__name__}")
         missing = [k for k in self._state if k not in state]

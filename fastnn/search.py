@@ -44,7 +44,6 @@ import numpy as np
 from . import _validate as V
 from ._threads import set_num_threads
 
-
 # --- samplers ----------------------------------------------------------------
 
 class Sampler:

@@ -10,17 +10,19 @@ import os
 import time
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import _validate as V
-from ._io import load_npz, save_npz_atomic
+from ._io import NpzArchive, save_npz_atomic
 from ._random import generator
-from .callbacks import Callback, History
+from .callbacks import Callback, History  # noqa: F401  (fastnn.train.Callback stays importable)
 from .data import batches
 from .distributed import DataParallel, barrier, broadcast_object, shard_bounds
-from .nn.module import as_model_input
+from .nn.module import _state_shapes, as_model_input
 from .optim.lbfgs import LBFGS
 
 _CHECKPOINT_FILE = "a fastnn trainer checkpoint (.npz written by Trainer.save_checkpoint)"
+_MAX_META_BYTES = 64 << 20      # the 'trainer' JSON entry of a checkpoint
 
 # The divergence check (Trainer(divergence_factor=...)): an EMA of the per-step
 # training loss, s_t = beta s_{t-1} + (1 - beta) L_t, s_0 = the initial loss
@@ -108,14 +110,15 @@ class Trainer:
     break out early"): with ``divergence_factor`` (default 3.0; None turns it
     off) ``fit`` also raises ``TrainingDiverged``, restoring the same way, when
     the smoothed training loss s_t = 0.9 s_{t-1} + 0.1 L_t (s_0 = L_0, about
-    the last 10 steps) exceeds divergence_factor * L_0, however finite. L_0,
-    the initial loss, is measured once per Trainer before its first update: the
-    mean training-mode loss of up to 4 random batches (augmented as in
-    training; every buffer, random stream and the shuffling left untouched),
-    or the first step's loss when one batch is all of X. A healthy run's
-    smoothed loss stays below L_0; at lr=1e6 it trips within a step or two.
-    Fine-tuning a model from a low loss with a deliberately large learning rate
-    may want a larger factor.
+    the last 10 steps) exceeds divergence_factor * L_0, however finite. L_0
+    (``trainer.initial_loss``) is measured once per Trainer before its first
+    update: the mean training-mode loss of up to 4 random batches (augmented
+    as in training; every buffer, random stream and the shuffling left
+    untouched), or the loss of an uninformed model (all-zero scores: ln C for
+    softmax cross-entropy) when that is larger, so fine-tuning a model whose
+    loss is already small is not stopped by a rise that is no explosion. A
+    healthy run's smoothed loss stays near or below L_0; at lr=1e6 the check
+    trips within a step or two. ``trainer.smoothed_loss`` holds s_t.
 
     L-BFGS: with ``fnn.optim.LBFGS`` each step calls ``optimizer.step(closure)``
     (the closure runs forward, loss, backward on the batch and returns the
@@ -327,7 +330,6 @@ class Trainer:
         n_batches = math.ceil(len(X) / batch_size)
         bar = None
         if progress:
-            from tqdm.auto import tqdm   # optional at import time: only progress bars need it
             bar = tqdm(total=epochs * n_batches, unit="step", leave=True, dynamic_ncols=True)
         good_state = self.model.state_dict()
         good_optim = self.optimizer.state_dict()
@@ -341,9 +343,9 @@ class Trainer:
             self.history = history
             raise TrainingDiverged(message)
 
-        if self.divergence_factor is not None and self.initial_loss is None:
-            self._set_initial_loss(X, y, batch_size, history)
         try:
+            if self.divergence_factor is not None and self.initial_loss is None:
+                self._set_initial_loss(X, y, batch_size, history)
             for epoch in range(start_epoch, epochs):
                 self.epoch = epoch
                 t0 = time.perf_counter()
@@ -433,29 +435,29 @@ class Trainer:
     # --- the divergence check ----------------------------------------------------
     def _set_initial_loss(self, X, y, batch_size, history) -> None:
         """``initial_loss``, the reference of the divergence check, once per
-        Trainer: the mean training-mode loss over up to EXPLOSION_REFERENCE_BATCHES
-        random batches of X (augmented as in training) before the first update,
+        Trainer, before its first update:
+
+            L_0 = max(mean training-mode loss over up to EXPLOSION_REFERENCE_BATCHES
+                      random batches of X (augmented as in training),
+                      the loss of an uninformed model: the same batches scored all zero)
+
         with every buffer and random stream left as it was (the run itself is
-        unchanged). One batch's loss is a noisy reference (a lucky batch of a
-        pretrained model can be several times below the mean, and a smoothed
-        loss 3x above it would be no explosion at all). When one batch is all
-        of X (L-BFGS) the first step's loss is that mean already and is used.
-        Resumed from a checkpoint: the mean of the run's first recorded losses,
-        and the smoothed loss rebuilt from the recorded ones."""
-        if history.loss:
-            self.initial_loss = float(np.mean(history.loss[:EXPLOSION_REFERENCE_STEPS]))
-            ema = self.initial_loss
-            for value in history.loss:
-                ema = EXPLOSION_BETA * ema + (1.0 - EXPLOSION_BETA) * value
-            self.smoothed_loss = ema
-            return
+        unchanged). One batch's loss would be a noisy reference (a lucky batch
+        of a pretrained model can be 25x below the mean). The uninformed loss
+        (ln C for softmax cross-entropy, mean(y^2) for MSE) is what a fresh
+        model starts near; it keeps fine-tuning a model whose loss is already
+        small (where a rise from 0.02 to 0.1 is no explosion) from tripping.
+        Resumed from a checkpoint (``history.loss`` already holds steps): the
+        mean of the run's first recorded losses takes the place of the measured
+        one (the uninformed loss does not depend on the weights), and the
+        smoothed loss is rebuilt from the recorded ones."""
         preserving_state = getattr(self.model, "preserving_state", None)
-        if len(X) <= batch_size or preserving_state is None:
-            return      # the first step's loss becomes the reference (_exploded)
+        if preserving_state is None:
+            return      # a duck-typed model: the first step's loss becomes the reference (_exploded)
         rng = np.random.Generator(type(self.rng.bit_generator)())
         rng.bit_generator.state = self.rng.bit_generator.state     # a copy: the run's own draws are untouched
         rows = rng.choice(len(X), min(len(X), EXPLOSION_REFERENCE_BATCHES * batch_size), replace=False)
-        losses = []
+        losses, uninformed = [], []
         with preserving_state(training=True):
             for xb, yb in batches(X[rows], y[rows], batch_size, shuffle=False):
                 if self.augment is not None:
@@ -464,10 +466,19 @@ class Trainer:
                     else:
                         out = self.augment(xb, rng=rng)
                     xb, yb = out if isinstance(out, tuple) else (out, yb)
-                losses.append(float(self.loss.forward(self.model.forward(xb), yb)))
-        reference = float(np.mean(losses))
-        if math.isfinite(reference) and reference > 0.0:
-            self.initial_loss = reference
+                scores = self.model.forward(xb)
+                losses.append(float(self.loss.forward(scores, yb)))
+                uninformed.append(float(self.loss.forward(np.zeros_like(scores), yb)))
+        measured = float(np.mean(history.loss[:EXPLOSION_REFERENCE_STEPS] if history.loss else losses))
+        reference = max(measured, float(np.mean(uninformed)))
+        if not (math.isfinite(reference) and reference > 0.0):
+            return
+        self.initial_loss = reference
+        if history.loss:
+            ema = reference
+            for value in history.loss:
+                ema = EXPLOSION_BETA * ema + (1.0 - EXPLOSION_BETA) * value
+            self.smoothed_loss = ema
 
     def _exploded(self, loss) -> bool:
         """Update the smoothed loss with this step's; True when it exceeds
@@ -507,20 +518,34 @@ class Trainer:
         arrays["trainer"] = np.array(json.dumps(meta))
         save_npz_atomic(path, arrays)
 
-    def load_checkpoint(self, path) -> None:
+    def load_checkpoint(self, path, max_bytes=None) -> None:
         """Restore a ``save_checkpoint`` file. A missing file is a
-        FileNotFoundError; one that is not a checkpoint is a ValueError naming it."""
-        arrays = load_npz(path, what=_CHECKPOINT_FILE)
-        if "trainer" not in arrays:
-            raise ValueError(f"{os.fspath(path)} is not {_CHECKPOINT_FILE}: it has no 'trainer' entry"
-                             + (" (it is a model file: load it with fastnn.nn.load)" if "config" in arrays else ""))
-        try:
-            meta = json.loads(str(arrays["trainer"]))
-        except ValueError as exc:
-            raise ValueError(f"{os.fspath(path)} is not {_CHECKPOINT_FILE}: its 'trainer' entry is not valid "
-                             f"JSON ({exc})") from exc
-        model_state = {k[6:]: v for k, v in arrays.items() if k.startswith("model/")}
-        optim_state = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
+        FileNotFoundError; one that is not a checkpoint is a ValueError naming it.
+
+        Untrusted files: as ``fastnn.nn.load``, every array's declared shape is
+        checked (the model's against this trainer's model, the optimizer's
+        state arrays against its optimizer) before any is read, the arrays may
+        declare at most ``max_bytes`` in all (default ``fastnn._io.MAX_NPZ_BYTES``
+        = 2**32 bytes) and none is inflated past its declared size."""
+        path = os.fspath(path)
+        with NpzArchive(path, _CHECKPOINT_FILE, max_bytes) as archive:
+            if "trainer" not in archive.shapes:
+                archive.fail("it has no 'trainer' entry" + (" (it is a model file: load it with fastnn.nn.load)"
+                                                            if "config" in archive.shapes else ""))
+            text = str(archive.read("trainer", max_bytes=_MAX_META_BYTES))
+            try:
+                meta = json.loads(text)
+            except ValueError as exc:
+                archive.fail(f"its 'trainer' entry is not valid JSON ({exc})")
+            try:
+                archive.check_shapes("model/", _state_shapes(self.model))
+                archive.check_shapes("optim/", {f"state{i}": s.shape
+                                                for i, s in enumerate(getattr(self.optimizer, "state", ()))},
+                                     owner="the optimizer", strict=False)
+            except ValueError as exc:
+                raise ValueError(f"checkpoint {path}: {exc}") from exc
+            model_state = {k[6:]: archive.read(k) for k in archive.shapes if k.startswith("model/")}
+            optim_state = {k[6:]: archive.read(k) for k in archive.shapes if k.startswith("optim/")}
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(optim_state)
         self.epochs_done = int(meta["epochs_done"])

@@ -5,6 +5,26 @@ import math
 
 import numpy as np
 
+
+def numerical_grad(f, x, eps=1e-6):
+    """Central differences (f(x + eps e_i) - f(x - eps e_i)) / (2 eps) for every
+    element i of the array x: the gradient of the scalar f() with respect to x.
+    f takes no arguments and reads x, which is perturbed IN PLACE (one element
+    at a time, restored after each) so f may see it through a model or a
+    closure. The one finite-difference loop of the tests (CS231n's
+    eval_numerical_gradient); run it in float64."""
+    grad = np.zeros(x.shape, np.float64)
+    for idx in np.ndindex(x.shape):
+        old = x[idx]
+        x[idx] = old + eps
+        plus = f()
+        x[idx] = old - eps
+        minus = f()
+        x[idx] = old
+        grad[idx] = (plus - minus) / (2 * eps)
+    return grad
+
+
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 _erf = np.vectorize(math.erf, otypes=[np.float64])

@@ -11,6 +11,7 @@ from fastnn.backend import cpp
 
 import oracle
 from conftest import TOL, rel_err
+from oracle import numerical_grad
 
 DTYPES = [np.float32, np.float64]
 
@@ -65,20 +66,6 @@ def maxpool_ref(x, k, s):
         for j in range(ow):
             y[:, :, i, j] = x[:, :, i * s[0]:i * s[0] + k[0], j * s[1]:j * s[1] + k[1]].max(axis=(2, 3))
     return y
-
-
-def numerical_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    flat, gf = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gf[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 # (N, C, H, W, F, KH, KW, stride, padding): odd and prime sizes, 1x1 kernels,
@@ -337,7 +324,7 @@ def test_sequential_fuses_conv_and_activation(backend, rng):
     fused = fnn.nn.Sequential(fnn.nn.Conv2d(2, 4, 3, padding=1, rng=0, init="he_normal"), fnn.nn.ReLU(),
                               fnn.nn.Conv2d(4, 5, 3, stride=2, rng=1), fnn.nn.BatchNorm2d(5), fnn.nn.ReLU(),
                               fnn.nn.MaxPool2d(2), fnn.nn.Flatten(), fnn.nn.Linear(5, 3, rng=2))
-    assert fused._plan[0][1] is fused.layers[1]          # conv + relu: one kernel
+    assert fused.steps()[0].activation is fused.layers[1]          # conv + relu: one kernel
     plain = fnn.nn.Sequential(fnn.nn.Conv2d(2, 4, 3, padding=1, rng=0, activation="relu", init="he_normal"),
                               fnn.nn.Conv2d(4, 5, 3, stride=2, rng=1), fnn.nn.BatchNorm2d(5), fnn.nn.ReLU(),
                               fnn.nn.MaxPool2d(2), fnn.nn.Flatten(), fnn.nn.Linear(5, 3, rng=2))

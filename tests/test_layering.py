@@ -42,8 +42,8 @@ PACKAGE_LAYER = len(LAYERS)          # fastnn/__init__.py: re-exports every laye
 ENTRY_POINTS = ["cli", "__main__"]   # above the package: the command line uses `import fastnn as fnn`
 
 # Imported inside functions on purpose: optional dependencies, so `import fastnn`
-# works without them. tqdm is a dependency, but only progress bars need it.
-OPTIONAL = {"cupy", "mpi4py", "matplotlib", "dask", "distributed", "torch", "onnx", "onnxruntime", "tqdm"}
+# works without them.
+OPTIONAL = {"cupy", "mpi4py", "matplotlib", "dask", "distributed", "torch", "onnx", "onnxruntime"}
 
 
 def _module_name(path: pathlib.Path) -> str:

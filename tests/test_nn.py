@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
+
 from conftest import rel_err
+from oracle import numerical_grad
 
 
 def _mlp(dtype=np.float64, act_layer=fnn.nn.Tanh, seed=0):
@@ -13,20 +15,9 @@ def _mlp(dtype=np.float64, act_layer=fnn.nn.Tanh, seed=0):
         fnn.nn.Linear(7, 4, dtype=dtype, rng=seed + 2))
 
 
-def _numerical_model_grads(model, loss, x, y, h=1e-6):
-    out = {}
-    for name, p in model.named_parameters():
-        num = np.zeros_like(p.data)
-        for idx in np.ndindex(p.data.shape):
-            old = p.data[idx]
-            p.data[idx] = old + h
-            lp = loss.forward(model.forward(x), y)
-            p.data[idx] = old - h
-            lm = loss.forward(model.forward(x), y)
-            p.data[idx] = old
-            num[idx] = (lp - lm) / (2 * h)
-        out[name] = num
-    return out
+def _numerical_model_grads(model, loss, x, y):
+    return {name: numerical_grad(lambda: loss.forward(model.forward(x), y), p.data)
+            for name, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("act_layer", [fnn.nn.Tanh, fnn.nn.ReLU, fnn.nn.PReLU, fnn.nn.GELU, fnn.nn.Swish,
@@ -56,15 +47,7 @@ def test_maxout_gradient_check(backend, rng, pieces):
     num = _numerical_model_grads(model, loss, x, y)
     for name, p in model.named_parameters():
         assert rel_err(p.grad, num[name]) < 1e-6, name
-    num_dx = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        old = x[idx]
-        x[idx] = old + 1e-6
-        lp = loss.forward(model.forward(x), y)
-        x[idx] = old - 1e-6
-        lm = loss.forward(model.forward(x), y)
-        x[idx] = old
-        num_dx[idx] = (lp - lm) / 2e-6
+    num_dx = numerical_grad(lambda: loss.forward(model.forward(x), y), x)
     assert rel_err(dx, num_dx) < 1e-6
 
 
@@ -80,7 +63,7 @@ def test_maxout_forward_is_max_over_pieces(backend, rng):
 
 def test_sequential_fuses_linear_and_activation(rng):
     model = _mlp()
-    assert len(model._plan) == 3 and model._plan[0][1] is model.layers[1]
+    assert len(model.steps()) == 3 and model.steps()[0].activation is model.layers[1]
     x = rng.standard_normal((8, 6))
     fused = model.forward(x)
     unfused = x

@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
+
 import oracle
 from conftest import TOL, rel_err
+from oracle import numerical_grad
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -30,14 +32,7 @@ def test_numerical_gradient(backend, rng):
     labels = rng.integers(0, 4, 5)
     _, saved = fnn.ops.softmax_cross_entropy(scores, labels)
     d = fnn.ops.softmax_cross_entropy_backward(saved)
-    num = np.zeros_like(scores)
-    for idx in np.ndindex(scores.shape):
-        s = scores.copy()
-        s[idx] += 1e-6
-        lp = fnn.ops.softmax_cross_entropy(s, labels)[0]
-        s[idx] -= 2e-6
-        lm = fnn.ops.softmax_cross_entropy(s, labels)[0]
-        num[idx] = (lp - lm) / 2e-6
+    num = numerical_grad(lambda: fnn.ops.softmax_cross_entropy(scores, labels)[0], scores)
     assert rel_err(d, num) < 1e-6
 
 
@@ -57,15 +52,27 @@ def test_hinge_and_mse_losses(rng):
     margins[np.arange(6), y] = 0
     assert abs(loss - margins.sum() / 6) < 1e-12
     d = hinge.backward()
-    num = np.zeros_like(scores)
-    for idx in np.ndindex(scores.shape):
-        s = scores.copy(); s[idx] += 1e-6
-        lp = fnn.losses.MulticlassHinge().forward(s, y)
-        s[idx] -= 2e-6
-        lm = fnn.losses.MulticlassHinge().forward(s, y)
-        num[idx] = (lp - lm) / 2e-6
+    num = numerical_grad(lambda: fnn.losses.MulticlassHinge().forward(scores, y), scores)
     assert rel_err(d, num) < 1e-5
     t = rng.standard_normal((6, 4))
     mse = fnn.losses.MSE()
     assert abs(mse.forward(scores, t) - np.mean((scores - t) ** 2)) < 1e-12
     assert rel_err(mse.backward(), 2 * (scores - t) / scores.size) < 1e-12
+
+
+def test_softmax_is_stable_and_matches_the_kernel(backend, rng):
+    """ops.softmax (the package's one NumPy softmax): rows sum to 1, huge scores
+    do not overflow, log=True is finite where softmax underflows, and it agrees
+    with the probabilities the fused cross-entropy kernel saves."""
+    scores = rng.standard_normal((7, 5)) * 3
+    p = fnn.ops.softmax(scores)
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(p, e / e.sum(axis=1, keepdims=True), rtol=1e-15)
+    _, saved = fnn.ops.softmax_cross_entropy(scores, rng.integers(0, 5, 7))
+    np.testing.assert_allclose(p, saved.probs, rtol=1e-12)
+    big = np.array([[1000.0, 0.0, -1000.0]])
+    np.testing.assert_array_equal(fnn.ops.softmax(big), [[1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(fnn.ops.softmax(big, log=True), [[0.0, -1000.0, -2000.0]])
+    assert fnn.ensemble.softmax is fnn.ops.softmax
+    with pytest.raises(ValueError, match=r"scores must be 2-D \(N, C\)"):
+        fnn.ops.softmax(np.ones(3))

@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _comm
+from .. import _comm, ops
 from .. import _validate as V
-from .. import ops
 from ..backend.codes import SAVES_PREACTIVATION
 from .layers import _dtype
 from .module import Module, Parameter
-
 
 # --- the split formula of synchronized BatchNorm (csrc/ops/batchnorm.h) -----------
 

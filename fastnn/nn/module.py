@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from .._io import load_npz, save_npz_atomic
+from .._io import NpzArchive, save_npz_atomic
 from ..backend import cuda
 
 _LAYER_CLASSES: dict[str, type] = {}
@@ -403,25 +403,46 @@ class Module:
 _MODEL_FILE = "a fastnn model file (.npz written by Module.save)"
 
 
-def load(path) -> Module:
+def load(path, max_bytes=None) -> Module:
     """A model saved by ``Module.save``: architecture and weights, no pickle.
 
     A missing file is a FileNotFoundError; a file that is not a model file is a
     ValueError "<path> is not a fastnn model file (.npz written by Module.save):
-    <reason>"."""
-    arrays = load_npz(path, what=_MODEL_FILE)
-    if "config" not in arrays:
-        raise ValueError(f"{os.fspath(path)} is not {_MODEL_FILE}: it has no 'config' entry "
-                         f"(entries: {sorted(arrays)[:8]})")
+    <reason>".
+
+    Untrusted files: the architecture (the 'config' entry, at most 64 MiB) is
+    read first, and every weight's declared shape is checked against it before
+    any weight is read, so a small file declaring a huge weight costs nothing;
+    the arrays may declare at most ``max_bytes`` in all (default
+    ``fastnn._io.MAX_NPZ_BYTES`` = 2**32 bytes, 4 GiB; pass ``max_bytes=`` for
+    a larger model) and none is inflated past its declared size."""
+    path = os.fspath(path)
+    with NpzArchive(path, _MODEL_FILE, max_bytes) as archive:
+        if "config" not in archive.shapes:
+            archive.fail(f"it has no 'config' entry (entries: {sorted(archive.shapes)[:8]})")
+        text = str(archive.read("config", max_bytes=_MAX_CONFIG_BYTES))
+        try:
+            config = json.loads(text)
+        except ValueError as exc:
+            archive.fail(f"its 'config' entry is not valid JSON ({exc})")
+        try:
+            model = from_config(config)
+            archive.check_shapes("state/", _state_shapes(model))
+        except (ValueError, TypeError) as exc:   # name the file, keep the type
+            raise type(exc)(f"model file {path}: {exc}") from exc
+        state = {k[len("state/"):]: archive.read(k) for k in archive.shapes if k.startswith("state/")}
     try:
-        config = json.loads(str(arrays["config"]))
-    except ValueError as exc:
-        raise ValueError(f"{os.fspath(path)} is not {_MODEL_FILE}: its 'config' entry is not valid JSON "
-                         f"({exc})") from exc
-    state = {k[len("state/"):]: v for k, v in arrays.items() if k.startswith("state/")}
-    try:
-        model = from_config(config)
         model.load_state_dict(state)
-    except (ValueError, TypeError) as exc:   # name the file, keep the type
+    except (ValueError, TypeError) as exc:
         raise type(exc)(f"model file {path}: {exc}") from exc
     return model
+
+
+_MAX_CONFIG_BYTES = 64 << 20
+
+
+def _state_shapes(model: Module) -> dict:
+    """{name: shape} of what ``model.state_dict()`` holds, without copying it."""
+    shapes = {name: tuple(p.data.shape) for name, p in model.named_parameters()}
+    shapes.update({name: tuple(b.shape) for name, b in model.named_buffers()})
+    return shapes

@@ -23,8 +23,8 @@ import contextlib
 import numpy as np
 
 from .. import _validate as V
-from ..nn.module import Parameter
 from ..callbacks import Callback
+from ..nn.module import Parameter
 
 
 def _parameters(model_or_params) -> list[Parameter]:

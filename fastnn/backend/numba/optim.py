@@ -15,13 +15,14 @@ float64).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections import namedtuple
 
 import numpy as np
 
 from ..codes import HYPER_FIELDS, RULE_CODE
-from .runtime import JIT, literally, njit, prange, threads_for
+from .runtime import JIT, njit, prange, threads_for
 
 # csrc/ops/optim.h's OptimHyper<T>: h.lr, h.weight_decay, ..., h.grad_scale.
 OptimHyper = namedtuple("OptimHyper", HYPER_FIELDS)
@@ -45,7 +46,7 @@ def optim_update(p, g, s1, s2, h, rule, T):
         p *= T(1) - h.lr * h.weight_decay
     else:
         g += h.weight_decay * p
-    g += h.l1 * T((p > T(0)) - (p < T(0)))
+    g += h.l1 * (T(p > T(0)) - T(p < T(0)))  # C++'s T((p > 0) - (p < 0)), cast per bool so Numba vectorizes it
 
     if rule == SGD:
         p -= h.lr * g
@@ -69,21 +70,28 @@ def optim_update(p, g, s1, s2, h, rule, T):
     return p, s1, s2
 
 
-@njit(parallel=True, **JIT)
-def _optim_segment(p, g, s1, s2, b, e, h, rule):
-    """optim_update over [b, e); s1 / s2 empty when the rule has no such state
-    (the C++ null pointers), which then start each element at 0 and are dropped."""
-    T = p.dtype.type
-    literally(rule)
-    if s1.size and s2.size:
-        for i in prange(b, e):
-            p[i], s1[i], s2[i] = optim_update(p[i], g[i], s1[i], s2[i], h, rule, T)
-    elif s1.size:
-        for i in prange(b, e):
-            p[i], s1[i], _ = optim_update(p[i], g[i], s1[i], T(0), h, rule, T)
-    else:
-        for i in prange(b, e):
-            p[i], _, _ = optim_update(p[i], g[i], T(0), T(0), h, rule, T)
+@functools.cache
+def _optim_loop(rule):
+    """csrc/cpu/optim.cpp optim_loop<R>: optim_update over [b, e), compiled with
+    the rule as a constant (the C++ template parameter), so no per-element branch
+    on it remains; made on a rule's first use (the compiled code is cached on
+    disk). s1 / s2 are empty when the rule has no such state (the C++ null
+    pointers); each element's unused state then starts at 0 and is dropped."""
+
+    @njit(parallel=True, **JIT)
+    def loop(p, g, s1, s2, b, e, h):
+        T = p.dtype.type
+        if s1.size and s2.size:
+            for i in prange(b, e):
+                p[i], s1[i], s2[i] = optim_update(p[i], g[i], s1[i], s2[i], h, rule, T)
+        elif s1.size:
+            for i in prange(b, e):
+                p[i], s1[i], _ = optim_update(p[i], g[i], s1[i], T(0), h, rule, T)
+        else:
+            for i in prange(b, e):
+                p[i], _, _ = optim_update(p[i], g[i], T(0), T(0), h, rule, T)
+
+    return loop
 
 
 @njit(inline="always", **JIT)
@@ -122,7 +130,7 @@ def optim_step(rule, param, grad, state1, state2, seg_begin, hyper):
             if e <= b:
                 continue
             h = OptimHyper(*(t(v) for v in hyper[s]))
-            _optim_segment(param, grad, s1, s2, b, e, h, rule)
+            _optim_loop(rule)(param, grad, s1, s2, b, e, h)
 
 
 def max_norm(param, offset, rows, cols, limit):

@@ -14,10 +14,10 @@ from .. import registry
 
 try:
     import numba
-    from numba import literally, njit, prange
+    from numba import njit, prange
 except ImportError as exc:  # pragma: no cover - numba is a hard dependency
     registry.mark_failed("numba", f"numba failed to import: {exc}")
-    numba = literally = njit = prange = None
+    numba = njit = prange = None
 
 if numba is not None and numba.config.THREADING_LAYER == "default":
     # One OpenMP runtime in the process: the C++ kernels use GNU libgomp and so
