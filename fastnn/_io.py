@@ -8,6 +8,14 @@ the 0o600 of the temporary. ``load_npz(path)`` reads every array at once with
 ``allow_pickle=False`` and closes the file; anything that is not a plain .npz
 archive is a ValueError naming the file (never a hint to enable pickle).
 
+Files may be untrusted (a model someone sent): ``NpzArchive`` (under
+``load_npz``, ``fastnn.nn.load``, ``Trainer.load_checkpoint``) reads every
+entry's .npy header before any data, refuses object dtypes, declared sizes
+over ``MAX_NPZ_BYTES`` (2**32 bytes in all; ``max_bytes=`` raises it) and
+recorded sizes that disagree with the header, and inflates each entry itself
+in bounded chunks, never past its declared size + 1 byte, so a zip bomb costs
+no more memory than the array it claims to be.
+
 A leaf module: numpy and the standard library only.
 """
 from __future__ import annotations

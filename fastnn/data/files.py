@@ -34,9 +34,9 @@ IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 # Untrusted files: the most data a reader accepts before it reads any (each
 # reader's max_bytes= raises it). IDX: 4 GiB of declared data; CIFAR-10: one
-# batch of 50000 records (the official batches hold 10000).
+# batch of 10000 records, what each official batch holds.
 IDX_MAX_BYTES = 2 ** 32
-CIFAR10_MAX_BATCH_BYTES = 50000 * CIFAR10_RECORD
+CIFAR10_MAX_BATCH_BYTES = 10000 * CIFAR10_RECORD
 _CHUNK = 1 << 20                # bytes inflated or read per call
 _DEFLATE_MAX_RATIO = 1032       # deflate (gzip) never expands more than this
 
@@ -122,8 +122,8 @@ def _cifar_folder(path) -> str:
 def read_cifar10_batch(path, max_bytes=None):
     """(X uint8 (N, 3, 32, 32), y int64 (N,)) from one CIFAR-10 binary batch file.
 
-    A file larger than ``max_bytes`` (default ``CIFAR10_MAX_BATCH_BYTES``, 50000
-    records: the whole training set in one file) is refused before anything is read;
+    A file larger than ``max_bytes`` (default ``CIFAR10_MAX_BATCH_BYTES``: 10000
+    records, what each official batch holds) is refused before anything is read;
     so is a size that is not a whole number of 3073-byte records. A gzipped
     batch (``.gz``) is inflated in bounded chunks and refused as soon as it
     passes that size."""
@@ -180,9 +180,9 @@ def load_cifar10(path, max_bytes=None):
 
     Untrusted files: each batch's size is checked before it is read; a batch
     larger than ``max_bytes`` (default ``fastnn.data.files.CIFAR10_MAX_BATCH_BYTES``
-    = 50000 records x 3073 bytes, about 154 MB; the official batches hold 10000
-    records) or not a whole number of records is a ValueError naming the file.
-    Pass ``max_bytes=`` to read larger batches of your own."""
+    = 10000 records x 3073 bytes, 30.7 MB: what each official batch holds) or
+    not a whole number of records is a ValueError naming the file. Pass
+    ``max_bytes=`` (in bytes, per batch file) to read larger batches of your own."""
     limit = _check_limit(max_bytes, CIFAR10_MAX_BATCH_BYTES)
     folder = _cifar_folder(path)
     parts = [read_cifar10_batch(os.path.join(folder, name), limit) for name in CIFAR10_TRAIN]

@@ -276,8 +276,9 @@ class Module:
         for p in self.parameters():
             p.trainable = True
         for m in self.modules():
+            if _keeps_frozen_stats(m):
+                object.__setattr__(m, "training", self.training)
             object.__setattr__(m, "_frozen", False)
-            object.__setattr__(m, "training", self.training)
         return self
 
     # --- flags a container sets on its children ----------------------------------

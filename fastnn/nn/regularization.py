@@ -83,9 +83,35 @@ class Dropout(_PhiloxStream, Module):
 
 
 class DropConnect(_PhiloxStream, Linear):
-    """A Linear layer whose weights are dropped per forward call (Wan et al. 2013):
-    train y = act(x @ (mask * W / (1-p)) + b), eval y = act(x @ W + b) (the
-    expected value). The mask comes from the same Philox generator as Dropout."""
+    """A Linear layer whose weights are dropped per forward call (Wan et al. 2013,
+    "Regularization of Neural Networks using DropConnect")::
+
+        train: y = act(x @ (M * W) / (1 - p) + b),   M_ij ~ Bernoulli(1 - p)
+        eval:  y = act(x @ W + b)                    (the expected train output)
+
+    Shapes: x (N, in_features); W and M (in_features, out_features); b
+    (out_features,); y (N, out_features). ``p`` is the probability of dropping
+    a weight (as Dropout's p); kept weights are scaled by 1/(1-p) in training
+    (inverted), so eval is the plain layer (the mean-field form, not the
+    paper's Gaussian moment-matching inference).
+
+    One mask M per forward call, shared by every example of the batch. Wan et
+    al. draw a mask per example (N masks of in x out and N different matrix
+    products); sharing one per mini-batch, as common implementations do, keeps
+    the layer one GEMM with a masked weight and needs no (N, in, out) mask
+    memory. The output is still an unbiased estimate of the eval layer; a
+    step's gradient averages over one mask instead of N, so it is a little
+    noisier.
+
+    The bias is not masked: the mask falls on connections (the weight matrix);
+    the bias is a per-unit offset. For a dropped bias too, build the layer with
+    bias=False and append a constant-1 input feature, so the bias becomes a row
+    of W.
+
+    The mask comes from the same Philox generator as Dropout: weight (i, j) of
+    a call uses Philox(seed, offset + i * out_features + j), regenerated in
+    backward; (seed, offset) is the buffer ``rng_state``, saved by state_dict
+    and Trainer checkpoints."""
 
     def __init__(self, in_features, out_features, p=0.5, activation=None, alpha=None, init="auto", bias=True,
                  dtype=np.float32, rng=None, seed=None):

@@ -15,20 +15,12 @@ from .. import registry
 from .runtime import numba
 
 if numba is not None:
-    from .activation import act_backward, act_forward
-    from .batchnorm import batchnorm_backward, batchnorm_forward
-    from .conv import conv2d_backward, conv2d_forward
-    from .dropout import dropout
-    from .gemm import gemm, linear_act_backward, linear_act_forward
-    from .optim import max_norm, optim_step
-    from .softmax_xent import softmax_xent_backward, softmax_xent_forward
+    from . import activation, batchnorm, conv, dropout, gemm, optim, softmax_xent
 
-    for _name, _kernel in (("gemm", gemm), ("linear_act_forward", linear_act_forward),
-                           ("linear_act_backward", linear_act_backward), ("act_forward", act_forward),
-                           ("act_backward", act_backward), ("softmax_xent_forward", softmax_xent_forward),
-                           ("softmax_xent_backward", softmax_xent_backward), ("optim_step", optim_step),
-                           ("batchnorm_forward", batchnorm_forward), ("batchnorm_backward", batchnorm_backward),
-                           ("dropout", dropout), ("max_norm", max_norm),
-                           ("conv2d_forward", conv2d_forward), ("conv2d_backward", conv2d_backward)):
-        registry.register("numba", _name, _kernel)
+    for _kernel in (gemm.gemm, gemm.linear_act_forward, gemm.linear_act_backward,
+                    activation.act_forward, activation.act_backward,
+                    softmax_xent.softmax_xent_forward, softmax_xent.softmax_xent_backward,
+                    optim.optim_step, batchnorm.batchnorm_forward, batchnorm.batchnorm_backward,
+                    dropout.dropout, optim.max_norm, conv.conv2d_forward, conv.conv2d_backward):
+        registry.register("numba", _kernel.__name__, _kernel)
     registry.mark_loaded("numba")

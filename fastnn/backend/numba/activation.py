@@ -15,6 +15,7 @@ d loss / d alpha = sum of dy * x where x <= 0; x, y, dx, dy of any shape.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -112,41 +113,52 @@ def act_grad(z, y, code, a):
     return 1.0
 
 
-@njit(parallel=True, **JIT)
-def _act_forward_flat(x, y, code, alpha):
-    a = alpha
-    for i in prange(x.size):
-        y[i] = act_value(x[i], code, a)
+@functools.cache
+def _act_kernels(code):
+    """(forward, backward) over flat arrays, compiled for one activation code as a
+    constant, as csrc/'s visit_act switch picks one template instance: the
+    per-element branch on the code is gone and the loops vectorize. Made on a
+    code's first use (the compiled code is cached on disk)."""
 
+    @njit(parallel=True, **JIT)
+    def forward(x, y, alpha):
+        a = alpha
+        for i in prange(x.size):
+            y[i] = act_value(x[i], code, a)
 
-@njit(parallel=True, **JIT)
-def _act_backward_flat(dy, x, y, dx, code, alpha):
-    """dx = dy * act'(x, y); returns the prelu sum of dy * x over x <= 0, summed
-    per fixed block and then in block order."""
-    a = alpha
-    n = dy.size
-    nblocks = (n + _REDUCE_BLOCK - 1) // _REDUCE_BLOCK
-    alpha_parts = np.zeros(nblocks, np.float64)
-    for b in prange(nblocks):
-        asum = 0.0
-        for i in range(b * _REDUCE_BLOCK, min(n, (b + 1) * _REDUCE_BLOCK)):
+    @njit(parallel=True, **JIT)
+    def backward(dy, x, y, dx, alpha):
+        """dx = dy * act'(x, y); for prelu, returns the sum of dy * x over x <= 0,
+        summed per fixed block and then in block order."""
+        a = alpha
+        n = dy.size
+        for i in prange(n):
             dx[i] = dy[i] * act_grad(x[i], y[i], code, a)
-            if code == PRELU and not x[i] > 0:
-                asum += dy[i] * x[i]
-        alpha_parts[b] = asum
-    total = 0.0
-    for b in range(nblocks):
-        total += alpha_parts[b]
-    return total
+        if code != PRELU:
+            return 0.0
+        nblocks = (n + _REDUCE_BLOCK - 1) // _REDUCE_BLOCK
+        alpha_parts = np.zeros(nblocks, np.float64)
+        for b in prange(nblocks):
+            asum = 0.0
+            for i in range(b * _REDUCE_BLOCK, min(n, (b + 1) * _REDUCE_BLOCK)):
+                if not x[i] > 0:
+                    asum += dy[i] * x[i]
+            alpha_parts[b] = asum
+        total = 0.0
+        for b in range(nblocks):
+            total += alpha_parts[b]
+        return total
+
+    return forward, backward
 
 
 def act_forward(x, y, act, alpha):
     with threads_for(x.size):
-        _act_forward_flat(x.reshape(-1), y.reshape(-1), act, alpha)
+        _act_kernels(act)[0](x.reshape(-1), y.reshape(-1), alpha)
 
 
 def act_backward(dy, x, y, dx, dalpha, act, alpha):
     with threads_for(dy.size):
-        total = _act_backward_flat(dy.reshape(-1), x.reshape(-1), y.reshape(-1), dx.reshape(-1), act, alpha)
+        total = _act_kernels(act)[1](dy.reshape(-1), x.reshape(-1), y.reshape(-1), dx.reshape(-1), alpha)
     if dalpha is not None:
         dalpha[0] = total
