@@ -110,7 +110,10 @@ echo "-- installing into a fresh venv and testing from outside the source tree"
 "$py" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q "$wheel"
 cd "$work"
-ldd "$work"/venv/lib/python*/site-packages/fastnn/_C.*.so | grep -E "gomp|stdc"
+# _C must find OpenMP's runtime inside the wheel, not on the system.
+ldd "$work"/venv/lib/python*/site-packages/fastnn/_C.*.so | tee "$work/ldd.txt" | grep -E "gomp|stdc"
+grep -qE "libgomp-[0-9a-f]+\.so.* => .*/fastnn_train\.libs/" "$work/ldd.txt" ||
+  { echo "build_wheel: _C does not load the vendored libgomp"; exit 1; }
 FASTNN_VARIANT=$variant "$work/venv/bin/python" - "$root" <<'PY'
 import os, sys
 import numpy as np

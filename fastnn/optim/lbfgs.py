@@ -214,11 +214,14 @@ class LBFGS(Optimizer):
         tolerance_grad, tolerance_change = self.tolerance_grad, self.tolerance_change
 
         def put(values):
-            """Write float64 ``values`` (n,) into the trainable entries of the parameters."""
-            if mask is None:
-                x[...] = values
-            else:
-                x[mask] = values[mask]
+            """Write float64 ``values`` (n,) into the trainable entries of the parameters.
+            A value beyond float32's range becomes inf there (no warning): the
+            next loss is then non-finite and evaluate() restores and raises."""
+            with np.errstate(over="ignore"):
+                if mask is None:
+                    x[...] = values
+                else:
+                    x[mask] = values[mask]
 
         def evaluate(restore):
             """(loss, float64 gradient with frozen entries zeroed); on a non-finite

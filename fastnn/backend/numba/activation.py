@@ -132,17 +132,17 @@ def _act_kernels(code):
         summed per fixed block and then in block order."""
         a = alpha
         n = dy.size
-        for i in prange(n):
-            dx[i] = dy[i] * act_grad(x[i], y[i], code, a)
         if code != PRELU:
+            for i in prange(n):
+                dx[i] = dy[i] * act_grad(x[i], y[i], code, a)
             return 0.0
         nblocks = (n + _REDUCE_BLOCK - 1) // _REDUCE_BLOCK
         alpha_parts = np.zeros(nblocks, np.float64)
         for b in prange(nblocks):
             asum = 0.0
             for i in range(b * _REDUCE_BLOCK, min(n, (b + 1) * _REDUCE_BLOCK)):
-                if not x[i] > 0:
-                    asum += dy[i] * x[i]
+                dx[i] = dy[i] * act_grad(x[i], y[i], code, a)
+                asum += dy[i] * x[i] if not x[i] > 0 else 0.0
             alpha_parts[b] = asum
         total = 0.0
         for b in range(nblocks):
