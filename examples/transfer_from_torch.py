@@ -116,7 +116,7 @@ def main(n_target=200, seed=0, verbose=True):
     B_tr, B_te = subset(Xtr, ytr, range(5, 10), n=n_target, seed=seed), subset(Xte, yte, range(5, 10))
     trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), fnn.optim.Adam(model.parameters(), lr=1e-2),
                           seed=seed)
-    trainer.fit(*B_tr, epochs=60, batch_size=50, progress=False)
+    trainer.fit(*B_tr, epochs=30, batch_size=50, progress=False)
     head_acc = trainer.evaluate(*B_te)["accuracy"]
     frozen = all(np.array_equal(v, body.state_dict()[k]) for k, v in before.items())
     say(f"fastnn, new head for 5-9 from {len(B_tr[1])} examples on the frozen torch body: test accuracy "

@@ -57,25 +57,27 @@ def _current_umask() -> int:
     return old
 
 
-def save_npz_atomic(path, arrays: dict) -> None:
-    """np.savez of ``arrays`` ({name: array}) to ``path``, atomically (temporary
-    file in the same folder + fsync + rename + fsync of the folder). A process
-    killed mid-write leaves a ``.fastnn-*.npz`` temporary behind, never a
-    damaged ``path``. Object arrays are refused (no pickle is ever written)."""
+def write_atomic(path, write, suffix: str = "") -> None:
+    """Create or replace the file ``path`` atomically: ``write(f)`` fills a
+    temporary file in the same folder, which is fsynced, given the mode open()
+    would (0o666 minus the umask) and renamed over ``path``; the folder is then
+    fsynced so the rename survives a crash. A process killed mid-write leaves a
+    ``.fastnn-*`` temporary behind, never a damaged ``path``. The one file
+    writer of the package (models, checkpoints, ONNX graphs)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot save to {path}: folder {folder} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot save to {path}: it is a folder, expected a file path such as "
-                                f"{os.path.join(path, 'model.npz')}")
+                                f"{os.path.join(path, 'model' + (suffix or '.npz'))}")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".npz", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=suffix, dir=folder)
     except OSError as exc:      # e.g. a read-only folder: name the folder, not our temporary
         raise type(exc)(f"cannot save to {path}: {exc.strerror or exc} (folder {folder})") from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
+            write(f)
             f.flush()
             # mkstemp creates 0o600; give the file the mode np.savez/open() would.
             mode = 0o666 & ~_current_umask()
@@ -89,7 +91,6 @@ def save_npz_atomic(path, arrays: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    # Make the rename itself durable: a crash after return keeps the new file.
     try:
         dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -100,6 +101,12 @@ def save_npz_atomic(path, arrays: dict) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def save_npz_atomic(path, arrays: dict) -> None:
+    """np.savez of ``arrays`` ({name: array}) to ``path``, atomically
+    (write_atomic). Object arrays are refused (no pickle is ever written)."""
+    write_atomic(path, lambda f: np.savez(f, allow_pickle=False, **arrays), suffix=".npz")
 
 
 def _reason(exc: BaseException) -> str:

@@ -31,15 +31,13 @@ onnx is optional: ``pip install "fastnn-train[onnx]"`` (from a clone:
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
 import numpy as np
 
 from . import _validate as V
 from . import nn
 from . import ops
-from ._io import _current_umask
+from ._io import write_atomic
 
 DEFAULT_OPSET = 17          # ONNX Runtime >= 1.11, TensorRT 8.5+, OpenVINO: the safe default
 MIN_OPSET = 13              # Gemm with an optional bias, Gather/Flatten/ReduceMax as used here
@@ -366,33 +364,9 @@ def _finish(onnx, g: _Graph, shape, out_shape, opset: int, path):
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="fastnn",
                               ir_version=helper.find_min_ir_version_for(opsets))
     onnx.checker.check_model(proto, full_check=True)
-    _write_atomic(path, proto.SerializeToString())
+    data = proto.SerializeToString()
+    write_atomic(path, lambda f: f.write(data), suffix=".onnx")
     return proto
-
-
-def _write_atomic(path, data: bytes) -> None:
-    """``data`` to ``path`` via a temporary file in the same folder, fsync and
-    rename (fastnn._io's protocol for .npz files), mode 0o666 minus the umask:
-    a reader sees the old file or the new one, never a torn one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path}: folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot save to {path}: it is a folder, expected a file path such as "
-                                f"{os.path.join(path, 'model.onnx')}")
-    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".onnx", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.chmod(tmp, 0o666 & ~_current_umask())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 __all__ = ["to_onnx", "DEFAULT_OPSET", "ShapeMismatch", "UnsupportedLayer"]

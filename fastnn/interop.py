@@ -26,9 +26,11 @@ sides, in order):
 A fastnn ``Linear(..., activation="relu")`` is a torch ``Linear`` followed by
 a ``ReLU`` (two modules, two indices), a ``GlobalAvgPool2d`` is
 ``AdaptiveAvgPool2d(1)`` followed by ``Flatten`` (fastnn's gives (N, C),
-torch's (N, C, 1, 1)), and a DropConnect maps to a plain ``Linear`` (its eval
-form). Maxout, Residual and FractionalMaxPool2d have no torch module and are
-refused by name, as is any torch module not in the table.
+torch's (N, C, 1, 1); ``from_torch`` takes an ``AdaptiveAvgPool2d(1)`` that a
+Flatten follows, or that ends the model, whose output is then (N, C)), and a
+DropConnect maps to a plain ``Linear`` (its eval form). Maxout, Residual and
+FractionalMaxPool2d have no torch module and are refused by name, as is any
+torch module not in the table.
 
 A state_dict holds weights, not the architecture: activations, pooling,
 Flatten and Dropout leave no key. So a plain state_dict is loaded one of two
