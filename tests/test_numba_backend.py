@@ -78,11 +78,11 @@ def _on_threads(threads, fn):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_prelu_alpha_gradient_and_loss_do_not_depend_on_the_thread_count(rng, dtype):
+def test_prelu_alpha_gradient_and_loss_do_not_depend_on_the_thread_count(backend, rng, dtype):
     """Above the parallel threshold the prelu d loss / d alpha of the standalone
     activation and the mean cross-entropy are sums over many elements; both are
-    summed in a fixed order, so 1 and 2 threads give the same bits. (Numba only:
-    the C++ act_backward's dalpha still varies with the thread count.)"""
+    summed in a fixed order (4096-element blocks, then the blocks in order), so
+    1 and 2 threads give the same bits, and C++ and Numba the same dalpha."""
     x = rng.standard_normal((400, 300)).astype(dtype)
     dy = rng.standard_normal((400, 300)).astype(dtype)
     labels = rng.integers(0, 300, 400)
@@ -93,12 +93,14 @@ def test_prelu_alpha_gradient_and_loss_do_not_depend_on_the_thread_count(rng, dt
         loss, saved = fnn.ops.softmax_cross_entropy(x, labels)
         return dx, dalpha, loss, saved.probs
 
-    with fnn.backend.using("numba"):
-        one, two = _on_threads(1, run), _on_threads(2, run)
+    one, two = _on_threads(1, run), _on_threads(2, run)
     np.testing.assert_array_equal(one[0], two[0])
     assert one[1] == two[1]
     assert one[2] == two[2]
     np.testing.assert_array_equal(one[3], two[3])
+    with fnn.backend.using("numba"):
+        reference = run()
+    assert one[1] == reference[1]
 
 
 def test_threads_for_is_the_parallel_threshold():

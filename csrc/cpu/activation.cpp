@@ -13,24 +13,43 @@ template <class T>
 void act_forward(const ActForwardArgs<T>& a) {
   visit_act(a.act, [&](auto f) {
     using F = decltype(f);
-    const int nthreads = a.n < 65536 ? 1 : num_threads();
+    const int nthreads = threads_for(a.n);
 #pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
     for (int64_t i = 0; i < a.n; ++i) a.y[i] = F::forward(a.x[i], a.alpha);
   });
 }
 
+// prelu's d loss / d alpha is summed per fixed block of kReduceBlock elements
+// (in order, in double), then over the blocks in order: the same bits at any
+// thread count, and the same order as the Numba mirror.
+constexpr int64_t kReduceBlock = 4096;
+
 template <class T>
 void act_backward(const ActBackwardArgs<T>& a) {
   visit_act(a.act, [&](auto f) {
     using F = decltype(f);
-    const int nthreads = a.n < 65536 ? 1 : num_threads();
-    double dalpha = 0.0;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static) reduction(+ : dalpha)
-    for (int64_t i = 0; i < a.n; ++i) {
-      a.dx[i] = act_backward_epilogue<T, F>(a.dy[i], a.x[i], a.y[i], a.alpha);
-      if constexpr (std::is_same_v<F, act::Prelu>) dalpha += double(a.dy[i] * act::Prelu::grad_alpha(a.x[i]));
+    const int nthreads = threads_for(a.n);
+    if constexpr (!std::is_same_v<F, act::Prelu>) {
+#pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
+      for (int64_t i = 0; i < a.n; ++i) a.dx[i] = act_backward_epilogue<T, F>(a.dy[i], a.x[i], a.y[i], a.alpha);
+      if (a.dalpha) *a.dalpha = T(0);
+    } else {
+      const int64_t nblocks = (a.n + kReduceBlock - 1) / kReduceBlock;
+      double* parts = static_cast<double*>(scratch(kWork, size_t(nblocks > 0 ? nblocks : 1) * sizeof(double)));
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
+      for (int64_t b = 0; b < nblocks; ++b) {
+        const int64_t end = (b + 1) * kReduceBlock < a.n ? (b + 1) * kReduceBlock : a.n;
+        double sum = 0.0;
+        for (int64_t i = b * kReduceBlock; i < end; ++i) {
+          a.dx[i] = act_backward_epilogue<T, F>(a.dy[i], a.x[i], a.y[i], a.alpha);
+          sum += double(a.dy[i] * act::Prelu::grad_alpha(a.x[i]));
+        }
+        parts[b] = sum;
+      }
+      double total = 0.0;
+      for (int64_t b = 0; b < nblocks; ++b) total += parts[b];
+      if (a.dalpha) *a.dalpha = T(total);
     }
-    if (a.dalpha) *a.dalpha = T(dalpha);
   });
 }
 

@@ -21,8 +21,6 @@ namespace {
 
 constexpr int64_t kChannelBlock = 128;
 
-int threads_for(int64_t elements) { return elements < 32768 ? 1 : num_threads(); }
-
 // Per-channel moments of x shifted by the channel's first value.
 template <class T>
 void channel_moments(const BatchNormForwardArgs<T>& a, T* shift, BatchNormMoments* mom) {

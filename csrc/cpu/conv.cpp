@@ -58,7 +58,7 @@ int batch_threads(const ConvShape& s) {
   return 1;
 }
 
-int inner_threads(int64_t work) { return work < 32768 ? 1 : num_threads(); }
+int inner_threads(int64_t work) { return threads_for(work); }
 
 // Fixed groups of the batch whose weight gradients are summed separately (see conv2d_backward).
 constexpr int64_t kWeightGradGroups = 8;

@@ -167,7 +167,7 @@ void dropout(const DropoutArgs<T>& a) {
   const uint64_t first_block = a.offset / 4;
   const uint64_t last_block = (a.offset + uint64_t(a.n) - 1) / 4;
   const int64_t nchunks = int64_t((last_block - first_block) / kLanes + 1);
-  const int nthreads = a.n < 65536 ? 1 : num_threads();
+  const int nthreads = threads_for(a.n);
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t chunk = 0; chunk < nchunks; ++chunk) {
     const uint64_t b0 = first_block + uint64_t(chunk) * kLanes;

@@ -35,7 +35,7 @@ void activation_backward_dz(const LinearActBackwardArgs<T>& a) {
   const int64_t n = a.n, m = a.m;
   constexpr int64_t kColBlock = 256;
   const int64_t nblocks = (m + kColBlock - 1) / kColBlock;
-  const int nthreads = n * m < 32768 ? 1 : num_threads();
+  const int nthreads = threads_for(n * m);
   double dalpha = 0.0;
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static) reduction(+ : dalpha)
   for (int64_t blk = 0; blk < nblocks; ++blk) {

@@ -8,7 +8,7 @@ namespace fastnn::cpu::FASTNN_ISA {
 
 template <Rule R, class T>
 void optim_loop(const OptimStepArgs<T>& a) {
-  const int nthreads = a.n < 65536 ? 1 : num_threads();
+  const int nthreads = threads_for(a.n);
   for (int64_t s = 0; s < a.num_segments; ++s) {
     const OptimHyper<T> h = a.hyper[s];
     const int64_t b = a.seg_begin[s], e = a.seg_begin[s + 1];

@@ -17,4 +17,11 @@ void* scratch(int slot, size_t bytes);
 // Threads the CPU kernels use (fastnn.set_num_threads; default: OpenMP's).
 int num_threads();
 
+// Elements below which an elementwise or reduction kernel runs on one thread:
+// forking the team and meeting at its barrier cost more than the work saves.
+// The one threshold of the CPU kernels (the GEMM engine and conv decide by
+// FLOPs instead).
+constexpr long long kParallelMinElements = 32768;
+inline int threads_for(long long elements) { return elements < kParallelMinElements ? 1 : num_threads(); }
+
 }  // namespace fastnn::cpu

@@ -1,6 +1,7 @@
 // Softmax cross-entropy on the CPU: scores (N, C), labels (N,), probs (N, C).
 // Forward saves probs; backward is (probs - onehot) * scale. Rows in parallel;
-// the loss is summed in double so its value does not depend on the threads.
+// the row losses are summed in double, in row order, after the parallel loop,
+// so the loss does not depend on the thread count.
 #include "cpu/isa.h"
 #include "ops/softmax.h"
 
@@ -8,17 +9,19 @@ namespace fastnn::cpu::FASTNN_ISA {
 
 template <class T>
 void softmax_xent_forward(const SoftmaxXentForwardArgs<T>& a) {
-  const int nthreads = a.n * a.c < 32768 ? 1 : num_threads();
-  double total = 0.0;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static) reduction(+ : total)
+  const int nthreads = threads_for(a.n * a.c);
+  double* row_loss = static_cast<double*>(scratch(kWork, size_t(a.n > 0 ? a.n : 1) * sizeof(double)));
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t i = 0; i < a.n; ++i)
-    total += double(softmax_xent_row(a.scores + i * a.c, a.c, a.labels[i], a.probs + i * a.c));
+    row_loss[i] = double(softmax_xent_row(a.scores + i * a.c, a.c, a.labels[i], a.probs + i * a.c));
+  double total = 0.0;  // the rows in order: the same bits at any thread count
+  for (int64_t i = 0; i < a.n; ++i) total += row_loss[i];
   *a.loss = a.n > 0 ? T(total / double(a.n)) : T(0);
 }
 
 template <class T>
 void softmax_xent_backward(const SoftmaxXentBackwardArgs<T>& a) {
-  const int nthreads = a.n * a.c < 32768 ? 1 : num_threads();
+  const int nthreads = threads_for(a.n * a.c);
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t i = 0; i < a.n; ++i) {
     const T* p = a.probs + i * a.c;

@@ -7,7 +7,7 @@ namespace fastnn::cpu::FASTNN_ISA {
 
 template <class T>
 void stream_triad(const StreamTriadArgs<T>& a) {
-  const int nthreads = a.n < 65536 ? 1 : num_threads();
+  const int nthreads = threads_for(a.n);
 #pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t i = 0; i < a.n; ++i) a.a[i] = a.b[i] + a.scalar * a.c[i];
 }
