@@ -7,6 +7,7 @@
 
 #include <omp.h>
 
+#include <cstdint>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -438,6 +439,151 @@ void conv2d_backward(py::object dy, py::object x, py::object weight, py::object 
   });
 }
 
+// The pooling geometry of x (N, C, H, W): every window starts inside the
+// padded plane and the output is non-empty. (PyTorch's padding <= kernel / 2
+// is a semantic rule, checked in ops.py.)
+fastnn::PoolShape pool_shape(const py::object& x, const char* name, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                             int64_t ph, int64_t pw) {
+  const int64_t n = dim(x, name, 4, 0), c = dim(x, name, 4, 1), h = dim(x, name, 4, 2), w = dim(x, name, 4, 3);
+  if (kh < 1 || kw < 1)
+    throw py::value_error("kernel_size must be >= 1, got (" + std::to_string(kh) + ", " + std::to_string(kw) + ")");
+  if (sh < 1 || sw < 1)
+    throw py::value_error("stride must be >= 1, got (" + std::to_string(sh) + ", " + std::to_string(sw) + ")");
+  if (ph < 0 || pw < 0)
+    throw py::value_error("padding must be >= 0, got (" + std::to_string(ph) + ", " + std::to_string(pw) + ")");
+  if (h < 1 || w < 1)
+    throw py::value_error(std::string(name) + " must have a nonzero plane (H, W), got " +
+                          shape_str(shape_of(py::reinterpret_borrow<py::array>(x))));
+  if (kh > h + 2 * ph || kw > w + 2 * pw)
+    throw py::value_error("kernel_size (" + std::to_string(kh) + ", " + std::to_string(kw) +
+                          ") is larger than the padded input (" + std::to_string(h + 2 * ph) + ", " +
+                          std::to_string(w + 2 * pw) + ")");
+  if (h * w > int64_t(INT32_MAX))
+    throw py::value_error(std::string(name) + " planes must hold < 2**31 elements (int32 index), got " +
+                          std::to_string(h) + " x " + std::to_string(w));
+  return {n, c, h, w, kh, kw, sh, sw, ph, pw, (h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1};
+}
+
+void max_pool2d_forward(py::object x, py::object y, py::object index, int64_t kernel_h, int64_t kernel_w,
+                        int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    const fastnn::PoolShape s = pool_shape(x, "x", kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w);
+    const std::vector<int64_t> out{s.n, s.c, s.oh, s.ow};
+    fastnn::MaxPool2dForwardArgs<T> args{s, checked<T>(x, "x", {s.n, s.c, s.h, s.w}), checked<T>(y, "y", out, true),
+                                         checked<int32_t>(index, "index", out, true)};
+    py::gil_scoped_release nogil;
+    fastnn::max_pool2d_forward(args);
+  });
+}
+
+void max_pool2d_regions_forward(py::object x, py::object y, py::object index, py::object row_begin,
+                                py::object row_end, py::object col_begin, py::object col_end) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = dim(x, "x", 4, 0), c = dim(x, "x", 4, 1), h = dim(x, "x", 4, 2), w = dim(x, "x", 4, 3);
+    const int64_t oh = dim(row_begin, "row_begin", 1, 0), ow = dim(col_begin, "col_begin", 1, 0);
+    if (h * w > int64_t(INT32_MAX))
+      throw py::value_error("x planes must hold < 2**31 elements (int32 index), got " + std::to_string(h) + " x " +
+                            std::to_string(w));
+    const int64_t* rb = checked<int64_t>(row_begin, "row_begin", {oh});
+    const int64_t* re = checked<int64_t>(row_end, "row_end", {oh});
+    const int64_t* cb = checked<int64_t>(col_begin, "col_begin", {ow});
+    const int64_t* ce = checked<int64_t>(col_end, "col_end", {ow});
+    for (int64_t i = 0; i < oh; ++i)
+      if (!(0 <= rb[i] && rb[i] < re[i] && re[i] <= h))
+        throw py::value_error("region row " + std::to_string(i) + " [" + std::to_string(rb[i]) + ", " +
+                              std::to_string(re[i]) + ") must be non-empty and inside [0, " + std::to_string(h) + ")");
+    for (int64_t j = 0; j < ow; ++j)
+      if (!(0 <= cb[j] && cb[j] < ce[j] && ce[j] <= w))
+        throw py::value_error("region column " + std::to_string(j) + " [" + std::to_string(cb[j]) + ", " +
+                              std::to_string(ce[j]) + ") must be non-empty and inside [0, " + std::to_string(w) + ")");
+    const std::vector<int64_t> out{n, c, oh, ow};
+    fastnn::PoolShape s{n, c, h, w, 0, 0, 0, 0, 0, 0, oh, ow};
+    fastnn::MaxPool2dRegionsForwardArgs<T> args{s, checked<T>(x, "x", {n, c, h, w}), rb, re, cb, ce,
+                                                checked<T>(y, "y", out, true),
+                                                checked<int32_t>(index, "index", out, true)};
+    py::gil_scoped_release nogil;
+    fastnn::max_pool2d_regions_forward(args);
+  });
+}
+
+void max_pool2d_backward(py::object dy, py::object index, py::object dx) {
+  by_dtype(dy, "dy", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = dim(dy, "dy", 4, 0), c = dim(dy, "dy", 4, 1), oh = dim(dy, "dy", 4, 2), ow = dim(dy, "dy", 4, 3);
+    const int64_t h = dim(dx, "dx", 4, 2), w = dim(dx, "dx", 4, 3);
+    const std::vector<int64_t> out{n, c, oh, ow};
+    fastnn::MaxPool2dBackwardArgs<T> args{fastnn::PoolShape{n, c, h, w, 0, 0, 0, 0, 0, 0, oh, ow},
+                                          checked<T>(dy, "dy", out), checked<int32_t>(index, "index", out),
+                                          checked<T>(dx, "dx", {n, c, h, w}, true)};
+    // Every index must land inside its plane: one pass, min/max only.
+    const int64_t total = n * c * oh * ow, plane = h * w;
+    int32_t lo = 0, hi = 0;
+    {
+      py::gil_scoped_release nogil;
+      const int32_t* ix = args.index;
+      if (total > 0) lo = hi = ix[0];
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+      for (int64_t i = 0; i < total; ++i) {
+        lo = ix[i] < lo ? ix[i] : lo;
+        hi = ix[i] > hi ? ix[i] : hi;
+      }
+    }
+    if (total > 0 && (lo < 0 || int64_t(hi) >= plane))
+      throw py::value_error("index must hold in-plane positions in [0, H*W = " + std::to_string(plane) +
+                            "), got values in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    py::gil_scoped_release nogil;
+    fastnn::max_pool2d_backward(args);
+  });
+}
+
+void avg_pool2d_forward(py::object x, py::object y, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                        int64_t stride_w, int64_t pad_h, int64_t pad_w, bool count_include_pad) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    const fastnn::PoolShape s = pool_shape(x, "x", kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w);
+    fastnn::AvgPool2dForwardArgs<T> args{s, checked<T>(x, "x", {s.n, s.c, s.h, s.w}),
+                                         checked<T>(y, "y", {s.n, s.c, s.oh, s.ow}, true), count_include_pad};
+    py::gil_scoped_release nogil;
+    fastnn::avg_pool2d_forward(args);
+  });
+}
+
+void avg_pool2d_backward(py::object dy, py::object dx, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                         int64_t stride_w, int64_t pad_h, int64_t pad_w, bool count_include_pad) {
+  by_dtype(dy, "dy", [&](auto tag) {
+    using T = decltype(tag);
+    const fastnn::PoolShape s = pool_shape(dx, "dx", kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w);
+    fastnn::AvgPool2dBackwardArgs<T> args{s, checked<T>(dy, "dy", {s.n, s.c, s.oh, s.ow}),
+                                          checked<T>(dx, "dx", {s.n, s.c, s.h, s.w}, true), count_include_pad};
+    py::gil_scoped_release nogil;
+    fastnn::avg_pool2d_backward(args);
+  });
+}
+
+void global_avg_pool2d_forward(py::object x, py::object y) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = dim(x, "x", 4, 0), c = dim(x, "x", 4, 1), h = dim(x, "x", 4, 2), w = dim(x, "x", 4, 3);
+    fastnn::GlobalAvgPool2dForwardArgs<T> args{fastnn::PoolShape{n, c, h, w, h, w, 1, 1, 0, 0, 1, 1},
+                                               checked<T>(x, "x", {n, c, h, w}), checked<T>(y, "y", {n, c}, true)};
+    py::gil_scoped_release nogil;
+    fastnn::global_avg_pool2d_forward(args);
+  });
+}
+
+void global_avg_pool2d_backward(py::object dy, py::object dx) {
+  by_dtype(dy, "dy", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t n = dim(dx, "dx", 4, 0), c = dim(dx, "dx", 4, 1), h = dim(dx, "dx", 4, 2), w = dim(dx, "dx", 4, 3);
+    fastnn::GlobalAvgPool2dBackwardArgs<T> args{fastnn::PoolShape{n, c, h, w, h, w, 1, 1, 0, 0, 1, 1},
+                                                checked<T>(dy, "dy", {n, c}), checked<T>(dx, "dx", {n, c, h, w}, true)};
+    py::gil_scoped_release nogil;
+    fastnn::global_avg_pool2d_backward(args);
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -475,6 +621,21 @@ PYBIND11_MODULE(_C, mod) {
           py::arg("z"), py::arg("dz_work"), py::arg("dx"), py::arg("dweight"), py::arg("dbias"), py::arg("dalpha"),
           py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"), py::arg("act"),
           py::arg("alpha"));
+
+  mod.def("max_pool2d_forward", &max_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("index"),
+          py::arg("kernel_h"), py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+          py::arg("pad_w"));
+  mod.def("max_pool2d_regions_forward", &max_pool2d_regions_forward, py::arg("x"), py::arg("y"), py::arg("index"),
+          py::arg("row_begin"), py::arg("row_end"), py::arg("col_begin"), py::arg("col_end"));
+  mod.def("max_pool2d_backward", &max_pool2d_backward, py::arg("dy"), py::arg("index"), py::arg("dx"));
+  mod.def("avg_pool2d_forward", &avg_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("kernel_h"),
+          py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+          py::arg("count_include_pad"));
+  mod.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("dy"), py::arg("dx"), py::arg("kernel_h"),
+          py::arg("kernel_w"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"),
+          py::arg("count_include_pad"));
+  mod.def("global_avg_pool2d_forward", &global_avg_pool2d_forward, py::arg("x"), py::arg("y"));
+  mod.def("global_avg_pool2d_backward", &global_avg_pool2d_backward, py::arg("dy"), py::arg("dx"));
 
   mod.def("max_norm", &max_norm, py::arg("param"), py::arg("offset"), py::arg("rows"), py::arg("cols"),
           py::arg("max_norm"));

@@ -166,6 +166,69 @@ struct Conv2dBackwardArgs {
   Act act; T alpha;
 };
 
+// 2-D pooling, NCHW (ops/pool.h: windows, tie and NaN rules, divisors).
+// Shape legend: N batch, C channels, H x W input, KH x KW window, SH/SW
+// stride, PH/PW padding (never part of a window), OH = (H + 2 PH - KH) / SH + 1,
+// OW likewise. Every (N, C) plane is independent; threads split the planes.
+// index (N, C, OH, OW) int32 holds the in-plane position ih * W + iw of each
+// output's maximum (PyTorch's return_indices), so H * W < 2^31.
+struct PoolShape {
+  int64_t n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow;
+};
+
+// y = max over each window; index = where the maximum was (the first on ties).
+//   x (N, C, H, W), y and index (N, C, OH, OW).
+template <class T>
+struct MaxPool2dForwardArgs {
+  PoolShape s; const T* x; T* y; int32_t* index;
+};
+
+// Max over arbitrary windows rows [row_begin[i], row_end[i]) x columns
+// [col_begin[j], col_end[j]) (fractional max pooling's regions; non-empty and
+// inside the plane): x (N, C, H, W), row_begin/row_end (OH,), col_begin/col_end
+// (OW,) int64, y and index (N, C, OH, OW). Only s.n, s.c, s.h, s.w, s.oh, s.ow
+// are read.
+template <class T>
+struct MaxPool2dRegionsForwardArgs {
+  PoolShape s; const T* x; const int64_t* row_begin; const int64_t* row_end;
+  const int64_t* col_begin; const int64_t* col_end; T* y; int32_t* index;
+};
+
+// Backward of both max poolings: dx = 0, then dx[plane][index[o]] += dy[o] in
+// output order, one thread per plane (deterministic, overlapping windows add).
+//   dy and index (N, C, OH, OW), dx (N, C, H, W). Only n, c, h, w, oh, ow are read.
+template <class T>
+struct MaxPool2dBackwardArgs {
+  PoolShape s; const T* dy; const int32_t* index; T* dx;
+};
+
+// y = sum of each window / divisor (ops/pool.h avg_pool_divisor).
+//   x (N, C, H, W), y (N, C, OH, OW).
+template <class T>
+struct AvgPool2dForwardArgs {
+  PoolShape s; const T* x; T* y; bool count_include_pad;
+};
+
+// dx[i] = sum over the windows holding i of dy[o] / divisor(o).
+//   dy (N, C, OH, OW), dx (N, C, H, W).
+template <class T>
+struct AvgPool2dBackwardArgs {
+  PoolShape s; const T* dy; T* dx; bool count_include_pad;
+};
+
+// Global average pooling: y[n, c] = mean of plane (n, c) of x; backward
+// dx[n, c, :, :] = dy[n, c] / (H W). x and dx (N, C, H, W), y and dy (N, C).
+// Only n, c, h, w of the shape are read.
+template <class T>
+struct GlobalAvgPool2dForwardArgs {
+  PoolShape s; const T* x; T* y;
+};
+
+template <class T>
+struct GlobalAvgPool2dBackwardArgs {
+  PoolShape s; const T* dy; T* dx;
+};
+
 // Every CPU kernel: X(name, argument structure).
 #define FASTNN_CPU_KERNELS(X)                  \
   X(gemm, GemmArgs)                            \
@@ -182,7 +245,14 @@ struct Conv2dBackwardArgs {
   X(stream_triad, StreamTriadArgs)             \
   X(max_norm, MaxNormArgs)                     \
   X(conv2d_forward, Conv2dForwardArgs)         \
-  X(conv2d_backward, Conv2dBackwardArgs)
+  X(conv2d_backward, Conv2dBackwardArgs)       \
+  X(max_pool2d_forward, MaxPool2dForwardArgs)   \
+  X(max_pool2d_regions_forward, MaxPool2dRegionsForwardArgs) \
+  X(max_pool2d_backward, MaxPool2dBackwardArgs) \
+  X(avg_pool2d_forward, AvgPool2dForwardArgs)   \
+  X(avg_pool2d_backward, AvgPool2dBackwardArgs) \
+  X(global_avg_pool2d_forward, GlobalAvgPool2dForwardArgs) \
+  X(global_avg_pool2d_backward, GlobalAvgPool2dBackwardArgs)
 
 #define FASTNN_DECLARE(name, Args) template <class T> void name(const Args<T>& args);
 FASTNN_CPU_KERNELS(FASTNN_DECLARE)

@@ -42,6 +42,7 @@ def init(comm=None) -> None:
 
 
 def is_initialized() -> bool:
+    """True once ``fastnn.distributed.init()`` has set up the MPI communicator."""
     return _comm is not None
 
 
@@ -66,6 +67,7 @@ def active() -> bool:
 
 
 def barrier() -> None:
+    """Block until every rank reaches this call (MPI barrier); a no-op without a distributed run."""
     if active():
         _comm.Barrier()
 

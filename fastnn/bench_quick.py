@@ -8,7 +8,7 @@ between libraries (idle BLAS/OpenMP workers stop spinning), the median round
 reported. GEMM-shaped work is reported in GFLOP/s, memory-bound work in GB/s
 (the bytes the operation must read and write at least once), with fastnn's
 ratio to each peer. The full benchmarks, with the machine's ceilings, live in
-bench/ of a checkout (DESIGN.md section 6). Nothing here is timed by the tests.
+bench/ of a checkout (see bench/README.md). Nothing here is timed by the tests.
 
 Shapes: N batch, D in features, M out features, C channels; P parameters.
 """

@@ -22,15 +22,15 @@ class History:
     ``loss`` and ``epoch_loss`` are the data loss (what the loss function
     returns). ``reg_loss`` is the regularization penalty the optimizer applies,
     measured on the weights at the end of each epoch, beside it (the notes'
-    full objective is data loss + penalty):
+    full objective is data loss + penalty)::
 
         reg_loss = sum over regularized parameters W of
                    0.5 * weight_decay * ||W||^2 + l1 * |W|_1
 
     with each parameter group's own weight_decay and l1, over the trainable
     parameters (``fastnn.train.regularization_loss``). fastnn's (PyTorch's)
-    ``weight_decay`` is 2 * lambda of the notes' L2 term lambda * ||W||^2. For
-    AdamW the same 0.5 * weight_decay * ||W||^2 is reported although its
+    ``weight_decay`` is 2 * lambda of the notes' L2 term ``lambda * ||W||^2``. For
+    AdamW the same ``0.5 * weight_decay * ||W||^2`` is reported although its
     decoupled decay is not the gradient of any term of the loss."""
 
     def __init__(self):
@@ -47,9 +47,14 @@ class History:
 
     @property
     def epochs(self) -> int:
+        """Number of finished epochs (the length of ``train_acc``)."""
         return len(self.train_acc)
 
     def as_dict(self) -> dict:
+        """Every per-step and per-epoch list as a plain dict ``{name: list}``
+        (``loss``, ``epoch_loss``, ``reg_loss``, ``train_acc``, ``val_acc``,
+        ``val_loss``, ``lr``, ``seconds``), e.g. for ``json.dump``.
+        """
         return {k: list(v) for k, v in vars(self).items() if isinstance(v, list)}
 
     def plot(self, path=None, smooth: int = 20):
@@ -80,12 +85,58 @@ class History:
 
 
 class Callback:
-    """Hooks called by Trainer.fit; return True from on_epoch_end to stop."""
+    """Base class of the hooks ``Trainer.fit`` calls; subclass it and override
+    the hooks you need (each does nothing by default).
 
-    def on_train_begin(self, trainer): ...
-    def on_step_end(self, trainer, step: int, loss: float): ...
-    def on_epoch_end(self, trainer, epoch: int, history: History): ...
-    def on_train_end(self, trainer, history: History): ...
+    Pass instances as ``Trainer(..., callbacks=[cb])``. Stock callbacks:
+    :class:`EarlyStopping`, :class:`BestCheckpoint`,
+    ``fastnn.diagnostics.UpdateRatioMonitor``, ``fastnn.optim.EMA``,
+    ``fastnn.ensemble.SnapshotEnsemble``. Return True from
+    :meth:`on_epoch_end` to stop training."""
+
+    def on_train_begin(self, trainer):
+        """Called once at the start of ``fit``, before the first step.
+
+        Parameters
+        ----------
+        trainer : fastnn.Trainer
+            The trainer (``trainer.model``, ``trainer.optimizer`` ...)."""
+
+    def on_step_end(self, trainer, step: int, loss: float):
+        """Called after every optimizer step.
+
+        Parameters
+        ----------
+        trainer : fastnn.Trainer
+        step : int
+            Global step index, counted from 0 over the whole run.
+        loss : float
+            The data loss of this minibatch."""
+
+    def on_epoch_end(self, trainer, epoch: int, history: History):
+        """Called after each epoch, once the history holds its numbers.
+
+        Parameters
+        ----------
+        trainer : fastnn.Trainer
+        epoch : int
+            Epoch index, from 0.
+        history : History
+            The run so far.
+
+        Returns
+        -------
+        bool or None
+            True stops training after this epoch."""
+
+    def on_train_end(self, trainer, history: History):
+        """Called once when ``fit`` ends (also after an early stop).
+
+        Parameters
+        ----------
+        trainer : fastnn.Trainer
+        history : History
+            The finished run."""
 
 
 _ALIASES = {"loss": "epoch_loss", "acc": "train_acc", "accuracy": "train_acc", "val_accuracy": "val_acc"}
@@ -138,10 +189,15 @@ class EarlyStopping(_Monitor):
         self._wait = 0
 
     def on_train_begin(self, trainer):
+        """Forget the previous run's best value, epoch and weights."""
         self.best = self.best_epoch = self.stopped_epoch = self.best_state = None
         self._wait = 0
 
     def on_epoch_end(self, trainer, epoch, history):
+        """Compare this epoch's ``monitor`` value with the best so far; keep the
+        weights when it improved; return True (stop) after ``patience`` epochs
+        without improvement, and write the reason into ``history.message``.
+        """
         value = self._value(history)
         if self._improved(value):
             self.best, self.best_epoch, self._wait = value, epoch, 0
@@ -157,6 +213,7 @@ class EarlyStopping(_Monitor):
         return False
 
     def on_train_end(self, trainer, history):
+        """With ``restore_best``, load the best epoch's weights and buffers back into the model."""
         if self.restore_best and self.best_state is not None:
             trainer.model.load_state_dict(self.best_state)
 
@@ -171,9 +228,11 @@ class BestCheckpoint(_Monitor):
         self.saves = 0
 
     def on_train_begin(self, trainer):
+        """Forget the previous run's best value and epoch."""
         self.best = self.best_epoch = None
 
     def on_epoch_end(self, trainer, epoch, history):
+        """Save the model to ``path`` when ``monitor`` reached a new best (rank 0 only when distributed); never stops training."""
         value = self._value(history)
         if self._improved(value):
             self.best, self.best_epoch = value, epoch

@@ -41,10 +41,12 @@ def _int(text: str, minimum: int, expected: str) -> int:
 
 
 def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, else ArgumentTypeError saying what was expected and got."""
     return _int(text, 1, "a positive integer")
 
 
 def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0, else ArgumentTypeError."""
     return _int(text, 0, "an integer >= 0")
 
 
@@ -60,10 +62,12 @@ def _float(text: str, positive: bool) -> float:
 
 
 def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0, else ArgumentTypeError."""
     return _float(text, positive=True)
 
 
 def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0, else ArgumentTypeError."""
     return _float(text, positive=False)
 
 
@@ -99,6 +103,7 @@ def log_range(text: str) -> tuple[float, float]:
 
 
 def dataset_spec(text: str) -> str:
+    """argparse type for ``--data``: ``digits``, ``spiral``, ``mnist:DIR`` or ``cifar10:DIR``."""
     name, colon, path = text.partition(":")
     if name in ("digits", "spiral") and not colon:
         return text
@@ -203,6 +208,7 @@ def _check_train(parser, args) -> None:
 
 
 def cmd_train(args) -> int:
+    """``fastnn train``: build an MLP (or CNN), train it on the chosen data set (the shipped digits by default) and print the test accuracy; returns the exit status."""
     _check_train(args.parser, args)
     if args.backend:
         fnn.backend.use(args.backend)
@@ -274,6 +280,7 @@ def _search_objective(params, epochs, hidden, batch_size, seed):
 
 
 def cmd_search(args) -> int:
+    """``fastnn search``: random search of lr and weight_decay on the digits, printing the trials best first; returns the exit status."""
     if args.plot:
         _require_matplotlib(args.parser, "--plot")
     if args.backend:
@@ -296,6 +303,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_doctor(args) -> int:
+    """``fastnn doctor``: print the version, the backends that loaded (and why others did not), the CPU code path (ISA), threads and CUDA status; returns the exit status."""
     print(f"fastnn {fnn.__version__} (python {platform.python_version()}, numpy {np.__version__}, "
           f"{platform.machine()})")
     print(f"backends available: {', '.join(fnn.backend.available())}; default: {fnn.backend.current()}")
@@ -325,6 +333,7 @@ def _full_bench_runner() -> str | None:
 
 
 def cmd_bench(args) -> int:
+    """``fastnn bench``: run the benchmarks (``--quick``: the built-in short set); returns the exit status."""
     names = args.names
     if args.quick:
         unknown = [n for n in names if n not in bench_quick.BENCHMARKS]
@@ -393,6 +402,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fastnn`` command-line parser with its subcommands (train, search, doctor, bench)."""
     parser = _Parser(prog="fastnn", description="Train neural networks fast.", formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastnn {fnn.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,search,doctor,bench}")
@@ -471,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Entry point of the ``fastnn`` command: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

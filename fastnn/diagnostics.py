@@ -111,7 +111,7 @@ def check_initial_loss(model, loss, X, y, rtol=0.1, atol=0.05) -> dict:
 
     For softmax cross-entropy over C classes the expected value is ln C
     (``loss.expected_initial(C)``): all scores near 0 give uniform
-    probabilities. ``ok`` when |loss - expected| <= max(atol, rtol * expected);
+    probabilities. ``ok`` when ``|loss - expected| <= max(atol, rtol * expected)``;
     the default tolerance (10%) passes the usual He/Xavier initializations of
     an MLP (their scores have std ~0.5, loss ~1.05 ln C) and flags weights a
     few times too large. Runs in eval mode and leaves the model unchanged.
@@ -323,7 +323,7 @@ def activation_stats(model, X, training=False) -> list[dict]:
     """One dict per step that applies a nonlinearity (an activation layer, a
     Linear/Conv2d with ``activation=``, or a Sequential-fused Linear+activation),
     in order: ``name``, ``activation``, ``mean``, ``std`` of its output,
-    ``saturated`` (tanh: fraction with |y| > 0.99; sigmoid: y < 0.01 or
+    ``saturated`` (tanh: fraction with ``|y| > 0.99``; sigmoid: y < 0.01 or
     y > 0.99; None otherwise), ``dead`` (fraction of exact zeros for relu,
     leaky_relu and prelu; None otherwise) and ``hist`` (counts, edges) for
     plotting. Eval mode unless ``training``; the model is left unchanged."""
@@ -455,7 +455,7 @@ def gradient_stats(model, X, y, loss, bins=50) -> dict:
 
 
 def plot_gradient_stats(stats, X=None, y=None, loss=None, path=None, max_params=12):
-    """The std and largest |gradient| per parameter (log scale: vanishing or
+    """The std and largest ``|gradient|`` per parameter (log scale: vanishing or
     exploding gradients show as a slope across layers) and a histogram of each
     parameter's gradient. ``stats`` is gradient_stats' dict or a model (then X,
     y and loss are required). Needs matplotlib."""
@@ -521,6 +521,7 @@ class UpdateRatioMonitor(Callback):
         self._epoch_start = 0
 
     def on_train_begin(self, trainer):
+        """Learn the parameter names and their segments of the optimizer's flat buffer; keep a copy of the weights."""
         opt = trainer.optimizer
         if not hasattr(opt, "flat_param"):
             raise TypeError("UpdateRatioMonitor needs a fastnn optimizer (one flat parameter buffer)")
@@ -539,6 +540,7 @@ class UpdateRatioMonitor(Callback):
         return np.sqrt(np.add.reduceat(flat * flat, self._starts))
 
     def on_step_end(self, trainer, step, loss):
+        """Record ``||p_after - p_before|| / ||p_before||`` of every parameter for this step (every ``every`` steps)."""
         self._count += 1
         now = np.array(trainer.optimizer.flat_param, np.float64)
         if self._count % self.every == 0:
@@ -551,6 +553,7 @@ class UpdateRatioMonitor(Callback):
         self._prev_norm = self._segment_norms(now)
 
     def on_epoch_end(self, trainer, epoch, history):
+        """Warn once per weight whose median ratio over the epoch is outside [low, high]; never stops training."""
         if not self.warn:
             return
         for name, p in zip(self._names, self._params):

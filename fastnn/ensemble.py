@@ -61,12 +61,25 @@ class Ensemble:
 
     @property
     def models(self) -> list:
+        """The member models (a list of fastnn Modules)."""
         return self._models
 
     def __len__(self):
         return len(self.models)
 
     def predict(self, X, batch_size=1024):
+        """Average of the members' softmax probabilities (weighted by ``weights``).
+
+        Parameters
+        ----------
+        X : (N, ...) float32 or float64
+        batch_size : int, default 1024
+
+        Returns
+        -------
+        (N, C) float64
+            Averaged class probabilities (rows sum to 1).
+        """
         V.float_array(X, "X", contiguous=False)
         models = self.models
         if not models:
@@ -79,9 +92,13 @@ class Ensemble:
         return total / w.sum()
 
     def evaluate(self, X, y, batch_size=1024) -> dict:
+        """``{'loss': mean negative log-likelihood of the averaged probabilities,
+        'accuracy': fraction correct}`` of the ensemble; y ``(N,)`` int64 labels.
+        """
         return _scores(self.predict(X, batch_size), y)
 
     def evaluate_members(self, X, y, batch_size=1024) -> list[dict]:
+        """The ``evaluate`` dict of each member alone, in order (to compare with the ensemble)."""
         V.float_array(X, "X", contiguous=False)
         return [_scores(_model_probs(m, X, batch_size), y) for m in self.models]
 
@@ -118,6 +135,7 @@ class SnapshotEnsemble(Ensemble, Callback):
         self._built = None
 
     def on_train_begin(self, trainer):
+        """Find the CosineWarmRestarts schedule and remember the model's architecture."""
         schedule = self.schedule if self.schedule is not None else trainer.schedule
         if not isinstance(schedule, CosineWarmRestarts):
             raise TypeError("SnapshotEnsemble needs a fastnn.schedules.CosineWarmRestarts schedule "
@@ -133,16 +151,19 @@ class SnapshotEnsemble(Ensemble, Callback):
         self._built = None
 
     def on_step_end(self, trainer, step, loss):
+        """With a per-step schedule, take a snapshot at the end of each cycle."""
         if self.schedule.per == "step" and _cycle_start(self.schedule, trainer.step_count):
             self._take(trainer, trainer.step_count)
 
     def on_epoch_end(self, trainer, epoch, history):
+        """With a per-epoch schedule, take a snapshot at the end of each cycle; never stops training."""
         if self.schedule.per == "epoch" and _cycle_start(self.schedule, epoch + 1):
             self._take(trainer, epoch + 1)
         return False
 
     @property
     def models(self) -> list:
+        """The snapshots as models (rebuilt from the config with each snapshot's weights), oldest first."""
         if self._built is None:
             if self._config is None:
                 return []

@@ -2,7 +2,7 @@
 
 The ONNX graph computes the model's eval-mode forward (what ``model.eval()``
 then ``model(x)`` returns), whatever mode the model is in, for a float32 input
-of shape (batch, *input_shape) with a dynamic batch dimension:
+of shape ``(batch, *input_shape)`` with a dynamic batch dimension::
 
     Linear / DropConnect      Gemm(x, weight (in, out), bias), its activation after it
     Conv2d                    Conv (pads = padding on both sides), its activation after it
@@ -312,7 +312,7 @@ def to_onnx(model, path, input_shape, opset=None):
     marks a batch entry, and a shape whose first entry is a batch size (the
     shape of an example batch, ``(32, 64)``) is recognised when only that
     reading fits the model. The graph has one input ``"input"``, float32 of
-    shape (batch, *sample shape) with ``batch`` dynamic, and one output
+    shape ``(batch, *sample shape)`` with ``batch`` dynamic, and one output
     ``"output"``.
 
     opset: the ONNX opset (default 17, any from 13 to what the installed onnx

@@ -26,6 +26,18 @@ from ._random import generator
 
 
 def fans(shape) -> tuple[int, int]:
+    """Fan-in and fan-out of a weight shape.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(n,)``, ``(in, out)`` (Linear) or ``(F, C, kh, kw)`` (Conv2d).
+
+    Returns
+    -------
+    (fan_in, fan_out) : tuple of int
+        ``(in, out)`` for 2-D; ``(C*kh*kw, F*kh*kw)`` for 4-D; ``(n, n)`` for 1-D.
+    """
     shape = tuple(int(s) for s in shape)
     if len(shape) == 1:
         return shape[0], shape[0]
@@ -49,35 +61,186 @@ def _fan(shape, mode: str) -> float:
 
 
 def zeros(shape, rng=None, dtype=np.float32):
+    """All zeros (the usual bias init; for weights it breaks symmetry-breaking:
+    every unit of a layer then computes the same thing).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``).
+    dtype : numpy dtype, default float32
+
+    Returns
+    -------
+    ndarray of ``shape``, ``dtype``.
+    """
     return np.zeros(shape, dtype)
 
 
 def constant(shape, value=0.0, rng=None, dtype=np.float32):
+    """Every entry equal to ``value``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``).
+    value : float
+        The fill value.
+    dtype : numpy dtype, default float32
+
+    Returns
+    -------
+    ndarray of ``shape``, ``dtype``.
+    """
     return np.full(shape, V.real(value, "value"), dtype)
 
 
 def normal(shape, std=1.0, rng=None, dtype=np.float32):
+    """Gaussian init, ``W ~ N(0, std^2)``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``).
+    std : float, default 1.0
+        Standard deviation (>= 0).
+    dtype : numpy dtype, default float32
+
+    Returns
+    -------
+    ndarray of ``shape``, ``dtype``.
+    """
     return (generator(rng).standard_normal(shape) * V.real(std, "std", low=0.0)).astype(dtype)
 
 
 def small_random(shape, std=0.01, rng=None, dtype=np.float32):
+    """The lecture's "small random numbers", ``W = 0.01 * randn(shape)``.
+
+    Fine for small networks; in deep ones the activations shrink towards zero
+    layer after layer (see the activation-statistics example), and so do the
+    gradients.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``).
+    std : float, default 0.01
+    dtype : numpy dtype, default float32
+
+    Returns
+    -------
+    ndarray of ``shape``, ``dtype``.
+    """
     return normal(shape, std, rng, dtype)
 
 
 def xavier_normal(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
+    """Xavier/Glorot normal init (Glorot & Bengio 2010), ``W ~ N(0, gain^2 / fan)``.
+
+    With the default ``mode="fan_avg"`` the variance is ``2 / (fan_in + fan_out)``
+    (the paper's form). The lecture notes write Xavier as
+    ``W = randn(fan_in, fan_out) / sqrt(fan_in)``: that is ``mode="fan_in"``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``).
+    dtype : numpy dtype, default float32
+    mode : {"fan_avg", "fan_in", "fan_out"}, default "fan_avg"
+        Which fan sets the variance.
+    gain : float, default 1.0
+        Multiplies the standard deviation.
+
+    Returns
+    -------
+    ndarray of ``shape``, ``dtype``.
+    """
     return normal(shape, V.real(gain, "gain", low=0.0) / math.sqrt(_fan(shape, mode)), rng, dtype)
 
 
 def xavier_uniform(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
+    """Xavier/Glorot uniform init, ``W ~ U(-b, b)`` with ``b = gain * sqrt(3 / fan)``.
+
+    The variance ``b^2 / 3 = gain^2 / fan`` matches :func:`xavier_normal`;
+    ``fan = (fan_in + fan_out) / 2`` by default, ``fan_in`` with
+    ``mode="fan_in"`` (the lecture notes' 1/sqrt(fan_in) form).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``).
+    dtype : numpy dtype, default float32
+    mode : {"fan_avg", "fan_in", "fan_out"}, default "fan_avg"
+    gain : float, default 1.0
+
+    Returns
+    -------
+    ndarray of ``shape``, ``dtype``.
+    """
     bound = V.real(gain, "gain", low=0.0) * math.sqrt(3.0 / _fan(shape, mode))
     return generator(rng).uniform(-bound, bound, shape).astype(dtype)
 
 
 def he_normal(shape, rng=None, dtype=np.float32, mode="fan_in"):
+    """He/Kaiming normal init (He et al. 2015), ``W ~ N(0, 2 / fan_in)``.
+
+    The lecture's init for ReLU networks, ``W = randn(fan_in, fan_out) *
+    sqrt(2 / fan_in)``: the factor 2 makes up for ReLU zeroing half its inputs,
+    so the activation variance stays constant with depth.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``).
+    dtype : numpy dtype, default float32
+    mode : {"fan_in", "fan_out", "fan_avg"}, default "fan_in"
+
+    Returns
+    -------
+    ndarray of ``shape``, ``dtype``.
+    """
     return normal(shape, math.sqrt(2.0 / _fan(shape, mode)), rng, dtype)
 
 
 def he_uniform(shape, rng=None, dtype=np.float32, mode="fan_in"):
+    """He/Kaiming uniform init, ``W ~ U(-b, b)`` with ``b = sqrt(6 / fan_in)``
+    (variance ``2 / fan_in``, as :func:`he_normal`).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``).
+    dtype : numpy dtype, default float32
+    mode : {"fan_in", "fan_out", "fan_avg"}, default "fan_in"
+
+    Returns
+    -------
+    ndarray of ``shape``, ``dtype``.
+    """
     bound = math.sqrt(6.0 / _fan(shape, mode))
     return generator(rng).uniform(-bound, bound, shape).astype(dtype)
 
@@ -107,7 +270,7 @@ def lsuv(model, x, tol=0.1, max_iter=10, rng=None):
     """Layer-sequential unit-variance init (Mishkin & Matas 2016, "All you need
     is a good init"): every weight layer (Linear, Conv2d: a ``weight`` of 2+
     dimensions) gets an orthogonal matrix, then, layer by layer from the input,
-    its weight is divided by sqrt(Var(output)) until |Var - 1| < tol (at most
+    its weight is divided by sqrt(Var(output)) until ``|Var - 1| < tol`` (at most
     max_iter passes). The variance is that of the layer's linear output (before
     its activation, the paper's conv/fc blob), measured on the batch x in eval
     mode. Biases are left as they are. Returns the model (changed in place)."""

@@ -8,7 +8,7 @@ state_dict of the matching PyTorch ``nn.Sequential`` (NumPy arrays, PyTorch's
 key names and layouts); ``to_torch(model)`` builds that ``nn.Sequential``.
 
 The correspondence, module by module (nested Sequentials are flattened on both
-sides, in order):
+sides, in order)::
 
     torch.nn                          fastnn.nn
     Linear (weight (out, in))         Linear (weight (in, out): transposed)
@@ -135,10 +135,12 @@ def _units(layer) -> list:
     if isinstance(layer, nn.Dropout):
         return [_Unit("Dropout", {"p": layer.p}, {}, layer)]
     if isinstance(layer, nn.MaxPool2d):
-        return [_Unit("MaxPool2d", {"kernel_size": layer.kernel_size, "stride": layer.stride}, {}, layer)]
+        return [_Unit("MaxPool2d", {"kernel_size": layer.kernel_size, "stride": layer.stride,
+                                    "padding": getattr(layer, "padding", (0, 0))}, {}, layer)]
     if _AvgPool2d is not None and isinstance(layer, _AvgPool2d):
         return [_Unit("AvgPool2d", {"kernel_size": layer.kernel_size, "stride": layer.stride,
-                                    "padding": getattr(layer, "padding", 0)}, {}, layer)]
+                                    "padding": getattr(layer, "padding", 0),
+                                    "count_include_pad": getattr(layer, "count_include_pad", True)}, {}, layer)]
     if isinstance(layer, nn.GlobalAvgPool2d):
         return [_Unit("AdaptiveAvgPool2d", {"output_size": 1}, {}, layer), _Unit("Flatten", {}, {}, layer)]
     if isinstance(layer, nn.Flatten):

@@ -66,6 +66,10 @@ def class_probabilities(y, name: str = "y", num_classes: int | None = None):
 
 
 class Loss:
+    """Base class of the losses: ``loss.forward(scores, y) -> float`` (the mean
+    over the batch) then ``loss.backward() -> dscores`` (same shape as scores).
+    Calling ``loss(scores, y)`` is ``loss.forward(scores, y)``.
+    """
     def __call__(self, scores, y):
         return self.forward(scores, y)
 
@@ -114,6 +118,21 @@ class SoftmaxCrossEntropy(Loss):
         self._saved = None
 
     def forward(self, scores, y):
+        """Softmax cross-entropy, ``L = -(1/N) sum_i log softmax(s_i)[y_i]``.
+
+        Parameters
+        ----------
+        scores : (N, C) float32 or float64
+            Unnormalized class scores (logits).
+        y : (N,) int64 labels, or (N, C) float class probabilities
+            With probabilities (one-hot, Mixup or smoothed labels) the loss is
+            ``-(1/N) sum_i sum_c y_ic log softmax(s_i)_c``.
+
+        Returns
+        -------
+        float
+            The mean loss; about ``ln C`` for an untrained network.
+        """
         if not hasattr(y, "dtype"):
             y = np.asarray(y)
         if y.ndim == 2:
@@ -137,6 +156,13 @@ class SoftmaxCrossEntropy(Loss):
         return class_labels(y, name, num_classes)
 
     def backward(self):
+        """Gradient of the last ``forward``'s loss with respect to the scores,
+        ``(softmax(s) - onehot(y)) / N``.
+
+        Returns
+        -------
+        (N, C) array, the dtype of the scores.
+        """
         if self._saved is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
         if isinstance(self._saved, SoftTargetSaved):
@@ -146,9 +172,12 @@ class SoftmaxCrossEntropy(Loss):
 
     @property
     def probs(self):
+        """The (N, C) softmax probabilities of the last ``forward`` (None before any)."""
         return None if self._saved is None else self._saved.probs
 
     def expected_initial(self, num_classes: int) -> float:
+        """``ln(num_classes)``: the loss when all C classes get equal probability
+        (the lectures' initial-loss sanity check)."""
         return math.log(num_classes)
 
 
@@ -160,6 +189,20 @@ class MulticlassHinge(Loss):
         self._saved = None
 
     def forward(self, scores, y):
+        """Multiclass SVM (hinge) loss,
+        ``L = (1/N) sum_i sum_{j != y_i} max(0, s_ij - s_iy_i + margin)``.
+
+        Parameters
+        ----------
+        scores : (N, C) float32 or float64
+        y : (N,) int64
+            Class labels.
+
+        Returns
+        -------
+        float
+            The mean loss; about ``(C - 1) * margin`` for an untrained network.
+        """
         V.float_array(scores, "scores", ndim=2, contiguous=False)
         n, c = scores.shape
         if getattr(y, "dtype", None) is not None and y.dtype.kind == "f" and y.ndim == 1:
@@ -172,6 +215,9 @@ class MulticlassHinge(Loss):
         return float(margins.sum() / max(n, 1))
 
     def backward(self):
+        """Gradient with respect to the scores: ``1/N`` for each j whose margin is
+        positive, minus their count at the true class. Returns (N, C).
+        """
         if self._saved is None:
             raise RuntimeError("MulticlassHinge.backward called before forward")
         margins, y, dtype = self._saved
@@ -181,6 +227,7 @@ class MulticlassHinge(Loss):
         return d / max(n, 1)
 
     def expected_initial(self, num_classes: int) -> float:
+        """``(num_classes - 1) * margin``: the loss when all scores are about equal."""
         return (num_classes - 1) * self.margin
 
     def check_targets(self, y, num_classes=None, name="y"):
@@ -200,6 +247,17 @@ class MSE(Loss):
         self._saved = None
 
     def forward(self, scores, target):
+        """Mean squared error, ``L = mean((scores - target)^2)`` over all elements.
+
+        Parameters
+        ----------
+        scores : (N, C) float32 or float64
+        target : (N, C) float, or (N,) when C is 1
+
+        Returns
+        -------
+        float
+        """
         V.float_array(scores, "scores", contiguous=False)
         target = np.asarray(target, dtype=scores.dtype)
         if target.shape != scores.shape:
@@ -225,6 +283,7 @@ class MSE(Loss):
         return y
 
     def backward(self):
+        """Gradient ``2 * (scores - target) / scores.size``, the shape of the scores."""
         if self._saved is None:
             raise RuntimeError("MSE.backward called before forward")
         return (2.0 / max(self._saved.size, 1)) * self._saved

@@ -208,7 +208,7 @@ class BatchNormSaved(NamedTuple):
 
 def batchnorm(x, gamma, beta, running_mean, running_var, training=True, momentum=0.1, eps=1e-5,
               act="identity", alpha=None, *, out=None):
-    """Batch normalization over (N, C) or (N, C, *spatial), statistics per channel.
+    """Batch normalization over ``(N, C)`` or ``(N, C, *spatial)``, statistics per channel.
 
     Train: batch statistics (biased variance to normalize) and running statistics
     updated in place (unbiased variance, PyTorch's rule); eval: running statistics.
@@ -385,71 +385,157 @@ def conv2d_backward(dy, saved: Conv2dSaved, need_dx=True, *, dweight=None, dbias
 
 
 # --- pooling ---------------------------------------------------------------------
-# Vectorized NumPy on every backend (gathers, an argmax and one bincount; no
-# per-image loop). Max pooling keeps the flat index of each window's maximum
-# (first one in row-major window order on ties, as PyTorch), so backward routes
-# dy to exactly that input element: argmax-based, not a mask of all maxima.
+# Shapes: x (N, C, H, W), y (N, C, OH, OW), OH = (H + 2*PH - KH) // SH + 1 (OW
+# likewise, PyTorch's floor rule). A window never reads padding (csrc/ops/pool.h):
+# max pooling pads with -inf, average pooling with zeros that count_include_pad
+# counts in the divisor (True, PyTorch's default) or not. Max pooling keeps the
+# in-plane position of each window's maximum (the first in row-major window
+# order on ties, as PyTorch; a NaN wins), so backward routes dy to exactly that
+# input element; overlapping windows add up.
 
 class MaxPoolSaved(NamedTuple):
+    """What max pooling's forward keeps for backward."""
     x_shape: tuple         # (N, C, H, W)
-    index: np.ndarray      # (N, C, OH, OW) int64: flat index of the maximum in x
+    index: np.ndarray      # (N, C, OH, OW) int32: in-plane position ih * W + iw of each maximum
 
 
-def max_pool_regions(x, rows, cols):
-    """Max over the windows rows[i] x cols[j] of each (H, W) plane of x.
+def _pool_geometry(x, kernel_size, stride, padding):
+    """((kh, kw), (sh, sw), (ph, pw), (oh, ow)) of a pooling window over x (N, C, H, W), checked:
+    stride defaults to the window; padding at most half the window (PyTorch's rule, so
+    no window lies wholly in the padding); the window no larger than the padded input."""
+    kh, kw = V.pair(kernel_size, "kernel_size", 1)
+    sh, sw = V.pair((kh, kw) if stride is None else stride, "stride", 1)
+    ph, pw = V.pair(padding, "padding", 0)
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"padding must be at most half of kernel_size ({kh}, {kw}), got ({ph}, {pw})")
+    h, w = x.shape[2:]
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        padded = f" padded by ({ph}, {pw})" if ph or pw else ""
+        raise ValueError(f"kernel_size ({kh}, {kw}) is larger than the input ({h}, {w}){padded} of x with "
+                         f"shape {x.shape}")
+    return (kh, kw), (sh, sw), (ph, pw), conv_output_size(h, w, (kh, kw), (sh, sw), (ph, pw))
 
-    rows (OH, K) and cols (OW, L) are int64 input coordinates; a window shorter
-    than K repeats its last coordinate (a repeat cannot change a max).
-    Returns (y (N, C, OH, OW), saved)."""
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Max pooling over (kh, kw) windows (an int: square), stride defaulting to the
+    window, padding (never a window's maximum). Returns (y, saved)."""
+    V.float_array(x, "x", ndim=4)
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = _pool_geometry(x, kernel_size, stride, padding)
+    n, c = x.shape[:2]
+    y = np.empty((n, c, oh, ow), x.dtype)
+    index = np.empty((n, c, oh, ow), np.int32)
+    _kernel("max_pool2d_forward", x)(x, y, index, kh, kw, sh, sw, ph, pw)
+    return y, MaxPoolSaved(x.shape, index)
+
+
+def _region_bounds(bounds, n_in, n_out, name):
+    b = np.ascontiguousarray(bounds, dtype=np.int64)
+    if b.shape != (n_out + 1,):
+        raise ValueError(f"{name} must have shape ({n_out + 1},) (region boundaries), got {b.shape}")
+    if b[0] != 0 or b[-1] != n_in or (n_out and not (np.diff(b) >= 1).all()):
+        raise ValueError(f"{name} must increase strictly from 0 to {n_in}, got {b.tolist()}")
+    return b
+
+
+def max_pool_regions(x, row_bounds, col_bounds):
+    """Max over the disjoint regions rows [row_bounds[i], row_bounds[i+1]) x columns
+    [col_bounds[j], col_bounds[j+1]) of each (H, W) plane of x (fractional max
+    pooling's grid): row_bounds (OH + 1,) and col_bounds (OW + 1,) int, strictly
+    increasing from 0 to H (W). Returns (y (N, C, OH, OW), saved)."""
     V.float_array(x, "x", ndim=4)
     n, c, h, w = x.shape
-    oh, k = rows.shape
-    ow, l = cols.shape
-    g = x[:, :, rows[:, :, None, None], cols[None, None, :, :]]          # (N, C, OH, K, OW, L)
-    g = g.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, k * l)
-    arg = g.argmax(axis=-1)
-    y = np.take_along_axis(g, arg[..., None], axis=-1)[..., 0]
-    ih = rows[np.arange(oh)[:, None], (arg // l)]                        # broadcast over (N, C, OH, OW)
-    iw = cols[np.arange(ow)[None, :], (arg % l)]
-    plane = (np.arange(n)[:, None] * c + np.arange(c)[None, :]) * (h * w)
-    index = plane[:, :, None, None] + ih * w + iw
-    return np.ascontiguousarray(y), MaxPoolSaved(x.shape, index)
-
-
-def max_pool2d(x, kernel_size, stride=None):
-    """Max pooling with square or (kh, kw) windows; stride defaults to the window."""
-    V.float_array(x, "x", ndim=4)
-    kh, kw = V.pair(kernel_size, "kernel_size", 1)
-    sh, sw = V.pair(kernel_size if stride is None else stride, "stride", 1)
-    h, w = x.shape[2:]
-    if kh > h or kw > w:
-        raise ValueError(f"kernel_size ({kh}, {kw}) is larger than the input ({h}, {w}) of x with shape {x.shape}")
-    oh, ow = conv_output_size(h, w, (kh, kw), (sh, sw), (0, 0))
-    rows = np.arange(oh)[:, None] * sh + np.arange(kh)[None, :]
-    cols = np.arange(ow)[:, None] * sw + np.arange(kw)[None, :]
-    return max_pool_regions(x, rows, cols)
+    rows = _region_bounds(row_bounds, h, len(row_bounds) - 1, "row_bounds")
+    cols = _region_bounds(col_bounds, w, len(col_bounds) - 1, "col_bounds")
+    oh, ow = len(rows) - 1, len(cols) - 1
+    y = np.empty((n, c, oh, ow), x.dtype)
+    index = np.empty((n, c, oh, ow), np.int32)
+    _kernel("max_pool2d_regions_forward", x)(x, y, index, rows[:-1], rows[1:], cols[:-1], cols[1:])
+    return y, MaxPoolSaved(x.shape, index)
 
 
 def max_pool2d_backward(dy, saved: MaxPoolSaved):
     """dx: each dy element added to the input element that was its window's max."""
     V.float_array(dy, "dy", ndim=4, contiguous=False)
     V.shape_is(dy, "dy", saved.index.shape)
-    size = int(np.prod(saved.x_shape))
-    dx = np.bincount(saved.index.ravel(), weights=dy.ravel(), minlength=size)
-    return dx.astype(dy.dtype, copy=False).reshape(saved.x_shape)
+    dx = np.empty(saved.x_shape, dy.dtype)
+    _kernel("max_pool2d_backward", dy)(np.ascontiguousarray(dy), saved.index, dx)
+    return dx
 
 
-def fractional_pool_sequence(n_in, n_out, u):
-    """Graham (2014) pseudo-random disjoint pooling intervals: boundaries
-    a_i = ceil(alpha (i + u)) - ceil(alpha u), a_{n_out} = n_in, alpha = n_in / n_out,
-    u in [0, 1). Returns (n_out, K) int64 coordinates, each interval [a_i, a_{i+1})
-    padded to the longest length K by repeating its last coordinate."""
+class AvgPoolSaved(NamedTuple):
+    """What average pooling's forward keeps for backward: the geometry only."""
+    x_shape: tuple         # (N, C, H, W)
+    kernel_size: tuple     # (kh, kw)
+    stride: tuple          # (sh, sw)
+    padding: tuple         # (ph, pw)
+    count_include_pad: bool
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """Average pooling over (kh, kw) windows, stride defaulting to the window, zero
+    padding counted in the divisor kh*kw (count_include_pad=True) or not (the
+    divisor is then the number of input elements in the window). Returns (y, saved)."""
+    V.float_array(x, "x", ndim=4)
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(f"count_include_pad must be a bool, got {type(count_include_pad).__name__}")
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = _pool_geometry(x, kernel_size, stride, padding)
+    n, c = x.shape[:2]
+    y = np.empty((n, c, oh, ow), x.dtype)
+    _kernel("avg_pool2d_forward", x)(x, y, kh, kw, sh, sw, ph, pw, bool(count_include_pad))
+    return y, AvgPoolSaved(x.shape, (kh, kw), (sh, sw), (ph, pw), bool(count_include_pad))
+
+
+def avg_pool2d_backward(dy, saved: AvgPoolSaved):
+    """dx: each dy element spread evenly (dy / divisor) over the inputs of its window."""
+    (kh, kw), (sh, sw), (ph, pw) = saved.kernel_size, saved.stride, saved.padding
+    n, c, h, w = saved.x_shape
+    V.float_array(dy, "dy", ndim=4, contiguous=False)
+    V.shape_is(dy, "dy", (n, c) + conv_output_size(h, w, (kh, kw), (sh, sw), (ph, pw)))
+    dx = np.empty(saved.x_shape, dy.dtype)
+    _kernel("avg_pool2d_backward", dy)(np.ascontiguousarray(dy), dx, kh, kw, sh, sw, ph, pw,
+                                       saved.count_include_pad)
+    return dx
+
+
+def global_avg_pool2d(x):
+    """(N, C, H, W) -> (N, C): the mean of each channel plane (Lin et al. 2013)."""
+    V.float_array(x, "x", ndim=4)
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"x must have a non-empty (H, W) plane, got shape {x.shape}")
+    y = np.empty(x.shape[:2], x.dtype)
+    _kernel("global_avg_pool2d_forward", x)(x, y)
+    return y
+
+
+def global_avg_pool2d_backward(dy, x_shape):
+    """dx (x_shape) with dx[n, c, :, :] = dy[n, c] / (H*W)."""
+    x_shape = tuple(int(d) for d in x_shape)
+    V.float_array(dy, "dy", ndim=2, contiguous=False)
+    V.shape_is(dy, "dy", x_shape[:2])
+    dx = np.empty(x_shape, dy.dtype)
+    _kernel("global_avg_pool2d_backward", dy)(np.ascontiguousarray(dy), dx)
+    return dx
+
+
+def fractional_pool_bounds(n_in, n_out, u):
+    """Graham (2014) pseudo-random disjoint pooling intervals as boundaries
+    a (n_out + 1,) int64: a_i = ceil(alpha (i + u)) - ceil(alpha u), a_{n_out} = n_in,
+    alpha = n_in / n_out, u in [0, 1); interval i is [a_i, a_{i+1})."""
     alpha = n_in / n_out
     i = np.arange(n_out + 1, dtype=np.float64)
     a = np.ceil(alpha * (i + u)) - np.ceil(alpha * u)
     a = a.astype(np.int64)
     a[-1] = n_in
-    a = np.minimum(a, n_in)
+    return np.minimum(a, n_in)
+
+
+def fractional_pool_sequence(n_in, n_out, u):
+    """Graham (2014) pseudo-random disjoint pooling intervals: boundaries
+    a_i = ceil(alpha (i + u)) - ceil(alpha u), a_{n_out} = n_in, alpha = n_in / n_out,
+    u in [0, 1) (fractional_pool_bounds). Returns (n_out, K) int64 coordinates, each
+    interval [a_i, a_{i+1}) padded to the longest length K by repeating its last
+    coordinate (the form the ONNX export gathers with)."""
+    a = fractional_pool_bounds(n_in, n_out, u)
     lengths = np.diff(a)
     k = int(lengths.max())
     t = np.arange(k)[None, :]

@@ -91,16 +91,40 @@ class Preprocessor:
     _state: tuple[str, ...] = ()
 
     def fit(self, X):
+        """Compute the statistics from the training data only (then apply the same
+        transform to validation and test data: the lectures' rule).
+
+        Parameters
+        ----------
+        X : (N, ...) float32 or float64
+            Training data.
+
+        Returns
+        -------
+        self
+        """
         raise NotImplementedError
 
     def transform(self, X):
+        """Apply the fitted transform.
+
+        Parameters
+        ----------
+        X : (N, ...) float32 or float64, the layout ``fit`` saw
+
+        Returns
+        -------
+        array, float, the transformed data
+        """
         raise NotImplementedError
 
     def fit_transform(self, X):
+        """``fit(X)`` then ``transform(X)``: for the training set."""
         return self.fit(X).transform(X)
 
     @property
     def fitted(self) -> bool:
+        """True once ``fit`` (or ``load_state_dict``) has set the statistics."""
         return all(getattr(self, k, None) is not None for k in self._state)
 
     def _require_fitted(self):
@@ -192,6 +216,7 @@ class MeanImage(Preprocessor):
         self.mean_ = None
 
     def fit(self, X):
+        """Store ``mean_ = X.mean(axis=0)``, the mean image ``(...)``, from X ``(N, ...)``. Returns self."""
         _check_input(X, "X", min_rows=1)
         self.mean_ = _mean64(X)
         return self
@@ -203,10 +228,12 @@ class MeanImage(Preprocessor):
             raise ValueError(f"{name} must have sample shape {self.mean_.shape} (as fitted), got {X.shape[1:]}")
 
     def transform(self, X):
+        """``X - mean_``, X ``(N, ...)`` as fitted."""
         self._check(X)
         return _cast(X - self.mean_.astype(X.dtype), X)
 
     def inverse_transform(self, Z):
+        """``Z + mean_``: back to the input space."""
         self._check(Z, "Z")
         return _cast(Z + self.mean_.astype(Z.dtype), Z)
 
@@ -231,6 +258,7 @@ class ChannelStandardize(Preprocessor):
         return (0,) + tuple(range(2, x.ndim))
 
     def fit(self, X):
+        """Per-channel mean ``(C,)`` (and std with ``scale``) over every axis but 1 of X ``(N, C, ...)``. Returns self."""
         _check_input(X, "X", min_rows=1)
         axes = self._axes(X)
         self.mean_ = _mean64(X, axes)
@@ -250,10 +278,12 @@ class ChannelStandardize(Preprocessor):
         return self.mean_.reshape(shape).astype(X.dtype), self.std_.reshape(shape).astype(X.dtype)
 
     def transform(self, X):
+        """``(X - mean_c) / std_c`` per channel (no division without ``scale``)."""
         mean, std = self._broadcast(X, "X")
         return _cast((X - mean) / std, X)
 
     def inverse_transform(self, Z):
+        """``Z * std_c + mean_c``: back to the input space."""
         mean, std = self._broadcast(Z, "Z")
         return _cast(Z * std + mean, Z)
 
@@ -270,6 +300,7 @@ class Standardize(Preprocessor):
         self.scale_ = None
 
     def fit(self, X):
+        """Per-feature mean and std ``(D,)`` of X ``(N, D)``. Returns self."""
         _check_input(X, "X", ndim=2, min_rows=1)
         self.mean_ = _mean64(X)
         self.scale_ = _safe_scale(np.sqrt(_var64(X, self.mean_)))
@@ -283,10 +314,12 @@ class Standardize(Preprocessor):
                              f"{tuple(X.shape)}")
 
     def transform(self, X):
+        """``(X - mean) / std`` per feature, X ``(N, D)``."""
         self._check(X, "X")
         return _cast((X - self.mean_.astype(X.dtype)) / self.scale_.astype(X.dtype), X)
 
     def inverse_transform(self, Z):
+        """``Z * std + mean``: back to the input space."""
         self._check(Z, "Z")
         return _cast(Z * self.scale_.astype(Z.dtype) + self.mean_.astype(Z.dtype), Z)
 
@@ -331,6 +364,7 @@ class PCA(Preprocessor):
 
     @property
     def explained_variance_ratio_(self):
+        """``(k,)``: the fraction of the total variance each kept component explains."""
         self._require_fitted()
         return self.explained_variance_ / max(float(self.total_variance_), 1e-300)
 
@@ -348,6 +382,10 @@ class PCA(Preprocessor):
         return S.shape[0]
 
     def fit(self, X):
+        """Eigendecomposition of the covariance ``X_c^T X_c / N`` of the centred
+        training data X ``(N, D)``; keeps k components (``n_components``, or the
+        fewest explaining ``variance``). Returns self.
+        """
         _check_input(X, "X", ndim=2, min_rows=1)
         mean, U, S = _covariance_eig(X)
         k = self._keep(S)
@@ -379,6 +417,7 @@ class PCA(Preprocessor):
             raise ValueError(f"{name} must have {width} features (as fitted), got shape {tuple(X.shape)}")
 
     def transform(self, X):
+        """``(X - mean) @ U[:, :k]``: X ``(N, D)`` -> ``(N, k)``, the decorrelated coordinates."""
         self._check(X, "X")
         return _affine(X, self.components_.T, subtract=self.mean_)
 
@@ -405,7 +444,7 @@ def _relative_eps(eps, variances):
 
 class PCAWhitening(PCA):
     """PCA, then each component divided by sqrt(its variance + eps * S_max):
-    Z = Xc @ U_k / sqrt(S_k + eps_), cov(Z) ~ I (k x k). X (N, D) -> Z (N, k).
+    ``Z = Xc @ U_k / sqrt(S_k + eps_)``, ``cov(Z) ~ I`` (k x k). X (N, D) -> Z (N, k).
 
     ``eps`` is relative to the largest eigenvalue S_max (see the module doc), so
     X and 255 * X whiten alike; ``eps_ = eps * S_max`` is the absolute value used."""
@@ -426,10 +465,12 @@ class PCAWhitening(PCA):
                              "or fewer components")
 
     def transform(self, X):
+        """``(X - mean) @ U[:, :k] / sqrt(S[:k] + eps_)``: ``(N, D)`` -> ``(N, k)``, each component of unit variance."""
         self._check(X, "X")
         return _affine(X, self.components_.T / np.sqrt(self.explained_variance_ + self.eps_), subtract=self.mean_)
 
     def inverse_transform(self, Z):
+        """Undo the scaling and the projection: ``(N, k)`` -> ``(N, D)``."""
         self._check(Z, "Z", inverse=True)
         dewhiten = np.sqrt(self.explained_variance_ + self.eps_)[:, None] * self.components_
         return _affine(Z, dewhiten, add=self.mean_)
@@ -462,10 +503,12 @@ class ZCAWhitening(PCA):
         self.dewhiten_ = (U * root) @ U.T
 
     def transform(self, X):
+        """``(X - mean) @ W``: ``(N, D)`` -> ``(N, D)``, decorrelated, unit variance, close to the input."""
         self._check(X, "X")
         return _affine(X, self.whiten_, subtract=self.mean_)
 
     def inverse_transform(self, Z):
+        """Undo the whitening: ``(N, D)`` -> ``(N, D)``."""
         self._check(Z, "Z", inverse=True)
         return _affine(Z, self.dewhiten_, add=self.mean_)
 

@@ -12,12 +12,25 @@ from . import _validate as V
 
 
 class Schedule:
+    """Base class of the learning-rate schedules: ``schedule(t, base_lr) -> lr``.
+
+    Pass one as ``Trainer(..., schedule=...)``; the Trainer sets the
+    optimizer's lr from it every epoch (``per="epoch"``) or every step
+    (``per="step"``), and records it in ``History.lr``. Subclass it and define
+    ``__call__`` for a custom schedule.
+
+    Parameters
+    ----------
+    per : {"epoch", "step"}, default "epoch"
+        What t counts."""
+
     def __init__(self, per: str = "epoch"):
         if per not in ("epoch", "step"):
             raise ValueError(f"per must be 'epoch' or 'step', got {per!r}")
         self.per = per
 
     def __call__(self, t: int, base_lr: float) -> float:
+        """The learning rate at epoch (or step) ``t``, from 0, given the optimizer's initial lr."""
         raise NotImplementedError
 
     def observe(self, metric: float) -> None:
@@ -25,6 +38,8 @@ class Schedule:
 
 
 class Constant(Schedule):
+    """No decay: ``lr = base_lr`` for every t."""
+
     def __call__(self, t, base_lr):
         return base_lr
 
@@ -126,6 +141,7 @@ class Warmup(Schedule):
         return self.after(t - self.steps, base_lr)
 
     def observe(self, metric):
+        """Pass the metric on to the wrapped ``after`` schedule."""
         self.after.observe(metric)
 
 
@@ -147,6 +163,7 @@ class ReduceOnPlateau(Schedule):
         self.bad_epochs = 0
 
     def observe(self, metric):
+        """Record this epoch's metric; after ``patience`` epochs without improvement (by more than ``threshold``, relative) multiply the lr by ``factor``."""
         m = float(metric)
         better = self.best is None or (m < self.best * (1 - self.threshold) if self.mode == "min"
                                        else m > self.best * (1 + self.threshold))

@@ -1,5 +1,5 @@
 """Hyperparameter search ("Training Neural Networks I": random search beats
-grid search; coarse to fine; learning rate and regularization in log space).
+grid search; coarse to fine; learning rate and regularization in log space)::
 
     space = {"lr": loguniform(1e-4, 1e-1), "weight_decay": loguniform(1e-6, 1e-2),
              "hidden": choice([64, 128, 256])}
@@ -47,7 +47,10 @@ from ._threads import set_num_threads
 # --- samplers ----------------------------------------------------------------
 
 class Sampler:
+    """Base of the search-space distributions (``loguniform``, ``uniform``, ``choice``)."""
+
     def sample(self, rng: np.random.Generator):
+        """One random value from the distribution, drawn with ``rng`` (a numpy Generator)."""
         raise NotImplementedError
 
     def narrow(self, values, shrink: float, widen: bool = False) -> "Sampler":
@@ -57,6 +60,10 @@ class Sampler:
 
 
 class Uniform(Sampler):
+    """Uniform on [low, high]: ``uniform(a, b)`` builds one. For a hyperparameter
+    whose scale matters additively (dropout p); use ``loguniform`` for learning
+    rates and regularization strengths.
+    """
     log = False
 
     def __init__(self, low, high):
@@ -70,6 +77,7 @@ class Uniform(Sampler):
         return u
 
     def sample(self, rng):
+        """One value ``uniform(low, high)`` (``exp(uniform(log low, log high))`` for LogUniform)."""
         return float(self._from(rng.uniform(self._to(self.low), self._to(self.high))))
 
     # The best value within this fraction of the width (in the sampling space)
@@ -77,6 +85,9 @@ class Uniform(Sampler):
     EDGE = 0.1
 
     def narrow(self, values, shrink, widen=False):
+        """A range ``shrink`` times as wide (on the log scale for LogUniform)
+        around the best values (coarse-to-fine search); with ``widen``, moved
+        past an edge the best value sits at."""
         lo, hi = self._to(self.low), self._to(self.high)
         width = hi - lo
         pts = [self._to(v) for v in values]
@@ -128,6 +139,7 @@ class LogUniform(Uniform):
 
 
 class Choice(Sampler):
+    """One of a list of options, each equally likely: ``choice([...])`` builds one."""
     log = False
 
     def __init__(self, options):
@@ -136,9 +148,11 @@ class Choice(Sampler):
             raise ValueError("choice needs at least one option")
 
     def sample(self, rng):
+        """One of the options, uniformly at random."""
         return self.options[int(rng.integers(len(self.options)))]
 
     def narrow(self, values, shrink, widen=False):
+        """The options that appear among the best values (all of them if none does)."""
         keep = [o for o in self.options if any(_same(o, v) for v in values)]
         return Choice(keep or self.options)
 
@@ -194,6 +208,7 @@ class Trial:
 
     @property
     def ok(self) -> bool:
+        """True when the trial ran without error and its score is finite."""
         return self.error is None and math.isfinite(self.score)
 
     def __repr__(self):
@@ -223,6 +238,7 @@ class SearchResult:
 
     @property
     def best(self) -> Trial:
+        """The trial with the highest score."""
         return self.trials[0]
 
     def _is_log(self, name) -> bool:

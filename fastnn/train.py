@@ -129,9 +129,9 @@ class Trainer:
 
     Regularization: ``history.reg_loss`` (per epoch) and
     ``evaluate(...)["reg_loss"]`` report the optimizer's penalty
-    0.5 * weight_decay * ||W||^2 + l1 * |W|_1 beside the data loss
+    ``0.5 * weight_decay * ||W||^2 + l1 * |W|_1`` beside the data loss
     (``regularization_loss``; ``weight_decay`` is 2 * lambda of the notes'
-    lambda * ||W||^2).
+    ``lambda * ||W||^2``).
 
     distributed=True: data-parallel over the ranks of fastnn.distributed (MPI;
     ``init()`` is called if needed). ``fit``'s batch_size is the global batch,
@@ -139,7 +139,7 @@ class Trainer:
     allreduce of the flat gradient buffer follows backward. ``bucket_mb``: reduce
     the gradients in buckets of about that many MiB during backward instead
     (overlapping communication with the rest of backward). Only rank 0 prints and
-    writes checkpoints; see fastnn/distributed.py for the rest of the contract."""
+    writes checkpoints; see ``fastnn.distributed`` for the rest of the contract."""
 
     def __init__(self, model, loss, optimizer, schedule=None, callbacks=(), augment=None, seed=None,
                  check_gradients=True, distributed=False, bucket_mb=None, divergence_factor=3.0):
@@ -289,10 +289,48 @@ class Trainer:
     def fit(self, X, y, epochs, batch_size=128, val=None, progress=True, eval_train_size=1000) -> History:
         """Train ``epochs`` passes over (X, y) in shuffled batches; returns the History.
 
-        Everything is checked before the first step: X and val[0] (converted
-        once as the class docstring says; no rows is an error), y and val[1]
-        against the loss and the model's number of outputs (one forward pass of
-        one row, in eval mode, finds it), the optimizer against the model."""
+        Each step: forward, loss, backward, optimizer step, then the per-step
+        schedule and callbacks; after each epoch: train accuracy on up to
+        ``eval_train_size`` rows, validation loss/accuracy, the per-epoch
+        schedule, callbacks (any may stop training).
+
+        Parameters
+        ----------
+        X : (N, ...) float32 or float64
+            Training inputs, e.g. ``(N, D)`` for an MLP, ``(N, C, H, W)`` for a
+            CNN; copied once into the model's dtype when needed.
+        y : (N,) int64 labels, or (N, C) float class probabilities
+            Targets, as the loss accepts.
+        epochs : int
+            Number of passes over the data (>= 1).
+        batch_size : int, default 128
+            Minibatch size (the global batch when distributed). For
+            ``fastnn.optim.LBFGS`` it must be ``len(X)`` (full batch).
+        val : tuple (X_val, y_val), optional
+            Validation data scored after every epoch (``history.val_loss``,
+            ``history.val_acc``); needed by callbacks monitoring ``val_*``.
+        progress : bool, default True
+            Show a progress bar (tqdm) and a line per epoch.
+        eval_train_size : int, default 1000
+            Rows of X (drawn at random) scored for ``history.train_acc`` each
+            epoch; 0 skips it.
+
+        Returns
+        -------
+        History
+            Per-step ``loss``; per-epoch ``epoch_loss``, ``reg_loss``,
+            ``train_acc``, ``val_acc``, ``val_loss``, ``lr``, ``seconds``.
+
+        Raises
+        ------
+        TrainingDiverged
+            On a NaN/Inf loss or gradient, or an exploding loss (see the
+            class docstring); the last good state is restored first.
+        ValueError
+            On bad inputs. Everything is checked before the first step: X and
+            val[0] (no rows is an error), y and val[1] against the loss and the
+            model's number of outputs (one forward pass of one row, in eval
+            mode, finds it), the optimizer against the model."""
         dtype = self._input_dtype()
         X, y = _check_xy(X, y, dtype)
         epochs = V.positive_int(epochs, "epochs")
@@ -606,7 +644,7 @@ class Trainer:
 
         'loss' is the data loss alone; 'reg_loss' is the optimizer's penalty on
         the current weights, ``regularization_loss(optimizer)`` =
-        sum 0.5 * weight_decay * ||W||^2 + l1 * |W|_1 over the regularized
+        ``sum 0.5 * weight_decay * ||W||^2 + l1 * |W|_1`` over the regularized
         parameters (0.0 without weight decay or l1), so the notes' objective is
         loss + reg_loss, and "crank up the regularization and the loss goes up"
         shows in reg_loss."""

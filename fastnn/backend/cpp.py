@@ -23,10 +23,20 @@ OPS = (
     "softmax_xent_forward", "softmax_xent_backward", "optim_step",
     "batchnorm_forward", "batchnorm_backward", "dropout", "max_norm",
     "conv2d_forward", "conv2d_backward",
+    "max_pool2d_forward", "max_pool2d_regions_forward", "max_pool2d_backward",
+    "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward", "global_avg_pool2d_backward",
 )
 
 _PACKAGE = __name__.rsplit(".", 2)[0]          # "fastnn"
 LOAD_PROBLEM: str | None = None
+STALE_OPS: list[str] = []                      # OPS missing from a stale fastnn._C (see below)
+
+
+def _numba_twin(op: str):
+    def run(*args):
+        return registry.lookup(op, "numba")(*args)
+    run.__name__ = op
+    return run
 
 
 def _extension_files(folders) -> list[str]:
@@ -80,5 +90,12 @@ except ImportError as exc:  # the extension was not built or cannot load here
     registry.mark_failed("cpp", LOAD_PROBLEM)
 else:
     for _op in OPS:
-        registry.register("cpp", _op, getattr(_C, _op))
+        if hasattr(_C, _op):
+            registry.register("cpp", _op, getattr(_C, _op))
+        else:
+            # An extension compiled from older sources (an editable install not
+            # yet rebuilt after a kernel was added) lacks the newest kernels:
+            # they run on their Numba twins until `pip install -e .` rebuilds it.
+            STALE_OPS.append(_op)
+            registry.register("cpp", _op, _numba_twin(_op))
     registry.mark_loaded("cpp")

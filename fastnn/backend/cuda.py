@@ -28,6 +28,7 @@ if _cuda is not None:
 
 
 def is_cuda_array(x) -> bool:
+    """True when x is a CuPy array (then ops dispatch to the ``cuda`` backend)."""
     return cp is not None and isinstance(x, cp.ndarray)
 
 

@@ -20,15 +20,18 @@ _default: str | None = None
 
 
 def register(backend: str, op: str, fn) -> None:
+    """Register ``fn`` as the kernel of ``op`` (a name such as ``"linear_act"``) on ``backend`` (``"cpp"``, ``"numba"``, ``"cuda"``)."""
     _TABLE[(backend, op)] = fn
 
 
 def mark_loaded(backend: str) -> None:
+    """Record that ``backend`` loaded (it then appears in ``available()``)."""
     if backend not in _LOADED:
         _LOADED.append(backend)
 
 
 def mark_failed(backend: str, reason: str) -> None:
+    """Record why ``backend`` could not load (``failures()`` and ``fastnn doctor`` report it)."""
     _FAILED[backend] = reason
 
 
@@ -104,4 +107,5 @@ def lookup(op: str, backend: str | None = None):
 
 
 def ops_of(backend: str) -> list[str]:
+    """The sorted names of the ops registered for ``backend``."""
     return sorted(op for (b, op) in _TABLE if b == backend)

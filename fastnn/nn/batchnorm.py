@@ -113,12 +113,31 @@ class _BatchNorm(Module):
                              f"({self.num_features}), got shape {x.shape}")
 
     def fuses(self, act) -> bool:
+        """Whether the activation layer ``act`` can run fused in this layer's kernel (Sequential asks)."""
         return act.name not in SAVES_PREACTIVATION
 
     def forward(self, x):
+        """Normalize per channel, then scale and shift.
+
+        Training: ``xhat = (x - mean_B) / sqrt(var_B + eps)`` with the batch's mean
+        and biased variance; ``y = gamma * xhat + beta``; the running statistics
+        move: ``running = (1 - momentum) * running + momentum * batch_stat``
+        (``running_var`` takes the unbiased batch variance). Eval: the same with
+        ``running_mean`` and ``running_var``.
+
+        Parameters
+        ----------
+        x : (N, C) or (N, C, L) for BatchNorm1d, (N, C, H, W) for BatchNorm2d
+            float32 or float64, the dtype of the layer.
+
+        Returns
+        -------
+        array, the shape of x
+        """
         return self.forward_fused(x, "identity", None)
 
     def forward_fused(self, x, act, alpha):
+        """``forward`` with the activation ``act`` (a name) and its parameter ``alpha`` applied in the same pass (Sequential calls this)."""
         self._check(x)
         self._sync_count = None
         if self.sync_bn and self.training and _comm.active():
@@ -130,9 +149,14 @@ class _BatchNorm(Module):
         return y
 
     def backward(self, dout):
+        """``dx = gamma / sqrt(var + eps) * (dout - mean(dout) - xhat * mean(dout * xhat))``
+        (means over the batch and spatial axes); writes ``weight.grad =
+        sum(dout * xhat)`` and ``bias.grad = sum(dout)``. Returns dx, the shape of x.
+        """
         return self.backward_fused(dout)[0]
 
     def backward_fused(self, dout):
+        """Backward of ``forward_fused``; returns ``(dx, None)``."""
         if self._saved is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         if self._sync_count is not None:
@@ -177,10 +201,33 @@ class _BatchNorm(Module):
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch normalization of (N, C) (or (N, C, L)) per feature; PyTorch semantics."""
+    """Batch normalization (Ioffe & Szegedy 2015) of (N, C) (or (N, C, L)) per
+    feature, PyTorch semantics.
+
+    ``y = gamma * (x - mean) / sqrt(var + eps) + beta``, with the batch's
+    statistics in training and the running ones in eval (see ``forward``).
+    Place it between a Linear and its activation; it makes training far less
+    sensitive to the init and allows higher learning rates.
+
+    Parameters
+    ----------
+    num_features : int
+        C, the number of features (axis 1).
+    momentum : float, default 0.1
+        Weight of the new batch statistic in the running averages.
+    eps : float, default 1e-5
+        Added to the variance.
+    affine : bool, default True
+        Learn ``weight`` (gamma, init 1) and ``bias`` (beta, init 0).
+    dtype : float32 or float64, default float32
+    sync_bn : bool, default False
+        Compute the batch statistics over every ``fastnn.distributed`` rank."""
     _ndims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
-    """Spatial batch normalization of (N, C, H, W): statistics per channel over N, H, W."""
+    """Spatial batch normalization of (N, C, H, W): statistics per channel over
+    N, H, W (one gamma and beta per channel).
+
+    Parameters as :class:`BatchNorm1d`; x is ``(N, C, H, W)``."""
     _ndims = (4,)

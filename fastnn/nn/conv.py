@@ -1,5 +1,5 @@
-"""Convolutional layers: Conv2d, MaxPool2d, FractionalMaxPool2d, GlobalAvgPool2d,
-and Residual blocks with stochastic depth.
+"""Convolutional layers: Conv2d, MaxPool2d, AvgPool2d, FractionalMaxPool2d,
+GlobalAvgPool2d, and Residual blocks with stochastic depth.
 
 Shapes are NCHW: x (N, C, H, W). Conv2d.weight is (F, C, KH, KW), bias (F,);
 output (N, F, OH, OW) with OH = (H + 2*PH - KH) // SH + 1 (OW likewise).
@@ -65,24 +65,37 @@ class Conv2d(_WeightedActivation):
         return dx, dalpha
 
 
+def _pool_padding(padding, kernel_size):
+    ph, pw = V.pair(padding, "padding", 0)
+    if 2 * ph > kernel_size[0] or 2 * pw > kernel_size[1]:
+        raise ValueError(f"padding must be at most half of kernel_size {kernel_size}, got ({ph}, {pw})")
+    return ph, pw
+
+
 class MaxPool2d(Module):
-    """Max pooling over kernel_size windows (stride defaults to kernel_size), no padding.
+    """Max pooling over kernel_size windows (stride defaults to kernel_size);
+    padding (default 0, at most half the window, as PyTorch) is -inf, never a maximum.
 
     Backward is argmax-based: forward keeps the index of each window's maximum
     (the first in row-major order on ties) and dy flows to that element only;
     overlapping windows (stride < kernel) add up."""
 
-    def __init__(self, kernel_size, stride=None):
+    def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         self.kernel_size = V.pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else V.pair(stride, "stride", 1)
+        self.padding = _pool_padding(padding, self.kernel_size)
         self._saved = None
 
     def forward(self, x):
-        y, self._saved = ops.max_pool2d(x, self.kernel_size, self.stride)
+        """``x (N, C, H, W) -> y (N, C, OH, OW)``, ``OH = (H + 2 ph - kh) // stride_h + 1``;
+        keeps the argmax of each window for backward.
+        """
+        y, self._saved = ops.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         return y
 
     def backward(self, dout):
+        """``dout (N, C, OH, OW) -> dx (N, C, H, W)``: each gradient goes to its window's maximum."""
         if self._saved is None:
             raise RuntimeError("MaxPool2d.backward called before forward")
         return ops.max_pool2d_backward(dout, self._saved)
@@ -130,12 +143,15 @@ class _GeneratorStream:
 
     @property
     def seed(self) -> int:
+        """The seed the stream started from."""
         return int(self.rng_state[0])
 
     def get_rng_state(self):
+        """A copy of the stream state (the (7,) uint64 buffer ``rng_state``)."""
         return self.rng_state.copy()
 
     def set_rng_state(self, state) -> None:
+        """Restore a state from ``get_rng_state()``: the next draws repeat."""
         self.rng_state[...] = state
 
     def reseed(self, seed: int) -> None:
@@ -189,17 +205,21 @@ class FractionalMaxPool2d(_GeneratorStream, Module):
         return oh, ow
 
     def forward(self, x):
+        """``x (N, C, H, W) -> y (N, C, OH, OW)`` over pseudo-random disjoint regions
+        (fresh in training, fixed in eval); the regions used are in ``last_offsets``.
+        """
         V.float_array(x, "x", ndim=4)
         h, w = x.shape[2:]
         oh, ow = self._out_size(h, w)
         u = tuple(self._random(2)) if self.training else (0.5, 0.5)
         self.last_offsets = u
-        rows = ops.fractional_pool_sequence(h, oh, u[0])
-        cols = ops.fractional_pool_sequence(w, ow, u[1])
+        rows = ops.fractional_pool_bounds(h, oh, u[0])
+        cols = ops.fractional_pool_bounds(w, ow, u[1])
         y, self._saved = ops.max_pool_regions(x, rows, cols)
         return y
 
     def backward(self, dout):
+        """``dout (N, C, OH, OW) -> dx (N, C, H, W)``, routed to each region's maximum."""
         if self._saved is None:
             raise RuntimeError("FractionalMaxPool2d.backward called before forward")
         return ops.max_pool2d_backward(dout, self._saved)
@@ -213,17 +233,47 @@ class GlobalAvgPool2d(Module):
         self._shape = None
 
     def forward(self, x):
+        """``x (N, C, H, W) -> y (N, C)``, ``y[n, c] = mean over h, w of x[n, c, h, w]``."""
         V.float_array(x, "x", ndim=4, contiguous=False)
         self._shape = x.shape
-        return x.mean(axis=(2, 3), dtype=x.dtype)
+        return ops.global_avg_pool2d(np.ascontiguousarray(x))
 
     def backward(self, dout):
+        """``dout (N, C) -> dx (N, C, H, W)``, each element ``dout[n, c] / (H*W)``."""
         if self._shape is None:
             raise RuntimeError("GlobalAvgPool2d.backward called before forward")
-        n, c, h, w = self._shape
+        n, c = self._shape[:2]
         V.shape_is(dout, "dout", (n, c))
-        scale = dout.dtype.type(1.0 / (h * w))
-        return np.ascontiguousarray(np.broadcast_to((dout * scale)[:, :, None, None], self._shape))
+        return ops.global_avg_pool2d_backward(dout, self._shape)
+
+
+class AvgPool2d(Module):
+    """Average pooling over kernel_size windows (an int or (kh, kw)); stride
+    defaults to kernel_size; zero padding (at most half the window). The divisor
+    is kh * kw with count_include_pad=True (PyTorch's default), else the number
+    of input elements the window covers. Floor output size, as PyTorch:
+    OH = (H + 2 ph - kh) // stride_h + 1 (OW likewise)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+        super().__init__()
+        self.kernel_size = V.pair(kernel_size, "kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else V.pair(stride, "stride", 1)
+        self.padding = _pool_padding(padding, self.kernel_size)
+        if not isinstance(count_include_pad, (bool, np.bool_)):
+            raise TypeError(f"count_include_pad must be a bool, got {type(count_include_pad).__name__}")
+        self.count_include_pad = bool(count_include_pad)
+        self._saved = None
+
+    def forward(self, x):
+        """``x (N, C, H, W) -> y (N, C, OH, OW)``, each the mean of its window."""
+        y, self._saved = ops.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+        return y
+
+    def backward(self, dout):
+        """``dout (N, C, OH, OW) -> dx (N, C, H, W)``: each gradient spread evenly over its window."""
+        if self._saved is None:
+            raise RuntimeError("AvgPool2d.backward called before forward")
+        return ops.avg_pool2d_backward(dout, self._saved)
 
 
 def stochastic_depth_probs(n_blocks, p_last=0.5):
@@ -261,6 +311,10 @@ class Residual(_GeneratorStream, Module):
         self._scale = 1.0
 
     def forward(self, x):
+        """Training: ``y = x + f(x)`` if the block survives (probability
+        ``survival_prob``), else ``y = x``; eval: ``y = x + survival_prob * f(x)``.
+        x any shape f accepts; y the same shape.
+        """
         p = self.survival_prob
         if self.training and p < 1.0 and self._random() >= p:
             self._ran = False
@@ -275,6 +329,7 @@ class Residual(_GeneratorStream, Module):
         return x + fx.dtype.type(self._scale) * fx
 
     def backward(self, dout):
+        """``dx = dout + df/dx^T dout`` (just ``dout`` when the block was skipped, its gradients then zero)."""
         if self._ran is None:
             raise RuntimeError("Residual.backward called before forward")
         if not self._ran:

@@ -107,9 +107,17 @@ class _WeightedActivation(Module):
         return float(self.alpha.data[0]) if self.activation == "prelu" else self._alpha
 
     def forward(self, x):
+        """``y = act(x @ weight + bias)`` for Linear (x ``(N, in)`` -> y ``(N, out)``),
+        ``y = act(conv(x, weight) + bias)`` for Conv2d (x ``(N, C, H, W)`` -> y
+        ``(N, F, OH, OW)``), in one fused kernel; float32 or float64.
+        """
         return self.forward_fused(x, self.activation, self._act_alpha())
 
     def backward(self, dout):
+        """Backward of ``forward``: ``dz = dout * act'(.)``; writes ``weight.grad``
+        (Linear: ``x.T @ dz``), ``bias.grad`` (``dz`` summed over the batch) and, for
+        PReLU, ``alpha.grad``; returns ``dx`` (Linear: ``dz @ weight.T``), the shape of x.
+        """
         dx, dalpha = self.backward_fused(dout)
         if dalpha is not None:
             self.alpha.grad[0] = dalpha
@@ -122,7 +130,7 @@ class Linear(_WeightedActivation):
     Shapes: x (N, in_features), weight (in_features, out_features), bias
     (out_features,), y (N, out_features).
 
-    activation: None or a name from DESIGN (relu, leaky_relu, prelu, elu, selu,
+    activation: None or an activation name (relu, leaky_relu, prelu, elu, selu,
     sigmoid, tanh, gelu, gelu_tanh, swish); alpha its parameter (leaky slope,
     elu alpha, prelu's initial slope). init: an initializer name or callable;
     "auto" picks He (std sqrt(2 / fan_in)) for the ReLU family, LeCun
@@ -193,6 +201,9 @@ class Maxout(Module):
         self._argmax = None
 
     def forward(self, x):
+        """Maxout forward: ``x (N, in) -> y (N, out)``, the max over ``pieces``
+        linear functions per unit; saves the winning piece for ``backward``.
+        """
         _check_features(x, f"Maxout({self.in_features}, {self.out_features})", self.in_features,
                         self.weight.data.dtype)
         z, self._saved = ops.linear_act(x, self.weight.data, self.bias.data if self.bias else None)
@@ -201,6 +212,9 @@ class Maxout(Module):
         return np.take_along_axis(pieces, self._argmax, axis=2)[:, :, 0]
 
     def backward(self, dout):
+        """``dout (N, out) -> dx (N, in)``; writes ``weight.grad`` and ``bias.grad``
+        (only the winning piece of each unit gets gradient).
+        """
         if self._saved is None:
             raise RuntimeError("Maxout.backward called before forward")
         n = self._saved.x.shape[0]
@@ -230,14 +244,21 @@ class Activation(Module):
 
     @property
     def alpha_value(self) -> float:
+        """The activation's scalar parameter (leaky slope, ELU alpha; unused by the others)."""
         return self._alpha
 
     def forward(self, x):
+        """``y = f(x)`` elementwise; ``x`` any shape, float32 or float64; ``y`` the same
+        shape and dtype. Saves x and y for ``backward``.
+        """
         self._x = x
         self._y = ops.activation(x, self.name, self.alpha_value, out=self._buf("y", x.shape, x.dtype))
         return self._y
 
     def backward(self, dout):
+        """``dx = dout * f'(x)`` elementwise, the shape of x (for PReLU also writes
+        ``alpha.grad``).
+        """
         if self._x is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
         dx, dalpha = ops.activation_backward(dout, self._x, self._y, self.name, self.alpha_value,
@@ -250,6 +271,7 @@ class Activation(Module):
 
 
 class Identity(Activation):
+    """The identity, ``y = x`` (a no-op activation layer)."""
     name = "identity"
 
     def __init__(self):
@@ -257,6 +279,13 @@ class Identity(Activation):
 
 
 class ReLU(Activation):
+    """Rectified linear unit, ``y = max(0, x)``.
+
+    The lectures' default. Units whose input is negative for every example
+    get no gradient ("dead ReLUs": see ``fastnn.diagnostics.dead_relu_fraction``).
+    After a Linear/Conv2d/BatchNorm in a Sequential it runs fused in that
+    layer's kernel.
+    """
     name = "relu"
 
     def __init__(self):
@@ -264,6 +293,13 @@ class ReLU(Activation):
 
 
 class LeakyReLU(Activation):
+    """Leaky ReLU, ``y = x if x > 0 else alpha * x``.
+
+    Parameters
+    ----------
+    alpha : float, default 0.01
+        The slope for negative inputs.
+    """
     name = "leaky_relu"
 
     def __init__(self, alpha=0.01):
@@ -271,6 +307,13 @@ class LeakyReLU(Activation):
 
 
 class ELU(Activation):
+    """Exponential linear unit (Clevert et al. 2015),
+    ``y = x if x > 0 else alpha * (exp(x) - 1)``.
+
+    Parameters
+    ----------
+    alpha : float, default 1.0
+    """
     name = "elu"
 
     def __init__(self, alpha=1.0):
@@ -278,6 +321,10 @@ class ELU(Activation):
 
 
 class SELU(Activation):
+    """Scaled ELU (Klambauer et al. 2017), ``y = scale * (x if x > 0 else
+    alpha * (exp(x) - 1))`` with alpha = 1.6733, scale = 1.0507; self-normalizing
+    with LeCun-normal init (what ``init="auto"`` picks for it).
+    """
     name = "selu"
 
     def __init__(self):
@@ -285,6 +332,11 @@ class SELU(Activation):
 
 
 class Sigmoid(Activation):
+    """Logistic sigmoid, ``y = 1 / (1 + exp(-x))``.
+
+    The lectures' three problems: saturated units kill gradients, outputs are
+    not zero-centered, exp is costly. Kept for completeness and gates.
+    """
     name = "sigmoid"
 
     def __init__(self):
@@ -292,6 +344,9 @@ class Sigmoid(Activation):
 
 
 class Tanh(Activation):
+    """Hyperbolic tangent, ``y = tanh(x)``: zero-centered, but saturates like the
+    sigmoid (see the activation-statistics example).
+    """
     name = "tanh"
 
     def __init__(self):
@@ -299,6 +354,7 @@ class Tanh(Activation):
 
 
 class Swish(Activation):
+    """Swish / SiLU (Ramachandran et al. 2017), ``y = x * sigmoid(x)``."""
     name = "swish"
 
     def __init__(self):
@@ -345,10 +401,12 @@ class PReLU(Activation):
 
     @property
     def fusable(self) -> bool:
+        """True for one shared slope (runs fused in the previous layer's kernel), False for per-channel slopes."""
         return self.num_parameters == 1
 
     @property
     def alpha_value(self) -> float:
+        """The shared slope as a float (only for ``num_parameters=1``)."""
         if self.num_parameters != 1:
             raise RuntimeError(f"PReLU(num_parameters={self.num_parameters}) has one slope per channel, not one "
                                "alpha_value: read PReLU.alpha.data")
@@ -368,6 +426,9 @@ class PReLU(Activation):
         return self.alpha.data.astype(x.dtype, copy=False).reshape((1, c) + (1,) * (x.ndim - 2))
 
     def forward(self, x):
+        """``y = x if x > 0 else a_c * x``; x ``(N, C)`` or ``(N, C, H, W)`` (any shape
+        for one shared slope), float32 or float64.
+        """
         if self.num_parameters == 1:
             return super().forward(x)
         a = self._slopes(x)
@@ -378,6 +439,9 @@ class PReLU(Activation):
         return y
 
     def backward(self, dout):
+        """``dx = dout if x > 0 else a_c * dout``; writes ``alpha.grad``
+        (``sum dout * x`` over the positions where x <= 0, per slope).
+        """
         if self.num_parameters == 1:
             return super().backward(dout)
         if self._x is None:
@@ -402,10 +466,12 @@ class Flatten(Module):
         self._shape = None
 
     def forward(self, x):
+        """``(N, C, H, W) -> (N, C*H*W)`` (any ``(N, ...)`` to ``(N, -1)``), a view."""
         self._shape = x.shape
         return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))   # not -1: an empty batch has no size to infer
 
     def backward(self, dout):
+        """Reshape ``dout (N, C*H*W)`` back to the input shape."""
         return dout.reshape(self._shape)
 
 
@@ -592,6 +658,18 @@ class Sequential(Module):
         self._plan = self._make_plan()
 
     def forward(self, x):
+        """Run the layers in order (fused steps where possible: a Linear/Conv2d/
+        BatchNorm followed by an activation is one kernel call).
+
+        Parameters
+        ----------
+        x : (N, ...) float32 or float64, C-contiguous
+
+        Returns
+        -------
+        array
+            The output of the last layer, e.g. ``(N, C)`` class scores.
+        """
         if not self.reuse_buffers:      # the top-level model: the API boundary
             x = as_model_input(x, self.input_dtype())
         for layer, act in self._plan:
@@ -603,6 +681,10 @@ class Sequential(Module):
         return x if self.reuse_buffers else np.array(x, copy=True)
 
     def backward(self, dout):
+        """Backpropagate ``dout`` (the gradient of the loss w.r.t. the output, e.g.
+        ``(N, C)``) through the layers in reverse; writes every ``.grad`` and
+        returns the gradient w.r.t. the input.
+        """
         hook = self._after_backward_step
         for k, (layer, act) in enumerate(reversed(self._plan)):
             first = k == len(self._plan) - 1

@@ -39,14 +39,17 @@ class Parameter:
 
     @property
     def shape(self):
+        """The shape of ``.data`` (tuple of int)."""
         return self.data.shape
 
     @property
     def dtype(self):
+        """The dtype of ``.data`` (float32 or float64)."""
         return self.data.dtype
 
     @property
     def size(self):
+        """The number of elements of ``.data``."""
         return self.data.size
 
     def __repr__(self):
@@ -190,9 +193,36 @@ class Module:
 
     # --- the contract ------------------------------------------------------------
     def forward(self, x):
+        """Compute the output of the module for a batch and save what ``backward``
+        needs.
+
+        Parameters
+        ----------
+        x : (N, ...) float32 or float64, C-contiguous
+            A batch, e.g. ``(N, D)`` or ``(N, C, H, W)``, in the parameters' dtype
+            (``module(x)`` converts other layouts and dtypes first).
+
+        Returns
+        -------
+        array
+            The output batch, ``(N, ...)``.
+        """
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def backward(self, dout):
+        """Backpropagate through the last ``forward``: write (overwrite) each
+        parameter's ``.grad`` and return the gradient with respect to the input.
+
+        Parameters
+        ----------
+        dout : array, the shape of the last output
+            Gradient of the loss with respect to this module's output.
+
+        Returns
+        -------
+        array, the shape of the last input
+            Gradient of the loss with respect to ``x``.
+        """
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
     def __call__(self, x):
@@ -211,20 +241,34 @@ class Module:
 
     # --- structure ---------------------------------------------------------------
     def children(self):
+        """The direct submodules, in order (a list)."""
         return list(self._modules.values())
 
     def modules(self):
+        """Iterate over this module and every submodule, depth first (self first)."""
         yield self
         for child in self._modules.values():
             yield from child.modules()
 
     def named_parameters(self, prefix: str = ""):
+        """Iterate over ``(name, Parameter)`` pairs of this module and its
+        submodules, names dotted by position (``"0.weight"``, ``"2.bias"``).
+
+        Parameters
+        ----------
+        prefix : str
+            Prepended to every name.
+        """
         for name, p in self._params.items():
             yield prefix + name, p
         for cname, child in self._modules.items():
             yield from child.named_parameters(f"{prefix}{cname}.")
 
     def parameters(self) -> list[Parameter]:
+        """Every Parameter of the module and its submodules, each once, in order
+        (frozen ones included: optimizers skip those with ``trainable = False``).
+        Pass it to an optimizer: ``fnn.optim.Adam(model.parameters(), lr=1e-3)``.
+        """
         seen, out = set(), []
         for _, p in self.named_parameters():
             if id(p) not in seen:
@@ -233,6 +277,10 @@ class Module:
         return out
 
     def named_buffers(self, prefix: str = ""):
+        """Iterate over ``(name, array)`` pairs of the non-trained state (e.g.
+        BatchNorm's ``running_mean`` and ``running_var``), names as in
+        ``named_parameters``.
+        """
         for name in self._buffers:
             yield prefix + name, getattr(self, name)
         for cname, child in self._modules.items():
@@ -247,6 +295,10 @@ class Module:
         return self
 
     def eval(self):
+        """Evaluation mode (``train(False)``): Dropout and DropConnect become the
+        identity (no rescaling needed: they are inverted), BatchNorm uses its
+        running statistics, stochastic depth keeps every block. Returns self.
+        """
         return self.train(False)
 
     def freeze(self):
@@ -340,6 +392,9 @@ class Module:
             self.set_rng_states(streams)
 
     def to(self, device: str):
+        """Move the parameters to ``device``: ``"cpu"`` (NumPy arrays) or
+        ``"cuda"`` (CuPy arrays; needs the CUDA build). Returns self.
+        """
         if device == "cpu":
             for _, p in self.named_parameters():
                 if not isinstance(p.data, np.ndarray):
@@ -354,6 +409,9 @@ class Module:
 
     # --- state -------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """A copy of every parameter and buffer, ``{name: ndarray}`` (names as in
+        ``named_parameters``), for ``load_state_dict`` or ``numpy.savez``.
+        """
         state = {name: np.array(p.data, copy=True) for name, p in self.named_parameters()}
         state.update({name: np.array(b, copy=True) for name, b in self.named_buffers()})
         return state
@@ -381,6 +439,10 @@ class Module:
             np.copyto(target, value.astype(target.dtype, copy=False))
 
     def get_config(self) -> dict:
+        """The architecture as plain data: ``{"class": name, "args": [...],
+        "kwargs": {...}}`` with the constructor's arguments (nested layers
+        encoded the same way). ``fastnn.nn.from_config`` rebuilds the module.
+        """
         pos, named = self.__dict__.get("_config_args", ([], {}))
         return {"class": type(self).__name__, "args": [_encode(a) for a in pos],
                 "kwargs": {k: _encode(v) for k, v in named.items()}}

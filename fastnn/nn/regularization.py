@@ -33,20 +33,25 @@ class _PhiloxStream:
     stochastic = True
 
     def get_rng_state(self):
+        """A copy of the stream state, ``(seed, offset)`` as a (2,) uint64 array."""
         return self.rng_state.copy()
 
     def set_rng_state(self, state) -> None:
+        """Restore a state from ``get_rng_state()``: the next masks repeat."""
         self.rng_state[...] = state
 
     def reseed(self, seed: int) -> None:
+        """Restart the mask stream from ``seed`` at offset 0."""
         self.rng_state[...] = (V.seed(seed), 0)
 
     @property
     def seed(self) -> int:
+        """The Philox seed of the masks."""
         return int(self.rng_state[0])
 
     @property
     def offset(self) -> int:
+        """The Philox counter offset of the next mask (advances by the number of elements each training call)."""
         return int(self.rng_state[1])
 
     @offset.setter
@@ -55,12 +60,26 @@ class _PhiloxStream:
 
 
 class Dropout(_PhiloxStream, Module):
-    """Inverted dropout: p is the probability of zeroing; eval is the identity.
+    """Inverted dropout (Srivastava et al. 2014): zero each element with
+    probability ``p`` in training and scale the rest by ``1 / (1 - p)``; eval is
+    the identity.
+
+    Lecture convention: the notes' ``p`` is the probability of KEEPING a unit
+    (``p = 0.5`` there); fastnn's (PyTorch's) ``p`` is the probability of
+    DROPPING it, so the notes' keep probability 0.8 is ``Dropout(0.2)``.
 
     The mask is never stored: element i of a call uses Philox(seed, offset + i)
     and backward regenerates it. Each training call advances offset, so masks
     differ between steps; the seed comes from fastnn's global generator (or
-    ``seed=``), so ``fastnn.manual_seed`` makes a run reproducible."""
+    ``seed=``), so ``fastnn.manual_seed`` makes a run reproducible.
+
+    Parameters
+    ----------
+    p : float in [0, 1), default 0.5
+        Drop probability.
+    seed : int, optional
+        Philox seed of the masks; None draws one from fastnn's global
+        generator."""
 
     def __init__(self, p=0.5, seed=None):
         super().__init__()
@@ -69,6 +88,9 @@ class Dropout(_PhiloxStream, Module):
         self._used = None
 
     def forward(self, x):
+        """Training: ``y = x * m / (1 - p)`` with ``m_i ~ Bernoulli(1 - p)``; eval
+        (or p = 0): ``y = x``. x any shape, float32 or float64; y the same.
+        """
         if not self.training or self.p == 0.0:
             self._used = None
             return x
@@ -77,6 +99,7 @@ class Dropout(_PhiloxStream, Module):
         return ops.dropout(x, self.p, self.seed, self._used, out=self._buf("y", x.shape, x.dtype))
 
     def backward(self, dout):
+        """``dx = dout * m / (1 - p)`` with the mask of the last forward, regenerated from (seed, offset)."""
         if self._used is None:
             return dout
         return ops.dropout_backward(dout, self.p, self.seed, self._used, out=self._buf("dx", dout.shape, dout.dtype))
@@ -122,6 +145,10 @@ class DropConnect(_PhiloxStream, Linear):
         self._used = None
 
     def forward_fused(self, x, act, alpha):
+        """Forward with activation ``act`` (a name) and its parameter ``alpha``
+        fused in: ``x (N, in) -> y (N, out)``, the weight masked in training.
+        Sequential calls this; ``forward`` is this with the layer's own activation.
+        """
         V.float_array(x, "x", ndim=2, dtype=self.weight.data.dtype)
         w = self.weight.data
         self._used = None
@@ -133,6 +160,9 @@ class DropConnect(_PhiloxStream, Linear):
         return y
 
     def backward_fused(self, dout):
+        """Backward of ``forward_fused``: ``dout (N, out) -> dx (N, in)``; writes
+        ``weight.grad`` (masked by the same M) and ``bias.grad``.
+        """
         dx, dalpha = super().backward_fused(dout)
         if self._used is not None:
             ops.dropout_backward(self.weight.grad, self.p, self.seed, self._used, out=self.weight.grad)

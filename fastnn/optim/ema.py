@@ -78,6 +78,7 @@ class EMA(Callback):
         self.num_updates += 1
 
     def on_step_end(self, trainer, step, loss):
+        """As a Trainer callback: ``update()`` after every optimizer step."""
         self.update()
 
     def copy_to(self, model_or_params=None) -> None:
@@ -105,6 +106,7 @@ class EMA(Callback):
             self._backup = None
 
     def state_dict(self) -> dict:
+        """The shadow (averaged) weights and the update count, ``{name: ndarray}``, for checkpoints."""
         out = {f"shadow{i}": s.copy() for i, s in enumerate(self.shadow)}
         out["num_updates"] = np.array(self.num_updates)
         out["decay"] = np.array(self.decay)
@@ -112,6 +114,7 @@ class EMA(Callback):
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the shadow weights and update count from ``state_dict()``."""
         for i, s in enumerate(self.shadow):
             src = np.asarray(state[f"shadow{i}"])
             if src.shape != s.shape:

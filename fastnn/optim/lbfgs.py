@@ -146,10 +146,10 @@ class LBFGS(Optimizer):
                                    ``history_size`` (s, y) pairs)
 
     With ``line_search_fn=None`` the step is fixed: t = lr, except the very first
-    iteration, t = lr * min(1, 1 / |g|_1). With ``"strong_wolfe"``, t starts
+    iteration, ``t = lr * min(1, 1 / |g|_1)``. With ``"strong_wolfe"``, t starts
     there and a strong-Wolfe line search (c1 = 1e-4, c2 = 0.9) adjusts it.
-    It stops early when max|g| <= tolerance_grad, or when the step
-    (max|t d|), the directional derivative or the loss change falls below
+    It stops early when ``max|g| <= tolerance_grad``, or when the step
+    (``max|t d|``), the directional derivative or the loss change falls below
     tolerance_change. The history carries over between ``step`` calls (and is
     part of ``state_dict``). One parameter group only."""
 
@@ -205,6 +205,22 @@ class LBFGS(Optimizer):
         return r
 
     def step(self, closure):
+        """One L-BFGS iteration (up to ``max_iter`` inner steps): the two-loop
+        recursion over the last ``history_size`` curvature pairs gives a search
+        direction, then a fixed step ``lr`` or a strong-Wolfe line search.
+
+        Parameters
+        ----------
+        closure : callable
+            ``closure() -> float``: recompute the loss on the full batch, run
+            backward (filling ``.grad``) and return the loss. The Trainer builds it
+            (``fit(X, y, epochs, batch_size=len(X))``).
+
+        Returns
+        -------
+        float
+            The loss at the start of the step.
+        """
         if not callable(closure):
             raise TypeError(f"LBFGS.step needs a closure that recomputes the loss and gradients and returns the "
                             f"loss, got {type(closure).__name__}")
@@ -329,6 +345,7 @@ class LBFGS(Optimizer):
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore from ``state_dict()`` (the L-BFGS memory included); checked before anything changes."""
         n = self.flat_param.size
         arrays = {}
         for key in ("old_dirs", "old_stps", "ro", "d"):

@@ -251,6 +251,10 @@ class Optimizer:
         return True
 
     def zero_grad(self):
+        """Set every gradient to 0 (one fill of the flat gradient buffer).
+
+        Not needed with fastnn's layers, whose ``backward`` overwrites
+        ``.grad``; for code that accumulates into ``.grad``."""
         self.flat_grad[...] = 0
 
     def parameters(self) -> list[Parameter]:
@@ -265,6 +269,7 @@ class Optimizer:
     # --- learning rate -----------------------------------------------------------
     @property
     def lr(self) -> float:
+        """The first parameter group's current learning rate (``set_lr`` sets it)."""
         return float(self.param_groups[0]["lr"])
 
     def set_lr(self, lr: float) -> None:
@@ -275,6 +280,9 @@ class Optimizer:
 
     # --- checkpointing --------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The optimizer's state as ``{name: ndarray}``: the step count ``t``,
+        the rule, its state buffers (momentum, squared-gradient sums ...) and
+        every group's hyperparameters; ``load_state_dict`` restores it."""
         out = {"t": np.array(self.t), "rule": np.array(self.rule)}
         for i, s in enumerate(self.state):
             out[f"state{i}"] = s.copy()
@@ -318,7 +326,47 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """SGD; momentum mu: v = mu v + g, p -= lr v; nesterov: p -= lr (g + mu v)."""
+    """Stochastic gradient descent, optionally with momentum or Nesterov momentum.
+
+    - plain: ``p -= lr * g``
+    - momentum mu: ``v = mu * v + g; p -= lr * v``
+    - Nesterov: ``v = mu * v + g; p -= lr * (g + mu * v)``
+
+    (PyTorch's forms. The notes write momentum as ``v = mu*v - lr*g; p += v``:
+    the same trajectory for a constant lr.)
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or list of dict
+        ``model.parameters()``, or parameter groups: dicts with ``"params"``
+        and any per-group option (``lr``, ``weight_decay``, ``l1``,
+        ``max_norm``, ...), e.g. no decay on biases or a smaller lr for a
+        pretrained body::
+
+            [{"params": body.parameters(), "lr": 1e-4},
+             {"params": head.parameters()}]
+
+    weight_decay : float, default 0.0
+        L2: ``g += weight_decay * p``, the gradient of
+        ``0.5 * weight_decay * ||W||^2``. The notes' L2 term
+        ``lambda * ||W||^2`` is ``weight_decay = 2 * lambda``.
+    l1 : float, default 0.0
+        L1: ``g += l1 * sign(p)``, the gradient of ``l1 * |W|_1``; with
+        weight_decay too, the elastic net.
+    max_norm : float, optional
+        Max-norm constraint: after each step every unit's incoming weight
+        vector (a column of a Linear weight, a Conv2d filter) is rescaled to
+        ``w * min(1, max_norm / ||w||_2)``; 1-D parameters are untouched.
+    clip_grad_norm : float, optional
+        Scale the whole gradient by ``min(1, clip_grad_norm / ||g||_2)`` (the
+        global norm over every parameter) before the update.
+    lr : float, default 1e-2
+        Learning rate.
+    momentum : float, default 0.0
+        mu, typically 0.9.
+    nesterov : bool, default False
+        Nesterov accelerated gradient (needs momentum > 0).
+    """
 
     defaults = {"lr": 1e-2, "momentum": 0.0, "weight_decay": 0.0, "l1": 0.0}
 
@@ -333,6 +381,40 @@ class SGD(Optimizer):
 
 
 class Adagrad(Optimizer):
+    """AdaGrad (Duchi et al. 2011): a per-parameter step size that shrinks with
+    the sum of squared gradients.
+
+    ``s += g^2; p -= lr * g / (sqrt(s) + eps)``
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or list of dict
+        ``model.parameters()``, or parameter groups: dicts with ``"params"``
+        and any per-group option (``lr``, ``weight_decay``, ``l1``,
+        ``max_norm``, ...), e.g. no decay on biases or a smaller lr for a
+        pretrained body::
+
+            [{"params": body.parameters(), "lr": 1e-4},
+             {"params": head.parameters()}]
+
+    weight_decay : float, default 0.0
+        L2: ``g += weight_decay * p``, the gradient of
+        ``0.5 * weight_decay * ||W||^2``. The notes' L2 term
+        ``lambda * ||W||^2`` is ``weight_decay = 2 * lambda``.
+    l1 : float, default 0.0
+        L1: ``g += l1 * sign(p)``, the gradient of ``l1 * |W|_1``; with
+        weight_decay too, the elastic net.
+    max_norm : float, optional
+        Max-norm constraint: after each step every unit's incoming weight
+        vector (a column of a Linear weight, a Conv2d filter) is rescaled to
+        ``w * min(1, max_norm / ||w||_2)``; 1-D parameters are untouched.
+    clip_grad_norm : float, optional
+        Scale the whole gradient by ``min(1, clip_grad_norm / ||g||_2)`` (the
+        global norm over every parameter) before the update.
+    lr : float, default 1e-2
+    eps : float, default 1e-10
+    """
+
     rule, n_state = "adagrad", 1
     defaults = {"lr": 1e-2, "eps": 1e-10, "weight_decay": 0.0, "l1": 0.0}
 
@@ -342,6 +424,42 @@ class Adagrad(Optimizer):
 
 
 class RMSProp(Optimizer):
+    """RMSProp (Tieleman & Hinton 2012): AdaGrad with a leaky (decaying) sum.
+
+    ``s = alpha * s + (1 - alpha) * g^2; p -= lr * g / (sqrt(s) + eps)``
+    (the notes' ``decay_rate`` is alpha).
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or list of dict
+        ``model.parameters()``, or parameter groups: dicts with ``"params"``
+        and any per-group option (``lr``, ``weight_decay``, ``l1``,
+        ``max_norm``, ...), e.g. no decay on biases or a smaller lr for a
+        pretrained body::
+
+            [{"params": body.parameters(), "lr": 1e-4},
+             {"params": head.parameters()}]
+
+    weight_decay : float, default 0.0
+        L2: ``g += weight_decay * p``, the gradient of
+        ``0.5 * weight_decay * ||W||^2``. The notes' L2 term
+        ``lambda * ||W||^2`` is ``weight_decay = 2 * lambda``.
+    l1 : float, default 0.0
+        L1: ``g += l1 * sign(p)``, the gradient of ``l1 * |W|_1``; with
+        weight_decay too, the elastic net.
+    max_norm : float, optional
+        Max-norm constraint: after each step every unit's incoming weight
+        vector (a column of a Linear weight, a Conv2d filter) is rescaled to
+        ``w * min(1, max_norm / ||w||_2)``; 1-D parameters are untouched.
+    clip_grad_norm : float, optional
+        Scale the whole gradient by ``min(1, clip_grad_norm / ||g||_2)`` (the
+        global norm over every parameter) before the update.
+    lr : float, default 1e-2
+    alpha : float, default 0.99
+        Decay rate of the squared-gradient average.
+    eps : float, default 1e-8
+    """
+
     rule, n_state = "rmsprop", 1
     defaults = {"lr": 1e-2, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "l1": 0.0}
 
@@ -353,7 +471,46 @@ class RMSProp(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015), bias-corrected; weight_decay is L2 (coupled)."""
+    """Adam (Kingma & Ba 2015): momentum plus RMSProp, bias-corrected.
+
+    ``m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+    mhat = m / (1 - b1^t); vhat = v / (1 - b2^t);
+    p -= lr * mhat / (sqrt(vhat) + eps)``
+
+    The lectures' default choice (``lr = 1e-3``, betas 0.9, 0.999).
+    ``weight_decay`` here is coupled L2 (added to g); for decoupled decay use
+    :class:`AdamW`.
+
+    Parameters
+    ----------
+    params : iterable of Parameter, or list of dict
+        ``model.parameters()``, or parameter groups: dicts with ``"params"``
+        and any per-group option (``lr``, ``weight_decay``, ``l1``,
+        ``max_norm``, ...), e.g. no decay on biases or a smaller lr for a
+        pretrained body::
+
+            [{"params": body.parameters(), "lr": 1e-4},
+             {"params": head.parameters()}]
+
+    weight_decay : float, default 0.0
+        L2: ``g += weight_decay * p``, the gradient of
+        ``0.5 * weight_decay * ||W||^2``. The notes' L2 term
+        ``lambda * ||W||^2`` is ``weight_decay = 2 * lambda``.
+    l1 : float, default 0.0
+        L1: ``g += l1 * sign(p)``, the gradient of ``l1 * |W|_1``; with
+        weight_decay too, the elastic net.
+    max_norm : float, optional
+        Max-norm constraint: after each step every unit's incoming weight
+        vector (a column of a Linear weight, a Conv2d filter) is rescaled to
+        ``w * min(1, max_norm / ||w||_2)``; 1-D parameters are untouched.
+    clip_grad_norm : float, optional
+        Scale the whole gradient by ``min(1, clip_grad_norm / ||g||_2)`` (the
+        global norm over every parameter) before the update.
+    lr : float, default 1e-3
+    betas : (float, float), default (0.9, 0.999)
+        b1 (momentum) and b2 (squared-gradient decay).
+    eps : float, default 1e-8
+    """
 
     rule, n_state = "adam", 2
     defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "l1": 0.0}
@@ -370,7 +527,13 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter 2019): p *= 1 - lr*wd."""
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019).
+
+    The Adam step of :class:`Adam`, and ``p *= 1 - lr * weight_decay``
+    applied directly to the weights (not through the gradient, so not scaled
+    by Adam's per-parameter step). Parameters as :class:`Adam`;
+    ``weight_decay`` defaults to 1e-2.
+    """
 
     rule = "adamw"
     defaults = {**Adam.defaults, "weight_decay": 1e-2}

@@ -1,7 +1,7 @@
 """The Numba backend: the CPU fallback of every kernel in csrc/kernels.h.
 
 One module per kernel family, named like csrc/cpu's files (gemm, softmax_xent,
-optim, batchnorm, dropout, conv) plus activation (csrc/ops/activation.h's
+optim, batchnorm, dropout, conv, pool) plus activation (csrc/ops/activation.h's
 functions, shared by the fused epilogues) and runtime (the numba import, the
 threading layer, the thread count and the parallel threshold). The kernels are
 registered under the names of csrc/kernels.h with the argument order of the
@@ -15,12 +15,15 @@ from .. import registry
 from .runtime import numba
 
 if numba is not None:
-    from . import activation, batchnorm, conv, dropout, gemm, optim, softmax_xent
+    from . import activation, batchnorm, conv, dropout, gemm, optim, pool, softmax_xent
 
     for _kernel in (gemm.gemm, gemm.linear_act_forward, gemm.linear_act_backward,
                     activation.act_forward, activation.act_backward,
                     softmax_xent.softmax_xent_forward, softmax_xent.softmax_xent_backward,
                     optim.optim_step, batchnorm.batchnorm_forward, batchnorm.batchnorm_backward,
-                    dropout.dropout, optim.max_norm, conv.conv2d_forward, conv.conv2d_backward):
+                    dropout.dropout, optim.max_norm, conv.conv2d_forward, conv.conv2d_backward,
+                    pool.max_pool2d_forward, pool.max_pool2d_regions_forward, pool.max_pool2d_backward,
+                    pool.avg_pool2d_forward, pool.avg_pool2d_backward, pool.global_avg_pool2d_forward,
+                    pool.global_avg_pool2d_backward):
         registry.register("numba", _kernel.__name__, _kernel)
     registry.mark_loaded("numba")

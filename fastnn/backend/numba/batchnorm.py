@@ -11,6 +11,8 @@ Only activations whose derivative reads y are fused (ops.batchnorm checks).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..codes import ACT_CODE
@@ -19,8 +21,21 @@ from .runtime import JIT, njit, prange, threads_for
 
 # Channels per task when S == 1 (BatchNorm1d): each task walks the rows of its
 # block of channels, so memory is read row-contiguously and each channel's sums
-# keep one order whatever the thread count.
+# keep one order whatever the thread count (csrc/cpu/batchnorm.cpp kChannelBlock).
 _CHANNEL_BLOCK = 128
+# Lanes of the per-channel sums when S > 1: element j of a run adds into lane
+# j % _LANES, the lanes are summed in order at the end. Independent lanes let
+# LLVM vectorize the float64 sums without fastmath (a single running sum is a
+# dependency chain it may not reorder), and the order stays fixed.
+_LANES = 256
+
+
+@njit(inline="always", **JIT)
+def _lane_total(lanes):
+    total = 0.0
+    for j in range(lanes.size):
+        total += lanes[j]
+    return total
 
 
 @njit(parallel=True, **JIT)
@@ -28,86 +43,134 @@ def _bn_moments(x3, shift, s1, s2):
     """Per-channel sums of (x - shift) and (x - shift)^2 in float64, x3 (N, C, S)."""
     n, c, s = x3.shape
     if s == 1:
+        x2 = x3.reshape(n, c)
         nb = (c + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
         for b in prange(nb):
             c0 = b * _CHANNEL_BLOCK
             c1 = min(c, c0 + _CHANNEL_BLOCK)
+            k = shift[c0:c1]
             a1 = np.zeros(c1 - c0)
             a2 = np.zeros(c1 - c0)
             for i in range(n):
-                for ch in range(c0, c1):
-                    d = np.float64(x3[i, ch, 0] - shift[ch])
-                    a1[ch - c0] += d
-                    a2[ch - c0] += d * d
+                row = x2[i, c0:c1]
+                for j in range(c1 - c0):
+                    d = np.float64(row[j] - k[j])
+                    a1[j] += d
+                    a2[j] += d * d
             s1[c0:c1] = a1
             s2[c0:c1] = a2
     else:
         for ch in prange(c):
             k = shift[ch]
-            a1 = 0.0
-            a2 = 0.0
+            a1 = np.zeros(_LANES)
+            a2 = np.zeros(_LANES)
             for i in range(n):
+                run = x3[i, ch]
+                for j0 in range(0, s, _LANES):
+                    for j in range(min(_LANES, s - j0)):
+                        d = np.float64(run[j0 + j] - k)
+                        a1[j] += d
+                        a2[j] += d * d
+            s1[ch] = _lane_total(a1)
+            s2[ch] = _lane_total(a2)
+
+
+@functools.cache
+def _bn_kernels(code):
+    """(normalize, backward_sums, dx) compiled for one activation code as a
+    constant, as csrc/cpu/batchnorm.cpp's visit_act picks one template instance:
+    no per-element branch on the code, so the loops vectorize. T is the array
+    dtype; each formula is evaluated in T as in csrc/ops/batchnorm.h."""
+
+    @njit(parallel=True, **JIT)
+    def normalize(x3, y3, mean, scale, beta, alpha):
+        """y = act(batchnorm_affine(x)) = act(((x - hi) - lo) * scale + beta)."""
+        n, c, s = x3.shape
+        T = x3.dtype.type
+        if s == 1:
+            x2 = x3.reshape(n, c)
+            y2 = y3.reshape(n, c)
+            for i in prange(n):
+                x = x2[i]
+                y = y2[i]
+                for ch in range(c):
+                    y[ch] = T(act_value(((x[ch] - mean[0, ch]) - mean[1, ch]) * scale[ch] + beta[ch], code, alpha))
+        else:
+            x2 = x3.reshape(n * c, s)
+            y2 = y3.reshape(n * c, s)
+            for r in prange(n * c):
+                ch = r % c
+                m, lo, sc, b = mean[0, ch], mean[1, ch], scale[ch], beta[ch]
+                x = x2[r]
+                y = y2[r]
                 for j in range(s):
-                    d = np.float64(x3[i, ch, j] - k)
-                    a1 += d
-                    a2 += d * d
-            s1[ch] = a1
-            s2[ch] = a2
+                    y[j] = T(act_value(((x[j] - m) - lo) * sc + b, code, alpha))
 
+    @njit(parallel=True, **JIT)
+    def backward_sums(dy3, x3, y3, mean, alpha, s1, s2):
+        """Per channel, in float64: sum dz and sum dz * (x - mean), dz = dy * act'(y)."""
+        n, c, s = x3.shape
+        T = x3.dtype.type
+        if s == 1:
+            dy2, x2, y2 = dy3.reshape(n, c), x3.reshape(n, c), y3.reshape(n, c)
+            nb = (c + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
+            for b in prange(nb):
+                c0 = b * _CHANNEL_BLOCK
+                c1 = min(c, c0 + _CHANNEL_BLOCK)
+                hi = mean[0, c0:c1]
+                lo = mean[1, c0:c1]
+                a1 = np.zeros(c1 - c0)
+                a2 = np.zeros(c1 - c0)
+                for i in range(n):
+                    dy, x, y = dy2[i, c0:c1], x2[i, c0:c1], y2[i, c0:c1]
+                    for j in range(c1 - c0):
+                        dz = dy[j] * T(act_grad(T(0), y[j], code, alpha))
+                        a1[j] += dz
+                        a2[j] += np.float64(dz) * np.float64((x[j] - hi[j]) - lo[j])
+                s1[c0:c1] = a1
+                s2[c0:c1] = a2
+        else:
+            for ch in prange(c):
+                m = mean[0, ch]
+                lo = mean[1, ch]
+                a1 = np.zeros(_LANES)
+                a2 = np.zeros(_LANES)
+                for i in range(n):
+                    dy, x, y = dy3[i, ch], x3[i, ch], y3[i, ch]
+                    for j0 in range(0, s, _LANES):
+                        for j in range(min(_LANES, s - j0)):
+                            dz = dy[j0 + j] * T(act_grad(T(0), y[j0 + j], code, alpha))
+                            a1[j] += dz
+                            a2[j] += np.float64(dz) * np.float64((x[j0 + j] - m) - lo)
+                s1[ch] = _lane_total(a1)
+                s2[ch] = _lane_total(a2)
 
-@njit(parallel=True, **JIT)
-def _bn_normalize(x3, y3, mean, scale, beta, code, alpha):
-    n, c, s = x3.shape
-    for r in prange(n * c):
-        i = r // c
-        ch = r % c
-        m, lo, sc, b = mean[0, ch], mean[1, ch], scale[ch], beta[ch]
-        for j in range(s):
-            y3[i, ch, j] = act_value(((x3[i, ch, j] - m) - lo) * sc + b, code, alpha)
-
-
-@njit(parallel=True, **JIT)
-def _bn_backward_sums(dy3, x3, y3, mean, code, alpha, s1, s2):
-    n, c, s = x3.shape
-    if s == 1:
-        nb = (c + _CHANNEL_BLOCK - 1) // _CHANNEL_BLOCK
-        for b in prange(nb):
-            c0 = b * _CHANNEL_BLOCK
-            c1 = min(c, c0 + _CHANNEL_BLOCK)
-            a1 = np.zeros(c1 - c0)
-            a2 = np.zeros(c1 - c0)
-            for i in range(n):
-                for ch in range(c0, c1):
-                    dz = dy3[i, ch, 0] * act_grad(0.0, y3[i, ch, 0], code, alpha)
-                    a1[ch - c0] += dz
-                    a2[ch - c0] += dz * np.float64((x3[i, ch, 0] - mean[0, ch]) - mean[1, ch])
-            s1[c0:c1] = a1
-            s2[c0:c1] = a2
-    else:
-        for ch in prange(c):
-            m = mean[0, ch]
-            lo = mean[1, ch]
-            a1 = 0.0
-            a2 = 0.0
-            for i in range(n):
+    @njit(parallel=True, **JIT)
+    def dx(dy3, x3, y3, mean, invstd, scale, mean_dz, mean_dz_xhat, alpha, dx3):
+        """dx = batchnorm_dx(dz, xhat) = scale * (dz - mean_dz - xhat * mean_dz_xhat)."""
+        n, c, s = x3.shape
+        T = x3.dtype.type
+        if s == 1:
+            dy2, x2, y2, dx2 = dy3.reshape(n, c), x3.reshape(n, c), y3.reshape(n, c), dx3.reshape(n, c)
+            for i in prange(n):
+                dy, x, y, out = dy2[i], x2[i], y2[i], dx2[i]
+                for ch in range(c):
+                    dz = dy[ch] * T(act_grad(T(0), y[ch], code, alpha))
+                    xhat = ((x[ch] - mean[0, ch]) - mean[1, ch]) * invstd[ch]
+                    out[ch] = scale[ch] * (dz - mean_dz[ch] - xhat * mean_dz_xhat[ch])
+        else:
+            dy2, x2, y2, dx2 = (dy3.reshape(n * c, s), x3.reshape(n * c, s), y3.reshape(n * c, s),
+                                dx3.reshape(n * c, s))
+            for r in prange(n * c):
+                ch = r % c
+                m, lo, inv, sc = mean[0, ch], mean[1, ch], invstd[ch], scale[ch]
+                mdz, mdx = mean_dz[ch], mean_dz_xhat[ch]
+                dy, x, y, out = dy2[r], x2[r], y2[r], dx2[r]
                 for j in range(s):
-                    dz = dy3[i, ch, j] * act_grad(0.0, y3[i, ch, j], code, alpha)
-                    a1 += dz
-                    a2 += dz * np.float64((x3[i, ch, j] - m) - lo)
-            s1[ch] = a1
-            s2[ch] = a2
+                    dz = dy[j] * T(act_grad(T(0), y[j], code, alpha))
+                    out[j] = sc * (dz - mdz - ((x[j] - m) - lo) * inv * mdx)
 
-
-@njit(parallel=True, **JIT)
-def _bn_dx(dy3, x3, y3, mean, invstd, scale, mean_dz, mean_dz_xhat, code, alpha, dx3):
-    n, c, s = x3.shape
-    for r in prange(n * c):
-        i = r // c
-        ch = r % c
-        for j in range(s):
-            dz = dy3[i, ch, j] * act_grad(0.0, y3[i, ch, j], code, alpha)
-            xhat = ((x3[i, ch, j] - mean[0, ch]) - mean[1, ch]) * invstd[ch]
-            dx3[i, ch, j] = scale[ch] * (dz - mean_dz[ch] - xhat * mean_dz_xhat[ch])
+    return normalize, backward_sums, dx
 
 
 def _ncs(x):
@@ -148,7 +211,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, save_mean, save
     scale = save_invstd * (gamma if gamma is not None else t(1))
     b = beta if beta is not None else np.zeros(c, x.dtype)
     with threads_for(x.size):
-        _bn_normalize(x3, y3, save_mean, scale.astype(x.dtype), b, act, alpha)
+        _bn_kernels(act)[0](x3, y3, save_mean, scale.astype(x.dtype), b, alpha)
 
 
 def batchnorm_backward(dy, x, y, gamma, save_mean, save_invstd, dx, dgamma, dbeta, training, act, alpha):
@@ -158,7 +221,7 @@ def batchnorm_backward(dy, x, y, gamma, save_mean, save_invstd, dx, dgamma, dbet
     count = float(n) * float(s)
     s1, s2 = np.empty(c), np.empty(c)
     with threads_for(x.size):
-        _bn_backward_sums(dy3, x3, y3, save_mean, act, alpha, s1, s2)
+        _bn_kernels(act)[1](dy3, x3, y3, save_mean, alpha, s1, s2)
     inv = save_invstd.astype(np.float64)
     if dbeta is not None:
         dbeta[...] = s1
@@ -173,4 +236,4 @@ def batchnorm_backward(dy, x, y, gamma, save_mean, save_invstd, dx, dgamma, dbet
     else:
         mean_dz = mean_dz_xhat = np.zeros(c, x.dtype)
     with threads_for(x.size):
-        _bn_dx(dy3, x3, y3, save_mean, save_invstd, scale, mean_dz, mean_dz_xhat, act, alpha, _ncs(dx))
+        _bn_kernels(act)[2](dy3, x3, y3, save_mean, save_invstd, scale, mean_dz, mean_dz_xhat, alpha, _ncs(dx))

@@ -1,0 +1,211 @@
+"""2-D max and average pooling (csrc/cpu/pool.cpp; windows, the tie and NaN
+rules and the divisors: csrc/ops/pool.h).
+
+Shapes: x, dx (N, C, H, W); y, dy, index (N, C, OH, OW), OH = (H + 2 PH - KH)
+// SH + 1 (OW likewise); index int32 holds the in-plane position ih * W + iw
+of each window's maximum. The window of output row o covers input rows
+[o SH - PH, o SH - PH + KH) clipped to [0, H): padding never contributes
+(-inf for max, zeros that count_include_pad counts or not for average).
+Max pooling keeps the first maximum in row-major window order (a NaN wins);
+average pooling sums in row-major window order and divides once. Planes run
+in parallel, each sequentially, with the loop nests of the C++ kernels, so
+the scatter order of the backward passes is the same.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .runtime import JIT, njit, prange, threads_for
+
+
+@njit(inline="always", **JIT)
+def pool_window(o, stride, pad, k, size):
+    """ops/pool.h pool_window: [begin, end) of the inputs of output position o."""
+    start = o * stride - pad
+    return max(start, 0), min(start + k, size)
+
+
+@njit(inline="always", **JIT)
+def max_pool_takes(v, best):
+    """ops/pool.h: strictly greater (the first of equal maxima stays), or the first NaN."""
+    return v > best or (v != v and best == best)
+
+
+@njit(inline="always", **JIT)
+def avg_pool_divisor(rows, cols, kh, kw, count_include_pad):
+    count = kh * kw if count_include_pad else rows * cols
+    return count if count > 0 else 1
+
+
+@njit(parallel=True, **JIT)
+def _max_pool2d_forward(x, y, index, kh, kw, sh, sw, ph, pw):
+    planes, h, w = x.shape
+    oh, ow = y.shape[1:]
+    neg_inf = x.dtype.type(-np.inf)
+    for p in prange(planes):
+        for oi in range(oh):
+            r0, r1 = pool_window(oi, sh, ph, kh, h)
+            for oj in range(ow):
+                c0, c1 = pool_window(oj, sw, pw, kw, w)
+                best = neg_inf
+                at = min(r0, h - 1) * w + min(max(oj * sw - pw, 0), w - 1)
+                for ih in range(r0, r1):
+                    for iw in range(c0, c1):
+                        v = x[p, ih, iw]
+                        if max_pool_takes(v, best):
+                            best = v
+                            at = ih * w + iw
+                y[p, oi, oj] = best
+                index[p, oi, oj] = at
+
+
+def max_pool2d_forward(x, y, index, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w):
+    n, c, h, w = x.shape
+    with threads_for(x.size):
+        _max_pool2d_forward(x.reshape(n * c, h, w), y.reshape(n * c, *y.shape[2:]),
+                            index.reshape(n * c, *index.shape[2:]), kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                            pad_w)
+
+
+@njit(parallel=True, **JIT)
+def _max_pool2d_regions_forward(x, y, index, row_begin, row_end, col_begin, col_end):
+    planes, h, w = x.shape
+    oh, ow = y.shape[1:]
+    neg_inf = x.dtype.type(-np.inf)
+    for p in prange(planes):
+        for oi in range(oh):
+            for oj in range(ow):
+                best = neg_inf
+                at = row_begin[oi] * w + col_begin[oj]
+                for ih in range(row_begin[oi], row_end[oi]):
+                    for iw in range(col_begin[oj], col_end[oj]):
+                        v = x[p, ih, iw]
+                        if max_pool_takes(v, best):
+                            best = v
+                            at = ih * w + iw
+                y[p, oi, oj] = best
+                index[p, oi, oj] = at
+
+
+def _check_regions(begin, end, size, what):
+    # Memory safety (the C++ binding's check): Numba does not bound-check.
+    bad = ~((begin >= 0) & (begin < end) & (end <= size))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"region {what} {i} [{begin[i]}, {end[i]}) must be non-empty and inside [0, {size})")
+
+
+def max_pool2d_regions_forward(x, y, index, row_begin, row_end, col_begin, col_end):
+    n, c, h, w = x.shape
+    _check_regions(row_begin, row_end, h, "row")
+    _check_regions(col_begin, col_end, w, "column")
+    with threads_for(x.size):
+        _max_pool2d_regions_forward(x.reshape(n * c, h, w), y.reshape(n * c, *y.shape[2:]),
+                                    index.reshape(n * c, *index.shape[2:]), row_begin, row_end, col_begin, col_end)
+
+
+@njit(parallel=True, **JIT)
+def _max_pool2d_backward(dy, index, dx):
+    planes, out = dy.shape
+    size = dx.shape[1]
+    for p in prange(planes):
+        for i in range(size):
+            dx[p, i] = 0.0
+        for o in range(out):
+            dx[p, index[p, o]] += dy[p, o]
+
+
+def max_pool2d_backward(dy, index, dx):
+    n, c, h, w = dx.shape
+    if index.size and (int(index.min()) < 0 or int(index.max()) >= h * w):
+        raise ValueError(f"index must hold in-plane positions in [0, H*W = {h * w}), got values in "
+                         f"[{int(index.min())}, {int(index.max())}]")
+    with threads_for(dx.size):
+        _max_pool2d_backward(dy.reshape(n * c, -1), index.reshape(n * c, -1), dx.reshape(n * c, h * w))
+
+
+@njit(parallel=True, **JIT)
+def _avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw, count_include_pad):
+    planes, h, w = x.shape
+    oh, ow = y.shape[1:]
+    for p in prange(planes):
+        for oi in range(oh):
+            r0, r1 = pool_window(oi, sh, ph, kh, h)
+            for oj in range(ow):
+                c0, c1 = pool_window(oj, sw, pw, kw, w)
+                total = x.dtype.type(0.0)
+                for ih in range(r0, r1):
+                    for iw in range(c0, c1):
+                        total += x[p, ih, iw]
+                y[p, oi, oj] = total / x.dtype.type(avg_pool_divisor(r1 - r0, c1 - c0, kh, kw, count_include_pad))
+
+
+def avg_pool2d_forward(x, y, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad):
+    n, c, h, w = x.shape
+    with threads_for(x.size):
+        _avg_pool2d_forward(x.reshape(n * c, h, w), y.reshape(n * c, *y.shape[2:]), kernel_h, kernel_w, stride_h,
+                            stride_w, pad_h, pad_w, bool(count_include_pad))
+
+
+@njit(parallel=True, **JIT)
+def _avg_pool2d_backward(dy, dx, kh, kw, sh, sw, ph, pw, count_include_pad):
+    planes, h, w = dx.shape
+    oh, ow = dy.shape[1:]
+    for p in prange(planes):
+        g = np.empty(ow, dx.dtype)
+        for ih in range(h):
+            for iw in range(w):
+                dx[p, ih, iw] = 0.0
+        for oi in range(oh):
+            r0, r1 = pool_window(oi, sh, ph, kh, h)
+            for oj in range(ow):
+                c0, c1 = pool_window(oj, sw, pw, kw, w)
+                g[oj] = dy[p, oi, oj] / dx.dtype.type(avg_pool_divisor(r1 - r0, c1 - c0, kh, kw, count_include_pad))
+            # The C++ loop nest (window row, window column, output column), so
+            # each dx element receives its terms in the same order.
+            for ih in range(r0, r1):
+                for kj in range(kw):
+                    for oj in range(ow):
+                        iw = oj * sw + kj - pw
+                        if iw >= 0 and iw < w:
+                            dx[p, ih, iw] += g[oj]
+
+
+def avg_pool2d_backward(dy, dx, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, count_include_pad):
+    n, c, h, w = dx.shape
+    with threads_for(dx.size):
+        _avg_pool2d_backward(dy.reshape(n * c, *dy.shape[2:]), dx.reshape(n * c, h, w), kernel_h, kernel_w,
+                             stride_h, stride_w, pad_h, pad_w, bool(count_include_pad))
+
+
+@njit(parallel=True, **JIT)
+def _global_avg_pool2d_forward(x, y):
+    planes, size = x.shape
+    for p in prange(planes):
+        total = x.dtype.type(0.0)
+        for i in range(size):
+            total += x[p, i]
+        y[p] = total / x.dtype.type(max(size, 1))
+
+
+def global_avg_pool2d_forward(x, y):
+    n, c, h, w = x.shape
+    with threads_for(x.size):
+        _global_avg_pool2d_forward(x.reshape(n * c, h * w), y.reshape(n * c))
+
+
+@njit(parallel=True, **JIT)
+def _global_avg_pool2d_backward(dy, dx):
+    planes, size = dx.shape
+    for p in prange(planes):
+        g = dy[p] / dx.dtype.type(size)
+        for i in range(size):
+            dx[p, i] = g
+
+
+def global_avg_pool2d_backward(dy, dx):
+    n, c, h, w = dx.shape
+    if h * w == 0:
+        return
+    with threads_for(dx.size):
+        _global_avg_pool2d_backward(dy.reshape(n * c), dx.reshape(n * c, h * w))
