@@ -30,6 +30,10 @@ CASES = [
     ((1, 3, 2, 2), (3, 3), (2, 3), (1, 1)),
     ((4, 16, 32, 32), (2, 2), None, (0, 0)),
     ((2, 7, 17, 19), (3, 2), (2, 3), (1, 1)),
+    # The C++ fixed-width paths (no column padding, 2 or 3 wide, stride 1 or 2).
+    ((2, 3, 9, 10), (3, 3), (1, 1), (0, 0)),
+    ((1, 2, 9, 8), (2, 2), (1, 1), (1, 0)),
+    ((2, 2, 11, 13), (2, 3), (2, 2), (1, 0)),
 ]
 CASE_IDS = [f"{s}-k{k}-s{st}-p{p}" for s, k, st, p in CASES]
 
@@ -394,7 +398,9 @@ def test_avg_pool2d_layer_forward_backward_and_save_load(backend, rng, tmp_path,
     path = tmp_path / "pool.npz"
     model.save(path)
     loaded = nn.load(path)
-    assert isinstance(loaded.layers[0], nn.AvgPool2d) if hasattr(loaded, "layers") else True
+    first = loaded.layers[0]
+    assert isinstance(first, nn.AvgPool2d) and first.count_include_pad is count_include_pad
+    assert (first.kernel_size, first.stride, first.padding) == ((3, 3), (2, 2), (1, 1))
     np.testing.assert_array_equal(loaded.forward(x), y)
     again = nn.from_config(model.get_config())
     np.testing.assert_array_equal(again.forward(x), y)
@@ -405,3 +411,51 @@ def test_max_pool2d_layer_keeps_its_signature(rng):
     assert (layer.kernel_size, layer.stride, layer.padding) == ((2, 2), (2, 2), (0, 0))
     x = rng.standard_normal((1, 2, 5, 5))
     np.testing.assert_array_equal(nn.MaxPool2d((2, 3), (1, 2)).forward(x), max_pool_ref(x, (2, 3), (1, 2), (0, 0))[0])
+
+
+# --- against PyTorch, and through interop (when torch is installed) -----------------------------
+
+@pytest.mark.parametrize("shape,k,s,p", CASES, ids=CASE_IDS)
+def test_pools_match_pytorch_float64(backend, rng, shape, k, s, p):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = rng.integers(-2, 3, shape).astype(np.float64)        # ties everywhere: the index rule matters
+    tx = torch.from_numpy(x).requires_grad_(True)
+    ty, tindex = F.max_pool2d(tx, k, s, p, return_indices=True)
+    y, saved = ops.max_pool2d(x, k, s, p)
+    np.testing.assert_array_equal(y, ty.detach().numpy())
+    np.testing.assert_array_equal(saved.index, tindex.numpy())
+    dy = rng.standard_normal(y.shape)
+    ty.backward(torch.from_numpy(dy))
+    assert rel_err(ops.max_pool2d_backward(dy, saved), tx.grad.numpy()) < 1e-12
+    x = rng.standard_normal(shape)
+    for count_include_pad in (True, False):
+        tx = torch.from_numpy(x).requires_grad_(True)
+        ty = F.avg_pool2d(tx, k, s, p, count_include_pad=count_include_pad)
+        y, saved = ops.avg_pool2d(x, k, s, p, count_include_pad)
+        assert rel_err(y, ty.detach().numpy()) < 1e-12
+        ty.backward(torch.from_numpy(dy))
+        assert rel_err(ops.avg_pool2d_backward(dy, saved), tx.grad.numpy()) < 1e-12
+
+
+def test_avg_pool_and_padded_max_pool_convert_to_torch(rng):
+    torch = pytest.importorskip("torch")
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64, rng=0),
+                          nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), nn.MaxPool2d(3, 2, padding=1),
+                          nn.AvgPool2d(2, stride=1))
+    x = rng.standard_normal((2, 2, 11, 9))
+    with torch.no_grad():
+        ty = fnn.interop.to_torch(model)(torch.from_numpy(x)).numpy()
+    assert rel_err(model.forward(x), ty) < 1e-12
+    back = fnn.interop.from_torch(torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.MaxPool2d(2, 1)).double())
+    assert [type(m).__name__ for m in back.layers] == ["AvgPool2d", "MaxPool2d"]
+
+
+def test_empty_batch(backend):
+    x = np.ones((0, 3, 5, 5), np.float32)
+    y, saved = ops.max_pool2d(x, 2)
+    assert y.shape == (0, 3, 2, 2) and ops.max_pool2d_backward(y, saved).shape == x.shape
+    a, asaved = ops.avg_pool2d(x, 3, 1, 1)
+    assert a.shape == (0, 3, 5, 5) and ops.avg_pool2d_backward(a, asaved).shape == x.shape
+    assert ops.global_avg_pool2d(x).shape == (0, 3)
+    assert ops.global_avg_pool2d_backward(np.ones((0, 3), np.float32), x.shape).shape == x.shape

@@ -67,6 +67,92 @@ void max_pool_plane(const PoolShape& s, const T* x, T* y, int32_t* index) {
   }
 }
 
+// The common windows (no column padding, KW and SW compile-time constants):
+// one pass per window row, the KW candidates of a column compared in the loop
+// body, so the loads of a row form one interleaved group (shuffles, no
+// per-element inserts) and the output row is read and written once per pass.
+template <class T, int KW, int SW>
+void max_pool_plane_fixed(const PoolShape& s, const T* x, T* y, int32_t* index) {
+  for (int64_t oi = 0; oi < s.oh; ++oi) {
+    const PoolRange rows = pool_window(oi, s.sh, s.ph, s.kh, s.h);
+    T* yr = y + oi * s.ow;
+    int32_t* ir = index + oi * s.ow;
+    if (rows.begin >= rows.end) {  // all padding (ops.py refuses such padding; stay inside x anyway)
+      const int64_t ih0 = rows.begin < s.h ? rows.begin : s.h - 1;
+      for (int64_t oj = 0; oj < s.ow; ++oj) {
+        yr[oj] = -std::numeric_limits<T>::infinity();
+        ir[oj] = int32_t(ih0 * s.w + oj * SW);
+      }
+      continue;
+    }
+    const T* xr = x + rows.begin * s.w;
+    const int32_t base = int32_t(rows.begin * s.w);
+#pragma omp simd
+    for (int64_t oj = 0; oj < s.ow; ++oj) {
+      T best = xr[oj * SW];
+      int32_t at = base + int32_t(oj * SW);
+      for (int kj = 1; kj < KW; ++kj) {
+        const T v = xr[oj * SW + kj];
+        const bool take = max_pool_takes(v, best);
+        best = take ? v : best;
+        at = take ? base + int32_t(oj * SW + kj) : at;
+      }
+      yr[oj] = best;
+      ir[oj] = at;
+    }
+    for (int64_t ih = rows.begin + 1; ih < rows.end; ++ih) {
+      const T* xh = x + ih * s.w;
+      const int32_t row = int32_t(ih * s.w);
+#pragma omp simd
+      for (int64_t oj = 0; oj < s.ow; ++oj) {
+        T best = yr[oj];
+        int32_t at = ir[oj];
+        for (int kj = 0; kj < KW; ++kj) {
+          const T v = xh[oj * SW + kj];
+          const bool take = max_pool_takes(v, best);
+          best = take ? v : best;
+          at = take ? row + int32_t(oj * SW + kj) : at;
+        }
+        yr[oj] = best;
+        ir[oj] = at;
+      }
+    }
+  }
+}
+
+template <class T, int KW, int SW>
+void avg_pool_plane_fixed(const PoolShape& s, const T* x, T* y, bool count_include_pad) {
+  for (int64_t oi = 0; oi < s.oh; ++oi) {
+    const PoolRange rows = pool_window(oi, s.sh, s.ph, s.kh, s.h);
+    T* yr = y + oi * s.ow;
+    for (int64_t oj = 0; oj < s.ow; ++oj) yr[oj] = T(0);
+    for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
+      const T* xh = x + ih * s.w;
+#pragma omp simd
+      for (int64_t oj = 0; oj < s.ow; ++oj) {
+        T sum = yr[oj];
+        for (int kj = 0; kj < KW; ++kj) sum += xh[oj * SW + kj];
+        yr[oj] = sum;
+      }
+    }
+    const T divisor = T(avg_pool_divisor(rows.end - rows.begin, KW, s.kh, KW, count_include_pad));
+#pragma omp simd
+    for (int64_t oj = 0; oj < s.ow; ++oj) yr[oj] /= divisor;
+  }
+}
+
+// Calls f(KW, SW) as compile-time constants for the windows with a fixed path
+// (no column padding; 2 or 3 wide, stride 1 or 2); returns false otherwise.
+template <class F>
+bool by_fixed_window(const PoolShape& s, F&& f) {
+  if (s.pw != 0) return false;
+  if (s.kw == 2 && s.sw == 2) return f(std::integral_constant<int, 2>{}, std::integral_constant<int, 2>{}), true;
+  if (s.kw == 2 && s.sw == 1) return f(std::integral_constant<int, 2>{}, std::integral_constant<int, 1>{}), true;
+  if (s.kw == 3 && s.sw == 2) return f(std::integral_constant<int, 3>{}, std::integral_constant<int, 2>{}), true;
+  if (s.kw == 3 && s.sw == 1) return f(std::integral_constant<int, 3>{}, std::integral_constant<int, 1>{}), true;
+  return false;
+}
+
 template <class T, int SW>
 void avg_pool_plane(const PoolShape& s, const T* x, T* y, bool count_include_pad) {
   const int64_t sw = SW > 0 ? SW : s.sw;
@@ -134,6 +220,13 @@ void max_pool2d_forward(const MaxPool2dForwardArgs<T>& a) {
   const int64_t planes = s.n * s.c, in = s.h * s.w, out = s.oh * s.ow;
   if (planes <= 0 || out <= 0) return;
   const int nthreads = threads_for(planes * in);
+  const bool fixed = by_fixed_window(s, [&](auto kw_const, auto sw_const) {
+    constexpr int KW = decltype(kw_const)::value, SW = decltype(sw_const)::value;
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
+    for (int64_t p = 0; p < planes; ++p)
+      max_pool_plane_fixed<T, KW, SW>(s, a.x + p * in, a.y + p * out, a.index + p * out);
+  });
+  if (fixed) return;
   by_column_stride(s.sw, [&](auto sw_const) {
     constexpr int SW = decltype(sw_const)::value;
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
@@ -190,6 +283,13 @@ void avg_pool2d_forward(const AvgPool2dForwardArgs<T>& a) {
   const int64_t planes = s.n * s.c, in = s.h * s.w, out = s.oh * s.ow;
   if (planes <= 0 || out <= 0) return;
   const int nthreads = threads_for(planes * in);
+  const bool fixed = by_fixed_window(s, [&](auto kw_const, auto sw_const) {
+    constexpr int KW = decltype(kw_const)::value, SW = decltype(sw_const)::value;
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
+    for (int64_t p = 0; p < planes; ++p)
+      avg_pool_plane_fixed<T, KW, SW>(s, a.x + p * in, a.y + p * out, a.count_include_pad);
+  });
+  if (fixed) return;
   by_column_stride(s.sw, [&](auto sw_const) {
     constexpr int SW = decltype(sw_const)::value;
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)

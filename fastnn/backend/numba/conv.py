@@ -11,6 +11,9 @@ are laid out (CKK, B, P) so its GEMM is one 2-D matmul:
 """
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
@@ -63,51 +66,85 @@ def _col2im(cols, dx, kh, kw, sh, sw, ph, pw, oh, ow):
                             dx[b, ch, ih, iw] += cols[r, b, i * ow + j]
 
 
-@njit(parallel=True, **JIT)
-def _bias_act_channels(acc, y, z, bias, has_bias, save_z, code, alpha):
-    """y (B, F, P) <- act(acc (F, B, P) + bias[f]); z <- the pre-activation when kept."""
-    f, n, p = acc.shape
-    a = alpha
-    for t in prange(n * f):
-        i = t // f
-        k = t % f
-        for j in range(p):
-            v = acc[k, i, j]
-            if has_bias:
-                v += bias[k]
+@functools.cache
+def _epilogue_kernels(code):
+    """(bias_act, dz) compiled for one activation code as a constant, as
+    csrc/cpu/conv.cpp's visit_act picks one template instance: with the runtime
+    code in the loop every element went through the activation switch and the
+    loops stayed scalar; with it constant each run of P values vectorizes."""
+
+    @njit(parallel=True, **JIT)
+    def bias_act(acc, y, z, bias, has_bias, save_z, alpha):
+        """y (B, F, P) <- act(acc (F, B, P) + bias[f]); z <- the pre-activation when kept."""
+        f, n, p = acc.shape
+        T = y.dtype.type
+        for t in prange(n * f):
+            i = t // f
+            k = t % f
+            src = acc[k, i]
+            out = y[i, k]
+            bk = bias[k] if has_bias else T(0)
             if save_z:
-                z[i, k, j] = v
-            y[i, k, j] = act_value(v, code, a)
-
-
-@njit(parallel=True, **JIT)
-def _conv_dz(dy, y, z, dz, dbias, code, alpha):
-    """dz = dy * act'(.) over (N, F, P), dbias[f] = sum over n, p; returns d loss / d alpha."""
-    n, f, p = dy.shape
-    a = alpha
-    alpha_parts = np.zeros(f, np.float64)
-    for k in prange(f):
-        bsum = 0.0
-        asum = 0.0
-        for i in range(n):
+                zk = z[i, k]
+                for j in range(p):
+                    zk[j] = src[j] + bk
             for j in range(p):
-                d = dy[i, k, j] * act_grad(z[i, k, j], y[i, k, j], code, a)
-                dz[i, k, j] = d
-                bsum += d
-                if code == PRELU and not z[i, k, j] > 0:
-                    asum += dy[i, k, j] * z[i, k, j]
-        dbias[k] = bsum
-        alpha_parts[k] = asum
-    # Summed in filter order, so that d loss / d alpha does not depend on the thread count.
-    total = 0.0
-    for k in range(f):
-        total += alpha_parts[k]
-    return total
+                out[j] = T(act_value(src[j] + bk, code, alpha))
+
+    @njit(parallel=True, **JIT)
+    def dz_bias(dy, y, z, dz, dbias, alpha):
+        """dz = dy * act'(.) over (N, F, P), dbias[f] = sum over n, p (float64 lanes, fixed
+        order); returns d loss / d alpha, summed in filter order (thread-count independent)."""
+        n, f, p = dy.shape
+        T = dy.dtype.type
+        alpha_parts = np.zeros(f, np.float64)
+        for k in prange(f):
+            lanes = np.zeros(p)
+            asum = 0.0
+            for i in range(n):
+                dyk, yk, zk, dzk = dy[i, k], y[i, k], z[i, k], dz[i, k]
+                for j in range(p):
+                    d = dyk[j] * T(act_grad(zk[j], yk[j], code, alpha))
+                    dzk[j] = d
+                    lanes[j] += d
+                if code == PRELU:
+                    for j in range(p):
+                        if not zk[j] > 0:
+                            asum += dyk[j] * zk[j]
+            total = 0.0
+            for j in range(p):
+                total += lanes[j]
+            dbias[k] = total
+            alpha_parts[k] = asum
+        total = 0.0
+        for k in range(f):
+            total += alpha_parts[k]
+        return total
+
+    return bias_act, dz_bias
 
 
 def _conv_chunk(ckk, p, itemsize):
-    """Images per im2col chunk: the columns of a chunk stay under ~32 MiB."""
+    """Images per im2col chunk: the columns of a chunk stay under ~32 MiB. Few large
+    chunks, not many cache-sized ones: every chunk alternates a Numba (OpenMP)
+    region with a NumPy (OpenBLAS) GEMM, and the OpenMP workers left spinning after
+    each region take the cores from the BLAS threads (4 MiB chunks measured 19x
+    slower than C++ against 4-8x for 32 MiB)."""
     return max(1, (32 << 20) // max(1, ckk * p * itemsize))
+
+
+# One columns buffer per calling thread, kept across calls: a fresh multi-MiB
+# np.empty per chunk cost a page fault per 4 KiB page on every call. Per thread,
+# because ranks of fastnn.distributed may run as threads of one process.
+_SCRATCH = threading.local()
+
+
+def _cols_buffer(ckk, nb, p, dtype):
+    need = ckk * nb * p
+    buf = getattr(_SCRATCH, "cols", None)
+    if buf is None or buf.dtype != dtype or buf.size < need:
+        buf = _SCRATCH.cols = np.empty(need, dtype)
+    return buf[:need].reshape(ckk, nb, p)
 
 
 def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act, alpha):
@@ -123,14 +160,14 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     step = _conv_chunk(ckk, p, x.itemsize)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        cols = np.empty((ckk, b1 - b0, p), x.dtype)
+        cols = _cols_buffer(ckk, b1 - b0, p, x.dtype)
         with threads_for(cols.size):
             _im2col(x[b0:b1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
         with quiet_fp():
             acc = np.matmul(w2, cols.reshape(ckk, -1)).reshape(f, b1 - b0, p)
         with threads_for(acc.size):
-            _bias_act_channels(acc, y3[b0:b1], z3[b0:b1] if save_z else z3, b, bias is not None, save_z,
-                               act, alpha)
+            _epilogue_kernels(act)[0](acc, y3[b0:b1], z3[b0:b1] if save_z else z3, b, bias is not None, save_z,
+                                      alpha)
 
 
 def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, stride_h, stride_w, pad_h, pad_w,
@@ -143,7 +180,8 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     zz = z if z is not None else y
     db = dbias if dbias is not None else np.empty(f, dy.dtype)
     with threads_for(dy.size):
-        total = _conv_dz(dy.reshape(n, f, p), y.reshape(n, f, p), zz.reshape(n, f, p), dz3, db, act, alpha)
+        total = _epilogue_kernels(act)[1](dy.reshape(n, f, p), y.reshape(n, f, p), zz.reshape(n, f, p), dz3, db,
+                                          alpha)
     if dalpha is not None:
         dalpha[0] = total
     w2 = weight.reshape(f, ckk)
@@ -151,7 +189,7 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     step = _conv_chunk(ckk, p, x.itemsize)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        cols = np.empty((ckk, b1 - b0, p), x.dtype)
+        cols = _cols_buffer(ckk, b1 - b0, p, x.dtype)
         with threads_for(cols.size):
             _im2col(x[b0:b1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
         dzt = np.ascontiguousarray(dz3[b0:b1].transpose(1, 0, 2)).reshape(f, -1)   # (F, B*P)

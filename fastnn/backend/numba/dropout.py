@@ -40,6 +40,37 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
+# Philox blocks per task: a task first fills the words of its blocks (a loop
+# with no branch and no store to y, which LLVM vectorizes across blocks: the 32x32
+# -> 64-bit products become vpmuludq, several blocks per register, where the
+# former loop computed one block and then scattered its four words one by one),
+# then applies them to its run of elements with one compare per element.
+_BLOCKS = 256
+
+
+@njit(**JIT)
+def _philox_words(first, nb, k0, k1, words):
+    """words[4 * l + w] = word w of Philox block first + l, l < nb (ops/dropout.h dropout_block).
+    A loop of its own (not inlined into the prange body), so LLVM vectorizes it across blocks."""
+    zero = np.uint64(0)
+    for l in range(nb):
+        block = first + np.uint64(l)
+        w0, w1, w2, w3 = philox4x32_10(block & _M32, block >> _S32, zero, zero, k0, k1)
+        words[4 * l] = w0
+        words[4 * l + 1] = w1
+        words[4 * l + 2] = w2
+        words[4 * l + 3] = w3
+
+
+@njit(**JIT)
+def _apply_mask(x, y, i0, i1, words, lead, threshold, scale):
+    """y[i] = dropout_apply(x[i], dropout_keep(words[i + lead], threshold), scale), i0 <= i < i1."""
+    T = x.dtype.type
+    for i in range(i0, i1):
+        # A dropped element is 0 even when x is NaN or inf (ops/dropout.h dropout_apply).
+        y[i] = x[i] * scale if words[i + lead] < threshold else T(0)
+
+
 @njit(parallel=True, **JIT)
 def _dropout(x, y, seed, offset, threshold, scale):
     n = x.size
@@ -48,21 +79,18 @@ def _dropout(x, y, seed, offset, threshold, scale):
     four = np.uint64(4)
     first = offset // four
     last = (offset + np.uint64(n) - np.uint64(1)) // four
+    nblocks = np.int64(last - first) + 1
     k0 = seed & _M32
     k1 = seed >> _S32
-    zero = np.uint64(0)
-    end = offset + np.uint64(n)
-    for t in prange(np.int64(last - first) + 1):
-        block = first + np.uint64(t)
-        w0, w1, w2, w3 = philox4x32_10(block & _M32, block >> _S32, zero, zero, k0, k1)
-        g0 = block * four
-        for w in range(4):
-            g = g0 + np.uint64(w)
-            if g >= offset and g < end:
-                i = np.int64(g - offset)
-                word = w0 if w == 0 else (w1 if w == 1 else (w2 if w == 2 else w3))
-                # A dropped element is 0 even when x is NaN or inf (ops/dropout.h dropout_apply).
-                y[i] = x[i] * scale if word < threshold else 0.0
+    for t in prange((nblocks + _BLOCKS - 1) // _BLOCKS):
+        b0 = t * _BLOCKS
+        nb = min(_BLOCKS, nblocks - b0)
+        words = np.empty(4 * _BLOCKS, np.uint64)
+        _philox_words(first + np.uint64(b0), nb, k0, k1, words)
+        # words[0] is global index start; element i (global index offset + i) reads words[i + lead]
+        start = (first + np.uint64(b0)) * four
+        lead = np.int64(offset - start) if offset >= start else -np.int64(start - offset)
+        _apply_mask(x, y, max(0, -lead), min(n, 4 * nb - lead), words, lead, threshold, scale)
 
 
 def dropout(x, y, seed, offset, threshold, scale):

@@ -121,7 +121,8 @@ def max_pool2d_backward(dy, index, dx):
         raise ValueError(f"index must hold in-plane positions in [0, H*W = {h * w}), got values in "
                          f"[{int(index.min())}, {int(index.max())}]")
     with threads_for(dx.size):
-        _max_pool2d_backward(dy.reshape(n * c, -1), index.reshape(n * c, -1), dx.reshape(n * c, h * w))
+        out = dy.shape[2] * dy.shape[3]
+        _max_pool2d_backward(dy.reshape(n * c, out), index.reshape(n * c, out), dx.reshape(n * c, h * w))
 
 
 @njit(parallel=True, **JIT)
