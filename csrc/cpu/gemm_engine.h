@@ -57,8 +57,11 @@ struct Blocking {
   static constexpr int64_t NCL2 = FASTNN_VBYTES == 64 ? (sizeof(T) == 4 ? 528 : 384) : 256;
   // The shared A block MCB x KC in L3 (3 MiB fp32, 4 MiB fp64 with AVX-512).
   static constexpr int64_t MCB = MR * 256;
-  // Prefetch distance for the streamed B micro-panel, in k steps.
-  static constexpr int PFB = 16;
+  // Prefetch distance for the streamed B micro-panel, in k steps; 0: none.
+  // AVX-512 goes without: the packed panel is read sequentially, so the
+  // hardware prefetchers already have it, and the NV prefetches per k step
+  // measured 3-4% slower (1 thread, thread CPU time, bench/README.md).
+  static constexpr int PFB = FASTNN_VBYTES == 64 ? 0 : 16;
 };
 
 // --- operand sources: pack one micro-panel --------------------------------------
@@ -196,8 +199,10 @@ FASTNN_INLINE void tile(int64_t kc, const T* __restrict ap, const T* __restrict 
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) b[v] = S::load(bp + v * VW);
     // One cache line of B ahead per register (NR * sizeof(T) is NV lines with AVX-512).
+    if constexpr (PFB > 0) {
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) simd::prefetch_l1(bp + PFB * NR + v * VW);
+      for (int v = 0; v < NV; ++v) simd::prefetch_l1(bp + PFB * NR + v * VW);
+    }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       V a = S::broadcast(ap + i);
@@ -244,6 +249,34 @@ FASTNN_INLINE void tile(int64_t kc, const T* __restrict ap, const T* __restrict 
       for (int j = 0; j < nr; ++j) crow[j] = brow[j];
     }
   }
+}
+
+template <class B> struct IsStridedB { static constexpr bool value = false; };
+template <class T> struct IsStridedB<StridedB<T>> { static constexpr bool value = true; };
+
+// Packs the B panels [q0, q1) (columns q * NR ..) of rows [p0, p0 + kc) to
+// dst + (q - q0) * pstride. A row-major B is packed in strips of a few rows
+// across all the panels, so each source row is read as one long contiguous run
+// (the prefetchers follow it) instead of NR-wide pieces a row stride apart,
+// which leave a skinny GEMM (few rows of A, each packed B element used only
+// m times) waiting on memory latency while it packs: (64, 4096, 4096) went
+// from 49% to 53-55% of the probe on one thread. Other sources (transposed B,
+// fused producers with their row-ordered reductions) pack panel by panel.
+template <int NR, class T, class BSrc>
+FASTNN_INLINE void pack_b_panels(const BSrc& B, int64_t p0, int64_t kc, int64_t q0, int64_t q1, int64_t n,
+                                 T* dst, int64_t pstride, bool first) {
+  if constexpr (IsStridedB<BSrc>::value) {
+    if (B.cs == 1 && q1 - q0 > 1) {
+      constexpr int64_t kStrip = 8;
+      for (int64_t pp = 0; pp < kc; pp += kStrip)
+        for (int64_t q = q0; q < q1; ++q)
+          B.template pack<NR>(p0 + pp, min64(kStrip, kc - pp), q * NR, int(min64(NR, n - q * NR)),
+                              dst + (q - q0) * pstride + pp * NR, first);
+      return;
+    }
+  }
+  for (int64_t q = q0; q < q1; ++q)
+    B.template pack<NR>(p0, kc, q * NR, int(min64(NR, n - q * NR)), dst + (q - q0) * pstride, first);
 }
 
 // Splits [0, total) into `parts` nearly equal steps no longer than `step`.
@@ -344,8 +377,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
             const int64_t ch = __atomic_fetch_add(&next_chunk[this_block], 1, __ATOMIC_RELAXED);
             if (ch >= nchunks) break;
             const int64_t q0 = ch * chunk, q1 = min64(q0 + chunk, npan_total);
-            for (int64_t q = q0; q < q1; ++q)
-              B.template pack<NR>(pc, kc, q * NR, int(min64(NR, n - q * NR)), my_slot + (q - q0) * NR * kcb, ic == 0);
+            pack_b_panels<NR>(B, pc, kc, q0, q1, n, my_slot, NR * kcb, ic == 0);
             for (int64_t r = 0; r < mpan; ++r) {
               const int64_t i = ic + r * MR;
               const int mr = int(min64(MR, m - i));
@@ -374,8 +406,8 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
           // Panels at a fixed stride (kcb, not this block's kc): a thread that already
           // packs a shorter last K block must not reach into its neighbour's slot.
           auto bpanel = [&](int64_t q) { return bpack + (gm > 1 ? q : tj * slot + q - q0) * NR * kcb; };
-          for (int64_t q = pk0; q < pk1; ++q)
-            B.template pack<NR>(pc, kc, jc + q * NR, int(min64(NR, n - jc - q * NR)), bpanel(q), ic == 0);
+          if (pk1 > pk0)
+            pack_b_panels<NR>(B, pc, kc, jc / NR + pk0, jc / NR + pk1, n, bpanel(pk0), NR * kcb, ic == 0);
           if (jc == 0 || gm > 1) {
 #pragma omp barrier
           }
