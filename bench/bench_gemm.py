@@ -373,8 +373,9 @@ def _markdown_linear(result) -> str:
     best = [i for i in result["machine"]["isas"]][:1]
     main_impl = f"fastnn-{best[0]}" if best else "fastnn-numba"
     lines = ["### Linear + ReLU (time ratio = fastnn time / peer time; lower is better)", "",
-              "| dtype | (N, D, M) | pass | fastnn ms | GFLOP/s | numpy ms | torch ms | / numpy | / torch | numba / cpp |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+             "| dtype | (N, D, M) | pass | fastnn ms | GFLOP/s | numpy ms | torch ms | / numpy | / torch "
+             "| numba / cpp |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for e in result["linear_relu"]:
         for mode in ("forward", "forward_backward"):
             s, g = e[mode]["seconds"], e[mode]["gflops"]

@@ -64,12 +64,22 @@ def test_forty_step_golden_trajectories(backend, rng, dtype, options, rule, cls,
     matrices = [(offsets[i], s[0], s[1]) for i, s in enumerate(shapes) if len(s) == 2]
     ref = oracle.optim_reference(rule, start, grads, hyper["lr"], clip=options.get("clip_grad_norm"),
                                  max_norm=options.get("max_norm"), matrices=matrices, **h)
-    worst = 0.0
+    # L1's subgradient sign(p) jumps at 0: a float32 parameter passing within a
+    # rounding error of 0 may take the other side than the float64 reference,
+    # and from then on differs by up to 2 * lr * l1 per step. Those coordinates
+    # are held to that bound; every other one to float32 rounding.
+    kinked = np.zeros(start.size, bool)
+    if dtype == np.float32 and options.get("l1"):
+        kinked = np.any(np.abs(np.array(ref)) < 1e-3, axis=0)
+    worst = kink_worst = 0.0
     for g, want in zip(grads, ref):
         opt.flat_grad[...] = g
         opt.step()
-        worst = max(worst, rel_err(opt.flat_param, want))
+        worst = max(worst, rel_err(opt.flat_param[~kinked], want[~kinked]))
+        if kinked.any():
+            kink_worst = max(kink_worst, float(np.max(np.abs(opt.flat_param[kinked] - want[kinked]))))
     assert worst < (2e-5 if dtype == np.float32 else 1e-11), (rule, options, worst)
+    assert kink_worst <= 2 * hyper["lr"] * options.get("l1", 0.0) * len(grads) + 1e-6, (rule, options, kink_worst)
     if "max_norm" in options:
         for off, r, c in matrices:
             w = opt.flat_param[off:off + r * c].reshape(r, c).astype(np.float64)

@@ -260,13 +260,15 @@ template <class T> struct IsStridedB<StridedB<T>> { static constexpr bool value 
 // (the prefetchers follow it) instead of NR-wide pieces a row stride apart,
 // which leave a skinny GEMM (few rows of A, each packed B element used only
 // m times) waiting on memory latency while it packs: (64, 4096, 4096) went
-// from 49% to 53-55% of the probe on one thread. Other sources (transposed B,
-// fused producers with their row-ordered reductions) pack panel by panel.
+// from 49% to 53-55% of the probe on one thread. Only when `skinny` (at most 32 row
+// panels share the packed B; with many the packing is amortized and the strips
+// measured slightly slower at k = 64). Other sources (transposed B, fused
+// producers with their row-ordered reductions) pack panel by panel.
 template <int NR, class T, class BSrc>
 FASTNN_INLINE void pack_b_panels(const BSrc& B, int64_t p0, int64_t kc, int64_t q0, int64_t q1, int64_t n,
-                                 T* dst, int64_t pstride, bool first) {
+                                 T* dst, int64_t pstride, bool first, bool skinny) {
   if constexpr (IsStridedB<BSrc>::value) {
-    if (B.cs == 1 && q1 - q0 > 1) {
+    if (skinny && B.cs == 1 && q1 - q0 > 1) {
       constexpr int64_t kStrip = 8;
       for (int64_t pp = 0; pp < kc; pp += kStrip)
         for (int64_t q = q0; q < q1; ++q)
@@ -377,7 +379,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
             const int64_t ch = __atomic_fetch_add(&next_chunk[this_block], 1, __ATOMIC_RELAXED);
             if (ch >= nchunks) break;
             const int64_t q0 = ch * chunk, q1 = min64(q0 + chunk, npan_total);
-            pack_b_panels<NR>(B, pc, kc, q0, q1, n, my_slot, NR * kcb, ic == 0);
+            pack_b_panels<NR>(B, pc, kc, q0, q1, n, my_slot, NR * kcb, ic == 0, mpan <= 32);
             for (int64_t r = 0; r < mpan; ++r) {
               const int64_t i = ic + r * MR;
               const int mr = int(min64(MR, m - i));
@@ -407,7 +409,8 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
           // packs a shorter last K block must not reach into its neighbour's slot.
           auto bpanel = [&](int64_t q) { return bpack + (gm > 1 ? q : tj * slot + q - q0) * NR * kcb; };
           if (pk1 > pk0)
-            pack_b_panels<NR>(B, pc, kc, jc / NR + pk0, jc / NR + pk1, n, bpanel(pk0), NR * kcb, ic == 0);
+            pack_b_panels<NR>(B, pc, kc, jc / NR + pk0, jc / NR + pk1, n, bpanel(pk0), NR * kcb, ic == 0,
+                              mpan <= 32);
           if (jc == 0 || gm > 1) {
 #pragma omp barrier
           }
