@@ -203,14 +203,25 @@ const int64_t* checked_labels(const py::object& labels, int64_t n, int64_t c) {
   return lab;
 }
 
-double softmax_xent_forward(py::object scores, py::object labels, py::object probs) {
+// labels (N,) int64 or None; targets (N, C) of the scores' dtype or None: at most
+// one (forward; neither computes only probs), exactly one (backward).
+void one_target(const py::object& labels, const py::object& targets, bool required) {
+  if (!labels.is_none() && !targets.is_none())
+    throw py::value_error("give labels or targets, not both");
+  if (required && labels.is_none() && targets.is_none())
+    throw py::value_error("labels or targets is required");
+}
+
+double softmax_xent_forward(py::object scores, py::object labels, py::object targets, py::object probs) {
+  one_target(labels, targets, false);
   return by_dtype(scores, "scores", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = dim(scores, "scores", 2, 0), c = dim(scores, "scores", 2, 1);
     if (c < 1) throw py::value_error("scores must have at least one class column");
     T loss = T(0);
     fastnn::SoftmaxXentForwardArgs<T> args{n, c, checked<T>(scores, "scores", {n, c}),
-                                           checked_labels<T>(labels, n, c),
+                                           labels.is_none() ? nullptr : checked_labels<T>(labels, n, c),
+                                           checked_or_null<T>(targets, "targets", {n, c}),
                                            checked<T>(probs, "probs", {n, c}, true), &loss};
     {
       py::gil_scoped_release nogil;
@@ -220,12 +231,15 @@ double softmax_xent_forward(py::object scores, py::object labels, py::object pro
   });
 }
 
-void softmax_xent_backward(py::object probs, py::object labels, py::object dscores, double scale) {
+void softmax_xent_backward(py::object probs, py::object labels, py::object targets, py::object dscores,
+                           double scale) {
+  one_target(labels, targets, true);
   by_dtype(probs, "probs", [&](auto tag) {
     using T = decltype(tag);
     int64_t n = dim(probs, "probs", 2, 0), c = dim(probs, "probs", 2, 1);
     fastnn::SoftmaxXentBackwardArgs<T> args{n, c, checked<T>(probs, "probs", {n, c}),
-                                            checked_labels<T>(labels, n, c),
+                                            labels.is_none() ? nullptr : checked_labels<T>(labels, n, c),
+                                            checked_or_null<T>(targets, "targets", {n, c}),
                                             checked<T>(dscores, "dscores", {n, c}, true), T(scale)};
     py::gil_scoped_release nogil;
     fastnn::softmax_xent_backward(args);
@@ -330,6 +344,100 @@ void batchnorm_backward(py::object dy, py::object x, py::object y, py::object ga
     if (a != Act::identity && !args.y) throw py::value_error("y (forward output) is required for a fused activation");
     py::gil_scoped_release nogil;
     fastnn::batchnorm_backward(args);
+  });
+}
+
+void batchnorm_stats(py::object x, py::object shift, py::object sum, py::object sumsq) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    auto ncs = ncs_of(x, "x");
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(x));
+    const int64_t c = ncs[1];
+    fastnn::BatchNormStatsArgs<T> args{ncs[0], c, ncs[2], checked<T>(x, "x", shape), checked<T>(shift, "shift", {c}),
+                                       checked<double>(sum, "sum", {c}, true),
+                                       checked<double>(sumsq, "sumsq", {c}, true)};
+    py::gil_scoped_release nogil;
+    fastnn::batchnorm_stats(args);
+  });
+}
+
+void batchnorm_gather_stats(py::object sum, py::object sumsq, double count, py::object shift, py::object running_mean,
+                            py::object running_var, py::object save_mean, py::object save_invstd, double momentum,
+                            double eps) {
+  by_dtype(shift, "shift", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t c = dim(shift, "shift", 1, 0);
+    if (!(count > 1.0))
+      throw py::value_error("count must be more than 1 value per channel when training, got " +
+                            std::to_string(count));
+    fastnn::BatchNormGatherStatsArgs<T> args{
+        c, checked<double>(sum, "sum", {c}), checked<double>(sumsq, "sumsq", {c}), count,
+        checked<T>(shift, "shift", {c}), checked_or_null<T>(running_mean, "running_mean", {c}, true),
+        checked_or_null<T>(running_var, "running_var", {c}, true), checked<T>(save_mean, "save_mean", {2, c}, true),
+        checked<T>(save_invstd, "save_invstd", {c}, true), T(momentum), T(eps)};
+    py::gil_scoped_release nogil;
+    fastnn::batchnorm_gather_stats(args);
+  });
+}
+
+void batchnorm_elemt(py::object x, py::object gamma, py::object beta, py::object save_mean, py::object save_invstd,
+                     py::object y, int act, double alpha) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = act_of(act, alpha);
+    auto ncs = ncs_of(x, "x");
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(x));
+    const int64_t c = ncs[1];
+    fastnn::BatchNormElemtArgs<T> args{
+        ncs[0], c, ncs[2], checked<T>(x, "x", shape), checked_or_null<T>(gamma, "gamma", {c}),
+        checked_or_null<T>(beta, "beta", {c}), checked<T>(save_mean, "save_mean", {2, c}),
+        checked<T>(save_invstd, "save_invstd", {c}), checked<T>(y, "y", shape, true), a, T(alpha)};
+    py::gil_scoped_release nogil;
+    fastnn::batchnorm_elemt(args);
+  });
+}
+
+void batchnorm_backward_reduce(py::object dy, py::object x, py::object y, py::object save_mean,
+                               py::object save_invstd, py::object sum_dz, py::object sum_dz_xhat, py::object dgamma,
+                               py::object dbeta, int act, double alpha) {
+  by_dtype(dy, "dy", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = act_of(act, alpha);
+    auto ncs = ncs_of(dy, "dy");
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(dy));
+    const int64_t c = ncs[1];
+    fastnn::BatchNormBackwardReduceArgs<T> args{
+        ncs[0], c, ncs[2], checked<T>(dy, "dy", shape), checked<T>(x, "x", shape),
+        checked_or_null<T>(y, "y", shape), checked<T>(save_mean, "save_mean", {2, c}),
+        checked<T>(save_invstd, "save_invstd", {c}), checked<double>(sum_dz, "sum_dz", {c}, true),
+        checked<double>(sum_dz_xhat, "sum_dz_xhat", {c}, true), checked_or_null<T>(dgamma, "dgamma", {c}, true),
+        checked_or_null<T>(dbeta, "dbeta", {c}, true), a, T(alpha)};
+    if (a != Act::identity && !args.y) throw py::value_error("y (forward output) is required for a fused activation");
+    py::gil_scoped_release nogil;
+    fastnn::batchnorm_backward_reduce(args);
+  });
+}
+
+void batchnorm_backward_elemt(py::object dy, py::object x, py::object y, py::object gamma, py::object save_mean,
+                              py::object save_invstd, py::object mean_dz, py::object mean_dz_xhat, py::object dx,
+                              int act, double alpha) {
+  by_dtype(dy, "dy", [&](auto tag) {
+    using T = decltype(tag);
+    Act a = act_of(act, alpha);
+    auto ncs = ncs_of(dy, "dy");
+    auto shape = shape_of(py::reinterpret_borrow<py::array>(dy));
+    const int64_t c = ncs[1];
+    fastnn::BatchNormBackwardElemtArgs<T> args{
+        ncs[0], c, ncs[2], checked<T>(dy, "dy", shape), checked<T>(x, "x", shape),
+        checked_or_null<T>(y, "y", shape), checked_or_null<T>(gamma, "gamma", {c}),
+        checked<T>(save_mean, "save_mean", {2, c}), checked<T>(save_invstd, "save_invstd", {c}),
+        checked_or_null<double>(mean_dz, "mean_dz", {c}), checked_or_null<double>(mean_dz_xhat, "mean_dz_xhat", {c}),
+        checked<T>(dx, "dx", shape, true), a, T(alpha)};
+    if (a != Act::identity && !args.y) throw py::value_error("y (forward output) is required for a fused activation");
+    if (!args.mean_dz != !args.mean_dz_xhat)
+      throw py::value_error("mean_dz and mean_dz_xhat must both be given (training) or both be None (eval)");
+    py::gil_scoped_release nogil;
+    fastnn::batchnorm_backward_elemt(args);
   });
 }
 
@@ -599,9 +707,9 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("act_backward", &act_backward, py::arg("dy"), py::arg("x"), py::arg("y"), py::arg("dx"),
           py::arg("dalpha"), py::arg("act"), py::arg("alpha"));
   mod.def("softmax_xent_forward", &softmax_xent_forward, py::arg("scores"), py::arg("labels"),
-          py::arg("probs"));
+          py::arg("targets"), py::arg("probs"));
   mod.def("softmax_xent_backward", &softmax_xent_backward, py::arg("probs"), py::arg("labels"),
-          py::arg("dscores"), py::arg("scale"));
+          py::arg("targets"), py::arg("dscores"), py::arg("scale"));
   mod.def("optim_step", &optim_step, py::arg("rule"), py::arg("param"), py::arg("grad"), py::arg("state1"),
           py::arg("state2"), py::arg("seg_begin"), py::arg("hyper"));
 
@@ -611,6 +719,18 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("batchnorm_backward", &batchnorm_backward, py::arg("dy"), py::arg("x"), py::arg("y"), py::arg("gamma"),
           py::arg("save_mean"), py::arg("save_invstd"), py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"),
           py::arg("training"), py::arg("act"), py::arg("alpha"));
+  mod.def("batchnorm_stats", &batchnorm_stats, py::arg("x"), py::arg("shift"), py::arg("sum"), py::arg("sumsq"));
+  mod.def("batchnorm_gather_stats", &batchnorm_gather_stats, py::arg("sum"), py::arg("sumsq"), py::arg("count"),
+          py::arg("shift"), py::arg("running_mean"), py::arg("running_var"), py::arg("save_mean"),
+          py::arg("save_invstd"), py::arg("momentum"), py::arg("eps"));
+  mod.def("batchnorm_elemt", &batchnorm_elemt, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("save_mean"),
+          py::arg("save_invstd"), py::arg("y"), py::arg("act"), py::arg("alpha"));
+  mod.def("batchnorm_backward_reduce", &batchnorm_backward_reduce, py::arg("dy"), py::arg("x"), py::arg("y"),
+          py::arg("save_mean"), py::arg("save_invstd"), py::arg("sum_dz"), py::arg("sum_dz_xhat"), py::arg("dgamma"),
+          py::arg("dbeta"), py::arg("act"), py::arg("alpha"));
+  mod.def("batchnorm_backward_elemt", &batchnorm_backward_elemt, py::arg("dy"), py::arg("x"), py::arg("y"),
+          py::arg("gamma"), py::arg("save_mean"), py::arg("save_invstd"), py::arg("mean_dz"), py::arg("mean_dz_xhat"),
+          py::arg("dx"), py::arg("act"), py::arg("alpha"));
   mod.def("dropout", &dropout, py::arg("x"), py::arg("y"), py::arg("seed"), py::arg("offset"),
           py::arg("threshold"), py::arg("scale"));
 

@@ -62,17 +62,20 @@ struct ActBackwardArgs {
   int64_t n; const T* dy; const T* x; const T* y; T* dx; T* dalpha; Act act; T alpha;
 };
 
-// Softmax cross-entropy forward: scores (N, C), labels (N,) int64 in [0, C),
-// probs (N, C) saved for backward; returns the mean loss in *loss.
+// Softmax cross-entropy forward: scores (N, C), probs (N, C) saved for backward,
+// the mean loss in *loss. The targets are hard labels (N,) int64 in [0, C), or
+// soft targets (N, C) (distributions: Mixup, label smoothing): at most one of
+// labels/targets is non-null; with neither, only probs is computed (loss 0).
 template <class T>
 struct SoftmaxXentForwardArgs {
-  int64_t n, c; const T* scores; const int64_t* labels; T* probs; T* loss;
+  int64_t n, c; const T* scores; const int64_t* labels; const T* targets; T* probs; T* loss;
 };
 
-// dscores = (probs - onehot(labels)) * scale; scale is dloss / N.
+// dscores = (probs - onehot(labels) or targets) * scale; scale is dloss / N.
+// Exactly one of labels/targets is non-null.
 template <class T>
 struct SoftmaxXentBackwardArgs {
-  int64_t n, c; const T* probs; const int64_t* labels; T* dscores; T scale;
+  int64_t n, c; const T* probs; const int64_t* labels; const T* targets; T* dscores; T scale;
 };
 
 // One fused optimizer step over a flat buffer split into segments (parameter
@@ -116,6 +119,58 @@ struct BatchNormBackwardArgs {
 template <class T>
 struct DropoutArgs {
   int64_t n; const T* x; T* y; uint64_t seed, offset, threshold; T scale;
+};
+
+// batchnorm_forward/backward split at their reductions, for synchronized
+// BatchNorm (a batch spread over ranks: allreduce the float64 sums in each gap,
+// as PyTorch's SyncBatchNorm does). The fused kernels above are these in turn.
+// batchnorm_stats: per channel, sum (x - shift) and sum (x - shift)^2 in double
+//   over x (N, C, S); shift (C,) is the same on every rank.
+template <class T>
+struct BatchNormStatsArgs {
+  int64_t n, c, s;
+  const T* x; const T* shift; double* sum; double* sumsq;
+};
+
+// batchnorm_gather_stats: from the summed sum/sumsq (C,) of `count` values per
+// channel, save_mean (2, C) (hi + lo) and save_invstd (C,) of the biased
+// variance; running_mean/running_var (C,), if not null, updated (unbiased).
+template <class T>
+struct BatchNormGatherStatsArgs {
+  int64_t c;
+  const double* sum; const double* sumsq; double count; const T* shift;
+  T* running_mean; T* running_var; T* save_mean; T* save_invstd;
+  T momentum, eps;
+};
+
+// batchnorm_elemt: y = act(((x - hi) - lo) * invstd * gamma + beta), x, y (N, C, S).
+template <class T>
+struct BatchNormElemtArgs {
+  int64_t n, c, s;
+  const T* x; const T* gamma; const T* beta; const T* save_mean; const T* save_invstd; T* y;
+  Act act; T alpha;
+};
+
+// batchnorm_backward_reduce: per channel sum_dz = sum dz and sum_dz_xhat =
+// sum dz * xhat in double, dz = dy * act'(y); dbeta = T(sum_dz) and dgamma =
+// T(sum_dz_xhat) when not null.
+template <class T>
+struct BatchNormBackwardReduceArgs {
+  int64_t n, c, s;
+  const T* dy; const T* x; const T* y; const T* save_mean; const T* save_invstd;
+  double* sum_dz; double* sum_dz_xhat; T* dgamma; T* dbeta;
+  Act act; T alpha;
+};
+
+// batchnorm_backward_elemt: dx = gamma * invstd * (dz - mean_dz - xhat * mean_dz_xhat),
+// mean_dz/mean_dz_xhat (C,) double (the global sums over the global count);
+// both null: the eval form dx = gamma * invstd * dz.
+template <class T>
+struct BatchNormBackwardElemtArgs {
+  int64_t n, c, s;
+  const T* dy; const T* x; const T* y; const T* gamma; const T* save_mean; const T* save_invstd;
+  const double* mean_dz; const double* mean_dz_xhat; T* dx;
+  Act act; T alpha;
 };
 
 // STREAM triad a = b + scalar * c (n elements): the benchmarks' bandwidth probe.
@@ -241,6 +296,11 @@ struct GlobalAvgPool2dBackwardArgs {
   X(optim_step, OptimStepArgs)                 \
   X(batchnorm_forward, BatchNormForwardArgs)   \
   X(batchnorm_backward, BatchNormBackwardArgs) \
+  X(batchnorm_stats, BatchNormStatsArgs)       \
+  X(batchnorm_gather_stats, BatchNormGatherStatsArgs) \
+  X(batchnorm_elemt, BatchNormElemtArgs)       \
+  X(batchnorm_backward_reduce, BatchNormBackwardReduceArgs) \
+  X(batchnorm_backward_elemt, BatchNormBackwardElemtArgs) \
   X(dropout, DropoutArgs)                      \
   X(stream_triad, StreamTriadArgs)             \
   X(max_norm, MaxNormArgs)                     \

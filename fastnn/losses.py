@@ -10,7 +10,6 @@ num_classes)`` validates a whole data set's targets up front (Trainer does).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 
@@ -86,13 +85,9 @@ class Loss:
         return None
 
 
-class SoftTargetSaved(NamedTuple):
-    probs: np.ndarray    # (N, C) softmax of the scores
-    target: np.ndarray   # (N, C) target distribution, rows sum to 1
-
-
 def _soft_cross_entropy(scores, target):
-    """-sum_c t_c log softmax(s)_c, mean over N; NumPy (the fused kernel takes integer labels)."""
+    """Cross-entropy against (N, C) target distributions: the checks, then the
+    fused kernel's soft-target path (ops.softmax_cross_entropy)."""
     V.float_array(scores, "scores", ndim=2, contiguous=False)
     n, c = scores.shape
     if target.ndim != 2 or target.shape != scores.shape:
@@ -102,10 +97,7 @@ def _soft_cross_entropy(scores, target):
     if n and (target.min() < 0 or np.abs(target.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3):
         raise ValueError("y as class probabilities must be distributions: non-negative rows that sum to 1 "
                          "(one-hot or soft labels)")
-    log_probs = ops.softmax(scores, log=True)
-    loss = float(-(target * log_probs).sum() / max(n, 1))
-    probs = np.exp(log_probs).astype(scores.dtype)
-    return loss, SoftTargetSaved(probs, np.ascontiguousarray(target, dtype=scores.dtype))
+    return ops.softmax_cross_entropy(np.ascontiguousarray(scores), np.asarray(target, dtype=scores.dtype))
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -157,7 +149,7 @@ class SoftmaxCrossEntropy(Loss):
 
     def backward(self):
         """Gradient of the last ``forward``'s loss with respect to the scores,
-        ``(softmax(s) - onehot(y)) / N``.
+        ``(softmax(s) - onehot(y)) / N`` (soft targets: ``(softmax(s) - y) / N``).
 
         Returns
         -------
@@ -165,9 +157,6 @@ class SoftmaxCrossEntropy(Loss):
         """
         if self._saved is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
-        if isinstance(self._saved, SoftTargetSaved):
-            n = self._saved.probs.shape[0]
-            return (self._saved.probs - self._saved.target) / self._saved.probs.dtype.type(max(n, 1))
         return ops.softmax_cross_entropy_backward(self._saved)
 
     @property

@@ -135,45 +135,56 @@ def activation_backward(dy, x, y, act, alpha=None, *, out=None):
 
 # --- softmax cross-entropy ------------------------------------------------------
 
-def softmax(scores, *, log: bool = False):
-    """Row-wise softmax of scores (N, C) in float64, stable: the row maximum is
-    subtracted before exp. ``log=True`` returns log softmax (s - max) -
-    log(sum exp(s - max)), finite where softmax underflows to 0. The one NumPy
-    softmax of the package (ensemble probabilities, soft-target cross-entropy);
-    integer labels take the fused kernel, ``softmax_cross_entropy``."""
-    xp = V.array_module(scores)
-    s = xp.asarray(scores, dtype=xp.float64)
+def softmax(scores):
+    """Row-wise softmax of scores (N, C), computed in float64 by the
+    softmax-cross-entropy kernel (csrc/ops/softmax.h: the row maximum is
+    subtracted before exp), the one softmax of the package. Returns (N, C)
+    float64 probabilities."""
+    s = np.ascontiguousarray(scores, dtype=np.float64)
     if s.ndim != 2:
         raise ValueError(f"scores must be 2-D (N, C), got shape {tuple(s.shape)}")
-    shifted = s - s.max(axis=1, keepdims=True)
-    if log:
-        return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    e = xp.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
+    if s.shape[1] < 1:
+        raise ValueError("scores must have at least one class column")
+    probs = np.empty_like(s)
+    _kernel("softmax_xent_forward", s)(s, None, None, probs)
+    return probs
 
 
 class SoftmaxXentSaved(NamedTuple):
-    probs: np.ndarray    # (N, C) softmax of the scores
-    labels: np.ndarray   # (N,) int64
+    probs: np.ndarray            # (N, C) softmax of the scores
+    labels: np.ndarray | None    # (N,) int64 hard labels, or None
+    targets: np.ndarray | None   # (N, C) soft targets (scores' dtype), or None
 
 
 def softmax_cross_entropy(scores, labels, *, probs_out=None):
-    """Mean over the batch of -log softmax(scores)[label]. Returns (loss, saved)."""
+    """Mean over the batch of the cross-entropy of softmax(scores), fused
+    (stable log-sum-exp). Returns (loss, saved).
+
+    scores: (N, C) float32/float64. labels: (N,) int class labels, giving
+    -(1/N) sum_i log softmax(s_i)[y_i]; or (N, C) float soft targets t (rows
+    are distributions: one-hot, Mixup, label smoothing), giving
+    -(1/N) sum_i sum_k t_ik log softmax(s_i)_k (classes with t_ik = 0 add 0)."""
     V.float_array(scores, "scores", ndim=2)
     n, c = scores.shape
     if c < 1:
         raise ValueError("scores must have at least one class column")
-    lab = V.labels(labels, "labels", n, c)
     probs = _out(probs_out, "probs_out", (n, c), scores.dtype)
-    loss = _kernel("softmax_xent_forward", scores)(scores, lab, probs)
-    return float(loss), SoftmaxXentSaved(probs, lab)
+    if getattr(labels, "ndim", 1) == 2 and np.asarray(labels).dtype.kind == "f":
+        targets = np.ascontiguousarray(labels, dtype=scores.dtype)
+        V.shape_is(targets, "labels", (n, c))
+        V.finite(targets, "labels")
+        loss = _kernel("softmax_xent_forward", scores)(scores, None, targets, probs)
+        return float(loss), SoftmaxXentSaved(probs, None, targets)
+    lab = V.labels(labels, "labels", n, c)
+    loss = _kernel("softmax_xent_forward", scores)(scores, lab, None, probs)
+    return float(loss), SoftmaxXentSaved(probs, lab, None)
 
 
 def softmax_cross_entropy_backward(saved: SoftmaxXentSaved, dloss=1.0, *, out=None):
-    """dscores = (softmax - onehot) * dloss / N."""
+    """dscores = (softmax - onehot(labels) or targets) * dloss / N, (N, C)."""
     n = saved.probs.shape[0]
     d = _out(out, "out", saved.probs.shape, saved.probs.dtype)
-    _kernel("softmax_xent_backward", saved.probs)(saved.probs, saved.labels, d,
+    _kernel("softmax_xent_backward", saved.probs)(saved.probs, saved.labels, saved.targets, d,
                                                   float(dloss) / max(n, 1))
     return d
 
@@ -254,6 +265,136 @@ def batchnorm_backward(dy, saved: BatchNormSaved, gamma=None, *, need_dx=True, d
     _kernel("batchnorm_backward", dy)(dy, x, saved.y, gamma, saved.mean, saved.invstd, dx, dg, db,
                                       saved.training, saved.act, saved.alpha)
     return dx, dg, db
+
+
+# The batchnorm kernels split at their reductions (synchronized BatchNorm allreduces
+# the float64 sums in each gap, as PyTorch's SyncBatchNorm): forward =
+# batchnorm_stats -> batchnorm_gather_stats -> batchnorm_elemt, backward =
+# batchnorm_backward_reduce -> batchnorm_backward_elemt.
+
+def _f64_out(buf, name, shape):
+    if buf is None:
+        return np.empty(shape)
+    if not isinstance(buf, np.ndarray) or buf.dtype != np.float64:
+        raise TypeError(f"{name} must be a float64 numpy.ndarray, got "
+                        f"{getattr(buf, 'dtype', type(buf).__name__)}")
+    V.shape_is(buf, name, shape)
+    if not buf.flags.c_contiguous or not buf.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous and writable")
+    return buf
+
+
+def _f64_in(v, name, c):
+    if not isinstance(v, np.ndarray) or v.dtype != np.float64:
+        raise TypeError(f"{name} must be a float64 numpy.ndarray, got {getattr(v, 'dtype', type(v).__name__)}")
+    V.shape_is(v, name, (c,))
+    return np.ascontiguousarray(v)
+
+
+def batchnorm_stats(x, shift, *, out=None):
+    """Per-channel sums of ``x - shift`` and ``(x - shift)**2`` over ``(N, C, *)`` in float64.
+
+    Returns ``out`` (2, C) float64: row 0 the sums, row 1 the sums of squares.
+    ``shift`` (C,) (x's dtype) should be near the data and the same on every
+    rank whose sums are added; N may be 0 (all zeros)."""
+    V.float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, C) or (N, C, H, W), got shape {x.shape}")
+    c = x.shape[1]
+    V.float_array(shift, "shift", ndim=1, dtype=x.dtype)
+    V.shape_is(shift, "shift", (c,))
+    sums = _f64_out(out, "out", (2, c))
+    _kernel("batchnorm_stats", x)(x, shift, sums[0], sums[1])
+    return sums
+
+
+def batchnorm_gather_stats(sums, count, shift, running_mean=None, running_var=None, momentum=0.1, eps=1e-5):
+    """Mean and invstd from the (2, C) float64 ``sums`` of ``batchnorm_stats`` over
+    ``count`` values per channel (added over ranks): returns ``(mean (2, C) as hi + lo
+    rows, invstd (C,))`` in shift's dtype, the variance biased; running_mean and
+    running_var, when given, move by ``momentum`` (running_var unbiased, count/(count-1))."""
+    V.float_array(shift, "shift", ndim=1)
+    c = shift.shape[0]
+    if not isinstance(sums, np.ndarray) or sums.dtype != np.float64:
+        raise TypeError(f"sums must be a float64 numpy.ndarray, got {getattr(sums, 'dtype', type(sums).__name__)}")
+    V.shape_is(sums, "sums", (2, c))
+    count = V.real(count, "count")
+    if not count > 1:
+        raise ValueError(f"count: expected more than 1 value per channel over all ranks when training, got {count:g}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be given or both be None")
+    for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+        if v is not None:
+            V.float_array(v, name, ndim=1, dtype=shift.dtype)
+            V.shape_is(v, name, (c,))
+    momentum = V.real(momentum, "momentum", low=0.0, high=1.0)
+    eps = V.real(eps, "eps", low=0.0, low_open=True)
+    mean = np.empty((2, c), shift.dtype)
+    invstd = np.empty(c, shift.dtype)
+    sums = np.ascontiguousarray(sums)
+    _kernel("batchnorm_gather_stats", shift)(sums[0], sums[1], count, shift, running_mean, running_var, mean,
+                                             invstd, momentum, eps)
+    return mean, invstd
+
+
+def batchnorm_elemt(x, gamma, beta, mean, invstd, act="identity", alpha=None, *, out=None):
+    """``y = act(((x - mean[0]) - mean[1]) * invstd * gamma + beta)`` with given statistics
+    (``batchnorm_gather_stats``'s). Returns (y, saved) as ``batchnorm`` in training mode."""
+    V.float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be (N, C) or (N, C, H, W), got shape {x.shape}")
+    c = x.shape[1]
+    for name, v in (("gamma", gamma), ("beta", beta), ("invstd", invstd)):
+        if v is not None:
+            V.float_array(v, name, ndim=1, dtype=x.dtype)
+            V.shape_is(v, name, (c,))
+    if invstd is None:
+        raise ValueError("invstd must be an array of shape (C,), got None")
+    V.float_array(mean, "mean", ndim=2, dtype=x.dtype)
+    V.shape_is(mean, "mean", (2, c))
+    code, a = activation_code(act, alpha)
+    if ACTIVATIONS[code] in SAVES_PREACTIVATION:
+        raise ValueError(f"act {ACTIVATIONS[code]!r} cannot be fused into batchnorm (its derivative needs the input)")
+    y = _out(out, "out", x.shape, x.dtype)
+    _kernel("batchnorm_elemt", x)(x, gamma, beta, mean, invstd, y, code, a)
+    return y, BatchNormSaved(x, y, mean, invstd, True, code, a)
+
+
+def batchnorm_backward_reduce(dy, saved: BatchNormSaved, *, dgamma=None, dbeta=None, out=None):
+    """Per-channel float64 ``sum(dz)`` and ``sum(dz * xhat)``, dz = dy * act'(y): returns
+    ``out`` (2, C) with those rows. dgamma and dbeta, when given, receive them in x's dtype."""
+    x = saved.x
+    V.float_array(dy, "dy", dtype=x.dtype)
+    V.shape_is(dy, "dy", x.shape)
+    c = x.shape[1]
+    for name, v in (("dgamma", dgamma), ("dbeta", dbeta)):
+        if v is not None:
+            _out(v, name, (c,), x.dtype)
+    sums = _f64_out(out, "out", (2, c))
+    _kernel("batchnorm_backward_reduce", dy)(dy, x, saved.y, saved.mean, saved.invstd, sums[0], sums[1], dgamma,
+                                             dbeta, saved.act, saved.alpha)
+    return sums
+
+
+def batchnorm_backward_elemt(dy, saved: BatchNormSaved, gamma, mean_dz, mean_dz_xhat, *, out=None):
+    """``dx = gamma * invstd * (dz - mean_dz - xhat * mean_dz_xhat)`` with the given (C,)
+    float64 channel means of dz and dz * xhat (the global sums over the global count);
+    both None: the eval form ``gamma * invstd * dz``."""
+    x = saved.x
+    V.float_array(dy, "dy", dtype=x.dtype)
+    V.shape_is(dy, "dy", x.shape)
+    c = x.shape[1]
+    if gamma is not None:
+        V.float_array(gamma, "gamma", ndim=1, dtype=x.dtype)
+        V.shape_is(gamma, "gamma", (c,))
+    if (mean_dz is None) != (mean_dz_xhat is None):
+        raise ValueError("mean_dz and mean_dz_xhat must both be given (training) or both be None (eval)")
+    if mean_dz is not None:
+        mean_dz, mean_dz_xhat = _f64_in(mean_dz, "mean_dz", c), _f64_in(mean_dz_xhat, "mean_dz_xhat", c)
+    dx = _out(out, "out", x.shape, x.dtype)
+    _kernel("batchnorm_backward_elemt", dy)(dy, x, saved.y, gamma, saved.mean, saved.invstd, mean_dz, mean_dz_xhat,
+                                            dx, saved.act, saved.alpha)
+    return dx
 
 
 # --- dropout ---------------------------------------------------------------------

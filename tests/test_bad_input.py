@@ -58,9 +58,9 @@ def test_bindings_check_arguments_themselves():
     with pytest.raises(TypeError, match="x must be a numpy"):
         C.linear_act_forward("x", _x(3, 4), None, y, None, 1, 0.0)
     with pytest.raises(ValueError, match="labels must be in"):
-        C.softmax_xent_forward(_x(2, 3), np.array([0, 7]), np.empty((2, 3), f32))
+        C.softmax_xent_forward(_x(2, 3), np.array([0, 7]), None, np.empty((2, 3), f32))
     with pytest.raises(TypeError, match="labels must have dtype"):
-        C.softmax_xent_forward(_x(2, 3), np.array([0, 1], np.int32), np.empty((2, 3), f32))
+        C.softmax_xent_forward(_x(2, 3), np.array([0, 1], np.int32), None, np.empty((2, 3), f32))
     with pytest.raises(ValueError, match="seg_begin"):
         C.optim_step(0, _x(4), _x(4), None, None, np.array([0, 3]), np.zeros((1, 11)))
     with pytest.raises(ValueError, match="c must have shape"):

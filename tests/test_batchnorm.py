@@ -219,3 +219,152 @@ def test_sync_bn_over_ranks_equals_the_kernel_on_the_global_batch(backend, rng, 
         np.testing.assert_allclose(m.running_var, whole.running_var, rtol=1e-12)
     np.testing.assert_allclose(sum(m.weight.grad for m in models), whole.weight.grad, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(sum(m.bias.grad for m in models), whole.bias.grad, rtol=1e-10, atol=1e-12)
+
+
+# --- the kernels split at their reductions (ops.batchnorm_stats ... _backward_elemt) ---------
+
+SPLIT_SHAPES = [(5, 1), (7, 3), (9, 131), (2, 1, 1, 1), (4, 2, 1, 1), (3, 1, 2, 2), (3, 5, 7, 11), (1, 3, 5, 3)]
+
+
+def _act_grad(y, act):
+    return {"identity": np.ones_like(y), "relu": (y > 0).astype(np.float64), "tanh": 1 - y * y}[act]
+
+
+def _split_tol(dtype):
+    return 2e-6 if dtype == np.float32 else 1e-13
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+def test_stats_and_gather_stats_match_float64_reference(backend, rng, dtype, shape):
+    """batchnorm_stats: float64 sums of x - shift and its squares; batchnorm_gather_stats:
+    mean (hi + lo), 1/sqrt(biased var + eps) and the momentum update (unbiased var)."""
+    c = shape[1]
+    tol = _split_tol(dtype)
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    shift = (5 + rng.standard_normal(c)).astype(dtype)
+    sums = fnn.ops.batchnorm_stats(x, shift)
+    assert sums.shape == (2, c) and sums.dtype == np.float64
+    x3 = x.astype(np.float64).reshape(shape[0], c, -1)
+    d = x3 - shift.astype(np.float64)[None, :, None]
+    scale = np.abs(d).sum(axis=(0, 2))
+    assert np.all(np.abs(sums[0] - d.sum(axis=(0, 2))) <= tol * scale)
+    assert np.all(np.abs(sums[1] - (d * d).sum(axis=(0, 2))) <= 2 * tol * (d * d).sum(axis=(0, 2)))
+
+    count = x.size // c
+    rm = rng.standard_normal(c).astype(dtype)
+    rv = rng.uniform(0.5, 2, c).astype(dtype)
+    rm_ref, rv_ref = rm.astype(np.float64), rv.astype(np.float64)
+    mean, invstd = fnn.ops.batchnorm_gather_stats(sums, count, shift, rm, rv, momentum=0.3, eps=1e-3)
+    assert mean.shape == (2, c) and mean.dtype == dtype and invstd.dtype == dtype
+    mean_ref, var_ref = x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))
+    got_mean = mean[0].astype(np.float64) + mean[1].astype(np.float64)
+    np.testing.assert_allclose(got_mean, mean_ref, rtol=tol * 10, atol=tol * 10)
+    # hi carries the mean rounded to the dtype, lo the rest (smaller than half an ulp of hi)
+    assert np.all(np.abs(mean[1]) <= np.spacing(np.abs(mean[0])))
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(var_ref + 1e-3), rtol=tol * 1e3 if count < 4 else tol * 100)
+    np.testing.assert_allclose(rm, 0.7 * rm_ref + 0.3 * mean_ref, rtol=tol * 10, atol=tol * 10)
+    np.testing.assert_allclose(rv, 0.7 * rv_ref + 0.3 * var_ref * count / (count - 1), rtol=tol * 1e3,
+                               atol=tol * 1e3)
+
+
+def test_stats_of_an_empty_shard_are_zero(backend):
+    """A rank may hold no rows: its sums are zero (the allreduce adds nothing)."""
+    sums = fnn.ops.batchnorm_stats(np.empty((0, 3, 2, 2), np.float32), np.ones(3, np.float32))
+    np.testing.assert_array_equal(sums, np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SPLIT_SHAPES)
+@pytest.mark.parametrize("act", ["identity", "relu", "tanh"])
+def test_elemt_and_backward_kernels_match_float64_reference(backend, rng, dtype, shape, act):
+    """batchnorm_elemt: act((x - mean) * invstd * gamma + beta) with the given mean
+    (hi + lo) and invstd; batchnorm_backward_reduce: float64 sum(dz), sum(dz * xhat)
+    (and dbeta, dgamma); batchnorm_backward_elemt: dx from given channel means, or
+    the eval form when they are None."""
+    c = shape[1]
+    tol = _split_tol(dtype)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    mean = np.stack([rng.standard_normal(c) + 3, rng.standard_normal(c) * 1e-8]).astype(dtype)
+    invstd = rng.uniform(0.3, 2, c).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 2, c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    y, saved = fnn.ops.batchnorm_elemt(x, gamma, beta, mean, invstd, act=act)
+    bshape = (1, c) + (1,) * (x.ndim - 2)
+    m64 = (mean[0].astype(np.float64) + mean[1].astype(np.float64)).reshape(bshape)
+    inv64, g64 = invstd.astype(np.float64).reshape(bshape), gamma.astype(np.float64).reshape(bshape)
+    xhat = (x.astype(np.float64) - m64) * inv64
+    pre = xhat * g64 + beta.astype(np.float64).reshape(bshape)
+    y_ref = {"identity": pre, "relu": np.maximum(pre, 0), "tanh": np.tanh(pre)}[act]
+    np.testing.assert_allclose(y, y_ref, rtol=tol * 10, atol=tol * 10)
+
+    dy = rng.standard_normal(shape).astype(dtype)
+    dgamma, dbeta = np.empty(c, dtype), np.empty(c, dtype)
+    sums = fnn.ops.batchnorm_backward_reduce(dy, saved, dgamma=dgamma, dbeta=dbeta)
+    dz = dy.astype(np.float64) * _act_grad(y.astype(np.float64), act)
+    axes = (0,) + tuple(range(2, x.ndim))
+    # dz is rounded in the dtype from act'(y) (1 - y*y cancels near |y| = 1): error ~ eps |dy|
+    dy_abs = np.abs(dy.astype(np.float64))
+    assert np.all(np.abs(sums[0] - dz.sum(axis=axes)) <= tol * 10 * dy_abs.sum(axis=axes))
+    bound = tol * 10 * (dy_abs * (1 + np.abs(xhat))).sum(axis=axes)
+    assert np.all(np.abs(sums[1] - (dz * xhat).sum(axis=axes)) <= bound)
+    np.testing.assert_array_equal(dbeta, sums[0].astype(dtype))
+    np.testing.assert_array_equal(dgamma, sums[1].astype(dtype))
+
+    mean_dz, mean_dz_xhat = rng.standard_normal(c), rng.standard_normal(c)
+    dx = fnn.ops.batchnorm_backward_elemt(dy, saved, gamma, mean_dz, mean_dz_xhat)
+    dx_ref = g64 * inv64 * (dz - mean_dz.reshape(bshape) - xhat * mean_dz_xhat.reshape(bshape))
+    np.testing.assert_allclose(dx, dx_ref, rtol=tol * 100, atol=tol * 100)
+    dx_eval = fnn.ops.batchnorm_backward_elemt(dy, saved, None, None, None)
+    np.testing.assert_allclose(dx_eval, inv64 * dz, rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(7, 3), (9, 131), (3, 5, 7, 11), (2, 1, 1, 1)])
+def test_split_kernels_compose_to_the_fused_kernels_bit_for_bit(backend, rng, dtype, shape):
+    """stats -> gather_stats -> elemt with the fused kernel's shift (the channel's
+    first value) and reduce -> elemt with the local means are exactly
+    batchnorm/batchnorm_backward: the fused kernels are these passes."""
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 100).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 2, c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+    y, saved = fnn.ops.batchnorm(x, gamma, beta, rm, rv, training=True, act="tanh")
+    dx, dgamma, dbeta = fnn.ops.batchnorm_backward(dy, saved, gamma)
+
+    rm2, rv2 = np.zeros(c, dtype), np.ones(c, dtype)
+    shift = np.ascontiguousarray(x.reshape(shape[0], c, -1)[0, :, 0])
+    sums = fnn.ops.batchnorm_stats(x, shift)
+    mean, invstd = fnn.ops.batchnorm_gather_stats(sums, x.size // c, shift, rm2, rv2)
+    y2, saved2 = fnn.ops.batchnorm_elemt(x, gamma, beta, mean, invstd, act="tanh")
+    for got, ref in ((mean, saved.mean), (invstd, saved.invstd), (y2, y), (rm2, rm), (rv2, rv)):
+        np.testing.assert_array_equal(got, ref)
+    dg2, db2 = np.empty(c, dtype), np.empty(c, dtype)
+    bsums = fnn.ops.batchnorm_backward_reduce(dy, saved2, dgamma=dg2, dbeta=db2)
+    means = bsums / (x.size // c)
+    dx2 = fnn.ops.batchnorm_backward_elemt(dy, saved2, gamma, means[0], means[1])
+    for got, ref in ((dx2, dx), (dg2, dgamma), (db2, dbeta)):
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_split_kernels_reject_bad_arguments(backend):
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(TypeError, match="shift must have dtype float32"):
+        fnn.ops.batchnorm_stats(x, np.zeros(3))
+    with pytest.raises(ValueError, match=r"shift must have shape \(3,\), got \(2,\)"):
+        fnn.ops.batchnorm_stats(x, np.zeros(2, np.float32))
+    with pytest.raises(TypeError, match="out must be a float64"):
+        fnn.ops.batchnorm_stats(x, np.zeros(3, np.float32), out=np.zeros((2, 3), np.float32))
+    sums = fnn.ops.batchnorm_stats(x, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="count: expected more than 1 value per channel .* got 1"):
+        fnn.ops.batchnorm_gather_stats(sums, 1, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"sums must have shape \(2, 3\), got \(6,\)"):
+        fnn.ops.batchnorm_gather_stats(sums.reshape(-1), 4, np.zeros(3, np.float32))
+    mean, invstd = fnn.ops.batchnorm_gather_stats(sums, 4, np.zeros(3, np.float32))
+    _, saved = fnn.ops.batchnorm_elemt(x, None, None, mean, invstd)
+    with pytest.raises(ValueError, match="mean_dz and mean_dz_xhat must both be given"):
+        fnn.ops.batchnorm_backward_elemt(x, saved, None, np.zeros(3), None)
+    with pytest.raises(TypeError, match="mean_dz must be a float64"):
+        fnn.ops.batchnorm_backward_elemt(x, saved, None, np.zeros(3, np.float32), np.zeros(3))
+    with pytest.raises(ValueError, match=r"mean must have shape \(2, 3\)"):
+        fnn.ops.batchnorm_elemt(x, None, None, mean[:, :2].copy(), invstd)

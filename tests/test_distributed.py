@@ -183,8 +183,8 @@ def test_shard_bounds_cover_the_batch():
 @pytest.mark.parametrize("shape, cls", [((12, 5), "BatchNorm1d"), ((6, 3, 4, 5), "BatchNorm2d")])
 @pytest.mark.parametrize("act", ["identity", "relu", "tanh"])
 def test_sync_bn_path_matches_batchnorm(monkeypatch, backend, rng, shape, cls, act):
-    """The synchronized forward/backward (NumPy sums + eval-form kernel), with the
-    allreduce the identity, equals the fused training kernel; and sync_bn=True is
+    """The synchronized forward/backward (the batchnorm kernels split at their
+    reductions), with the allreduce the identity, equals the fused training kernel; and sync_bn=True is
     plain BN when no MPI job runs."""
     x = (rng.standard_normal(shape) * 3 + 1.5).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)

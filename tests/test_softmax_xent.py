@@ -61,9 +61,9 @@ def test_hinge_and_mse_losses(rng):
 
 
 def test_softmax_is_stable_and_matches_the_kernel(backend, rng):
-    """ops.softmax (the package's one NumPy softmax): rows sum to 1, huge scores
-    do not overflow, log=True is finite where softmax underflows, and it agrees
-    with the probabilities the fused cross-entropy kernel saves."""
+    """ops.softmax (the kernel's softmax, the one of the package): rows sum to
+    1, huge scores do not overflow, and it agrees with the probabilities the
+    fused cross-entropy kernel saves."""
     scores = rng.standard_normal((7, 5)) * 3
     p = fnn.ops.softmax(scores)
     e = np.exp(scores - scores.max(axis=1, keepdims=True))
@@ -72,7 +72,46 @@ def test_softmax_is_stable_and_matches_the_kernel(backend, rng):
     np.testing.assert_allclose(p, saved.probs, rtol=1e-12)
     big = np.array([[1000.0, 0.0, -1000.0]])
     np.testing.assert_array_equal(fnn.ops.softmax(big), [[1.0, 0.0, 0.0]])
-    np.testing.assert_allclose(fnn.ops.softmax(big, log=True), [[0.0, -1000.0, -2000.0]])
     assert fnn.ensemble.softmax is fnn.ops.softmax
     with pytest.raises(ValueError, match=r"scores must be 2-D \(N, C\)"):
         fnn.ops.softmax(np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,c", [(1, 1), (5, 3), (13, 7), (64, 10)])
+def test_soft_targets_take_the_fused_kernel(backend, rng, dtype, n, c):
+    """Soft targets (rows are distributions; zeros where softmax underflows
+    included): loss -(1/N) sum t log p and dscores (p - t)/N against float64."""
+    scores = (rng.standard_normal((n, c)) * 4).astype(dtype)
+    scores[0, 0] = 800.0 if c > 1 else scores[0, 0]        # p underflows to 0 elsewhere in row 0
+    t = rng.random((n, c))
+    t[0, 1:] = 0.0
+    t /= t.sum(axis=1, keepdims=True)
+    loss, saved = fnn.ops.softmax_cross_entropy(scores, t.astype(dtype))
+    s = scores.astype(np.float64)
+    logp = s - s.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    want = -(np.where(t > 0, t * logp, 0.0)).sum() / n
+    tol = TOL[dtype]
+    assert abs(loss - want) <= tol * max(1.0, abs(want))
+    d = fnn.ops.softmax_cross_entropy_backward(saved)
+    assert rel_err(d, (np.exp(logp) - t.astype(dtype).astype(np.float64)) / n) < tol
+    lossfn = fnn.losses.SoftmaxCrossEntropy()
+    assert abs(lossfn.forward(scores, t.astype(dtype)) - loss) <= tol * max(1.0, abs(loss))
+    np.testing.assert_array_equal(lossfn.backward(), d)
+
+
+def test_soft_targets_gradient_is_the_numerical_one(rng):
+    scores = rng.standard_normal((4, 5))
+    t = rng.random((4, 5))
+    t /= t.sum(axis=1, keepdims=True)
+    _, saved = fnn.ops.softmax_cross_entropy(scores.copy(), t)
+    num = numerical_grad(lambda: fnn.ops.softmax_cross_entropy(scores, t)[0], scores)
+    assert rel_err(fnn.ops.softmax_cross_entropy_backward(saved), num) < 1e-7
+
+
+def test_labels_and_targets_are_exclusive_in_every_kernel(backend):
+    x = np.zeros((2, 3))
+    impl = fnn.backend.lookup("softmax_xent_forward", backend)
+    with pytest.raises(ValueError, match="labels or targets"):
+        impl(x, np.array([0, 1]), np.full((2, 3), 1 / 3), np.empty((2, 3)))

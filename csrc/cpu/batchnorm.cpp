@@ -8,8 +8,11 @@
 //   S > 1 (BatchNorm2d): a channel is N contiguous runs of S values, so the
 //     reductions run per channel with SIMD along S, threads taking channels.
 // Passes: forward = 1 statistics pass + 1 normalize(+act) pass; backward =
-// 1 pass for the two reductions + 1 pass for dx. Reductions are in double and
-// in a fixed order, so results do not depend on the thread count.
+// 1 pass for the two reductions + 1 pass for dx. Each pass is also an entry
+// point of its own (batchnorm_stats, _gather_stats, _elemt, _backward_reduce,
+// _backward_elemt) for synchronized BatchNorm, which allreduces in the gaps.
+// Reductions are in double and in a fixed order, so results do not depend on
+// the thread count.
 #include <type_traits>
 
 #include "cpu/isa.h"
@@ -21,11 +24,11 @@ namespace {
 
 constexpr int64_t kChannelBlock = 128;
 
-// Per-channel moments of x shifted by the channel's first value.
+// Per-channel sums of x - shift and (x - shift)^2 in double (batchnorm_stats).
 template <class T>
-void channel_moments(const BatchNormForwardArgs<T>& a, T* shift, BatchNormMoments* mom) {
+void channel_moments(const BatchNormStatsArgs<T>& a) {
   const int64_t n = a.n, c = a.c, s = a.s;
-  for (int64_t ch = 0; ch < c; ++ch) shift[ch] = a.x[ch * s];
+  const T* shift = a.shift;
   if (s == 1) {
     const int64_t nblocks = (c + kChannelBlock - 1) / kChannelBlock;
 #pragma omp parallel for num_threads(threads_for(n * c)) schedule(static)
@@ -41,7 +44,10 @@ void channel_moments(const BatchNormForwardArgs<T>& a, T* shift, BatchNormMoment
           s2[ch - c0] += d * d;
         }
       }
-      for (int64_t ch = c0; ch < c1; ++ch) mom[ch] = {s1[ch - c0], s2[ch - c0]};
+      for (int64_t ch = c0; ch < c1; ++ch) {
+        a.sum[ch] = s1[ch - c0];
+        a.sumsq[ch] = s2[ch - c0];
+      }
     }
   } else {
 #pragma omp parallel for num_threads(threads_for(n * c * s)) schedule(static)
@@ -57,13 +63,29 @@ void channel_moments(const BatchNormForwardArgs<T>& a, T* shift, BatchNormMoment
           s2 += d * d;
         }
       }
-      mom[ch] = {s1, s2};
+      a.sum[ch] = s1;
+      a.sumsq[ch] = s2;
     }
   }
 }
 
+// Mean (hi + lo), invstd and the running statistics from the channel sums.
+template <class T>
+void gather_stats_impl(const BatchNormGatherStatsArgs<T>& a) {
+  const int64_t c = a.c;
+  for (int64_t ch = 0; ch < c; ++ch) {
+    T var;
+    batchnorm_mean_var(BatchNormMoments{a.sum[ch], a.sumsq[ch]}, a.count, a.shift[ch], a.save_mean[ch],
+                       a.save_mean[c + ch], var);
+    a.save_invstd[ch] = batchnorm_invstd(var, a.eps);
+    if (a.running_mean && a.running_var)
+      batchnorm_update_running(a.running_mean[ch], a.running_var[ch], T(a.save_mean[ch] + a.save_mean[c + ch]), var,
+                               a.count, a.momentum);
+  }
+}
+
 template <class T, class F>
-void normalize(const BatchNormForwardArgs<T>& a, const T* mean, const T* mean_lo, const T* scale, const T* beta) {
+void normalize(const BatchNormElemtArgs<T>& a, const T* mean, const T* mean_lo, const T* scale, const T* beta) {
   const int64_t n = a.n, c = a.c, s = a.s;
   if (s == 1) {
 #pragma omp parallel for num_threads(threads_for(n * c)) schedule(static)
@@ -87,44 +109,47 @@ void normalize(const BatchNormForwardArgs<T>& a, const T* mean, const T* mean_lo
   }
 }
 
+// y from the saved mean and invstd; work holds 2 C values of T.
 template <class T, class F>
-void forward_impl(const BatchNormForwardArgs<T>& a) {
+void elemt_impl(const BatchNormElemtArgs<T>& a, T* work) {
   const int64_t c = a.c;
-  const double count = double(a.n) * double(a.s);
-  T* buf = static_cast<T*>(scratch(kWork, size_t(4 * c) * sizeof(T) + size_t(c) * sizeof(BatchNormMoments)));
-  T* scale = buf;
-  T* beta = buf + c;
-  T* shift = buf + 2 * c;
-  auto* mom = reinterpret_cast<BatchNormMoments*>(buf + 4 * c);
-  T* mean = a.save_mean;
-  T* mean_lo = a.save_mean + c;
-  if (a.training) {
-    channel_moments(a, shift, mom);
-    for (int64_t ch = 0; ch < c; ++ch) {
-      T var;
-      batchnorm_mean_var(mom[ch], count, shift[ch], mean[ch], mean_lo[ch], var);
-      a.save_invstd[ch] = batchnorm_invstd(var, a.eps);
-      if (a.running_mean && a.running_var)
-        batchnorm_update_running(a.running_mean[ch], a.running_var[ch], T(mean[ch] + mean_lo[ch]), var, count,
-                                 a.momentum);
-    }
-  } else {
-    for (int64_t ch = 0; ch < c; ++ch) {
-      mean[ch] = a.running_mean[ch];
-      mean_lo[ch] = T(0);
-      a.save_invstd[ch] = batchnorm_invstd(a.running_var[ch], a.eps);
-    }
-  }
+  T* scale = work;
+  T* beta = work + c;
   for (int64_t ch = 0; ch < c; ++ch) {
     scale[ch] = a.save_invstd[ch] * (a.gamma ? a.gamma[ch] : T(1));
     beta[ch] = a.beta ? a.beta[ch] : T(0);
   }
-  normalize<T, F>(a, mean, mean_lo, scale, beta);
+  normalize<T, F>(a, a.save_mean, a.save_mean + c, scale, beta);
 }
 
-// sum dz and sum dz * (x - mean) per channel, dz = dy * act'(y).
 template <class T, class F>
-void backward_sums(const BatchNormBackwardArgs<T>& a, double* sum_dz, double* sum_dz_xc) {
+void forward_impl(const BatchNormForwardArgs<T>& a) {
+  const int64_t c = a.c;
+  void* raw = scratch(kWork, size_t(2 * c) * sizeof(double) + size_t(3 * c) * sizeof(T));
+  double* sum = static_cast<double*>(raw);
+  double* sumsq = sum + c;
+  T* shift = reinterpret_cast<T*>(sumsq + c);
+  T* work = shift + c;
+  if (a.training) {
+    for (int64_t ch = 0; ch < c; ++ch) shift[ch] = a.x[ch * a.s];
+    channel_moments(BatchNormStatsArgs<T>{a.n, c, a.s, a.x, shift, sum, sumsq});
+    gather_stats_impl(BatchNormGatherStatsArgs<T>{c, sum, sumsq, double(a.n) * double(a.s), shift, a.running_mean,
+                                                  a.running_var, a.save_mean, a.save_invstd, a.momentum, a.eps});
+  } else {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      a.save_mean[ch] = a.running_mean[ch];
+      a.save_mean[c + ch] = T(0);
+      a.save_invstd[ch] = batchnorm_invstd(a.running_var[ch], a.eps);
+    }
+  }
+  elemt_impl<T, F>(BatchNormElemtArgs<T>{a.n, c, a.s, a.x, a.gamma, a.beta, a.save_mean, a.save_invstd, a.y, a.act,
+                                         a.alpha},
+                   work);
+}
+
+// sum dz and sum dz * xhat per channel, dz = dy * act'(y) (batchnorm_backward_reduce).
+template <class T, class F>
+void backward_reduce_impl(const BatchNormBackwardReduceArgs<T>& a) {
   const int64_t n = a.n, c = a.c, s = a.s;
   const T* yy = F::kGradFromOutput && !std::is_same_v<F, act::Identity> ? a.y : a.dy;
   if (s == 1) {
@@ -145,8 +170,8 @@ void backward_sums(const BatchNormBackwardArgs<T>& a, double* sum_dz, double* su
         }
       }
       for (int64_t ch = c0; ch < c1; ++ch) {
-        sum_dz[ch] = s1[ch - c0];
-        sum_dz_xc[ch] = s2[ch - c0];
+        a.sum_dz[ch] = s1[ch - c0];
+        a.sum_dz_xhat[ch] = s2[ch - c0] * double(a.save_invstd[ch]);
       }
     }
   } else {
@@ -166,35 +191,33 @@ void backward_sums(const BatchNormBackwardArgs<T>& a, double* sum_dz, double* su
           s2 += double(dz) * double(batchnorm_center(x[j], m, lo));
         }
       }
-      sum_dz[ch] = s1;
-      sum_dz_xc[ch] = s2;
+      a.sum_dz[ch] = s1;
+      a.sum_dz_xhat[ch] = s2 * double(a.save_invstd[ch]);
     }
+  }
+  for (int64_t ch = 0; ch < c; ++ch) {
+    if (a.dbeta) a.dbeta[ch] = T(a.sum_dz[ch]);
+    if (a.dgamma) a.dgamma[ch] = T(a.sum_dz_xhat[ch]);
   }
 }
 
+// dx from the channel means of dz and dz * xhat (null: eval form); work holds 4 C values of T.
 template <class T, class F>
-void backward_impl(const BatchNormBackwardArgs<T>& a) {
+void backward_elemt_impl(const BatchNormBackwardElemtArgs<T>& a, T* work) {
   const int64_t n = a.n, c = a.c, s = a.s;
-  const double count = double(n) * double(s);
   const T* yy = F::kGradFromOutput && !std::is_same_v<F, act::Identity> ? a.y : a.dy;
-  void* raw = scratch(kWork, size_t(2 * c) * sizeof(double) + size_t(4 * c) * sizeof(T));
-  double* sum_dz = static_cast<double*>(raw);
-  double* sum_dz_xc = sum_dz + c;
-  T* scale = reinterpret_cast<T*>(sum_dz_xc + c);
+  T* scale = work;
   T* mean_dz = scale + c;
   T* mean_dz_xhat = mean_dz + c;
   T* invstd = mean_dz_xhat + c;
-  backward_sums<T, F>(a, sum_dz, sum_dz_xc);
+  const bool training = a.mean_dz && a.mean_dz_xhat;
   for (int64_t ch = 0; ch < c; ++ch) {
     const T inv = a.save_invstd[ch];
     invstd[ch] = inv;
     scale[ch] = inv * (a.gamma ? a.gamma[ch] : T(1));
-    if (a.dbeta) a.dbeta[ch] = T(sum_dz[ch]);
-    if (a.dgamma) a.dgamma[ch] = T(sum_dz_xc[ch] * double(inv));
-    mean_dz[ch] = a.training ? T(sum_dz[ch] / count) : T(0);
-    mean_dz_xhat[ch] = a.training ? T(sum_dz_xc[ch] * double(inv) / count) : T(0);
+    mean_dz[ch] = training ? T(a.mean_dz[ch]) : T(0);
+    mean_dz_xhat[ch] = training ? T(a.mean_dz_xhat[ch]) : T(0);
   }
-  if (!a.dx) return;
   if (s == 1) {
 #pragma omp parallel for num_threads(threads_for(n * c)) schedule(static)
     for (int64_t i = 0; i < n; ++i) {
@@ -228,6 +251,31 @@ void backward_impl(const BatchNormBackwardArgs<T>& a) {
   }
 }
 
+template <class T, class F>
+void backward_impl(const BatchNormBackwardArgs<T>& a) {
+  const int64_t n = a.n, c = a.c, s = a.s;
+  const double count = double(n) * double(s);
+  void* raw = scratch(kWork, size_t(4 * c) * sizeof(double) + size_t(4 * c) * sizeof(T));
+  double* sum_dz = static_cast<double*>(raw);
+  double* sum_dz_xhat = sum_dz + c;
+  double* mean_dz = sum_dz_xhat + c;
+  double* mean_dz_xhat = mean_dz + c;
+  T* work = reinterpret_cast<T*>(mean_dz_xhat + c);
+  backward_reduce_impl<T, F>(BatchNormBackwardReduceArgs<T>{n, c, s, a.dy, a.x, a.y, a.save_mean, a.save_invstd,
+                                                            sum_dz, sum_dz_xhat, a.dgamma, a.dbeta, a.act,
+                                                            a.alpha});
+  if (!a.dx) return;
+  for (int64_t ch = 0; ch < c; ++ch) {
+    mean_dz[ch] = sum_dz[ch] / count;
+    mean_dz_xhat[ch] = sum_dz_xhat[ch] / count;
+  }
+  backward_elemt_impl<T, F>(BatchNormBackwardElemtArgs<T>{n, c, s, a.dy, a.x, a.y, a.gamma, a.save_mean,
+                                                          a.save_invstd, a.training ? mean_dz : nullptr,
+                                                          a.training ? mean_dz_xhat : nullptr, a.dx, a.act,
+                                                          a.alpha},
+                            work);
+}
+
 }  // namespace
 
 template <class T>
@@ -246,9 +294,54 @@ void batchnorm_backward(const BatchNormBackwardArgs<T>& a) {
   });
 }
 
+template <class T>
+void batchnorm_stats(const BatchNormStatsArgs<T>& a) {
+  channel_moments(a);
+}
+
+template <class T>
+void batchnorm_gather_stats(const BatchNormGatherStatsArgs<T>& a) {
+  gather_stats_impl(a);
+}
+
+template <class T>
+void batchnorm_elemt(const BatchNormElemtArgs<T>& a) {
+  T* work = static_cast<T*>(scratch(kWork, size_t(2 * a.c) * sizeof(T)));
+  visit_act(a.act, [&](auto f) {
+    using F = decltype(f);
+    if constexpr (F::kGradFromOutput) elemt_impl<T, F>(a, work);
+  });
+}
+
+template <class T>
+void batchnorm_backward_reduce(const BatchNormBackwardReduceArgs<T>& a) {
+  visit_act(a.act, [&](auto f) {
+    using F = decltype(f);
+    if constexpr (F::kGradFromOutput) backward_reduce_impl<T, F>(a);
+  });
+}
+
+template <class T>
+void batchnorm_backward_elemt(const BatchNormBackwardElemtArgs<T>& a) {
+  T* work = static_cast<T*>(scratch(kWork, size_t(4 * a.c) * sizeof(T)));
+  visit_act(a.act, [&](auto f) {
+    using F = decltype(f);
+    if constexpr (F::kGradFromOutput) backward_elemt_impl<T, F>(a, work);
+  });
+}
+
 template void batchnorm_forward<float>(const BatchNormForwardArgs<float>&);
 template void batchnorm_forward<double>(const BatchNormForwardArgs<double>&);
 template void batchnorm_backward<float>(const BatchNormBackwardArgs<float>&);
 template void batchnorm_backward<double>(const BatchNormBackwardArgs<double>&);
+#define FASTNN_BN_INSTANTIATE(name, Args) \
+  template void name<float>(const Args<float>&); \
+  template void name<double>(const Args<double>&);
+FASTNN_BN_INSTANTIATE(batchnorm_stats, BatchNormStatsArgs)
+FASTNN_BN_INSTANTIATE(batchnorm_gather_stats, BatchNormGatherStatsArgs)
+FASTNN_BN_INSTANTIATE(batchnorm_elemt, BatchNormElemtArgs)
+FASTNN_BN_INSTANTIATE(batchnorm_backward_reduce, BatchNormBackwardReduceArgs)
+FASTNN_BN_INSTANTIATE(batchnorm_backward_elemt, BatchNormBackwardElemtArgs)
+#undef FASTNN_BN_INSTANTIATE
 
 }  // namespace fastnn::cpu::FASTNN_ISA

@@ -21,7 +21,8 @@ from . import registry
 OPS = (
     "gemm", "linear_act_forward", "linear_act_backward", "act_forward", "act_backward",
     "softmax_xent_forward", "softmax_xent_backward", "optim_step",
-    "batchnorm_forward", "batchnorm_backward", "dropout", "max_norm",
+    "batchnorm_forward", "batchnorm_backward", "batchnorm_stats", "batchnorm_gather_stats", "batchnorm_elemt",
+    "batchnorm_backward_reduce", "batchnorm_backward_elemt", "dropout", "max_norm",
     "conv2d_forward", "conv2d_backward",
     "max_pool2d_forward", "max_pool2d_regions_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward", "global_avg_pool2d_backward",

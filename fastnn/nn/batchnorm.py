@@ -7,22 +7,19 @@ csrc/ops/batchnorm.h): biased variance to normalize, unbiased in
 ``running_var``, the fused two-reduction backward.
 
 Synchronized BatchNorm (``sync_bn=True``, data-parallel training over
-fastnn.distributed) is the same algorithm split at its two reductions, with an
+fastnn.distributed) is the same kernels split at their two reductions, with an
 allreduce in each gap (as PyTorch's SyncBatchNorm does):
 
-    forward   local shifted sums of x and x**2 and the count   (_shifted_moments)
-              allreduce                                        (fastnn._comm)
-              global mean and biased variance                  (_mean_var)
-              normalize + affine + act with them               (the kernel, eval form)
-              running statistics update                        (_update_running)
-    backward  local sum(dz), sum(dz * xhat)                    (the kernel, eval form:
-                                                                dbeta, dgamma)
-              allreduce
-              dx -= scale * (mean(dz) + xhat * mean(dz * xhat)) (_dx_correction)
+    forward   local float64 sums of x - shift, (x - shift)**2   ops.batchnorm_stats
+              allreduce of the (2C,) sums and the count          fastnn._comm
+              global mean (hi + lo), invstd, running statistics  ops.batchnorm_gather_stats
+              normalize + affine + act                           ops.batchnorm_elemt
+    backward  local float64 sum(dz), sum(dz * xhat); dgamma, dbeta ops.batchnorm_backward_reduce
+              allreduce of the (2C,) sums
+              dx with the global means                           ops.batchnorm_backward_elemt
 
-The shift is running_mean, the same on every rank. The helpers mirror the
-functions of csrc/ops/batchnorm.h of the same names; they run in NumPy float64
-because the kernels have no entry point that stops at a reduction.
+The shift is running_mean, the same on every rank; dgamma and dbeta stay local
+(the gradient allreduce adds them up).
 """
 from __future__ import annotations
 
@@ -33,56 +30,6 @@ from .. import _validate as V
 from ..backend.codes import SAVES_PREACTIVATION
 from .layers import _dtype
 from .module import Module, Parameter
-
-# --- the split formula of synchronized BatchNorm (csrc/ops/batchnorm.h) -----------
-
-def _shifted_moments(x, shift):
-    """[sum(x - shift) (C), sum((x - shift)**2) (C), m] in float64 over a
-    (N, C, *) batch: one rank's share of BatchNormMoments and of the count."""
-    n, c = x.shape[:2]
-    x3 = x.reshape(n, c, -1)
-    centered = x3 - shift[None, :, None]
-    sums = np.empty(2 * c + 1)
-    sums[:c] = centered.sum(axis=(0, 2))
-    sums[c:2 * c] = np.einsum("ncs,ncs->c", centered, centered)
-    sums[2 * c] = x3.shape[0] * x3.shape[2]
-    return sums
-
-
-def _mean_var(sums, shift):
-    """(mean, biased variance, count) of every channel from the summed moments
-    (batchnorm_mean_var)."""
-    c = shift.shape[0]
-    count = sums[2 * c]
-    if count < 2:
-        raise ValueError(f"Expected more than 1 value per channel over all ranks when training, got {count:g}")
-    m = sums[:c] / count
-    var = np.maximum(sums[c:2 * c] / count - m * m, 0.0)
-    return shift + m, var, count
-
-
-def _update_running(running_mean, running_var, mean, var, count, momentum) -> None:
-    """running = (1 - momentum) running + momentum batch, the variance unbiased
-    by m/(m-1) (batchnorm_update_running), in the buffers' dtype."""
-    dt = running_mean.dtype
-    mom = dt.type(momentum)
-    running_mean[...] = (1 - mom) * running_mean + mom * mean.astype(dt)
-    running_var[...] = (1 - mom) * running_var + mom * (var * count / (count - 1)).astype(dt)
-
-
-def _dx_correction(dx, saved, gamma, mean_dz, mean_dz_xhat) -> None:
-    """dx (the eval-form scale * dz) becomes the train-form
-    scale * (dz - mean(dz) - xhat * mean(dz * xhat)) (batchnorm_dx), in place."""
-    c = saved.invstd.shape[0]
-    dt = dx.dtype
-    invstd = saved.invstd
-    scale = invstd * gamma if gamma is not None else invstd
-    mean = saved.mean[0] + saved.mean[1]
-    x3 = saved.x.reshape(saved.x.shape[0], c, -1)
-    xhat = (x3 - mean[None, :, None]) * invstd[None, :, None]
-    correction = scale[None, :, None] * (mean_dz.astype(dt)[None, :, None]
-                                         + xhat * mean_dz_xhat.astype(dt)[None, :, None])
-    dx.reshape(x3.shape)[...] -= correction
 
 
 class _BatchNorm(Module):
@@ -172,15 +119,18 @@ class _BatchNorm(Module):
 
     # --- synchronized statistics (see the module docstring) ---------------------------
     def _forward_sync(self, x, act, alpha):
-        shift = self.running_mean.astype(np.float64)
-        sums = _comm.allreduce_(_shifted_moments(x, shift), "sum")
-        mean, var, count = _mean_var(sums, shift)
-        dt = x.dtype
-        y, self._saved = ops.batchnorm(
-            x, self.weight.data if self.affine else None, self.bias.data if self.affine else None,
-            mean.astype(dt), var.astype(dt), training=False, eps=self.eps, act=act, alpha=alpha,
-            out=self._buf("y", x.shape, x.dtype))
-        _update_running(self.running_mean, self.running_var, mean, var, count, self.momentum)
+        c = self.num_features
+        shift = self.running_mean.copy()   # the same on every rank; gather_stats updates running_mean
+        sums = np.empty(2 * c + 1)
+        ops.batchnorm_stats(x, shift, out=sums[:2 * c].reshape(2, c))
+        sums[2 * c] = x.size // c
+        _comm.allreduce_(sums, "sum")
+        count = sums[2 * c]
+        mean, invstd = ops.batchnorm_gather_stats(sums[:2 * c].reshape(2, c), count, shift, self.running_mean,
+                                                  self.running_var, momentum=self.momentum, eps=self.eps)
+        y, self._saved = ops.batchnorm_elemt(
+            x, self.weight.data if self.affine else None, self.bias.data if self.affine else None, mean, invstd,
+            act=act, alpha=alpha, out=self._buf("y", x.shape, x.dtype))
         self._sync_count = count
         return y
 
@@ -188,16 +138,14 @@ class _BatchNorm(Module):
         """dx of the global batch: scale * (dz - mean(dz) - xhat * mean(dz * xhat)),
         the means over every rank's rows; dgamma, dbeta stay local (the gradient
         allreduce adds them up)."""
-        gamma = self.weight.data if self.affine else None
-        dx, dgamma, dbeta = ops.batchnorm_backward(
-            dout, self._saved, gamma, need_dx=self.input_grad, dgamma=self.weight.grad if self.affine else None,
-            dbeta=self.bias.grad if self.affine else None, out=self._buf("dx", dout.shape, dout.dtype))
-        if dx is None:
+        sums = ops.batchnorm_backward_reduce(dout, self._saved, dgamma=self.weight.grad if self.affine else None,
+                                             dbeta=self.bias.grad if self.affine else None)
+        if not self.input_grad:
             return None
-        c = self.num_features
-        sums = _comm.allreduce_(np.concatenate([dbeta, dgamma]).astype(np.float64), "sum")  # sum(dz), sum(dz*xhat)
-        _dx_correction(dx, self._saved, gamma, sums[:c] / self._sync_count, sums[c:] / self._sync_count)
-        return dx
+        _comm.allreduce_(sums.reshape(-1), "sum")        # sum(dz), sum(dz * xhat) over every rank
+        means = sums / self._sync_count
+        return ops.batchnorm_backward_elemt(dout, self._saved, self.weight.data if self.affine else None, means[0],
+                                            means[1], out=self._buf("dx", dout.shape, dout.dtype))
 
 
 class BatchNorm1d(_BatchNorm):

@@ -21,6 +21,8 @@ if numba is not None:
                     activation.act_forward, activation.act_backward,
                     softmax_xent.softmax_xent_forward, softmax_xent.softmax_xent_backward,
                     optim.optim_step, batchnorm.batchnorm_forward, batchnorm.batchnorm_backward,
+                    batchnorm.batchnorm_stats, batchnorm.batchnorm_gather_stats, batchnorm.batchnorm_elemt,
+                    batchnorm.batchnorm_backward_reduce, batchnorm.batchnorm_backward_elemt,
                     dropout.dropout, optim.max_norm, conv.conv2d_forward, conv.conv2d_backward,
                     pool.max_pool2d_forward, pool.max_pool2d_regions_forward, pool.max_pool2d_backward,
                     pool.avg_pool2d_forward, pool.avg_pool2d_backward, pool.global_avg_pool2d_forward,

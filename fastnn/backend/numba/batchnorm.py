@@ -179,61 +179,98 @@ def _ncs(x):
     return x.reshape(n, c, -1) if x.size else x.reshape(n, c, 1)
 
 
+def batchnorm_stats(x, shift, sum, sumsq):
+    """Per channel, sum (x - shift) and sum (x - shift)**2 in float64 (the local reduction)."""
+    with threads_for(x.size):
+        _bn_moments(_ncs(x), shift, sum, sumsq)
+
+
+def batchnorm_gather_stats(sum, sumsq, count, shift, running_mean, running_var, save_mean, save_invstd,
+                           momentum, eps):
+    """save_mean (hi + lo), save_invstd and the running statistics from the channel sums
+    (batchnorm_mean_var, batchnorm_invstd, batchnorm_update_running)."""
+    dt = shift.dtype
+    t = dt.type
+    m = sum / count
+    var = np.maximum(sumsq / count - m * m, 0.0).astype(dt)
+    a = shift.astype(np.float64)
+    mean64 = a + m
+    bb = mean64 - a
+    err = (a - (mean64 - bb)) + (m - bb)          # TwoSum, as in csrc/ops/batchnorm.h
+    save_mean[0] = mean64
+    save_mean[1] = (mean64 - save_mean[0].astype(np.float64)) + err
+    save_invstd[...] = t(1) / np.sqrt(var + t(eps))
+    if running_mean is not None and running_var is not None:
+        mean = save_mean[0] + save_mean[1]
+        unbiased = (var.astype(np.float64) * count / (count - 1.0)).astype(dt) if count > 1 else var
+        running_mean[...] = (t(1) - t(momentum)) * running_mean + t(momentum) * mean
+        running_var[...] = (t(1) - t(momentum)) * running_var + t(momentum) * unbiased
+
+
+def batchnorm_elemt(x, gamma, beta, save_mean, save_invstd, y, act, alpha):
+    """y = act(((x - hi) - lo) * invstd * gamma + beta)."""
+    c = x.shape[1]
+    scale = save_invstd * (gamma if gamma is not None else x.dtype.type(1))
+    b = beta if beta is not None else np.zeros(c, x.dtype)
+    with threads_for(x.size):
+        _bn_kernels(act)[0](_ncs(x), _ncs(y), save_mean, scale.astype(x.dtype), b, alpha)
+
+
+def _grad_source(dy3, y, act):
+    return _ncs(y) if (y is not None and act != ACT_CODE["identity"]) else dy3
+
+
+def batchnorm_backward_reduce(dy, x, y, save_mean, save_invstd, sum_dz, sum_dz_xhat, dgamma, dbeta, act, alpha):
+    """Per channel, sum dz and sum dz * xhat in float64; dbeta, dgamma (if given) the same in T."""
+    dy3 = _ncs(dy)
+    with threads_for(x.size):
+        _bn_kernels(act)[1](dy3, _ncs(x), _grad_source(dy3, y, act), save_mean, alpha, sum_dz, sum_dz_xhat)
+    sum_dz_xhat *= save_invstd.astype(np.float64)
+    if dbeta is not None:
+        dbeta[...] = sum_dz
+    if dgamma is not None:
+        dgamma[...] = sum_dz_xhat
+
+
+def batchnorm_backward_elemt(dy, x, y, gamma, save_mean, save_invstd, mean_dz, mean_dz_xhat, dx, act, alpha):
+    """dx = gamma * invstd * (dz - mean_dz - xhat * mean_dz_xhat); mean_dz, mean_dz_xhat None: eval form."""
+    dy3 = _ncs(dy)
+    c = dy3.shape[1]
+    scale = (save_invstd * (gamma if gamma is not None else 1)).astype(x.dtype)
+    if mean_dz is not None and mean_dz_xhat is not None:
+        mdz, mdx = mean_dz.astype(x.dtype), mean_dz_xhat.astype(x.dtype)
+    else:
+        mdz = mdx = np.zeros(c, x.dtype)
+    with threads_for(x.size):
+        _bn_kernels(act)[2](dy3, _ncs(x), _grad_source(dy3, y, act), save_mean, save_invstd, scale, mdz, mdx,
+                            alpha, _ncs(dx))
+
+
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, save_mean, save_invstd, y, training,
                       momentum, eps, act, alpha):
-    x3, y3 = _ncs(x), _ncs(y)
-    n, c, s = x3.shape
-    count = float(n) * float(s)
+    """batchnorm_stats + batchnorm_gather_stats (train) + batchnorm_elemt, the C++ kernel's passes."""
+    c = x.shape[1]
     t = x.dtype.type
     if training:
-        shift = x3[0, :, 0].copy()
+        shift = _ncs(x)[0, :, 0].copy()
         s1, s2 = np.empty(c), np.empty(c)
-        with threads_for(x.size):
-            _bn_moments(x3, shift, s1, s2)
-        m = s1 / count
-        var = np.maximum(s2 / count - m * m, 0.0).astype(x.dtype)
-        a = shift.astype(np.float64)
-        mean64 = a + m
-        bb = mean64 - a
-        err = (a - (mean64 - bb)) + (m - bb)          # TwoSum, as in csrc/ops/batchnorm.h
-        save_mean[0] = mean64
-        save_mean[1] = (mean64 - save_mean[0].astype(np.float64)) + err
-        mean = save_mean[0] + save_mean[1]
-        save_invstd[...] = t(1) / np.sqrt(var + t(eps))
-        if running_mean is not None and running_var is not None:
-            unbiased = (var.astype(np.float64) * count / (count - 1.0)).astype(x.dtype) if count > 1 else var
-            running_mean[...] = (t(1) - t(momentum)) * running_mean + t(momentum) * mean
-            running_var[...] = (t(1) - t(momentum)) * running_var + t(momentum) * unbiased
+        batchnorm_stats(x, shift, s1, s2)
+        batchnorm_gather_stats(s1, s2, float(x.size // c), shift, running_mean, running_var, save_mean,
+                               save_invstd, momentum, eps)
     else:
         save_mean[0] = running_mean
         save_mean[1] = 0
         save_invstd[...] = t(1) / np.sqrt(running_var + t(eps))
-    scale = save_invstd * (gamma if gamma is not None else t(1))
-    b = beta if beta is not None else np.zeros(c, x.dtype)
-    with threads_for(x.size):
-        _bn_kernels(act)[0](x3, y3, save_mean, scale.astype(x.dtype), b, alpha)
+    batchnorm_elemt(x, gamma, beta, save_mean, save_invstd, y, act, alpha)
 
 
 def batchnorm_backward(dy, x, y, gamma, save_mean, save_invstd, dx, dgamma, dbeta, training, act, alpha):
-    dy3, x3 = _ncs(dy), _ncs(x)
-    y3 = _ncs(y) if (y is not None and act != ACT_CODE["identity"]) else dy3
-    n, c, s = x3.shape
-    count = float(n) * float(s)
+    """batchnorm_backward_reduce + batchnorm_backward_elemt over this batch."""
+    c = x.shape[1]
     s1, s2 = np.empty(c), np.empty(c)
-    with threads_for(x.size):
-        _bn_kernels(act)[1](dy3, x3, y3, save_mean, alpha, s1, s2)
-    inv = save_invstd.astype(np.float64)
-    if dbeta is not None:
-        dbeta[...] = s1
-    if dgamma is not None:
-        dgamma[...] = s2 * inv
+    batchnorm_backward_reduce(dy, x, y, save_mean, save_invstd, s1, s2, dgamma, dbeta, act, alpha)
     if dx is None:
         return
-    scale = (save_invstd * (gamma if gamma is not None else 1)).astype(x.dtype)
-    if training:
-        mean_dz = (s1 / count).astype(x.dtype)
-        mean_dz_xhat = (s2 * inv / count).astype(x.dtype)
-    else:
-        mean_dz = mean_dz_xhat = np.zeros(c, x.dtype)
-    with threads_for(x.size):
-        _bn_kernels(act)[2](dy3, x3, y3, save_mean, save_invstd, scale, mean_dz, mean_dz_xhat, alpha, _ncs(dx))
+    count = float(x.size // c)
+    batchnorm_backward_elemt(dy, x, y, gamma, save_mean, save_invstd, s1 / count if training else None,
+                             s2 / count if training else None, dx, act, alpha)
