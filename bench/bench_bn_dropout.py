@@ -92,10 +92,11 @@ def main():
     rng = np.random.default_rng(0)
     torch = harness.have_torch()
     bw = harness.stream_bandwidth()
-    rows, results = [], {"machine": harness.machine(), "stream_triad_GBps": bw, "cases": {}}
+    results = {"machine": harness.machine(), "stream_triad_GBps": bw, "cases": {}}
     table = [f"Memory-bound kernels, float32, {harness.machine()['threads']} threads; "
              f"STREAM triad {bw:.1f} GB/s", "",
-             "| kernel | shape | fastnn C++ ms | GB/s | % of triad | Numba ms | PyTorch ms | C++ / PyTorch | Numba / C++ |",
+             "| kernel | shape | fastnn C++ ms | GB/s | % of triad | Numba ms | PyTorch ms "
+             "| C++ / PyTorch | Numba / C++ |",
              "|---|---|---|---|---|---|---|---|---|"]
     cases = [("BatchNorm1d fwd+bwd", (4096, 1024), bench_batchnorm),
              ("BatchNorm2d fwd+bwd", (64, 64, 32, 32), bench_batchnorm),

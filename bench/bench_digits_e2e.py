@@ -51,7 +51,8 @@ trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt,
 t0 = time.perf_counter()
 trainer.fit(Xtr, ytr, epochs=EPOCHS, batch_size=64, progress=False, eval_train_size=0)
 t1 = time.perf_counter()
-print(json.dumps({"epochs": cb.epoch, "loop": t1 - t0, "wall": time.time(), "acc": trainer.evaluate(Xte, yte)["accuracy"]}))
+print(json.dumps({"epochs": cb.epoch, "loop": t1 - t0, "wall": time.time(),
+                  "acc": trainer.evaluate(Xte, yte)["accuracy"]}))
 """
 
 _TORCH = r"""

@@ -192,7 +192,8 @@ class Compose:
 
     @property
     def uses_labels(self) -> bool:
-        """True when a transform needs the labels (e.g. Mixup): the Trainer then calls ``t(x, rng, y=labels)`` and takes back ``(x, y)``."""
+        """True when a transform needs the labels (e.g. Mixup): the Trainer then calls ``t(x, rng, y=labels)``
+        and takes back ``(x, y)``."""
         return any(getattr(t, "uses_labels", False) for t in self.transforms)
 
     def __call__(self, x, rng=None, *, y=None):

@@ -232,7 +232,8 @@ class BestCheckpoint(_Monitor):
         self.best = self.best_epoch = None
 
     def on_epoch_end(self, trainer, epoch, history):
-        """Save the model to ``path`` when ``monitor`` reached a new best (rank 0 only when distributed); never stops training."""
+        """Save the model to ``path`` when ``monitor`` reached a new best (rank 0 only when distributed);
+        never stops training."""
         value = self._value(history)
         if self._improved(value):
             self.best, self.best_epoch = value, epoch

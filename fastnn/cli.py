@@ -208,7 +208,8 @@ def _check_train(parser, args) -> None:
 
 
 def cmd_train(args) -> int:
-    """``fastnn train``: build an MLP (or CNN), train it on the chosen data set (the shipped digits by default) and print the test accuracy; returns the exit status."""
+    """``fastnn train``: build an MLP (or CNN), train it on the chosen data set (the shipped digits by
+    default) and print the test accuracy; returns the exit status."""
     _check_train(args.parser, args)
     if args.backend:
         fnn.backend.use(args.backend)
@@ -280,7 +281,8 @@ def _search_objective(params, epochs, hidden, batch_size, seed):
 
 
 def cmd_search(args) -> int:
-    """``fastnn search``: random search of lr and weight_decay on the digits, printing the trials best first; returns the exit status."""
+    """``fastnn search``: random search of lr and weight_decay on the digits, printing the trials best first;
+    returns the exit status."""
     if args.plot:
         _require_matplotlib(args.parser, "--plot")
     if args.backend:
@@ -303,7 +305,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    """``fastnn doctor``: print the version, the backends that loaded (and why others did not), the CPU code path (ISA), threads and CUDA status; returns the exit status."""
+    """``fastnn doctor``: print the version, the backends that loaded (and why others did not), the CPU code
+    path (ISA), threads and CUDA status; returns the exit status."""
     print(f"fastnn {fnn.__version__} (python {platform.python_version()}, numpy {np.__version__}, "
           f"{platform.machine()})")
     print(f"backends available: {', '.join(fnn.backend.available())}; default: {fnn.backend.current()}")
@@ -481,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Entry point of the ``fastnn`` command: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit status."""
+    """Entry point of the ``fastnn`` command: parse ``argv`` (default ``sys.argv[1:]``), run the subcommand,
+    return its exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

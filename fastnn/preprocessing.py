@@ -258,7 +258,8 @@ class ChannelStandardize(Preprocessor):
         return (0,) + tuple(range(2, x.ndim))
 
     def fit(self, X):
-        """Per-channel mean ``(C,)`` (and std with ``scale``) over every axis but 1 of X ``(N, C, ...)``. Returns self."""
+        """Per-channel mean ``(C,)`` (and std with ``scale``) over every axis but 1 of X ``(N, C, ...)``.
+        Returns self."""
         _check_input(X, "X", min_rows=1)
         axes = self._axes(X)
         self.mean_ = _mean64(X, axes)

@@ -163,7 +163,8 @@ class ReduceOnPlateau(Schedule):
         self.bad_epochs = 0
 
     def observe(self, metric):
-        """Record this epoch's metric; after ``patience`` epochs without improvement (by more than ``threshold``, relative) multiply the lr by ``factor``."""
+        """Record this epoch's metric; after ``patience`` epochs without improvement (by more than ``threshold``,
+        relative) multiply the lr by ``factor``."""
         m = float(metric)
         better = self.best is None or (m < self.best * (1 - self.threshold) if self.mode == "min"
                                        else m > self.best * (1 + self.threshold))

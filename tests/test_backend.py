@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import fastnn as fnn
@@ -57,7 +56,8 @@ def test_missing_extension_falls_back_to_numba_with_one_warning(tmp_path):
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    import fastnn, numpy as np\n"
-        "print(fastnn.backend.available(), fastnn.backend.current(), len([x for x in w if 'Numba' in str(x.message)]))\n"
+        "print(fastnn.backend.available(), fastnn.backend.current(),\n"
+        "      len([x for x in w if 'Numba' in str(x.message)]))\n"
         "y, _ = fastnn.ops.linear_act(np.ones((2, 3), np.float32), np.ones((3, 4), np.float32), None, 'relu')\n"
         "print(float(y.sum()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

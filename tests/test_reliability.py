@@ -244,7 +244,8 @@ def test_two_models_in_two_threads_match_sequential_training(backend_name, digit
         # Built here, one after the other: initialization draws from fastnn's global generator.
         trainers = {"a": _trainer(seed=0), "b": _trainer(seed=1)}
         parallel = {}
-        threads = [threading.Thread(target=_fit, args=(t, X, y, parallel, k, 3, backend_name)) for k, t in trainers.items()]
+        threads = [threading.Thread(target=_fit, args=(t, X, y, parallel, k, 3, backend_name))
+                   for k, t in trainers.items()]
         for t in threads:
             t.start()
         for t in threads:

@@ -11,7 +11,6 @@ the weight decay much less.
 import warnings
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 import fastnn as fnn
 from fastnn.search import coarse_to_fine, grid_search, loguniform, random_search

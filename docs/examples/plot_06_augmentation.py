@@ -8,7 +8,6 @@ seed or generator, so the same seed gives the same images. Each row below is
 one transform applied to the same eight digits.
 """
 import matplotlib.pyplot as plt
-import numpy as np
 
 import fastnn as fnn
 from fastnn import augment as A

@@ -20,7 +20,8 @@ _default: str | None = None
 
 
 def register(backend: str, op: str, fn) -> None:
-    """Register ``fn`` as the kernel of ``op`` (a name such as ``"linear_act"``) on ``backend`` (``"cpp"``, ``"numba"``, ``"cuda"``)."""
+    """Register ``fn`` as the kernel of ``op`` (a name such as ``"linear_act"``) on ``backend``
+    (``"cpp"``, ``"numba"``, ``"cuda"``)."""
     _TABLE[(backend, op)] = fn
 
 

@@ -124,5 +124,5 @@ def batches(x, y, batch_size: int, shuffle: bool = True, rng=None, drop_last: bo
         yield np.ascontiguousarray(x[idx]), (None if y is None else np.ascontiguousarray(y[idx]))
 
 
-__all__ = ["load_digits", "make_spiral", "split", "kfold", "batches", "load_cifar10", "load_mnist", "read_cifar10_batch",
-           "read_idx", "DataLoader"]
+__all__ = ["load_digits", "make_spiral", "split", "kfold", "batches", "load_cifar10", "load_mnist",
+           "read_cifar10_batch", "read_idx", "DataLoader"]

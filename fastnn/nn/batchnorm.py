@@ -84,7 +84,8 @@ class _BatchNorm(Module):
         return self.forward_fused(x, "identity", None)
 
     def forward_fused(self, x, act, alpha):
-        """``forward`` with the activation ``act`` (a name) and its parameter ``alpha`` applied in the same pass (Sequential calls this)."""
+        """``forward`` with the activation ``act`` (a name) and its parameter ``alpha`` applied in the same pass
+        (Sequential calls this)."""
         self._check(x)
         self._sync_count = None
         if self.sync_bn and self.training and _comm.active():
