@@ -147,3 +147,17 @@ def pyplot(what: str):
         raise ImportError(f"{what} needs matplotlib, which is not installed: pip install matplotlib "
                           f"or {PLOT_HINT}") from exc
     return plt
+
+
+def fill_doc(**parts):
+    """Decorator: replace each ``%(name)s`` marker in the docstring of a
+    function or class by ``parts[name]``, so a parameter description shared by
+    several public names is written once. A part's lines after the first carry
+    their own indentation (the marker sits where its first line goes)."""
+    def apply(obj):
+        doc = obj.__doc__
+        for name, text in parts.items():
+            doc = doc.replace(f"%({name})s", text)
+        obj.__doc__ = doc
+        return obj
+    return apply

@@ -376,11 +376,17 @@ def plot_activation_stats(stats, X=None, path=None, max_layers=12):
     ax.set_xticks(layers)
     ax.legend()
     ax.set_title("activation mean / std per layer")
-    for k, s in enumerate(shown):
+    return _histogram_panels(plt, fig, rows, cols, [(f"{k + 1}: {s['activation']}\nstd {s['std']:.3g}", s["hist"])
+                                               for k, s in enumerate(shown)], path)
+
+
+def _histogram_panels(plt, fig, rows, cols, panels, path):
+    """One histogram per (title, (counts, edges)) in the grid's rows after the
+    first; then the figure is laid out, saved to path (if given) and returned."""
+    for k, (title, (counts, edges)) in enumerate(panels):
         a = fig.add_subplot(rows, cols, cols + k + 1)
-        counts, edges = s["hist"]
         a.stairs(counts, edges, fill=True)
-        a.set_title(f"{k + 1}: {s['activation']}\nstd {s['std']:.3g}", fontsize=8)
+        a.set_title(title, fontsize=8)
         a.tick_params(labelsize=7)
         a.set_yticks([])
     fig.tight_layout()
@@ -483,18 +489,8 @@ def plot_gradient_stats(stats, X=None, y=None, loss=None, path=None, max_params=
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
     ax.legend()
     ax.set_title("gradient scale per parameter (input side on the left)")
-    for k, name in enumerate(shown):
-        a = fig.add_subplot(rows, cols, cols + k + 1)
-        counts, edges = stats[name]["hist"]
-        a.stairs(counts, edges, fill=True)
-        a.set_title(f"{name}\nstd {stats[name]['std']:.3g}", fontsize=8)
-        a.tick_params(labelsize=7)
-        a.set_yticks([])
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
+    return _histogram_panels(plt, fig, rows, cols, [(f"{name}\nstd {stats[name]['std']:.3g}", stats[name]["hist"])
+                                               for name in shown], path)
 
 
 # --- update / weight ratio ------------------------------------------------------------

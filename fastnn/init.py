@@ -25,6 +25,15 @@ from . import _validate as V
 from ._random import generator
 
 
+# The shape and rng parameters of every initializer, documented once.
+_SHAPE_RNG = """shape : tuple of int
+        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
+    rng : numpy.random.Generator or int, optional
+        Random source or seed; None uses fastnn's global generator
+        (``fastnn.manual_seed``)."""
+_with_shape_rng = V.fill_doc(shape_rng=_SHAPE_RNG)
+
+
 def fans(shape) -> tuple[int, int]:
     """Fan-in and fan-out of a weight shape.
 
@@ -60,17 +69,14 @@ def _fan(shape, mode: str) -> float:
     raise ValueError(f"mode must be 'fan_in', 'fan_out' or 'fan_avg', got {mode!r}")
 
 
+@_with_shape_rng
 def zeros(shape, rng=None, dtype=np.float32):
     """All zeros (the usual bias init; for weights it breaks symmetry-breaking:
     every unit of a layer then computes the same thing).
 
     Parameters
     ----------
-    shape : tuple of int
-        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
-    rng : numpy.random.Generator or int, optional
-        Random source or seed; None uses fastnn's global generator
-        (``fastnn.manual_seed``).
+    %(shape_rng)s
     dtype : numpy dtype, default float32
 
     Returns
@@ -80,16 +86,13 @@ def zeros(shape, rng=None, dtype=np.float32):
     return np.zeros(shape, dtype)
 
 
+@_with_shape_rng
 def constant(shape, value=0.0, rng=None, dtype=np.float32):
     """Every entry equal to ``value``.
 
     Parameters
     ----------
-    shape : tuple of int
-        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
-    rng : numpy.random.Generator or int, optional
-        Random source or seed; None uses fastnn's global generator
-        (``fastnn.manual_seed``).
+    %(shape_rng)s
     value : float
         The fill value.
     dtype : numpy dtype, default float32
@@ -101,16 +104,13 @@ def constant(shape, value=0.0, rng=None, dtype=np.float32):
     return np.full(shape, V.real(value, "value"), dtype)
 
 
+@_with_shape_rng
 def normal(shape, std=1.0, rng=None, dtype=np.float32):
     """Gaussian init, ``W ~ N(0, std^2)``.
 
     Parameters
     ----------
-    shape : tuple of int
-        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
-    rng : numpy.random.Generator or int, optional
-        Random source or seed; None uses fastnn's global generator
-        (``fastnn.manual_seed``).
+    %(shape_rng)s
     std : float, default 1.0
         Standard deviation (>= 0).
     dtype : numpy dtype, default float32
@@ -122,6 +122,7 @@ def normal(shape, std=1.0, rng=None, dtype=np.float32):
     return (generator(rng).standard_normal(shape) * V.real(std, "std", low=0.0)).astype(dtype)
 
 
+@_with_shape_rng
 def small_random(shape, std=0.01, rng=None, dtype=np.float32):
     """The lecture's "small random numbers", ``W = 0.01 * randn(shape)``.
 
@@ -131,11 +132,7 @@ def small_random(shape, std=0.01, rng=None, dtype=np.float32):
 
     Parameters
     ----------
-    shape : tuple of int
-        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
-    rng : numpy.random.Generator or int, optional
-        Random source or seed; None uses fastnn's global generator
-        (``fastnn.manual_seed``).
+    %(shape_rng)s
     std : float, default 0.01
     dtype : numpy dtype, default float32
 
@@ -146,6 +143,7 @@ def small_random(shape, std=0.01, rng=None, dtype=np.float32):
     return normal(shape, std, rng, dtype)
 
 
+@_with_shape_rng
 def xavier_normal(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
     """Xavier/Glorot normal init (Glorot & Bengio 2010), ``W ~ N(0, gain^2 / fan)``.
 
@@ -155,11 +153,7 @@ def xavier_normal(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
 
     Parameters
     ----------
-    shape : tuple of int
-        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
-    rng : numpy.random.Generator or int, optional
-        Random source or seed; None uses fastnn's global generator
-        (``fastnn.manual_seed``).
+    %(shape_rng)s
     dtype : numpy dtype, default float32
     mode : {"fan_avg", "fan_in", "fan_out"}, default "fan_avg"
         Which fan sets the variance.
@@ -173,6 +167,7 @@ def xavier_normal(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
     return normal(shape, V.real(gain, "gain", low=0.0) / math.sqrt(_fan(shape, mode)), rng, dtype)
 
 
+@_with_shape_rng
 def xavier_uniform(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
     """Xavier/Glorot uniform init, ``W ~ U(-b, b)`` with ``b = gain * sqrt(3 / fan)``.
 
@@ -182,11 +177,7 @@ def xavier_uniform(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
 
     Parameters
     ----------
-    shape : tuple of int
-        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
-    rng : numpy.random.Generator or int, optional
-        Random source or seed; None uses fastnn's global generator
-        (``fastnn.manual_seed``).
+    %(shape_rng)s
     dtype : numpy dtype, default float32
     mode : {"fan_avg", "fan_in", "fan_out"}, default "fan_avg"
     gain : float, default 1.0
@@ -199,6 +190,7 @@ def xavier_uniform(shape, rng=None, dtype=np.float32, mode="fan_avg", gain=1.0):
     return generator(rng).uniform(-bound, bound, shape).astype(dtype)
 
 
+@_with_shape_rng
 def he_normal(shape, rng=None, dtype=np.float32, mode="fan_in"):
     """He/Kaiming normal init (He et al. 2015), ``W ~ N(0, 2 / fan_in)``.
 
@@ -208,11 +200,7 @@ def he_normal(shape, rng=None, dtype=np.float32, mode="fan_in"):
 
     Parameters
     ----------
-    shape : tuple of int
-        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
-    rng : numpy.random.Generator or int, optional
-        Random source or seed; None uses fastnn's global generator
-        (``fastnn.manual_seed``).
+    %(shape_rng)s
     dtype : numpy dtype, default float32
     mode : {"fan_in", "fan_out", "fan_avg"}, default "fan_in"
 
@@ -223,17 +211,14 @@ def he_normal(shape, rng=None, dtype=np.float32, mode="fan_in"):
     return normal(shape, math.sqrt(2.0 / _fan(shape, mode)), rng, dtype)
 
 
+@_with_shape_rng
 def he_uniform(shape, rng=None, dtype=np.float32, mode="fan_in"):
     """He/Kaiming uniform init, ``W ~ U(-b, b)`` with ``b = sqrt(6 / fan_in)``
     (variance ``2 / fan_in``, as :func:`he_normal`).
 
     Parameters
     ----------
-    shape : tuple of int
-        Weight shape: ``(in, out)`` for Linear, ``(F, C, kh, kw)`` for Conv2d.
-    rng : numpy.random.Generator or int, optional
-        Random source or seed; None uses fastnn's global generator
-        (``fastnn.manual_seed``).
+    %(shape_rng)s
     dtype : numpy dtype, default float32
     mode : {"fan_in", "fan_out", "fan_avg"}, default "fan_in"
 

@@ -212,6 +212,22 @@ void by_column_stride(int64_t sw, F&& f) {
   else f(std::integral_constant<int, 0>{});
 }
 
+// Runs the pooling of every plane p in parallel: fixed_plane(p, KW, SW) where
+// by_fixed_window has a kernel for the window (width and column stride as
+// constants), else plane(p, SW) (SW constant where common).
+template <class FixedPlane, class Plane>
+void for_each_plane(const PoolShape& s, int64_t planes, int nthreads, FixedPlane&& fixed_plane, Plane&& plane) {
+  const bool fixed = by_fixed_window(s, [&](auto kw_const, auto sw_const) {
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
+    for (int64_t p = 0; p < planes; ++p) fixed_plane(p, kw_const, sw_const);
+  });
+  if (fixed) return;
+  by_column_stride(s.sw, [&](auto sw_const) {
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
+    for (int64_t p = 0; p < planes; ++p) plane(p, sw_const);
+  });
+}
+
 }  // namespace
 
 template <class T>
@@ -220,18 +236,15 @@ void max_pool2d_forward(const MaxPool2dForwardArgs<T>& a) {
   const int64_t planes = s.n * s.c, in = s.h * s.w, out = s.oh * s.ow;
   if (planes <= 0 || out <= 0) return;
   const int nthreads = threads_for(planes * in);
-  const bool fixed = by_fixed_window(s, [&](auto kw_const, auto sw_const) {
-    constexpr int KW = decltype(kw_const)::value, SW = decltype(sw_const)::value;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
-    for (int64_t p = 0; p < planes; ++p)
-      max_pool_plane_fixed<T, KW, SW>(s, a.x + p * in, a.y + p * out, a.index + p * out);
-  });
-  if (fixed) return;
-  by_column_stride(s.sw, [&](auto sw_const) {
-    constexpr int SW = decltype(sw_const)::value;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
-    for (int64_t p = 0; p < planes; ++p) max_pool_plane<T, SW>(s, a.x + p * in, a.y + p * out, a.index + p * out);
-  });
+  for_each_plane(
+      s, planes, nthreads,
+      [&](int64_t p, auto kw, auto sw) {
+        max_pool_plane_fixed<T, decltype(kw)::value, decltype(sw)::value>(s, a.x + p * in, a.y + p * out,
+                                                                          a.index + p * out);
+      },
+      [&](int64_t p, auto sw) {
+        max_pool_plane<T, decltype(sw)::value>(s, a.x + p * in, a.y + p * out, a.index + p * out);
+      });
 }
 
 template <class T>
@@ -283,18 +296,15 @@ void avg_pool2d_forward(const AvgPool2dForwardArgs<T>& a) {
   const int64_t planes = s.n * s.c, in = s.h * s.w, out = s.oh * s.ow;
   if (planes <= 0 || out <= 0) return;
   const int nthreads = threads_for(planes * in);
-  const bool fixed = by_fixed_window(s, [&](auto kw_const, auto sw_const) {
-    constexpr int KW = decltype(kw_const)::value, SW = decltype(sw_const)::value;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
-    for (int64_t p = 0; p < planes; ++p)
-      avg_pool_plane_fixed<T, KW, SW>(s, a.x + p * in, a.y + p * out, a.count_include_pad);
-  });
-  if (fixed) return;
-  by_column_stride(s.sw, [&](auto sw_const) {
-    constexpr int SW = decltype(sw_const)::value;
-#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
-    for (int64_t p = 0; p < planes; ++p) avg_pool_plane<T, SW>(s, a.x + p * in, a.y + p * out, a.count_include_pad);
-  });
+  for_each_plane(
+      s, planes, nthreads,
+      [&](int64_t p, auto kw, auto sw) {
+        avg_pool_plane_fixed<T, decltype(kw)::value, decltype(sw)::value>(s, a.x + p * in, a.y + p * out,
+                                                                          a.count_include_pad);
+      },
+      [&](int64_t p, auto sw) {
+        avg_pool_plane<T, decltype(sw)::value>(s, a.x + p * in, a.y + p * out, a.count_include_pad);
+      });
 }
 
 template <class T>

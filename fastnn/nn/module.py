@@ -287,8 +287,8 @@ class Module:
             yield from child.named_buffers(f"{prefix}{cname}.")
 
     def train(self, mode: bool = True):
-        """Training mode for this module and every submodule (``eval()``: mode
-        False), except that a frozen BatchNorm (see ``freeze``) stays in eval
+        """Training mode for this module and every submodule (``train(False)`` is the
+        eval mode), except that a frozen BatchNorm (see ``freeze``) stays in eval
         mode: it normalizes with, and keeps, its running statistics."""
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode) and not _keeps_frozen_stats(m))
@@ -313,7 +313,7 @@ class Module:
         ``model.train()`` makes it normalize with the new data's batch
         statistics and overwrite its running statistics (Keras' ``trainable =
         False`` keeps it in inference mode, as fastnn does). ``unfreeze()``
-        undoes both; the BatchNorm then follows ``train()``/``eval()`` again."""
+        undoes both; the BatchNorm then follows the module's train/eval mode again."""
         for p in self.parameters():
             p.trainable = False
         for m in self.modules():
@@ -324,7 +324,7 @@ class Module:
 
     def unfreeze(self):
         """Undo ``freeze()``: parameters trainable again, BatchNorm layers back
-        in this module's mode (and following ``train()``/``eval()``)."""
+        in this module's mode (and following its train/eval mode)."""
         for p in self.parameters():
             p.trainable = True
         for m in self.modules():

@@ -325,19 +325,9 @@ class Optimizer:
                     g[k] = tuple(float(x) for x in v) if v.ndim else float(v)
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent, optionally with momentum or Nesterov momentum.
-
-    - plain: ``p -= lr * g``
-    - momentum mu: ``v = mu * v + g; p -= lr * v``
-    - Nesterov: ``v = mu * v + g; p -= lr * (g + mu * v)``
-
-    (PyTorch's forms. The notes write momentum as ``v = mu*v - lr*g; p += v``:
-    the same trajectory for a constant lr.)
-
-    Parameters
-    ----------
-    params : iterable of Parameter, or list of dict
+# The parameters every update rule takes, documented once and put into each
+# optimizer's docstring.
+_COMMON_PARAMETERS = """params : iterable of Parameter, or list of dict
         ``model.parameters()``, or parameter groups: dicts with ``"params"``
         and any per-group option (``lr``, ``weight_decay``, ``l1``,
         ``max_norm``, ...), e.g. no decay on biases or a smaller lr for a
@@ -359,7 +349,25 @@ class SGD(Optimizer):
         ``w * min(1, max_norm / ||w||_2)``; 1-D parameters are untouched.
     clip_grad_norm : float, optional
         Scale the whole gradient by ``min(1, clip_grad_norm / ||g||_2)`` (the
-        global norm over every parameter) before the update.
+        global norm over every parameter) before the update."""
+
+_with_common_parameters = V.fill_doc(common_parameters=_COMMON_PARAMETERS)
+
+
+@_with_common_parameters
+class SGD(Optimizer):
+    """Stochastic gradient descent, optionally with momentum or Nesterov momentum.
+
+    - plain: ``p -= lr * g``
+    - momentum mu: ``v = mu * v + g; p -= lr * v``
+    - Nesterov: ``v = mu * v + g; p -= lr * (g + mu * v)``
+
+    (PyTorch's forms. The notes write momentum as ``v = mu*v - lr*g; p += v``:
+    the same trajectory for a constant lr.)
+
+    Parameters
+    ----------
+    %(common_parameters)s
     lr : float, default 1e-2
         Learning rate.
     momentum : float, default 0.0
@@ -380,6 +388,7 @@ class SGD(Optimizer):
                          clip_grad_norm=clip_grad_norm)
 
 
+@_with_common_parameters
 class Adagrad(Optimizer):
     """AdaGrad (Duchi et al. 2011): a per-parameter step size that shrinks with
     the sum of squared gradients.
@@ -388,29 +397,7 @@ class Adagrad(Optimizer):
 
     Parameters
     ----------
-    params : iterable of Parameter, or list of dict
-        ``model.parameters()``, or parameter groups: dicts with ``"params"``
-        and any per-group option (``lr``, ``weight_decay``, ``l1``,
-        ``max_norm``, ...), e.g. no decay on biases or a smaller lr for a
-        pretrained body::
-
-            [{"params": body.parameters(), "lr": 1e-4},
-             {"params": head.parameters()}]
-
-    weight_decay : float, default 0.0
-        L2: ``g += weight_decay * p``, the gradient of
-        ``0.5 * weight_decay * ||W||^2``. The notes' L2 term
-        ``lambda * ||W||^2`` is ``weight_decay = 2 * lambda``.
-    l1 : float, default 0.0
-        L1: ``g += l1 * sign(p)``, the gradient of ``l1 * |W|_1``; with
-        weight_decay too, the elastic net.
-    max_norm : float, optional
-        Max-norm constraint: after each step every unit's incoming weight
-        vector (a column of a Linear weight, a Conv2d filter) is rescaled to
-        ``w * min(1, max_norm / ||w||_2)``; 1-D parameters are untouched.
-    clip_grad_norm : float, optional
-        Scale the whole gradient by ``min(1, clip_grad_norm / ||g||_2)`` (the
-        global norm over every parameter) before the update.
+    %(common_parameters)s
     lr : float, default 1e-2
     eps : float, default 1e-10
     """
@@ -423,6 +410,7 @@ class Adagrad(Optimizer):
                          clip_grad_norm=clip_grad_norm)
 
 
+@_with_common_parameters
 class RMSProp(Optimizer):
     """RMSProp (Tieleman & Hinton 2012): AdaGrad with a leaky (decaying) sum.
 
@@ -431,29 +419,7 @@ class RMSProp(Optimizer):
 
     Parameters
     ----------
-    params : iterable of Parameter, or list of dict
-        ``model.parameters()``, or parameter groups: dicts with ``"params"``
-        and any per-group option (``lr``, ``weight_decay``, ``l1``,
-        ``max_norm``, ...), e.g. no decay on biases or a smaller lr for a
-        pretrained body::
-
-            [{"params": body.parameters(), "lr": 1e-4},
-             {"params": head.parameters()}]
-
-    weight_decay : float, default 0.0
-        L2: ``g += weight_decay * p``, the gradient of
-        ``0.5 * weight_decay * ||W||^2``. The notes' L2 term
-        ``lambda * ||W||^2`` is ``weight_decay = 2 * lambda``.
-    l1 : float, default 0.0
-        L1: ``g += l1 * sign(p)``, the gradient of ``l1 * |W|_1``; with
-        weight_decay too, the elastic net.
-    max_norm : float, optional
-        Max-norm constraint: after each step every unit's incoming weight
-        vector (a column of a Linear weight, a Conv2d filter) is rescaled to
-        ``w * min(1, max_norm / ||w||_2)``; 1-D parameters are untouched.
-    clip_grad_norm : float, optional
-        Scale the whole gradient by ``min(1, clip_grad_norm / ||g||_2)`` (the
-        global norm over every parameter) before the update.
+    %(common_parameters)s
     lr : float, default 1e-2
     alpha : float, default 0.99
         Decay rate of the squared-gradient average.
@@ -470,6 +436,7 @@ class RMSProp(Optimizer):
                          clip_grad_norm=clip_grad_norm)
 
 
+@_with_common_parameters
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015): momentum plus RMSProp, bias-corrected.
 
@@ -483,29 +450,7 @@ class Adam(Optimizer):
 
     Parameters
     ----------
-    params : iterable of Parameter, or list of dict
-        ``model.parameters()``, or parameter groups: dicts with ``"params"``
-        and any per-group option (``lr``, ``weight_decay``, ``l1``,
-        ``max_norm``, ...), e.g. no decay on biases or a smaller lr for a
-        pretrained body::
-
-            [{"params": body.parameters(), "lr": 1e-4},
-             {"params": head.parameters()}]
-
-    weight_decay : float, default 0.0
-        L2: ``g += weight_decay * p``, the gradient of
-        ``0.5 * weight_decay * ||W||^2``. The notes' L2 term
-        ``lambda * ||W||^2`` is ``weight_decay = 2 * lambda``.
-    l1 : float, default 0.0
-        L1: ``g += l1 * sign(p)``, the gradient of ``l1 * |W|_1``; with
-        weight_decay too, the elastic net.
-    max_norm : float, optional
-        Max-norm constraint: after each step every unit's incoming weight
-        vector (a column of a Linear weight, a Conv2d filter) is rescaled to
-        ``w * min(1, max_norm / ||w||_2)``; 1-D parameters are untouched.
-    clip_grad_norm : float, optional
-        Scale the whole gradient by ``min(1, clip_grad_norm / ||g||_2)`` (the
-        global norm over every parameter) before the update.
+    %(common_parameters)s
     lr : float, default 1e-3
     betas : (float, float), default (0.9, 0.999)
         b1 (momentum) and b2 (squared-gradient decay).
