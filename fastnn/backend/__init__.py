@@ -21,5 +21,10 @@ if "cpp" not in registry.available() and "numba" in registry.available():
     # Never silent: say why the compiled kernels are missing and how to get them.
     warnings.warn(f"fastnn: {_cpp.LOAD_PROBLEM}. Falling back to the slower Numba backend.",
                   RuntimeWarning, stacklevel=2)
+elif _cpp.STALE_OPS:
+    # A compiled extension older than the Python sources: say which kernels run on Numba.
+    warnings.warn(f"fastnn: the compiled extension fastnn._C predates kernels {', '.join(_cpp.STALE_OPS)}, which "
+                  "run on the slower Numba backend until it is rebuilt (pip install . from the clone)",
+                  RuntimeWarning, stacklevel=2)
 
 __all__ = ["available", "current", "use", "using", "lookup", "failures"]
