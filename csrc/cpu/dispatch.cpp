@@ -172,6 +172,12 @@ int configured_threads() {
 }
 
 int num_threads() {
+  // Inside a parallel region (a kernel's batch split calling the GEMM engine)
+  // the caller's thread does the work alone. Not left to OpenMP's nesting
+  // setting: Numba's OpenMP threading layer turns nesting on for the whole
+  // process (max-active-levels 255), and a nested team of two on each of two
+  // threads ran the convolutions 4x slower (oversubscribed, meeting at barriers).
+  if (omp_in_parallel()) return 1;
   const int n = configured_threads();
   if (n == 1 || !g_adaptive.load(std::memory_order_relaxed)) return n;
   const int free = free_cores();
