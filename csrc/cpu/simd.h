@@ -36,6 +36,37 @@ template <> struct Vec<float> {
   static FASTNN_INLINE V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   // The masked form avoids GCC 12's -Wmaybe-uninitialized on _mm512_max_ps.
   static FASTNN_INLINE V max(V a, V b) { return _mm512_mask_max_ps(a, __mmask16(0xFFFF), a, b); }
+  // r[i][j] -> r[j][i] for a W x W block held in W registers: 32-bit, then
+  // 64-bit interleaves within 128-bit lanes, then two rounds of lane shuffles.
+  static FASTNN_INLINE void transpose(V* r) {
+    V t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) {
+      const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+      const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+      r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+      r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+      r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+      r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+      t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+      t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+      t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+    }
+  }
   // positive(z) ? a : b
   static FASTNN_INLINE V select_pos(V z, V a, V b) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, zero(), _CMP_GT_OQ), b, a);
@@ -54,6 +85,26 @@ template <> struct Vec<double> {
   static FASTNN_INLINE V add(V a, V b) { return _mm512_add_pd(a, b); }
   static FASTNN_INLINE V mul(V a, V b) { return _mm512_mul_pd(a, b); }
   static FASTNN_INLINE V max(V a, V b) { return _mm512_mask_max_pd(a, __mmask8(0xFF), a, b); }
+  static FASTNN_INLINE void transpose(V* r) {
+    V t[8], u[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 8; i += 4) {
+      u[i] = _mm512_shuffle_f64x2(t[i], t[i + 2], 0x88);
+      u[i + 1] = _mm512_shuffle_f64x2(t[i + 1], t[i + 3], 0x88);
+      u[i + 2] = _mm512_shuffle_f64x2(t[i], t[i + 2], 0xdd);
+      u[i + 3] = _mm512_shuffle_f64x2(t[i + 1], t[i + 3], 0xdd);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      r[i] = _mm512_shuffle_f64x2(u[i], u[i + 4], 0x88);
+      r[i + 4] = _mm512_shuffle_f64x2(u[i], u[i + 4], 0xdd);
+    }
+  }
   static FASTNN_INLINE V select_pos(V z, V a, V b) {
     return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(z, zero(), _CMP_GT_OQ), b, a);
   }
@@ -73,6 +124,26 @@ template <> struct Vec<float> {
   static FASTNN_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
   static FASTNN_INLINE V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static FASTNN_INLINE V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static FASTNN_INLINE void transpose(V* r) {
+    V t[8], u[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 8; i += 4) {
+      u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+      u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+      u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+      r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+  }
   static FASTNN_INLINE V select_pos(V z, V a, V b) {
     return _mm256_blendv_ps(b, a, _mm256_cmp_ps(z, zero(), _CMP_GT_OQ));
   }
@@ -90,6 +161,14 @@ template <> struct Vec<double> {
   static FASTNN_INLINE V add(V a, V b) { return _mm256_add_pd(a, b); }
   static FASTNN_INLINE V mul(V a, V b) { return _mm256_mul_pd(a, b); }
   static FASTNN_INLINE V max(V a, V b) { return _mm256_max_pd(a, b); }
+  static FASTNN_INLINE void transpose(V* r) {
+    const V t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+    const V t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+    r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+    r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+    r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+    r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+  }
   static FASTNN_INLINE V select_pos(V z, V a, V b) {
     return _mm256_blendv_pd(b, a, _mm256_cmp_pd(z, zero(), _CMP_GT_OQ));
   }
@@ -112,6 +191,13 @@ template <class T> struct Vec {
   static FASTNN_INLINE V mul(V a, V b) { return a * b; }
   static FASTNN_INLINE V max(V a, V b) { return a > b ? a : b; }
   static FASTNN_INLINE V select_pos(V z, V a, V b) { return z > V{} ? a : b; }
+  static FASTNN_INLINE void transpose(V* r) {
+    T a[W][W];
+    std::memcpy(a, r, sizeof(a));
+    for (int i = 0; i < W; ++i)
+      for (int j = 0; j < i; ++j) std::swap(a[i][j], a[j][i]);
+    std::memcpy(r, a, sizeof(a));
+  }
 };
 
 #endif
