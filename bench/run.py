@@ -25,6 +25,8 @@ BENCHES = {  # name -> module
     "profile_step": "profile_step",
     "memory": "bench_memory",
     "digits_e2e": "bench_digits_e2e",
+    "numba": "bench_numba",
+    "augment": "bench_augment",
 }
 
 
