@@ -17,9 +17,18 @@ Numba cache (NUMBA_CACHE_DIR a new temporary directory) and once with it warm.
 
     python bench/bench_numba.py            # everything
     python bench/bench_numba.py bn1d adam  # only these paths (no compile-time runs)
+    python bench/bench_numba.py --before HEAD [paths]   # also the Numba kernels of a git revision
+
+``--before REV`` adds a third candidate to every path: each Numba kernel module
+of git revision REV (``git show REV:fastnn/backend/numba/<module>.py``), loaded
+over the current runtime and helpers and registered as backend "numba@REV", so a
+before/after table comes from one interleaved run (same load for both). The
+hand-written sections of results/numba.md (from its first "## " heading on) are
+kept when the table is rewritten.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -33,7 +42,7 @@ import harness  # noqa: E402
 import fastnn as fnn  # noqa: E402
 from fastnn.backend.codes import HYPER_FIELDS  # noqa: E402
 
-BACKENDS = ("cpp", "numba")
+BACKENDS = ["cpp", "numba"]   # plus "numba@REV" with --before REV
 BAR = {"conv": 3.0}          # conv-net kernels; everything else 2.0
 
 
@@ -44,6 +53,37 @@ def _both(fn):
         with fnn.backend.using(name):
             out[name] = fn()
     return out
+
+
+def _numba_at(rev):
+    """Registers the Numba kernels of git revision ``rev`` as backend "numba@rev":
+    each kernel module's source at rev, imported under a private name inside
+    fastnn.backend.numba (so its relative imports bind the current runtime and
+    helpers), its kernels looked up by the names the current package registers."""
+    from fastnn.backend import registry
+    name = f"numba@{rev}"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    where = os.path.join(tempfile.gettempdir(), f"fastnn-bench-numba-{rev}")   # Numba's cache stays across runs
+    os.makedirs(where, exist_ok=True)
+    modules = {}
+    for op in registry.ops_of("numba"):
+        fn = registry.lookup(op, "numba")
+        mod = fn.__module__.rsplit(".", 1)[1]
+        if mod not in modules:
+            src = subprocess.run(["git", "show", f"{rev}:fastnn/backend/numba/{mod}.py"], cwd=root, check=True,
+                                 capture_output=True, text=True).stdout
+            path = os.path.join(where, f"{mod}.py")
+            if not os.path.exists(path) or open(path).read() != src:
+                with open(path, "w") as out:
+                    out.write(src)
+            spec = importlib.util.spec_from_file_location(f"fastnn.backend.numba._at_{mod}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            modules[mod] = module
+        registry.register(name, op, getattr(modules[mod], fn.__name__))
+    registry.mark_loaded(name)
+    return name
 
 
 def _close(name, got, want, rtol, atol):
@@ -94,6 +134,25 @@ def conv_relu(rng):
         r = _both(lambda: (run(), (y.copy(), dx.copy(), dw.copy(), db.copy()))[1])
         _close("conv_relu", r["numba"], r["cpp"], 1e-4, 1e-3)
     return validate, run, 6.0 * n * f * h * h * c * 9 / 1e9, "GFLOP/s"
+
+
+def maxpool(rng):
+    x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
+    dy = rng.standard_normal((64, 32, 16, 16)).astype(np.float32)
+    out = {}
+
+    def run():
+        out["y"], saved = fnn.ops.max_pool2d(x, 2, 2, 0)
+        out["dx"] = fnn.ops.max_pool2d_backward(dy, saved)
+        out["index"] = saved.index
+
+    def validate():
+        r = _both(lambda: (run(), (out["y"], out["index"], out["dx"]))[1])
+        for got, want in zip(r["numba"], r["cpp"]):   # maxima, argmax and scatter: exact
+            if not np.array_equal(got, want):
+                raise AssertionError("maxpool: numba and cpp differ")
+    # forward reads x, writes y and index; backward reads dy and index, writes dx
+    return validate, run, (2 * x.nbytes + 4 * dy.nbytes) / 1e9, "GB/s"
 
 
 def _batchnorm(shape, rng):
@@ -194,6 +253,7 @@ def sgd_momentum(rng):
 PATHS = {  # key: (label, factory)
     "linear": ("Linear+ReLU (256, 1024, 1024) fwd+bwd", linear_relu),
     "conv": ("Conv2d 32->32 3x3+ReLU (64, 32, 32, 32) fwd+bwd", conv_relu),
+    "maxpool": ("MaxPool2d 2x2 (64, 32, 32, 32) fwd+bwd", maxpool),
     "bn2d": ("BatchNorm2d (64, 64, 32, 32) fwd+bwd", bn2d),
     "bn1d": ("BatchNorm1d (4096, 1024) fwd+bwd", bn1d),
     "dropout": ("Dropout 16M elements fwd+bwd", dropout),
@@ -237,11 +297,29 @@ def compile_times() -> dict:
     return out
 
 
+def _kept_notes() -> list[str]:
+    """The hand-written sections of results/numba.md: from its first "## " heading on."""
+    md = os.path.join(harness.RESULTS, "numba.md")
+    if not os.path.exists(md):
+        return []
+    lines = open(md).read().splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+    return ["", *lines[first:]] if first < len(lines) else []
+
+
 def main(argv):
+    argv = list(argv)
+    before = None
+    if "--before" in argv:
+        at = argv.index("--before")
+        before = argv[at + 1]
+        del argv[at:at + 2]
+        BACKENDS.append(_numba_at(before))
+    old = BACKENDS[2] if before else None
     keys = [a for a in argv if a in PATHS] or list(PATHS)
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()
-    rows, results = [], {"machine": harness.machine(), "paths": {}}
+    rows, results = [], {"machine": harness.machine(), "paths": {}, "before": before}
     for key in keys:
         label, factory = PATHS[key]
         validate, run, work, unit = factory(rng)
@@ -257,24 +335,33 @@ def main(argv):
         bar = BAR.get(key, 2.0)
         results["paths"][key] = {"label": label, "seconds": t, "ratio": ratio, "bar": bar,
                                  unit: {n: work / t[n] for n in BACKENDS}, "load_avg": os.getloadavg()[0]}
-        rows.append(f"| {label} | {t['cpp'] * 1e3:.2f} | {t['numba'] * 1e3:.2f} | {ratio:.2f} | {bar:.0f}x | "
+        then = f"{t[old] * 1e3:.2f} | {t[old] / t['cpp']:.2f} | " if old else ""
+        if old:
+            results["paths"][key]["ratio_before"] = t[old] / t["cpp"]
+        rows.append(f"| {label} | {t['cpp'] * 1e3:.2f} | {then}{t['numba'] * 1e3:.2f} | {ratio:.2f} | {bar:.0f}x | "
                     f"{work / t['cpp']:.1f} | {work / t['numba']:.1f} {unit} | {os.getloadavg()[0]:.2f} |")
         print(rows[-1], flush=True)
     results["load_avg"] = {"before": load_before, "after": os.getloadavg()}
+    head, rule = "| path | C++ ms | ", "|---|---|"
+    if old:
+        head += f"Numba {before} ms | {before} / C++ | "
+        rule += "---|---|"
     table = [f"Numba fallback vs C++ kernels, {results['machine']['threads']} threads, {results['machine']['cpu']}; "
              f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
-             f"(shared machine: medians of 15 interleaved rounds x 3 calls).", "",
-             "| path | C++ ms | Numba ms | Numba / C++ | bar | C++ rate | Numba rate | load |",
-             "|---|---|---|---|---|---|---|---|", *rows]
-    if not argv:
+             f"(shared machine: medians of 15 interleaved rounds x 3 calls"
+             f"{f'; Numba {before}: the kernels of git revision {before}, same run' if old else ''}).", "",
+             head + "Numba ms | Numba / C++ | bar | C++ rate | Numba rate | load |",
+             rule + "---|---|---|---|---|---|", *rows]
+    partial = any(a in PATHS for a in argv)
+    if not partial:
         results["compile"] = compile_times()
         table += ["", "First call with FASTNN_BACKEND=numba, fresh process (digits MLP 64-256-128-10, Adam, batch 64):",
                   "", "| Numba cache | import fastnn s | first training step s |", "|---|---|---|"]
         table += [f"| {k} | {v['import_s']:.2f} | {v['first_step_s']:.2f} |" for k, v in results["compile"].items()]
-    if argv:                 # a partial run: printed, not written over the full results
+    if partial:              # a partial run: printed, not written over the full results
         print("\n".join(table))
     else:
-        harness.write("numba", results, table)
+        harness.write("numba", results, table + _kept_notes())
 
 
 if __name__ == "__main__":

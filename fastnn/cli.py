@@ -160,10 +160,12 @@ def _act_layer(fnn, name, dtype):
 
 
 def _load_dataset(fnn, spec, seed, dtype):
-    """((Xtr, ytr), (Xva, yva), (Xte, yte)) for --dataset: digits, spiral, cifar10:PATH, mnist:PATH.
+    """((Xtr, ytr), (Xva, yva), (Xte, yte), image_shape) for --dataset: digits, spiral, cifar10:PATH,
+    mnist:PATH.
 
-    Images are scaled to [0, 1] and flattened for the MLP. Files that ship a test
-    set keep it; 10% of their training set becomes the validation split."""
+    Images are scaled to [0, 1] and flattened for the MLP; image_shape is one image's (C, H, W)
+    (None for spiral, which has no images) for the models that reshape them back. Files that
+    ship a test set keep it; 10% of their training set becomes the validation split."""
     name, _, path = spec.partition(":")   # checked by dataset_spec
     if name in ("cifar10", "mnist"):
         loader = fnn.data.load_cifar10 if name == "cifar10" else fnn.data.load_mnist
@@ -178,12 +180,14 @@ def _load_dataset(fnn, spec, seed, dtype):
             return out
 
         (xtr, ytr), (xva, yva) = fnn.data.split(x_train, y_train, (0.9, 0.1), seed=seed)
-        return (flat(xtr), ytr), (flat(xva), yva), (flat(x_test), y_test)
+        return (flat(xtr), ytr), (flat(xva), yva), (flat(x_test), y_test), tuple(x_train.shape[1:])
     if name == "digits":
         X, y = fnn.data.load_digits()
+        shape = (1, 8, 8)
     else:
         X, y = fnn.data.make_spiral(300, 3, seed=seed)
-    return fnn.data.split(X.astype(dtype), y, (0.6, 0.2, 0.2), seed=seed)
+        shape = None
+    return (*fnn.data.split(X.astype(dtype), y, (0.6, 0.2, 0.2), seed=seed), shape)
 
 
 def _build_cnn(fnn, shape, classes, dtype):
@@ -197,18 +201,58 @@ def _build_cnn(fnn, shape, classes, dtype):
         fnn.nn.Linear(32 * (h // 2) * (w // 2), classes, dtype=dtype))
 
 
+# The ConvNet's feature extractor: (out_channels of each 3x3 conv + BN + ReLU) per stage, a 2x2 max pool after
+# each stage. Each pool halves H and W (floor), so an image needs H, W >= 2**stages.
+CONVNET_STAGES = ((32, 32), (64, 64))
+CONVNET_HIDDEN = 256
+
+
+def _build_convnet(fnn, shape, classes, dtype):
+    """The VGG-style ConvNet of issue 19 (CIFAR-10 sized), built from one input image's shape (C, H, W):
+    [conv3x3 pad 1 - BatchNorm2d - ReLU] x2 (32 ch), maxpool 2, [conv3x3 pad 1 - BatchNorm2d - ReLU] x2 (64 ch),
+    maxpool 2, flatten, linear -> 256 + ReLU, dropout 0.5, linear -> classes; He init for every layer followed by
+    a ReLU (Xavier for the last). On 3x32x32 the first linear is 4096 -> 256; on 1x28x28 3136 -> 256; on the
+    8x8 digits 256 -> 256. Raises ValueError for an image smaller than 4x4 (two 2x2 pools)."""
+    c, h, w = shape
+    smallest = 2 ** len(CONVNET_STAGES)
+    if h < smallest or w < smallest:
+        raise ValueError(f"the convnet needs images of at least {smallest}x{smallest} ({len(CONVNET_STAGES)} 2x2 "
+                         f"max pools), got {h}x{w}")
+    layers = []
+    for stage in CONVNET_STAGES:
+        for channels in stage:
+            layers += [fnn.nn.Conv2d(c, channels, 3, padding=1, init="he_normal", dtype=dtype),
+                       fnn.nn.BatchNorm2d(channels, dtype=dtype), fnn.nn.ReLU()]
+            c = channels
+        layers.append(fnn.nn.MaxPool2d(2))
+        h, w = h // 2, w // 2
+    return fnn.nn.Sequential(
+        *layers, fnn.nn.Flatten(),
+        fnn.nn.Linear(c * h * w, CONVNET_HIDDEN, init="he_normal", dtype=dtype), fnn.nn.ReLU(),
+        fnn.nn.Dropout(0.5), fnn.nn.Linear(CONVNET_HIDDEN, classes, dtype=dtype))
+
+
+def _convnet_name(shape, classes):
+    stages = "-".join(f"[conv{s[0]}+bn]x{len(s)}-maxpool" for s in CONVNET_STAGES)
+    return f"ConvNet {'x'.join(map(str, shape))}-{stages}-{CONVNET_HIDDEN}-dropout-{classes}"
+
+
+IMAGE_MODELS = ("cnn", "convnet")
+
+
 def _check_train(parser, args) -> None:
     """Checks that involve more than one option or the environment, before any work."""
     if args.bucket_mb is not None and not args.distributed:
         parser.error("argument --bucket-mb: needs --distributed")
-    if args.model == "cnn" and args.dataset != "digits":
-        parser.error(f"argument --model: cnn needs image data (--dataset digits), got --dataset {args.dataset}")
+    if args.model in IMAGE_MODELS and args.dataset.partition(":")[0] not in ("digits", "cifar10", "mnist"):
+        parser.error(f"argument --model: {args.model} needs image data (--dataset digits, cifar10:PATH or "
+                     f"mnist:PATH), got --dataset {args.dataset}")
     if args.plot:
         _require_matplotlib(parser, "--plot")
 
 
 def cmd_train(args) -> int:
-    """``fastnn train``: build an MLP (or CNN), train it on the chosen data set (the shipped digits by
+    """``fastnn train``: build an MLP (or a CNN or ConvNet), train it on the chosen data set (the shipped digits by
     default) and print the test accuracy; returns the exit status."""
     _check_train(args.parser, args)
     if args.backend:
@@ -227,18 +271,24 @@ def cmd_train(args) -> int:
     say = print if main_rank else (lambda *a, **k: None)
     fnn.manual_seed(args.seed)
     dtype = np.float64 if args.float64 else np.float32
-    (Xtr, ytr), (Xva, yva), (Xte, yte) = _load_dataset(fnn, args.dataset, args.seed, dtype)
+    (Xtr, ytr), (Xva, yva), (Xte, yte), shape = _load_dataset(fnn, args.dataset, args.seed, dtype)
     # Preprocessing statistics come from the training split only, then apply to all three.
     standardize = fnn.preprocessing.Standardize().fit(Xtr)
     Xtr, Xva, Xte = (standardize.transform(a) for a in (Xtr, Xva, Xte))
     n_features = Xtr.shape[1]
     classes = int(max(ytr.max(), yva.max(), yte.max())) + 1
     hidden = args.hidden
-    if args.model == "cnn":
-        shape = (1, 8, 8)
+    if args.model in IMAGE_MODELS:
         Xtr, Xva, Xte = (a.reshape((len(a),) + shape) for a in (Xtr, Xva, Xte))
-        model = _build_cnn(fnn, shape, classes, dtype)
-        arch = f"CNN {'x'.join(map(str, shape))}-conv16-conv32+bn-maxpool-{classes}"
+        if args.model == "cnn":
+            model = _build_cnn(fnn, shape, classes, dtype)
+            arch = f"CNN {'x'.join(map(str, shape))}-conv16-conv32+bn-maxpool-{classes}"
+        else:
+            try:
+                model = _build_convnet(fnn, shape, classes, dtype)
+            except ValueError as exc:       # images of one's own (mnist:PATH IDX files) smaller than 4x4
+                raise SystemExit(f"fastnn train --model convnet: {exc} (--dataset {args.dataset})") from None
+            arch = _convnet_name(shape, classes)
     else:
         model = _build_mlp(fnn, n_features, hidden, classes, args.activation, dtype)
         arch = f"MLP {'-'.join(map(str, [n_features, *hidden, classes]))}" + (f" ({args.activation})" if hidden else "")
@@ -411,15 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,search,doctor,bench}")
     backends = ["cpp", "numba"]
 
-    t = sub.add_parser("train", help="train an MLP or a small CNN (default: the shipped 8x8 digits)",
+    t = sub.add_parser("train", help="train an MLP, a small CNN or a ConvNet (default: the shipped 8x8 digits)",
                        description="Train a classifier and report validation and test accuracy.",
                        formatter_class=_HelpFormatter)
     t.add_argument("--dataset", type=dataset_spec, default="digits", metavar="NAME[:PATH]",
                    help=f"{DATASET_FORMS}: cifar10 binary batches or MNIST IDX files in PATH")
     t.add_argument("--epochs", type=positive_int, default=40, help="passes over the training split")
     t.add_argument("--batch-size", type=positive_int, default=64, help="examples per step")
-    t.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
-                   help="mlp, or cnn (a small convolutional network; digits only)")
+    t.add_argument("--model", choices=["mlp", "cnn", "convnet"], default="mlp",
+                   help="mlp; cnn (a small convolutional network: conv16, conv32+bn, maxpool, linear); or convnet "
+                        "(VGG-style: [conv3x3+bn+relu]x2 32 ch, maxpool, [conv3x3+bn+relu]x2 64 ch, maxpool, "
+                        "linear 256+relu, dropout 0.5, linear; sized for cifar10). cnn and convnet need image "
+                        "data: digits, cifar10:PATH or mnist:PATH")
     t.add_argument("--hidden", type=hidden_sizes, default="256,128",
                    help="MLP hidden layer sizes, comma separated ('' for none)")
     t.add_argument("--activation", choices=list(ACTIVATION_LAYERS), default="relu",

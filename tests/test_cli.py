@@ -58,6 +58,8 @@ BAD = [
     (["train", "--dataset", "mnist"], "--dataset", "mnist:PATH"),
     (["train", "--dataset", "mnist:/no/such/folder"], "--dataset", "/no/such/folder"),
     (["train", "--model", "cnn", "--dataset", "spiral"], "--model", "spiral"),
+    (["train", "--model", "convnet", "--dataset", "spiral"], "--model", "convnet needs image data"),
+    (["train", "--model", "vgg"], "--model", "'vgg'"),
     (["train", "--save", "/no/such/folder/m.npz"], "--save", "/no/such/folder"),
     (["train", "--plot", "/no/such/folder/c.png"], "--plot", "/no/such/folder"),
     (["search", "--lr", "1e-1,1e-4"], "--lr", "low 0.1 > high 0.0001"),
@@ -121,7 +123,7 @@ def test_help_shows_defaults_and_choices(capsys):
     flat = " ".join(out.split())           # argparse wraps lines
     for text in ("(default: 40)", "(default: 64)", "(default: 256,128)", "(default: 0.002)", "(default: 0.0001)",
                  "(default: relu)", "(default: digits)", "(default: mlp)", "(default: all cores)",
-                 "digits, spiral, cifar10:PATH or mnist:PATH", "{mlp,cnn}", "{cpp,numba}"):
+                 "digits, spiral, cifar10:PATH or mnist:PATH", "{mlp,cnn,convnet}", "{cpp,numba}"):
         assert text in flat, text
     assert "{" + ",".join(cli.ACTIVATION_LAYERS) + "}" in flat
     assert "(default: None)" not in flat and "(default: False)" not in flat

@@ -70,26 +70,67 @@ def optim_update(p, g, s1, s2, h, rule, T):
     return p, s1, s2
 
 
+# Elements per task of an optimizer step's one parallel region.
+_CHUNK = 1 << 14
+
+assert len(HYPER_FIELDS) == 11, "hyper_row lists the 11 fields of OptimHyper"
+
+
+@njit(inline="always", **JIT)
+def hyper_row(table, s):
+    """Row s of the hyperparameter table (already cast to the parameter dtype T,
+    as the C++ binding fills OptimHyper<T>) as an OptimHyper, fields in HYPER_FIELDS order."""
+    r = table[s]
+    return OptimHyper(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
+
+
 @functools.cache
 def _optim_loop(rule):
-    """csrc/cpu/optim.cpp optim_loop<R>: optim_update over [b, e), compiled with
-    the rule as a constant (the C++ template parameter), so no per-element branch
-    on it remains; made on a rule's first use (the compiled code is cached on
-    disk). s1 / s2 are empty when the rule has no such state (the C++ null
+    """csrc/cpu/optim.cpp optim_loop<R>: optim_update on every element, compiled
+    with the rule as a constant (the C++ template parameter), so no per-element
+    branch on it remains; made on a rule's first use (the compiled code is cached
+    on disk). s1 / s2 are empty when the rule has no such state (the C++ null
     pointers); each element's unused state then starts at 0 and is dropped."""
 
-    @njit(parallel=True, **JIT)
-    def loop(p, g, s1, s2, b, e, h):
+    @njit(**JIT)
+    def run(p, g, s1, s2, b, e, h):
+        """optim_update over [b, e), one segment's h: the body of the C++'s
+        `omp parallel for simd`. Indexed by an unsigned k: with a signed index
+        Numba emits its negative-index wraparound (k < 0 ? k + size : k) on every
+        access, which LLVM cannot drop when b is a runtime value, and the loop
+        stayed scalar (vmovss / vmulss, one element per iteration); unsigned, it
+        vectorizes. Same operations per element, so the same bits."""
         T = p.dtype.type
         if s1.size and s2.size:
-            for i in prange(b, e):
-                p[i], s1[i], s2[i] = optim_update(p[i], g[i], s1[i], s2[i], h, rule, T)
+            for i in range(b, e):
+                k = np.uint64(i)
+                p[k], s1[k], s2[k] = optim_update(p[k], g[k], s1[k], s2[k], h, rule, T)
         elif s1.size:
-            for i in prange(b, e):
-                p[i], s1[i], _ = optim_update(p[i], g[i], s1[i], T(0), h, rule, T)
+            for i in range(b, e):
+                k = np.uint64(i)
+                p[k], s1[k], _ = optim_update(p[k], g[k], s1[k], T(0), h, rule, T)
         else:
-            for i in prange(b, e):
-                p[i], _, _ = optim_update(p[i], g[i], T(0), T(0), h, rule, T)
+            for i in range(b, e):
+                k = np.uint64(i)
+                p[k], _, _ = optim_update(p[k], g[k], T(0), T(0), h, rule, T)
+
+    @njit(parallel=True, **JIT)
+    def loop(p, g, s1, s2, seg_begin, table):
+        """One parallel region for the whole step: fixed chunks of the flat
+        buffer, each updated segment piece by segment piece with its segment's
+        row. (The C++ opens a region per segment; a Numba region costs far more
+        to open -- 20 segments made the step 3-8x slower on a loaded machine --
+        and every element gets the same update either way.)"""
+        n = seg_begin[seg_begin.size - 1]
+        for c in prange((n + _CHUNK - 1) // _CHUNK):
+            b = c * _CHUNK
+            end = min(n, b + _CHUNK)
+            s = np.searchsorted(seg_begin, b, side="right") - 1   # the segment holding element b
+            while b < end:
+                e = min(end, seg_begin[s + 1])
+                run(p, g, s1, s2, b, e, hyper_row(table, s))
+                b = e
+                s += 1
 
     return loop
 
@@ -118,19 +159,26 @@ def _max_norm(param, offset, rows, cols, limit):
 
 
 def optim_step(rule, param, grad, state1, state2, seg_begin, hyper):
-    """Segment by segment, like csrc/cpu/optim.cpp; the state a rule does not use is not touched."""
+    """Every segment with its row of hyper, like csrc/cpu/optim.cpp (in one parallel
+    region, see _optim_loop); the state a rule does not use is not touched."""
     t = param.dtype.type
     needs1 = rule != SGD
     needs2 = rule == ADAM or rule == ADAMW
     s1 = state1 if needs1 and state1 is not None else param[:0]
     s2 = state2 if needs2 and state2 is not None else param[:0]
+    if hyper.ndim != 2 or hyper.shape[1] != len(HYPER_FIELDS):
+        raise ValueError(f"hyper must have shape (segments, {len(HYPER_FIELDS)}), got {hyper.shape}")
+    segments = hyper.shape[0]
+    if seg_begin.shape != (segments + 1,):
+        raise ValueError(f"seg_begin must have shape ({segments + 1},) (one more than hyper's rows), "
+                         f"got {seg_begin.shape}")
+    if seg_begin[0] != 0 or seg_begin[-1] != param.size or np.any(np.diff(seg_begin) < 0):
+        # Memory safety (the C++ binding's check): Numba does not bound-check.
+        raise ValueError(f"seg_begin must be non-decreasing from 0 to len(param) = {param.size}, "
+                         f"got {seg_begin.tolist() if seg_begin.size <= 8 else seg_begin}")
     with threads_for(param.size):
-        for s in range(hyper.shape[0]):
-            b, e = int(seg_begin[s]), int(seg_begin[s + 1])
-            if e <= b:
-                continue
-            h = OptimHyper(*(t(v) for v in hyper[s]))
-            _optim_loop(rule)(param, grad, s1, s2, b, e, h)
+        _optim_loop(rule)(param, grad, s1, s2, np.ascontiguousarray(seg_begin, np.int64),
+                          np.ascontiguousarray(hyper, t))   # OptimHyper<T>: the row cast to T
 
 
 def max_norm(param, offset, rows, cols, limit):
