@@ -40,6 +40,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import harness  # noqa: E402
 
 import fastnn as fnn  # noqa: E402
+from fastnn.backend import registry  # noqa: E402
 from fastnn.backend.codes import HYPER_FIELDS  # noqa: E402
 
 BACKENDS = ["cpp", "numba"]   # plus "numba@REV" with --before REV
@@ -60,7 +61,6 @@ def _numba_at(rev):
     each kernel module's source at rev, imported under a private name inside
     fastnn.backend.numba (so its relative imports bind the current runtime and
     helpers), its kernels looked up by the names the current package registers."""
-    from fastnn.backend import registry
     name = f"numba@{rev}"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     where = os.path.join(tempfile.gettempdir(), f"fastnn-bench-numba-{rev}")   # Numba's cache stays across runs

@@ -92,35 +92,23 @@ def _optim_loop(rule):
     on disk). s1 / s2 are empty when the rule has no such state (the C++ null
     pointers); each element's unused state then starts at 0 and is dropped."""
 
-    @njit(**JIT)
-    def run(p, g, s1, s2, b, e, h):
-        """optim_update over [b, e), one segment's h: the body of the C++'s
-        `omp parallel for simd`. Indexed by an unsigned k: with a signed index
-        Numba emits its negative-index wraparound (k < 0 ? k + size : k) on every
-        access, which LLVM cannot drop when b is a runtime value, and the loop
-        stayed scalar (vmovss / vmulss, one element per iteration); unsigned, it
-        vectorizes. Same operations per element, so the same bits."""
-        T = p.dtype.type
-        if s1.size and s2.size:
-            for i in range(b, e):
-                k = np.uint64(i)
-                p[k], s1[k], s2[k] = optim_update(p[k], g[k], s1[k], s2[k], h, rule, T)
-        elif s1.size:
-            for i in range(b, e):
-                k = np.uint64(i)
-                p[k], s1[k], _ = optim_update(p[k], g[k], s1[k], T(0), h, rule, T)
-        else:
-            for i in range(b, e):
-                k = np.uint64(i)
-                p[k], _, _ = optim_update(p[k], g[k], T(0), T(0), h, rule, T)
-
     @njit(parallel=True, **JIT)
     def loop(p, g, s1, s2, seg_begin, table):
         """One parallel region for the whole step: fixed chunks of the flat
         buffer, each updated segment piece by segment piece with its segment's
         row. (The C++ opens a region per segment; a Numba region costs far more
         to open -- 20 segments made the step 3-8x slower on a loaded machine --
-        and every element gets the same update either way.)"""
+        and every element gets the same update either way.)
+
+        Each piece is the body of the C++'s `omp parallel for simd`, indexed by
+        an unsigned k: with a signed index Numba emits its negative-index
+        wraparound (k < 0 ? k + size : k) on every access, which LLVM cannot
+        drop when the start is a runtime value, and the loop stayed scalar
+        (vmovss / vmulss, one element per iteration); unsigned, it vectorizes.
+        Same operations per element, so the same bits. (The pieces are inline:
+        a jitted helper captured here would make the on-disk cache miss in
+        every new process.)"""
+        T = p.dtype.type
         n = seg_begin[seg_begin.size - 1]
         for c in prange((n + _CHUNK - 1) // _CHUNK):
             b = c * _CHUNK
@@ -128,7 +116,19 @@ def _optim_loop(rule):
             s = np.searchsorted(seg_begin, b, side="right") - 1   # the segment holding element b
             while b < end:
                 e = min(end, seg_begin[s + 1])
-                run(p, g, s1, s2, b, e, hyper_row(table, s))
+                h = hyper_row(table, s)
+                if s1.size and s2.size:
+                    for i in range(b, e):
+                        k = np.uint64(i)
+                        p[k], s1[k], s2[k] = optim_update(p[k], g[k], s1[k], s2[k], h, rule, T)
+                elif s1.size:
+                    for i in range(b, e):
+                        k = np.uint64(i)
+                        p[k], s1[k], _ = optim_update(p[k], g[k], s1[k], T(0), h, rule, T)
+                else:
+                    for i in range(b, e):
+                        k = np.uint64(i)
+                        p[k], _, _ = optim_update(p[k], g[k], T(0), T(0), h, rule, T)
                 b = e
                 s += 1
 
