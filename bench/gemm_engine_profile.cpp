@@ -57,6 +57,9 @@ int main(int argc, char** argv) {
     // the per-image GEMMs of the ConvNet's 3x3 convs (M = F, N = OH*OW, K = 9C)
     {32,1024,288,0,0,"conv 32->32 32x32"}, {64,1024,288,0,0,"conv 32->64 32x32"},
     {64,256,576,0,0,"conv 64->64 16x16"}, {128,1024,288,0,0,"conv m128 k288"}, {64,4096,288,0,0,"conv m64 n4096"},
+    // conv 32->32 32x32 backward per image: dW (F, CKK) = dz (F, P) @ cols^T, dX cols = W^T @ dz (K = F)
+    {32,288,1024,0,1,"conv bwd dW 32->32"}, {288,1024,32,1,0,"conv bwd dX 32->32"},
+    {64,576,256,0,1,"conv bwd dW 64->64"}, {576,256,64,1,0,"conv bwd dX 64->64"},
   };
   const char* only = argc > 1 ? argv[1] : "";
   for (auto& s : shapes) {
