@@ -17,9 +17,16 @@ import os as _os
 
 # GNU OpenMP workers spin ~300k iterations after each parallel region by
 # default; on a 2-core machine that starves NumPy's BLAS threads and the next
-# kernel. A short spin keeps back-to-back kernels fast without the fight. Only
-# takes effect if libgomp was not loaded before fastnn; the user's value wins.
-_os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+# kernel. The C++ kernels run region after region with only Python between
+# them, so they keep a longer spin (a quiet 2-core Xeon: the MLP step 10% slower
+# at 30000 than at 100000). The Numba backend alternates its regions with
+# NumPy's OpenBLAS calls, whose threads the spinning workers starve: there a
+# short spin (10000) ran the 32-channel conv 1.45x and the MLP step 2.1x faster.
+# So the short spin where Numba is the backend from the start (FASTNN_BACKEND=
+# numba). Only takes effect if libgomp was not loaded before fastnn; the user's
+# value wins.
+_os.environ.setdefault("GOMP_SPINCOUNT",
+                       "10000" if _os.environ.get("FASTNN_BACKEND", "").strip().lower() == "numba" else "100000")
 
 from . import backend
 from ._random import manual_seed

@@ -101,3 +101,27 @@ def test_the_type_stubs_name_everything_the_extension_exports():
     named |= {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
     exported = {k for k in dir(cpp._C) if not k.startswith("__")}
     assert named == exported
+
+
+@pytest.mark.parametrize("backend_env,want", [(None, "100000"), ("numba", "10000"), ("cpp", "100000")])
+def test_openmp_spin_count_follows_the_starting_backend(backend_env, want):
+    # The C++ kernels keep a long OpenMP spin between back-to-back regions; the
+    # Numba backend, which alternates its regions with NumPy's BLAS, a short one.
+    # Checked in a fresh process: libgomp reads the variable when it loads.
+    if backend_env == "cpp" and cpp._C is None:
+        pytest.skip("the compiled extension is not built: FASTNN_BACKEND=cpp cannot start")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "FASTNN_BACKEND")}
+    if backend_env:
+        env["FASTNN_BACKEND"] = backend_env
+    code = "import os, fastnn; print(os.environ['GOMP_SPINCOUNT'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == want
+
+
+def test_openmp_spin_count_set_by_the_user_wins():
+    env = dict(os.environ, GOMP_SPINCOUNT="1234", FASTNN_BACKEND="numba")
+    code = "import os, fastnn; print(os.environ['GOMP_SPINCOUNT'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1234"
