@@ -419,27 +419,7 @@ def convnet_profile(rng, torch, steps=15):
             trainer.train_step(x, y)
 
     def fastnn_once():
-        h = x
-        for label, layer, act in walk:
-            t = clock()
-            h = layer.forward(h) if act is None else layer.forward_fused(h, act.name, act.alpha_value)
-            ours[f"fwd {label}"].append(clock() - t)
-        t = clock()
-        lossf.forward(h, y)
-        dout = lossf.backward()
-        ours["loss"].append(clock() - t)
-        for k, (label, layer, act) in enumerate(reversed(walk)):
-            layer.set_input_grad(k != len(walk) - 1)
-            t = clock()
-            if act is None:
-                dout = layer.backward(dout)
-            else:
-                dout, dalpha = layer.backward_fused(dout)
-                act._accumulate_alpha(dalpha)
-            ours[f"bwd {label}"].append(clock() - t)
-        t = clock()
-        opt.step()
-        ours["optimizer step"].append(clock() - t)
+        harness.time_plan_step(walk, lossf, opt, x, y, ours)
         t = clock()
         trainer.train_step(x, y)
         ours["whole step"].append(clock() - t)

@@ -44,6 +44,37 @@ def interleaved(candidates: dict, rounds: int = 7, reps: int = 3, warmup: int = 
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
+def time_plan_step(walk, lossf, opt, x, y, rows: dict, loss_key: str = "loss") -> None:
+    """One training step of a model's fusion plan, stage by stage, appending the
+    seconds of each to ``rows``: ``fwd <label>`` per step of ``walk`` (a model's
+    ``walk()``: (label, layer, activation)), ``loss_key`` for the loss forward
+    and backward, ``bwd <label>`` in reverse order, then ``optimizer step`` with
+    the Trainer's finiteness check of the gradients inside it. The first step
+    computes no input gradient, as in a Trainer step."""
+    clock = time.perf_counter
+    h = x
+    for label, layer, act in walk:
+        t = clock()
+        h = layer.forward(h) if act is None else layer.forward_fused(h, act.name, act.alpha_value)
+        rows[f"fwd {label}"].append(clock() - t)
+    t = clock()
+    lossf.forward(h, y)
+    dout = lossf.backward()
+    rows[loss_key].append(clock() - t)
+    for k, (label, layer, act) in enumerate(reversed(walk)):
+        layer.set_input_grad(k != len(walk) - 1)
+        t = clock()
+        if act is None:
+            dout = layer.backward(dout)
+        else:
+            dout, dalpha = layer.backward_fused(dout)
+            act._accumulate_alpha(dalpha)
+        rows[f"bwd {label}"].append(clock() - t)
+    t = clock()
+    opt.step(check_finite=True)
+    rows["optimizer step"].append(clock() - t)
+
+
 def stream_bandwidth(n: int = 1 << 24) -> float:
     """GB/s of a STREAM triad a = b + s*c on float32 (3 arrays moved), fastnn's kernel."""
     from fastnn.backend import cpp

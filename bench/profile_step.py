@@ -3,7 +3,7 @@
 The reference MLP (784-1024-1024-10, BatchNorm1d + ReLU + Dropout(0.5) after
 each hidden Linear, softmax cross-entropy, Adam) at batch 256 and 1024: each
 stage of the Sequential's fusion plan timed in forward and backward, then the
-loss, the gradient check and the fused optimizer step; what is left of the
+loss and the fused optimizer step (with its gradient check); what is left of the
 whole step is Python overhead. The GEMM floor is the step's GEMM FLOPs at the
 GEMM rate measured on the same shapes in the same run. Medians of many steps.
 
@@ -11,7 +11,6 @@ GEMM rate measured on the same shapes in the same run. Medians of many steps.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 import tracemalloc
@@ -25,13 +24,6 @@ from bench_train_step import C, D, H, fastnn_model  # noqa: E402
 import fastnn as fnn  # noqa: E402
 
 
-def _stage_name(layer, act):
-    name = type(layer).__name__
-    if act is not None:
-        name += f"+{type(act).__name__}"
-    return name
-
-
 def profile(batch, steps=40):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, D)).astype(np.float32)
@@ -40,41 +32,18 @@ def profile(batch, steps=40):
     lossf = fnn.losses.SoftmaxCrossEntropy()
     opt = fnn.optim.Adam(model.parameters(), lr=1e-3)
     trainer = fnn.Trainer(model, lossf, opt)
-    object.__setattr__(model, "input_grad", False)
+    model.set_input_grad(False)
     for _ in range(5):
         trainer.train_step(x, y)
-    plan = model.steps()
-    names = [f"{i}:{_stage_name(layer, act)}" for i, (layer, act) in enumerate(plan)]
+    walk = model.walk()
+    names = [label for label, _, _ in walk]
     rows = {f"fwd {n}": [] for n in names}
     rows.update({"loss fwd+bwd": []})
     rows.update({f"bwd {n}": [] for n in reversed(names)})
-    rows.update({"gradient check": [], "optimizer step": [], "whole train_step": []})
+    rows.update({"optimizer step": [], "whole train_step": []})
     clock = time.perf_counter
     for _ in range(steps):
-        h = x
-        for n, (layer, act) in zip(names, plan):
-            t = clock()
-            h = layer.forward(h) if act is None else layer.forward_fused(h, act.name, act.alpha_value)
-            rows[f"fwd {n}"].append(clock() - t)
-        t = clock()
-        lossf.forward(h, y)
-        dout = lossf.backward()
-        rows["loss fwd+bwd"].append(clock() - t)
-        for k, (n, (layer, act)) in enumerate(zip(reversed(names), reversed(plan))):
-            object.__setattr__(layer, "input_grad", k != len(plan) - 1)
-            t = clock()
-            if act is None:
-                dout = layer.backward(dout)
-            else:
-                dout, dalpha = layer.backward_fused(dout)
-                act._accumulate_alpha(dalpha)
-            rows[f"bwd {n}"].append(clock() - t)
-        t = clock()
-        math.isfinite(float(np.dot(opt.flat_grad, opt.flat_grad)))
-        rows["gradient check"].append(clock() - t)
-        t = clock()
-        opt.step()
-        rows["optimizer step"].append(clock() - t)
+        harness.time_plan_step(walk, lossf, opt, x, y, rows, loss_key="loss fwd+bwd")
         t = clock()
         trainer.train_step(x, y)
         rows["whole train_step"].append(clock() - t)
