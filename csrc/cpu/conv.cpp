@@ -111,9 +111,8 @@ void im2col(const ConvShape& s, const T* x, T* cols, int64_t oh0, int64_t oh1, b
       }
       const T* src = xc + ih * s.w + (kj - s.pw);  // src[ow*sw] = x[c, ih, ow*sw - pw + kj]
       for (int64_t ow = 0; ow < ow0; ++ow) dst[ow] = T(0);
-      if (s.sw == 1) {  // a short run (an output row): inline vector copies, not a memcpy call per run
-#pragma omp simd
-        for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] = src[ow];
+      if (s.sw == 1) {
+        std::memcpy(dst + ow0, src + ow0, size_t(ow1 - ow0) * sizeof(T));
       } else {
         for (int64_t ow = ow0; ow < ow1; ++ow) dst[ow] = src[ow * s.sw];
       }
