@@ -765,6 +765,21 @@ PYBIND11_MODULE(_C, mod) {
   mod.def("set_cpu_isa", [](const std::string& s) { return fastnn::set_cpu_isa(s.c_str()); },
           "Force a CPU code path; returns False if this processor cannot run it.");
   mod.def("cpu_isas_supported", [] { return std::string(fastnn::cpu_isas_supported()); });
+  mod.def(
+      "set_conv_algorithm",
+      [](const std::string& name) {
+        const int algo = name == "auto" ? 0 : name == "im2col" ? 1 : name == "winograd" ? 2 : -1;
+        if (algo < 0)
+          throw py::value_error("algorithm must be 'auto', 'im2col' or 'winograd', got '" + name + "'");
+        fastnn::set_conv_algorithm(algo);
+      },
+      py::arg("algorithm"),
+      "3x3 stride-1 convolutions: 'auto' (Winograd F(2x2,3x3) when both channel counts are >= 16), "
+      "'im2col' (always im2col + GEMM) or 'winograd' (wherever it applies: padding <= 2).");
+  mod.def("get_conv_algorithm", [] {
+    const int a = fastnn::get_conv_algorithm();
+    return std::string(a == 1 ? "im2col" : a == 2 ? "winograd" : "auto");
+  });
   mod.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error("n (threads) must be >= 1, got " + std::to_string(n));
     fastnn::set_num_threads(n);

@@ -325,6 +325,10 @@ bool set_cpu_isa(const char* name);
 // Code paths this processor can run, best first.
 const char* cpu_isas_supported();
 
+// 3x3 stride-1 convolutions: 0 auto (Winograd F(2x2, 3x3) when C, F >= 16),
+// 1 always im2col + GEMM, 2 Winograd wherever it applies (padding <= 2).
+void set_conv_algorithm(int algo);
+int get_conv_algorithm();
 void set_num_threads(int n);
 int get_num_threads();        // the configured count (set_num_threads, else OpenMP's default)
 int effective_num_threads();  // what the next kernel uses: configured, capped by the cores other processes leave idle

@@ -26,6 +26,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "cpu/conv_winograd.h"
 #include "cpu/gemm_engine.h"
 
 namespace fastnn::cpu::FASTNN_ISA {
@@ -64,16 +65,6 @@ int inner_threads(int64_t work) { return threads_for(work); }
 // Fixed groups of the batch whose weight gradients are summed separately (see conv2d_backward).
 constexpr int64_t kWeightGradGroups = 8;
 
-// Bytes of im2col columns per chunk: half this core's L2, 256 KiB to 1 MiB.
-int64_t column_budget() {
-  static const int64_t budget = [] {
-    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    const int64_t half = l2 > 0 ? int64_t(l2) / 2 : (int64_t(256) << 10);
-    return clamp64(half, int64_t(256) << 10, int64_t(1) << 20);
-  }();
-  return budget;
-}
-
 // Output rows per im2col chunk. Splitting the batch gives each thread its own
 // single-threaded GEMMs, whose packed B is the whole column block: kept to half
 // the L2 (rows of OW columns) so it and its packed copy stay in that core's
@@ -86,7 +77,7 @@ template <class T>
 int64_t chunk_rows(const ConvShape& s, bool split_batch) {
   if (!split_batch) return s.oh;
   const int64_t ckk = s.c * s.kh * s.kw;
-  const int64_t cols = column_budget() / (ckk * int64_t(sizeof(T)));
+  const int64_t cols = conv_cache_budget() / (ckk * int64_t(sizeof(T)));
   const int64_t rows = cols / s.ow;
   return rows < 1 ? 1 : (rows > s.oh ? s.oh : rows);
 }
@@ -255,9 +246,22 @@ void backward_image(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t i, T* d
 
 }  // namespace
 
+int64_t conv_cache_budget() {
+  static const int64_t budget = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    const int64_t half = l2 > 0 ? int64_t(l2) / 2 : (int64_t(256) << 10);
+    return clamp64(half, int64_t(256) << 10, int64_t(1) << 20);
+  }();
+  return budget;
+}
+
 template <class T>
 void conv2d_forward(const Conv2dForwardArgs<T>& a) {
   const ConvShape& s = a.s;
+  if (winograd_applies(s)) {
+    winograd_forward(a);
+    return;
+  }
   visit_act(a.act, [&](auto f) {
     using F = decltype(f);
     const int bt = batch_threads(s);
@@ -281,6 +285,10 @@ void conv2d_backward(const Conv2dBackwardArgs<T>& a) {
   const T* dz = a.act == Act::identity ? a.dy : a.dz_work;
   if (s.n == 0) {
     for (int64_t e = 0; e < wsize; ++e) a.dweight[e] = T(0);
+    return;
+  }
+  if (winograd_applies(s)) {
+    winograd_backward(a, dz, s.n < kWeightGradGroups ? s.n : kWeightGradGroups);
     return;
   }
   // dw is summed over images in kWeightGradGroups fixed groups of the batch,

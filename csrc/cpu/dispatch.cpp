@@ -171,6 +171,9 @@ int configured_threads() {
   return n > 0 ? n : omp_get_max_threads();
 }
 
+std::atomic<int> g_conv_algo{kConvAuto};
+int conv_algorithm() { return g_conv_algo.load(std::memory_order_relaxed); }
+
 int num_threads() {
   // Inside a parallel region (a kernel's batch split calling the GEMM engine)
   // the caller's thread does the work alone. Not left to OpenMP's nesting
@@ -213,6 +216,8 @@ const char* cpu_isas_supported() {
   return list.c_str();
 }
 
+void set_conv_algorithm(int algo) { cpu::g_conv_algo.store(algo, std::memory_order_relaxed); }
+int get_conv_algorithm() { return cpu::conv_algorithm(); }
 void set_num_threads(int n) { cpu::g_threads.store(n > 0 ? n : 0, std::memory_order_relaxed); }
 int get_num_threads() { return cpu::configured_threads(); }
 int effective_num_threads() { return cpu::num_threads(); }

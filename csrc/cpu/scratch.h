@@ -10,9 +10,15 @@ namespace fastnn::cpu {
 enum ScratchSlot : int {
   kPackA = 0, kPackB = 1, kWork = 2,
   kConvColumns = 3, kConvWeightGrad = 4,  // conv.cpp: im2col columns, per-thread dweight
-  kNumScratchSlots = 5
+  kWinoV = 5, kWinoM = 6, kWinoU = 7,     // conv_winograd.cpp: transformed inputs, products, weights
+  kNumScratchSlots = 8
 };
 void* scratch(int slot, size_t bytes);
+
+// Which algorithm 3x3 stride-1 convolutions use (fastnn set_conv_algorithm):
+// kConvAuto picks Winograd F(2x2, 3x3) when both channel counts are >= 16.
+enum ConvAlgorithm : int { kConvAuto = 0, kConvIm2col = 1, kConvWinograd = 2 };
+int conv_algorithm();
 
 // Threads the CPU kernels use (fastnn.set_num_threads; default: OpenMP's).
 int num_threads();

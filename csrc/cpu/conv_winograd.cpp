@@ -1,0 +1,402 @@
+// Winograd F(2x2, 3x3) convolution (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", CVPR 2016) for 3x3 stride-1 convolutions,
+// multiplied on the GEMM engine's micro-kernel.
+//
+// Each 2x2 block of outputs (a tile) of output channel f is
+//   Y = A^T [ sum_c U[f, c] (.) V[c] ] A,   U = G g G^T  (4x4, from the 3x3 filter g[f, c])
+//                                          V = B^T d B  (4x4, from the tile's input patch d[c])
+// so the 36 multiply-adds per (f, c) and tile of a direct 3x3 convolution
+// become 16: one GEMM for each of the 16 positions xi of the 4x4 transform domain,
+//   M[xi] (F, tiles) = U[xi] (F, C) @ V[xi] (C, tiles).
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+//   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+//   A^T = [1 1 1 0; 0 1 -1 -1]
+// Backward:
+//   dx is the same convolution of dz with each filter turned 180 degrees and C,
+//      F swapped, padding 2 - p (hence p <= 2);
+//   dweight = G^T dU G with dU[xi] (F, C) = sum over tiles dM[xi] (F, tiles) @
+//      V[xi]^T (tiles, C), dM = A dY A^T: a GEMM whose depth is the tiles.
+// Outputs past OH/OW (odd sizes) are computed and dropped; their dY is zero.
+// Every transform is a few adds, vectorized along a tile row.
+//
+// Forward and dx run in blocks of whole tile rows (any image), sized so the
+// block's V and M stay in half the core's L2; threads take blocks. V is written
+// straight into the micro-kernel's B-panel layout, U is packed once per call as
+// its A panels. dweight sums fixed groups of the batch in block order, so its
+// bits do not depend on the thread count (as conv.cpp's im2col path).
+#include "cpu/conv_winograd.h"
+
+#include <omp.h>
+
+#include <cstring>
+
+#include "cpu/gemm_engine.h"
+
+namespace fastnn::cpu::FASTNN_ISA {
+namespace {
+
+using gemm_detail::ceil_div;
+using gemm_detail::max64;
+using gemm_detail::min64;
+
+// One 3x3 stride-1 convolution: x (N, C, H, W) -> y (N, F, OH, OW).
+struct Geom {
+  int64_t n, c, h, w, f, ph, pw, oh, ow;
+  int64_t th, tw;  // 2x2 output tiles down / across: ceil(OH / 2), ceil(OW / 2)
+};
+
+Geom make_geom(int64_t n, int64_t c, int64_t h, int64_t w, int64_t f, int64_t ph, int64_t pw) {
+  const int64_t oh = h + 2 * ph - 2, ow = w + 2 * pw - 2;
+  return Geom{n, c, h, w, f, ph, pw, oh, ow, ceil_div(oh, 2), ceil_div(ow, 2)};
+}
+
+// Where transform-domain values go: (xi, row r, tile l) lives at
+//   base + xi * plane + (l / nr) * pstride + r * rstride + l % nr,
+// so a run of tiles is contiguous up to the next multiple of nr.
+// Micro-kernel B panels: nr = NR, pstride = rows * NR, rstride = NR.
+// Plain rows of length ld: nr = ld, pstride = 0, rstride = ld.
+template <class T>
+struct Layout {
+  T* base;
+  int64_t plane, nr, pstride, rstride;
+  FASTNN_INLINE T* at(int xi, int64_t r, int64_t l) const {
+    return base + xi * plane + (l / nr) * pstride + r * rstride + l % nr;
+  }
+};
+
+// r[j] = x[ih, j - pw] for j in [0, wp), zero outside the image.
+template <class T>
+FASTNN_INLINE void padded_row(const T* xc, int64_t ih, const Geom& g, T* r, int64_t wp) {
+  if (ih < 0 || ih >= g.h) {
+    for (int64_t j = 0; j < wp; ++j) r[j] = T(0);
+    return;
+  }
+  const int64_t cnt = min64(g.w, wp - g.pw);
+  for (int64_t j = 0; j < g.pw; ++j) r[j] = T(0);
+  std::memcpy(r + g.pw, xc + ih * g.w, size_t(cnt) * sizeof(T));
+  for (int64_t j = g.pw + cnt; j < wp; ++j) r[j] = T(0);
+}
+
+// Elements of scratch input_transform needs.
+int64_t input_transform_buf(const Geom& g) { return 4 * (2 * g.tw + 2) + 8 * (g.tw + 1); }
+
+// V = B^T d B of every tile of tile rows [g0, g1) (tile row gi: image gi / TH,
+// row gi % TH; tile l = (gi - g0) * TW + column) of x (N, C, H, W), into dst
+// (rows: channels). Rows of B^T d first, over whole padded image rows, split
+// into even (E) and odd (O) columns; then the columns of each tile:
+//   (E[t] - E[t+1], O[t] + E[t+1], E[t+1] - O[t], O[t] - O[t+1]).
+template <class T>
+void input_transform(const Geom& g, const T* x, int64_t g0, int64_t g1, const Layout<T>& dst, T* buf) {
+  const int64_t wp = 2 * g.tw + 2, te = g.tw + 1;
+  T* rows = buf;
+  T* eo = buf + 4 * wp;  // E_k at eo + 2k te, O_k at eo + (2k + 1) te
+  const T *d0 = rows, *d1 = rows + wp, *d2 = rows + 2 * wp, *d3 = rows + 3 * wp;
+  T *e0 = eo, *o0 = eo + te, *e1 = eo + 2 * te, *o1 = eo + 3 * te;
+  T *e2 = eo + 4 * te, *o2 = eo + 5 * te, *e3 = eo + 6 * te, *o3 = eo + 7 * te;
+  for (int64_t gi = g0; gi < g1; ++gi) {
+    const int64_t n = gi / g.th, ih0 = 2 * (gi % g.th) - g.ph, l0 = (gi - g0) * g.tw;
+    for (int64_t c = 0; c < g.c; ++c) {
+      const T* xc = x + (n * g.c + c) * g.h * g.w;
+      for (int i = 0; i < 4; ++i) padded_row(xc, ih0 + i, g, rows + i * wp, wp);
+#pragma omp simd
+      for (int64_t t = 0; t < te; ++t) {
+        e0[t] = d0[2 * t] - d2[2 * t];
+        o0[t] = d0[2 * t + 1] - d2[2 * t + 1];
+        e1[t] = d1[2 * t] + d2[2 * t];
+        o1[t] = d1[2 * t + 1] + d2[2 * t + 1];
+        e2[t] = d2[2 * t] - d1[2 * t];
+        o2[t] = d2[2 * t + 1] - d1[2 * t + 1];
+        e3[t] = d1[2 * t] - d3[2 * t];
+        o3[t] = d1[2 * t + 1] - d3[2 * t + 1];
+      }
+      for (int64_t t0 = 0; t0 < g.tw;) {
+        const int64_t l = l0 + t0, len = min64(g.tw - t0, dst.nr - l % dst.nr);
+        for (int k = 0; k < 4; ++k) {
+          const T* E = eo + 2 * k * te + t0;
+          const T* O = E + te;
+          T* v0 = dst.at(4 * k, c, l);
+          T* v1 = dst.at(4 * k + 1, c, l);
+          T* v2 = dst.at(4 * k + 2, c, l);
+          T* v3 = dst.at(4 * k + 3, c, l);
+#pragma omp simd
+          for (int64_t t = 0; t < len; ++t) {
+            v0[t] = E[t] - E[t + 1];
+            v1[t] = O[t] + E[t + 1];
+            v2[t] = E[t + 1] - O[t];
+            v3[t] = O[t] - O[t + 1];
+          }
+        }
+        t0 += len;
+      }
+    }
+  }
+}
+
+// Elements of scratch grad_transform needs.
+int64_t grad_transform_buf(const Geom& g) { return 4 * g.tw; }
+
+// dM = A dY A^T of every tile of tile rows [g0, g1) of dy (N, F, OH, OW) (zero
+// past OH/OW), into dst (rows: output channels). With the tile's rows (a, b)
+// and (c, d): A dY = rows (a, b), (a + c, b + d), (a - c, b - d), (-c, -d),
+// and each row (e, o) becomes (e, e + o, e - o, -o).
+template <class T>
+void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const Layout<T>& dst, T* buf) {
+  const int64_t w2 = 2 * g.tw, p = g.oh * g.ow;
+  T* r0 = buf;
+  T* r1 = buf + w2;
+  for (int64_t gi = g0; gi < g1; ++gi) {
+    const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
+    const bool two = oh0 + 1 < g.oh;
+    for (int64_t f = 0; f < g.f; ++f) {
+      const T* yf = dy + (n * g.f + f) * p + oh0 * g.ow;
+      std::memcpy(r0, yf, size_t(g.ow) * sizeof(T));
+      if (two) std::memcpy(r1, yf + g.ow, size_t(g.ow) * sizeof(T));
+      else
+        for (int64_t j = 0; j < g.ow; ++j) r1[j] = T(0);
+      for (int64_t j = g.ow; j < w2; ++j) r0[j] = r1[j] = T(0);
+      T* d[16];
+      for (int xi = 0; xi < 16; ++xi) d[xi] = dst.at(xi, f, l0);
+      T *m0 = d[0], *m1 = d[1], *m2 = d[2], *m3 = d[3], *m4 = d[4], *m5 = d[5], *m6 = d[6], *m7 = d[7];
+      T *m8 = d[8], *m9 = d[9], *m10 = d[10], *m11 = d[11], *m12 = d[12], *m13 = d[13], *m14 = d[14], *m15 = d[15];
+#pragma omp simd
+      for (int64_t t = 0; t < g.tw; ++t) {
+        const T a = r0[2 * t], b = r0[2 * t + 1], c = r1[2 * t], e = r1[2 * t + 1];
+        const T s1 = a + c, t1 = b + e, s2 = a - c, t2 = b - e;
+        m0[t] = a, m1[t] = a + b, m2[t] = a - b, m3[t] = -b;
+        m4[t] = s1, m5[t] = s1 + t1, m6[t] = s1 - t1, m7[t] = -t1;
+        m8[t] = s2, m9[t] = s2 + t2, m10[t] = s2 - t2, m11[t] = -t2;
+        m12[t] = -c, m13[t] = -c - e, m14[t] = e - c, m15[t] = e;
+      }
+    }
+  }
+}
+
+// Y = A^T M A of the tiles of tile rows [g0, g1) for output channel f, M[xi]
+// at m + xi * mplane (tile l at [l]); then bias, activation and z as the GEMM
+// epilogue would, into y (N, F, OH, OW). r0, r1: 2 TW elements each.
+template <class T, class Fa>
+void output_transform(const Geom& g, const T* m, int64_t mplane, int64_t g0, int64_t g1, int64_t f,
+                      const T* bias, T* y, T* z, T alpha, T* r0, T* r1) {
+  const int64_t p = g.oh * g.ow;
+  for (int64_t gi = g0; gi < g1; ++gi) {
+    const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
+    const T* q[16];
+    for (int xi = 0; xi < 16; ++xi) q[xi] = m + xi * mplane + l0;
+    const T *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3], *q4 = q[4], *q5 = q[5], *q6 = q[6], *q7 = q[7];
+    const T *q8 = q[8], *q9 = q[9], *q10 = q[10], *q11 = q[11], *q12 = q[12], *q13 = q[13], *q14 = q[14],
+            *q15 = q[15];
+#pragma omp simd
+    for (int64_t t = 0; t < g.tw; ++t) {
+      const T a0 = q0[t] + q4[t] + q8[t], a1 = q1[t] + q5[t] + q9[t];
+      const T a2 = q2[t] + q6[t] + q10[t], a3 = q3[t] + q7[t] + q11[t];
+      const T b0 = q4[t] - q8[t] - q12[t], b1 = q5[t] - q9[t] - q13[t];
+      const T b2 = q6[t] - q10[t] - q14[t], b3 = q7[t] - q11[t] - q15[t];
+      r0[2 * t] = a0 + a1 + a2;
+      r0[2 * t + 1] = a1 - a2 - a3;
+      r1[2 * t] = b0 + b1 + b2;
+      r1[2 * t + 1] = b1 - b2 - b3;
+    }
+    const BiasAct<T, Fa, BiasAxis::rows> ep{bias, z ? z + n * g.f * p : nullptr, p, alpha};
+    T* yf = y + (n * g.f + f) * p;
+    for (int64_t rr = 0; rr < 2 && oh0 + rr < g.oh; ++rr) {
+      const T* src = rr ? r1 : r0;
+      const int64_t j0 = (oh0 + rr) * g.ow;
+#pragma omp simd
+      for (int64_t j = 0; j < g.ow; ++j) yf[j0 + j] = ep.apply(f, j0 + j, src[j]);
+    }
+  }
+}
+
+// U = G g G^T of every filter, packed as the micro-kernel's A panels:
+// upack[xi][r][k][ii] = U[xi][r MR + ii][k] (zero rows past `rows`). Forward:
+// rows = F, k = C, g = weight[f, c]. For dx: rows = C, k = F, g = weight[f, c]
+// turned 180 degrees. Returns the plane size (elements per xi).
+template <class T>
+int64_t transform_weights(const T* w, int64_t f, int64_t c, bool for_dx, T* upack) {
+  constexpr int MR = gemm_detail::Blocking<T>::MR;
+  const int64_t rows = for_dx ? c : f, cols = for_dx ? f : c;
+  const int64_t plane = ceil_div(rows, MR) * MR * cols;
+  for (int64_t e = 0; e < 16 * plane; ++e) upack[e] = T(0);
+  const T h = T(0.5);
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t k = 0; k < cols; ++k) {
+      const T* gf = for_dx ? w + (k * c + o) * 9 : w + (o * c + k) * 9;
+      T g[3][3];
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) g[i][j] = for_dx ? gf[(2 - i) * 3 + (2 - j)] : gf[i * 3 + j];
+      T gg[4][3];
+      for (int j = 0; j < 3; ++j) {
+        gg[0][j] = g[0][j];
+        gg[1][j] = h * (g[0][j] + g[1][j] + g[2][j]);
+        gg[2][j] = h * (g[0][j] - g[1][j] + g[2][j]);
+        gg[3][j] = g[2][j];
+      }
+      T* dst = upack + (o / MR) * MR * cols + k * MR + o % MR;
+      for (int i = 0; i < 4; ++i) {
+        dst[(4 * i + 0) * plane] = gg[i][0];
+        dst[(4 * i + 1) * plane] = h * (gg[i][0] + gg[i][1] + gg[i][2]);
+        dst[(4 * i + 2) * plane] = h * (gg[i][0] - gg[i][1] + gg[i][2]);
+        dst[(4 * i + 3) * plane] = gg[i][2];
+      }
+    }
+  return plane;
+}
+
+// y = act(conv(x, U) + bias) for geometry g, U packed by transform_weights.
+template <class T, class Fa>
+void winograd_conv(const Geom& g, const T* x, const T* upack, int64_t uplane, const T* bias, T* y, T* z, T alpha) {
+  using Bl = gemm_detail::Blocking<T>;
+  constexpr int MR = Bl::MR, NR = Bl::NR;
+  constexpr int64_t KC = Bl::KC;
+  const int64_t mpan = ceil_div(g.f, MR), rows_total = g.n * g.th;
+  // Tile rows per block: the block's V (16 x C x tiles) and M (16 x MR x tiles) in half the L2.
+  const int64_t tiles_cap = max64(NR, conv_cache_budget() / (16 * (g.c + MR) * int64_t(sizeof(T))));
+  const int64_t rb = gemm_detail::balanced_step(rows_total, max64(1, tiles_cap / g.tw), 1);
+  const int64_t nblocks = ceil_div(rows_total, rb);
+  const int64_t npan_max = ceil_div(rb * g.tw, NR), ld = npan_max * NR;
+  const int64_t vplane = npan_max * NR * g.c;
+  const double flops = 32.0 * double(g.f) * double(g.c) * double(rows_total * g.tw);
+  const int nt = int(min64(flops < 1e6 ? 1 : num_threads(), nblocks));
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    T* vbuf = static_cast<T*>(scratch(kWinoV, size_t(16 * vplane + input_transform_buf(g)) * sizeof(T)));
+    T* mbuf = static_cast<T*>(scratch(kWinoM, size_t(16 * MR * ld + 4 * g.tw) * sizeof(T)));
+    T* r0 = mbuf + 16 * MR * ld;
+    const Layout<T> vl{vbuf, vplane, NR, g.c * NR, NR};
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t b = 0; b < nblocks; ++b) {
+      const int64_t g0 = b * rb, g1 = min64(g0 + rb, rows_total), tiles = (g1 - g0) * g.tw;
+      const int64_t npan = ceil_div(tiles, NR);
+      input_transform(g, x, g0, g1, vl, vbuf + 16 * vplane);
+      for (int64_t r = 0; r < mpan; ++r) {
+        for (int xi = 0; xi < 16; ++xi) {
+          const T* ap = upack + xi * uplane + r * MR * g.c;
+          const T* vp = vbuf + xi * vplane;
+          T* mp = mbuf + xi * MR * ld;
+          for (int64_t q = 0; q < npan; ++q)
+            for (int64_t pc = 0; pc < g.c; pc += KC) {
+              const int64_t kc = min64(KC, g.c - pc);
+              gemm_detail::tile(kc, ap + pc * MR, vp + q * g.c * NR + pc * NR, mp + q * NR, ld, 0, q * NR, MR,
+                                int(min64(NR, tiles - q * NR)), pc > 0, pc + kc >= g.c, NoEpilogue{});
+            }
+        }
+        const int64_t mr = min64(MR, g.f - r * MR);
+        for (int64_t ii = 0; ii < mr; ++ii)
+          output_transform<T, Fa>(g, mbuf + ii * ld, MR * ld, g0, g1, r * MR + ii, bias, y, z, alpha, r0,
+                                  r0 + 2 * g.tw);
+      }
+    }
+  }
+}
+
+// dweight (F, C, 3, 3) of the convolution g from x and dz, summed over `groups`
+// fixed groups of the batch (each group's blocks in order, then the groups in
+// order): the same bits at any thread count.
+template <class T>
+void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T* dweight) {
+  const int64_t usize = 16 * g.f * g.c;
+  // Tile rows per block: V (16 x C x tiles) and dM (16 x F x tiles) in half the L2.
+  const int64_t tiles_cap = max64(64, conv_cache_budget() / (16 * (g.c + g.f) * int64_t(sizeof(T))));
+  const int64_t rb = max64(1, min64(tiles_cap / g.tw, g.th * ceil_div(g.n, groups)));
+  const int64_t ld = ceil_div(rb * g.tw, 16) * 16;
+  T* partial = static_cast<T*>(scratch(kConvWeightGrad, size_t(groups * usize) * sizeof(T)));
+  const double flops = 32.0 * double(g.f) * double(g.c) * double(g.n * g.th * g.tw);
+  const int nt = int(min64(flops < 1e6 ? 1 : num_threads(), groups));
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int64_t vbytes = (16 * g.c * ld + input_transform_buf(g)) * int64_t(sizeof(T));
+    T* vbuf = static_cast<T*>(scratch(kWinoV, size_t(vbytes)));
+    T* mbuf = static_cast<T*>(scratch(kWinoM, size_t(16 * g.f * ld + grad_transform_buf(g)) * sizeof(T)));
+    const Layout<T> vl{vbuf, g.c * ld, ld, 0, ld};
+    const Layout<T> ml{mbuf, g.f * ld, ld, 0, ld};
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      T* du = partial + grp * usize;
+      const int64_t r0 = g.n * grp / groups * g.th, r1 = g.n * (grp + 1) / groups * g.th;
+      for (int64_t g0 = r0; g0 < r1; g0 += rb) {
+        const int64_t g1 = min64(g0 + rb, r1), tiles = (g1 - g0) * g.tw;
+        input_transform(g, x, g0, g1, vl, vbuf + 16 * g.c * ld);
+        grad_transform(g, dz, g0, g1, ml, mbuf + 16 * g.f * ld);
+        // dU[xi] (F, C) (+)= dM[xi] (F, tiles) @ V[xi]^T (tiles, C); one thread per
+        // group (the engine runs single-threaded inside this region).
+        for (int xi = 0; xi < 16; ++xi)
+          gemm_engine<T>(g.f, g.c, tiles, gemm_detail::StridedA<T>{mbuf + xi * g.f * ld, ld, 1},
+                         gemm_detail::StridedB<T>{vbuf + xi * g.c * ld, 1, ld}, du + xi * g.f * g.c, g.c, g0 > r0,
+                         NoEpilogue{});
+      }
+    }
+  }
+  // Groups in order, then dweight = G^T dU G per filter.
+  const int64_t fc = g.f * g.c;
+  const T h = T(0.5);
+#pragma omp parallel for num_threads(threads_for(groups * usize)) schedule(static)
+  for (int64_t e = 0; e < fc; ++e) {
+    T u[16];
+    for (int xi = 0; xi < 16; ++xi) {
+      T acc = partial[xi * fc + e];
+      for (int64_t grp = 1; grp < groups; ++grp) acc += partial[grp * usize + xi * fc + e];
+      u[xi] = acc;
+    }
+    T k[3][4];
+    for (int j = 0; j < 4; ++j) {
+      const T s = h * (u[4 + j] + u[8 + j]);
+      k[0][j] = u[j] + s;
+      k[1][j] = h * (u[4 + j] - u[8 + j]);
+      k[2][j] = s + u[12 + j];
+    }
+    T* dw = dweight + e * 9;
+    for (int i = 0; i < 3; ++i) {
+      const T s = h * (k[i][1] + k[i][2]);
+      dw[i * 3 + 0] = k[i][0] + s;
+      dw[i * 3 + 1] = h * (k[i][1] - k[i][2]);
+      dw[i * 3 + 2] = s + k[i][3];
+    }
+  }
+}
+
+}  // namespace
+
+bool winograd_applies(const ConvShape& s) {
+  if (s.kh != 3 || s.kw != 3 || s.sh != 1 || s.sw != 1 || s.ph > 2 || s.pw > 2 || s.oh < 1 || s.ow < 1) return false;
+  switch (conv_algorithm()) {
+    case kConvIm2col: return false;
+    case kConvWinograd: return true;
+    default: return s.c >= 16 && s.f >= 16;
+  }
+}
+
+template <class T>
+void winograd_forward(const Conv2dForwardArgs<T>& a) {
+  const ConvShape& s = a.s;
+  const Geom g = make_geom(s.n, s.c, s.h, s.w, s.f, s.ph, s.pw);
+  constexpr int MR = gemm_detail::Blocking<T>::MR;
+  T* upack = static_cast<T*>(scratch(kWinoU, size_t(16 * ceil_div(s.f, MR) * MR * s.c) * sizeof(T)));
+  const int64_t uplane = transform_weights(a.weight, s.f, s.c, false, upack);
+  visit_act(a.act, [&](auto f) {
+    using F = decltype(f);
+    winograd_conv<T, F>(g, a.x, upack, uplane, a.bias, a.y, BiasAct<T, F>::kSavesPreactivation ? a.z : nullptr,
+                        a.alpha);
+  });
+}
+
+template <class T>
+void winograd_backward(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t groups) {
+  const ConvShape& s = a.s;
+  winograd_dweight(make_geom(s.n, s.c, s.h, s.w, s.f, s.ph, s.pw), a.x, dz, groups, a.dweight);
+  if (!a.dx) return;
+  constexpr int MR = gemm_detail::Blocking<T>::MR;
+  T* upack = static_cast<T*>(scratch(kWinoU, size_t(16 * ceil_div(s.c, MR) * MR * s.f) * sizeof(T)));
+  const int64_t uplane = transform_weights(a.weight, s.f, s.c, true, upack);
+  // dx (N, C, H, W) = conv(dz (N, F, OH, OW), turned weights), padding 2 - p: output H x W.
+  const Geom gx = make_geom(s.n, s.f, s.oh, s.ow, s.c, 2 - s.ph, 2 - s.pw);
+  winograd_conv<T, act::Identity>(gx, dz, upack, uplane, nullptr, a.dx, nullptr, T(0));
+}
+
+#define FASTNN_INSTANTIATE(T)                                                        \
+  template void winograd_forward<T>(const Conv2dForwardArgs<T>&);                    \
+  template void winograd_backward<T>(const Conv2dBackwardArgs<T>&, const T*, int64_t);
+FASTNN_INSTANTIATE(float)
+FASTNN_INSTANTIATE(double)
+#undef FASTNN_INSTANTIATE
+
+}  // namespace fastnn::cpu::FASTNN_ISA
