@@ -29,7 +29,13 @@ def have_torch():
 
 
 def interleaved(candidates: dict, rounds: int = 7, reps: int = 3, warmup: int = 2, pause: float = 0.15) -> dict:
-    """{name: fn} -> {name: median seconds per call}."""
+    """{name: fn} -> {name: median seconds per call}.
+
+    After each pause one untimed call comes before the timed ones: on this
+    project's virtual machines the first call after a 0.15 s idle ran 4-7 ms
+    slower whatever the library (a Conv2d forward of 5 ms measured 11-12), which
+    a training loop, calling layer after layer, never sees; timing it added the
+    same few ms to every candidate and pulled every ratio towards 1."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -37,6 +43,7 @@ def interleaved(candidates: dict, rounds: int = 7, reps: int = 3, warmup: int = 
     for _ in range(rounds):
         for name, fn in candidates.items():
             time.sleep(pause)
+            fn()
             t0 = time.perf_counter()
             for _ in range(reps):
                 fn()

@@ -2,6 +2,8 @@
 against float64 NumPy references written from the formulas."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -421,3 +423,126 @@ def test_conv2d_backward_bits_do_not_depend_on_the_thread_count(backend, rng):
             cpp._C.set_adaptive_threads(adaptive)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+# --- Winograd F(2x2, 3x3) (3x3 stride-1 convolutions) ---------------------------------------
+
+@contextlib.contextmanager
+def conv_algorithm(name):
+    """Both CPU backends' algorithm for 3x3 stride-1 convolutions, for the duration."""
+    from fastnn.backend.numba import conv_winograd
+    old = conv_winograd._ALGORITHM[0]
+    conv_winograd.set_algorithm(name)
+    if cpp._C is not None:
+        cpp._C.set_conv_algorithm(name)
+    try:
+        yield
+    finally:
+        conv_winograd.set_algorithm(old)
+        if cpp._C is not None:
+            cpp._C.set_conv_algorithm(old)
+
+
+# (N, C, H, W, F, padding): sizes that leave half tiles (odd OH/OW), 1x1 and 1xN
+# outputs, every padding Winograd takes (0..2, also mixed), 1 and prime channel
+# counts, batch 1, and blocks of tile rows that span images.
+WINO_CASES = [
+    (1, 1, 3, 3, 1, (0, 0)),
+    (2, 3, 7, 5, 4, (1, 1)),
+    (1, 5, 4, 9, 7, (0, 2)),
+    (3, 2, 1, 6, 3, (1, 0)),
+    (2, 13, 8, 11, 17, (2, 1)),
+    (1, 17, 5, 5, 19, (2, 2)),
+    (4, 16, 12, 13, 16, (1, 1)),
+    (3, 37, 9, 7, 41, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_winograd_matches_reference(backend, rng, dtype):
+    with conv_algorithm("winograd"):
+        for k, (n, c, h, w, f, pad) in enumerate(WINO_CASES):
+            _check_case((n, c, h, w, f, 3, 3, (1, 1), pad), ("relu", "identity", "tanh", "gelu")[k % 4], dtype, rng,
+                        bias=k % 3 != 1)
+
+
+def test_conv2d_winograd_and_im2col_agree(backend, rng):
+    """The two algorithms on the ConvNet-like shapes 'auto' sends to Winograd (C, F >= 16)."""
+    x = rng.standard_normal((5, 16, 12, 10)).astype(np.float32)
+    w = (rng.standard_normal((24, 16, 3, 3)) / 12).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    dy = rng.standard_normal((5, 24, 12, 10)).astype(np.float32)
+    out = {}
+    for algo in ("im2col", "winograd", "auto"):
+        with conv_algorithm(algo):
+            y, saved = ops.conv2d(x, w, b, 1, 1, "leaky_relu")
+            out[algo] = (y, *ops.conv2d_backward(dy, saved)[:3])
+    for a, b_ in zip(out["im2col"], out["winograd"]):
+        assert rel_err(a, b_) < 1e-5
+    for a, b_ in zip(out["auto"], out["winograd"]):
+        np.testing.assert_array_equal(a, b_)
+
+
+def test_conv2d_winograd_numerical_gradients(backend, rng):
+    """Central differences of L = sum(R * conv(x)) through the Winograd path (float64)."""
+    x = rng.standard_normal((2, 3, 5, 6))
+    w = rng.standard_normal((4, 3, 3, 3)) * 0.3
+    b = rng.standard_normal(4)
+    with conv_algorithm("winograd"):
+        r = rng.standard_normal(ops.conv2d(x, w, b, 1, (2, 1), "tanh")[0].shape)
+
+        def loss():
+            return float((ops.conv2d(x, w, b, 1, (2, 1), "tanh")[0] * r).sum())
+
+        _, saved = ops.conv2d(x, w, b, 1, (2, 1), "tanh")
+        dx, dw, db, _ = ops.conv2d_backward(r, saved)
+        for analytic, arr in ((dx, x), (dw, w), (db, b)):
+            assert rel_err(analytic, numerical_grad(loss, arr)) < 1e-7
+
+
+def test_conv2d_winograd_nonfinite_stay_local(backend, rng):
+    """A NaN input pixel makes NaN only the outputs whose 3x3 window holds it, as a direct
+    convolution: the transforms never mix a tile's other pixels into those outputs."""
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    x[0, 3, 4, 5] = np.nan
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    with conv_algorithm("winograd"):
+        y, _ = ops.conv2d(x, w, None, 1, 1, "identity")
+    expect = np.zeros((8, 8), bool)
+    expect[3:6, 4:7] = True
+    for f in range(16):
+        np.testing.assert_array_equal(np.isnan(y[0, f]), expect)
+
+
+def test_conv2d_winograd_bits_do_not_depend_on_the_thread_count(backend, rng):
+    """Winograd's weight gradient is summed over the same fixed batch groups: 1 and 2 threads agree bit for bit."""
+    x = rng.standard_normal((13, 17, 11, 9)).astype(np.float32)
+    w = rng.standard_normal((19, 17, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(19).astype(np.float32)
+    dy = rng.standard_normal((13, 19, 11, 9)).astype(np.float32)
+    saved_threads = fnn.get_num_threads()
+    adaptive = cpp._C.adaptive_threads()
+    results = []
+    try:
+        cpp._C.set_adaptive_threads(False)
+        with conv_algorithm("winograd"):
+            for n in (1, 2):
+                fnn.set_num_threads(n)
+                y, saved = fnn.ops.conv2d(x, w, b, padding=1, act="relu")
+                dx, dw, db, _ = fnn.ops.conv2d_backward(dy, saved)
+                results.append((y.copy(), dx.copy(), dw.copy(), db.copy()))
+    finally:
+        fnn.set_num_threads(saved_threads)
+        cpp._C.set_adaptive_threads(adaptive)
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_set_conv_algorithm_rejects_unknown_names():
+    from fastnn.backend.numba import conv_winograd
+    with pytest.raises(ValueError, match="algorithm"):
+        conv_winograd.set_algorithm("fft")
+    if cpp._C is not None:
+        with pytest.raises(ValueError, match="algorithm"):
+            cpp._C.set_conv_algorithm("fft")
+        assert cpp._C.get_conv_algorithm() == "auto"

@@ -64,42 +64,52 @@ struct Layout {
   }
 };
 
-// r[j] = x[ih, j - pw] for j in [0, wp), zero outside the image.
-template <class T>
-FASTNN_INLINE void padded_row(const T* xc, int64_t ih, const Geom& g, T* r, int64_t wp) {
-  if (ih < 0 || ih >= g.h) {
-    for (int64_t j = 0; j < wp; ++j) r[j] = T(0);
-    return;
-  }
-  const int64_t cnt = min64(g.w, wp - g.pw);
-  for (int64_t j = 0; j < g.pw; ++j) r[j] = T(0);
-  std::memcpy(r + g.pw, xc + ih * g.w, size_t(cnt) * sizeof(T));
-  for (int64_t j = g.pw + cnt; j < wp; ++j) r[j] = T(0);
-}
-
 // Elements of scratch input_transform needs.
-int64_t input_transform_buf(const Geom& g) { return 4 * (2 * g.tw + 2) + 8 * (g.tw + 1); }
+int64_t input_transform_buf(const Geom& g) { return (2 * g.tw + 2) + 8 * (g.tw + 1); }
 
 // V = B^T d B of every tile of tile rows [g0, g1) (tile row gi: image gi / TH,
 // row gi % TH; tile l = (gi - g0) * TW + column) of x (N, C, H, W), into dst
-// (rows: channels). Rows of B^T d first, over whole padded image rows, split
-// into even (E) and odd (O) columns; then the columns of each tile:
+// (rows: channels). Rows of B^T d first, over the four image rows of the tile
+// row (padded column j is image column j - pw), split into even (E) and odd (O)
+// columns; then the columns of each tile:
 //   (E[t] - E[t+1], O[t] + E[t+1], E[t+1] - O[t], O[t] - O[t+1]).
+// Rows outside the image read a zero row; columns outside it are handled by a
+// scalar loop at both ends, so the image is read in place, never copied.
 template <class T>
 void input_transform(const Geom& g, const T* x, int64_t g0, int64_t g1, const Layout<T>& dst, T* buf) {
   const int64_t wp = 2 * g.tw + 2, te = g.tw + 1;
-  T* rows = buf;
-  T* eo = buf + 4 * wp;  // E_k at eo + 2k te, O_k at eo + (2k + 1) te
-  const T *d0 = rows, *d1 = rows + wp, *d2 = rows + 2 * wp, *d3 = rows + 3 * wp;
+  T* zero = buf;         // wp zeros
+  T* eo = buf + wp;      // E_k at eo + 2k te, O_k at eo + (2k + 1) te
+  for (int64_t j = 0; j < wp; ++j) zero[j] = T(0);
   T *e0 = eo, *o0 = eo + te, *e1 = eo + 2 * te, *o1 = eo + 3 * te;
   T *e2 = eo + 4 * te, *o2 = eo + 5 * te, *e3 = eo + 6 * te, *o3 = eo + 7 * te;
+  // t in [t_lo, t_hi): padded columns 2t and 2t + 1 both inside the image.
+  const int64_t t_lo = min64((g.pw + 1) / 2, te);
+  const int64_t t_hi = max64(t_lo, min64(te, (g.pw + g.w) / 2));
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, ih0 = 2 * (gi % g.th) - g.ph, l0 = (gi - g0) * g.tw;
     for (int64_t c = 0; c < g.c; ++c) {
       const T* xc = x + (n * g.c + c) * g.h * g.w;
-      for (int i = 0; i < 4; ++i) padded_row(xc, ih0 + i, g, rows + i * wp, wp);
+      const T* d[4];  // padded rows: d[i][j] = x[ih0 + i, j - pw]
+      bool inside[4];
+      for (int i = 0; i < 4; ++i) {
+        const int64_t ih = ih0 + i;
+        inside[i] = ih >= 0 && ih < g.h;
+        d[i] = inside[i] ? xc + ih * g.w - g.pw : zero;
+      }
+      auto at = [&](int i, int64_t j) {
+        return inside[i] && j >= g.pw && j < g.pw + g.w ? d[i][j] : T(0);
+      };
+      auto edge = [&](int64_t t) {
+        const T a0 = at(0, 2 * t), a1 = at(1, 2 * t), a2 = at(2, 2 * t), a3 = at(3, 2 * t);
+        const T b0 = at(0, 2 * t + 1), b1 = at(1, 2 * t + 1), b2 = at(2, 2 * t + 1), b3 = at(3, 2 * t + 1);
+        e0[t] = a0 - a2, o0[t] = b0 - b2, e1[t] = a1 + a2, o1[t] = b1 + b2;
+        e2[t] = a2 - a1, o2[t] = b2 - b1, e3[t] = a1 - a3, o3[t] = b1 - b3;
+      };
+      for (int64_t t = 0; t < t_lo; ++t) edge(t);
+      const T *d0 = d[0], *d1 = d[1], *d2 = d[2], *d3 = d[3];
 #pragma omp simd
-      for (int64_t t = 0; t < te; ++t) {
+      for (int64_t t = t_lo; t < t_hi; ++t) {
         e0[t] = d0[2 * t] - d2[2 * t];
         o0[t] = d0[2 * t + 1] - d2[2 * t + 1];
         e1[t] = d1[2 * t] + d2[2 * t];
@@ -109,15 +119,17 @@ void input_transform(const Geom& g, const T* x, int64_t g0, int64_t g1, const La
         e3[t] = d1[2 * t] - d3[2 * t];
         o3[t] = d1[2 * t + 1] - d3[2 * t + 1];
       }
+      for (int64_t t = t_hi; t < te; ++t) edge(t);
       for (int64_t t0 = 0; t0 < g.tw;) {
         const int64_t l = l0 + t0, len = min64(g.tw - t0, dst.nr - l % dst.nr);
+        T* run = dst.at(0, c, l);
         for (int k = 0; k < 4; ++k) {
           const T* E = eo + 2 * k * te + t0;
           const T* O = E + te;
-          T* v0 = dst.at(4 * k, c, l);
-          T* v1 = dst.at(4 * k + 1, c, l);
-          T* v2 = dst.at(4 * k + 2, c, l);
-          T* v3 = dst.at(4 * k + 3, c, l);
+          T* v0 = run + 4 * k * dst.plane;
+          T* v1 = v0 + dst.plane;
+          T* v2 = v1 + dst.plane;
+          T* v3 = v2 + dst.plane;
 #pragma omp simd
           for (int64_t t = 0; t < len; ++t) {
             v0[t] = E[t] - E[t + 1];
@@ -133,40 +145,38 @@ void input_transform(const Geom& g, const T* x, int64_t g0, int64_t g1, const La
 }
 
 // Elements of scratch grad_transform needs.
-int64_t grad_transform_buf(const Geom& g) { return 4 * g.tw; }
+int64_t grad_transform_buf(const Geom& g) { return 2 * g.tw; }
 
 // dM = A dY A^T of every tile of tile rows [g0, g1) of dy (N, F, OH, OW) (zero
 // past OH/OW), into dst (rows: output channels). With the tile's rows (a, b)
-// and (c, d): A dY = rows (a, b), (a + c, b + d), (a - c, b - d), (-c, -d),
-// and each row (e, o) becomes (e, e + o, e - o, -o).
+// and (c, e): A dY = rows (a, b), (a + c, b + e), (a - c, b - e), (-c, -e),
+// and each row (u, v) becomes (u, u + v, u - v, -v). Read in place: a second
+// row past OH reads a zero row, a last column past OW is done by scalar code.
 template <class T>
 void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const Layout<T>& dst, T* buf) {
-  const int64_t w2 = 2 * g.tw, p = g.oh * g.ow;
-  T* r0 = buf;
-  T* r1 = buf + w2;
+  const int64_t p = g.oh * g.ow, tfull = g.ow / 2;  // tiles with both columns inside
+  T* zero = buf;
+  for (int64_t j = 0; j < 2 * g.tw; ++j) zero[j] = T(0);
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
-    const bool two = oh0 + 1 < g.oh;
     for (int64_t f = 0; f < g.f; ++f) {
-      const T* yf = dy + (n * g.f + f) * p + oh0 * g.ow;
-      std::memcpy(r0, yf, size_t(g.ow) * sizeof(T));
-      if (two) std::memcpy(r1, yf + g.ow, size_t(g.ow) * sizeof(T));
-      else
-        for (int64_t j = 0; j < g.ow; ++j) r1[j] = T(0);
-      for (int64_t j = g.ow; j < w2; ++j) r0[j] = r1[j] = T(0);
+      const T* r0 = dy + (n * g.f + f) * p + oh0 * g.ow;
+      const T* r1 = oh0 + 1 < g.oh ? r0 + g.ow : zero;
       T* d[16];
-      for (int xi = 0; xi < 16; ++xi) d[xi] = dst.at(xi, f, l0);
+      d[0] = dst.at(0, f, l0);
+      for (int xi = 1; xi < 16; ++xi) d[xi] = d[xi - 1] + dst.plane;
       T *m0 = d[0], *m1 = d[1], *m2 = d[2], *m3 = d[3], *m4 = d[4], *m5 = d[5], *m6 = d[6], *m7 = d[7];
       T *m8 = d[8], *m9 = d[9], *m10 = d[10], *m11 = d[11], *m12 = d[12], *m13 = d[13], *m14 = d[14], *m15 = d[15];
-#pragma omp simd
-      for (int64_t t = 0; t < g.tw; ++t) {
-        const T a = r0[2 * t], b = r0[2 * t + 1], c = r1[2 * t], e = r1[2 * t + 1];
+      auto one = [&](int64_t t, T a, T b, T c, T e) {
         const T s1 = a + c, t1 = b + e, s2 = a - c, t2 = b - e;
         m0[t] = a, m1[t] = a + b, m2[t] = a - b, m3[t] = -b;
         m4[t] = s1, m5[t] = s1 + t1, m6[t] = s1 - t1, m7[t] = -t1;
         m8[t] = s2, m9[t] = s2 + t2, m10[t] = s2 - t2, m11[t] = -t2;
         m12[t] = -c, m13[t] = -c - e, m14[t] = e - c, m15[t] = e;
-      }
+      };
+#pragma omp simd
+      for (int64_t t = 0; t < tfull; ++t) one(t, r0[2 * t], r0[2 * t + 1], r1[2 * t], r1[2 * t + 1]);
+      if (tfull < g.tw) one(tfull, r0[2 * tfull], T(0), r1[2 * tfull], T(0));
     }
   }
 }

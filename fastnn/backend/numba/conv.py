@@ -17,7 +17,8 @@ import threading
 import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
-from .activation import PRELU, act_grad, act_value
+from . import conv_winograd as winograd
+from .activation import IDENTITY, PRELU, act_grad, act_value
 from .runtime import JIT, njit, prange, quiet_fp, threads_for
 
 
@@ -152,6 +153,9 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     f, _, kh, kw = weight.shape
     oh, ow = y.shape[2:]
     ckk, p = c * kh * kw, oh * ow
+    if winograd.applies(c, f, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow):
+        winograd.conv(x, winograd.transform_weights(weight), bias, y, z, pad_h, pad_w, act, alpha)
+        return
     w2 = weight.reshape(f, ckk)
     y3 = y.reshape(n, f, p)
     save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
@@ -184,6 +188,12 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
                                           alpha)
     if dalpha is not None:
         dalpha[0] = total
+    if winograd.applies(c, f, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow):
+        winograd.dweight(x, dz_work, pad_h, pad_w, dweight)
+        if dx is not None:  # dx = dz convolved with the turned weights, padding 2 - p
+            u = winograd.transform_weights(weight, for_dx=True)
+            winograd.conv(dz_work, u, None, dx, None, 2 - pad_h, 2 - pad_w, IDENTITY, 0.0)
+        return
     w2 = weight.reshape(f, ckk)
     dw = np.zeros((f, ckk), dy.dtype)
     step = _conv_chunk(ckk, p, x.itemsize)
