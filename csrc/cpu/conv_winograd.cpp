@@ -261,12 +261,17 @@ void winograd_conv(const Geom& g, const T* x, const T* upack, int64_t uplane, co
   const int64_t mpan = ceil_div(g.f, MR), rows_total = g.n * g.th;
   // Tile rows per block: the block's V (16 x C x tiles) and M (16 x MR x tiles) in half the L2.
   const int64_t tiles_cap = max64(NR, conv_cache_budget() / (16 * (g.c + MR) * int64_t(sizeof(T))));
-  const int64_t rb = gemm_detail::balanced_step(rows_total, max64(1, tiles_cap / g.tw), 1);
+  const double flops = 32.0 * double(g.f) * double(g.c) * double(rows_total * g.tw);
+  const int64_t threads = flops < 1e6 ? 1 : num_threads();
+  // As many blocks as the cap asks for, rounded up to a multiple of the thread
+  // count so the last round of claims is even (16x16 images, C = 32: 11 blocks
+  // left one of two threads a block behind). Blocking changes no result bit.
+  const int64_t want = ceil_div(rows_total, max64(1, tiles_cap / g.tw));
+  const int64_t rb = ceil_div(rows_total, ceil_div(want, threads) * threads);
   const int64_t nblocks = ceil_div(rows_total, rb);
   const int64_t npan_max = ceil_div(rb * g.tw, NR), ld = npan_max * NR;
   const int64_t vplane = npan_max * NR * g.c;
-  const double flops = 32.0 * double(g.f) * double(g.c) * double(rows_total * g.tw);
-  const int nt = int(min64(flops < 1e6 ? 1 : num_threads(), nblocks));
+  const int nt = int(min64(threads, nblocks));
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     T* vbuf = static_cast<T*>(scratch(kWinoV, size_t(16 * vplane + input_transform_buf(g)) * sizeof(T)));

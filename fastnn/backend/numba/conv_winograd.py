@@ -24,6 +24,7 @@ import threading
 import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
+from .activation import act_value
 from .runtime import JIT, njit, prange, quiet_fp, threads_for
 
 # Groups of tasks a parallel transform splits its work into (row buffers allocated once per group).
@@ -151,8 +152,6 @@ def _grad_transform(dy, m, th, tw):
 def _output_kernel(code):
     """The output transform compiled for one activation code as a constant (as the
     conv epilogue kernels): y = act(A^T M A + bias[f]), z = the pre-activation when kept."""
-    from .activation import act_value
-
     @njit(parallel=True, **JIT)
     def output_transform(m, y, z, bias, has_bias, save_z, alpha, th, tw):
         nb, f, oh, ow = y.shape
