@@ -281,14 +281,19 @@ template <class T>
 void conv2d_backward(const Conv2dBackwardArgs<T>& a) {
   const ConvShape& s = a.s;
   const int64_t wsize = s.f * s.c * s.kh * s.kw;
+  const bool winograd = s.n > 0 && winograd_applies(s);
+  if (winograd && a.act == Act::identity) {  // dz = dy; dbias comes out of the dweight transform
+    winograd_backward(a, a.dy, s.n < kWeightGradGroups ? s.n : kWeightGradGroups, true);
+    return;
+  }
   visit_act(a.act, [&](auto f) { conv_dz<T, decltype(f)>(a); });
   const T* dz = a.act == Act::identity ? a.dy : a.dz_work;
   if (s.n == 0) {
     for (int64_t e = 0; e < wsize; ++e) a.dweight[e] = T(0);
     return;
   }
-  if (winograd_applies(s)) {
-    winograd_backward(a, dz, s.n < kWeightGradGroups ? s.n : kWeightGradGroups);
+  if (winograd) {
+    winograd_backward(a, dz, s.n < kWeightGradGroups ? s.n : kWeightGradGroups, false);
     return;
   }
   // dw is summed over images in kWeightGradGroups fixed groups of the batch,

@@ -152,8 +152,11 @@ int64_t grad_transform_buf(const Geom& g) { return 2 * g.tw; }
 // and (c, e): A dY = rows (a, b), (a + c, b + e), (a - c, b - e), (-c, -e),
 // and each row (u, v) becomes (u, u + v, u - v, -v). Read in place: a second
 // row past OH reads a zero row, a last column past OW is done by scalar code.
+// bsum (F,), when given, gets += each channel's sum of dY: position 5 of dM is
+// a + b + c + e, the tile's sum, so the bias gradient needs no pass of its own.
 template <class T>
-void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const Layout<T>& dst, T* buf) {
+void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const Layout<T>& dst, T* buf,
+                    double* bsum) {
   const int64_t p = g.oh * g.ow, tfull = g.ow / 2;  // tiles with both columns inside
   T* zero = buf;
   for (int64_t j = 0; j < 2 * g.tw; ++j) zero[j] = T(0);
@@ -177,6 +180,12 @@ void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const La
 #pragma omp simd
       for (int64_t t = 0; t < tfull; ++t) one(t, r0[2 * t], r0[2 * t + 1], r1[2 * t], r1[2 * t + 1]);
       if (tfull < g.tw) one(tfull, r0[2 * tfull], T(0), r1[2 * tfull], T(0));
+      if (bsum) {
+        T rs = T(0);
+#pragma omp simd reduction(+ : rs)
+        for (int64_t t = 0; t < g.tw; ++t) rs += m5[t];
+        bsum[f] += double(rs);
+      }
     }
   }
 }
@@ -304,17 +313,47 @@ void winograd_conv(const Geom& g, const T* x, const T* upack, int64_t uplane, co
   }
 }
 
-// dweight (F, C, 3, 3) of the convolution g from x and dz, summed over `groups`
-// fixed groups of the batch (each group's blocks in order, then the groups in
-// order): the same bits at any thread count.
+// dw (F C, 3, 3) = G^T dU G per filter, dU (16, F C).
 template <class T>
-void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T* dweight) {
+void weights_from_transform(const T* du, int64_t fc, T* dw) {
+  const T h = T(0.5);
+  for (int64_t e = 0; e < fc; ++e) {
+    T k[3][4];
+    for (int j = 0; j < 4; ++j) {
+      const T u0 = du[j * fc + e], u1 = du[(4 + j) * fc + e], u2 = du[(8 + j) * fc + e], u3 = du[(12 + j) * fc + e];
+      const T s = h * (u1 + u2);
+      k[0][j] = u0 + s;
+      k[1][j] = h * (u1 - u2);
+      k[2][j] = s + u3;
+    }
+    T* w = dw + e * 9;
+    for (int i = 0; i < 3; ++i) {
+      const T s = h * (k[i][1] + k[i][2]);
+      w[i * 3 + 0] = k[i][0] + s;
+      w[i * 3 + 1] = h * (k[i][1] - k[i][2]);
+      w[i * 3 + 2] = s + k[i][3];
+    }
+  }
+}
+
+// dweight (F, C, 3, 3) of the convolution g from x and dz, summed over `groups`
+// fixed groups of the batch (each group's blocks in order into a per-thread dU,
+// turned into the group's own 3x3 partial, then the partials in group order):
+// the same bits at any thread count, and partials no larger than the im2col
+// path's (groups x F x C x 9; dU partials would be 16/9 of that). dbias (F,),
+// when given, is the sum of dz, taken from the same transform in the same order.
+template <class T>
+void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T* dweight, T* dbias) {
   const int64_t usize = 16 * g.f * g.c;
   // Tile rows per block: V (16 x C x tiles) and dM (16 x F x tiles) in half the L2.
   const int64_t tiles_cap = max64(64, conv_cache_budget() / (16 * (g.c + g.f) * int64_t(sizeof(T))));
   const int64_t rb = max64(1, min64(tiles_cap / g.tw, g.th * ceil_div(g.n, groups)));
   const int64_t ld = ceil_div(rb * g.tw, 16) * 16;
-  T* partial = static_cast<T*>(scratch(kConvWeightGrad, size_t(groups * usize) * sizeof(T)));
+  const int64_t wsize = g.f * g.c * 9;
+  T* partial = static_cast<T*>(scratch(kConvWeightGrad, size_t(groups * wsize) * sizeof(T)));
+  double* bpart = dbias ? static_cast<double*>(scratch(kWork, size_t(groups * g.f) * sizeof(double))) : nullptr;
+  if (bpart)
+    for (int64_t e = 0; e < groups * g.f; ++e) bpart[e] = 0.0;
   const double flops = 32.0 * double(g.f) * double(g.c) * double(g.n * g.th * g.tw);
   const int nt = int(min64(flops < 1e6 ? 1 : num_threads(), groups));
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -324,14 +363,14 @@ void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T*
     T* mbuf = static_cast<T*>(scratch(kWinoM, size_t(16 * g.f * ld + grad_transform_buf(g)) * sizeof(T)));
     const Layout<T> vl{vbuf, g.c * ld, ld, 0, ld};
     const Layout<T> ml{mbuf, g.f * ld, ld, 0, ld};
+    T* du = static_cast<T*>(scratch(kWinoDU, size_t(usize) * sizeof(T)));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t grp = 0; grp < groups; ++grp) {
-      T* du = partial + grp * usize;
       const int64_t r0 = g.n * grp / groups * g.th, r1 = g.n * (grp + 1) / groups * g.th;
       for (int64_t g0 = r0; g0 < r1; g0 += rb) {
         const int64_t g1 = min64(g0 + rb, r1), tiles = (g1 - g0) * g.tw;
         input_transform(g, x, g0, g1, vl, vbuf + 16 * g.c * ld);
-        grad_transform(g, dz, g0, g1, ml, mbuf + 16 * g.f * ld);
+        grad_transform(g, dz, g0, g1, ml, mbuf + 16 * g.f * ld, bpart ? bpart + grp * g.f : nullptr);
         // dU[xi] (F, C) (+)= dM[xi] (F, tiles) @ V[xi]^T (tiles, C); one thread per
         // group (the engine runs single-threaded inside this region).
         for (int xi = 0; xi < 16; ++xi)
@@ -339,33 +378,21 @@ void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T*
                          gemm_detail::StridedB<T>{vbuf + xi * g.c * ld, 1, ld}, du + xi * g.f * g.c, g.c, g0 > r0,
                          NoEpilogue{});
       }
+      weights_from_transform(du, g.f * g.c, partial + grp * wsize);
     }
   }
-  // Groups in order, then dweight = G^T dU G per filter.
-  const int64_t fc = g.f * g.c;
-  const T h = T(0.5);
-#pragma omp parallel for num_threads(threads_for(groups * usize)) schedule(static)
-  for (int64_t e = 0; e < fc; ++e) {
-    T u[16];
-    for (int xi = 0; xi < 16; ++xi) {
-      T acc = partial[xi * fc + e];
-      for (int64_t grp = 1; grp < groups; ++grp) acc += partial[grp * usize + xi * fc + e];
-      u[xi] = acc;
+  if (dbias)
+    for (int64_t f = 0; f < g.f; ++f) {
+      double acc = 0.0;
+      for (int64_t grp = 0; grp < groups; ++grp) acc += bpart[grp * g.f + f];
+      dbias[f] = T(acc);
     }
-    T k[3][4];
-    for (int j = 0; j < 4; ++j) {
-      const T s = h * (u[4 + j] + u[8 + j]);
-      k[0][j] = u[j] + s;
-      k[1][j] = h * (u[4 + j] - u[8 + j]);
-      k[2][j] = s + u[12 + j];
-    }
-    T* dw = dweight + e * 9;
-    for (int i = 0; i < 3; ++i) {
-      const T s = h * (k[i][1] + k[i][2]);
-      dw[i * 3 + 0] = k[i][0] + s;
-      dw[i * 3 + 1] = h * (k[i][1] - k[i][2]);
-      dw[i * 3 + 2] = s + k[i][3];
-    }
+  // The groups' partials in group order.
+#pragma omp parallel for num_threads(threads_for(groups * wsize)) schedule(static)
+  for (int64_t e = 0; e < wsize; ++e) {
+    T acc = partial[e];
+    for (int64_t grp = 1; grp < groups; ++grp) acc += partial[grp * wsize + e];
+    dweight[e] = acc;
   }
 }
 
@@ -395,9 +422,10 @@ void winograd_forward(const Conv2dForwardArgs<T>& a) {
 }
 
 template <class T>
-void winograd_backward(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t groups) {
+void winograd_backward(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t groups, bool dbias_here) {
   const ConvShape& s = a.s;
-  winograd_dweight(make_geom(s.n, s.c, s.h, s.w, s.f, s.ph, s.pw), a.x, dz, groups, a.dweight);
+  winograd_dweight(make_geom(s.n, s.c, s.h, s.w, s.f, s.ph, s.pw), a.x, dz, groups, a.dweight,
+                   dbias_here ? a.dbias : nullptr);
   if (!a.dx) return;
   constexpr int MR = gemm_detail::Blocking<T>::MR;
   T* upack = static_cast<T*>(scratch(kWinoU, size_t(16 * ceil_div(s.c, MR) * MR * s.f) * sizeof(T)));
@@ -409,7 +437,7 @@ void winograd_backward(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t grou
 
 #define FASTNN_INSTANTIATE(T)                                                        \
   template void winograd_forward<T>(const Conv2dForwardArgs<T>&);                    \
-  template void winograd_backward<T>(const Conv2dBackwardArgs<T>&, const T*, int64_t);
+  template void winograd_backward<T>(const Conv2dBackwardArgs<T>&, const T*, int64_t, bool);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #undef FASTNN_INSTANTIATE

@@ -20,8 +20,9 @@ void winograd_forward(const Conv2dForwardArgs<T>& a);
 
 // dweight (and dx when asked for) from dz (N, F, OH, OW), as conv2d_backward;
 // dw is summed over `groups` fixed groups of the batch (bit-identical at any
-// thread count).
+// thread count). dbias_here: also dbias (when asked for) from dz, summed in the
+// same pass (the identity activation, where dz is dy and needs no pass of its own).
 template <class T>
-void winograd_backward(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t groups);
+void winograd_backward(const Conv2dBackwardArgs<T>& a, const T* dz, int64_t groups, bool dbias_here);
 
 }  // namespace fastnn::cpu::FASTNN_ISA

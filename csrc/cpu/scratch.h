@@ -10,8 +10,9 @@ namespace fastnn::cpu {
 enum ScratchSlot : int {
   kPackA = 0, kPackB = 1, kWork = 2,
   kConvColumns = 3, kConvWeightGrad = 4,  // conv.cpp: im2col columns, per-thread dweight
-  kWinoV = 5, kWinoM = 6, kWinoU = 7,     // conv_winograd.cpp: transformed inputs, products, weights
-  kNumScratchSlots = 8
+  kWinoV = 5, kWinoM = 6, kWinoU = 7,     // conv_winograd.cpp: transformed inputs, products, weights,
+  kWinoDU = 8,                            //   a group's weight gradient in the transform domain
+  kNumScratchSlots = 9
 };
 void* scratch(int slot, size_t bytes);
 
