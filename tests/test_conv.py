@@ -466,6 +466,14 @@ def test_conv2d_winograd_matches_reference(backend, rng, dtype):
                         bias=k % 3 != 1)
 
 
+def test_conv2d_winograd_deeper_than_one_k_block(backend, rng):
+    """More input channels (dx: output channels) than one K block of the micro-kernel
+    (384 fp32, 256 fp64 with AVX-512): the products accumulate across blocks."""
+    with conv_algorithm("winograd"):
+        _check_case((1, 390, 4, 5, 17, 3, 3, (1, 1), (1, 1)), "identity", np.float32, rng)
+        _check_case((1, 19, 3, 4, 263, 3, 3, (1, 1), (0, 1)), "relu", np.float64, rng)
+
+
 def test_conv2d_winograd_and_im2col_agree(backend, rng):
     """The two algorithms agree; 'auto' is Winograd on the C++ backend at C, F >= 16 and
     im2col on the Numba backend (measured faster there, conv_winograd.py)."""
