@@ -399,13 +399,9 @@ def test_cli_train_cnn(capsys):
     assert "CNN 1x8x8" in out and "test accuracy" in out
 
 
-def test_conv2d_backward_bits_do_not_depend_on_the_thread_count(backend, rng):
-    """Fixed batch groups for the weight gradient: 1 and 2 threads give the same bits."""
-    from fastnn.backend import cpp
-    x = rng.standard_normal((13, 5, 11, 9)).astype(np.float32)
-    w = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(7).astype(np.float32)
-    dy = rng.standard_normal((13, 7, 11, 9)).astype(np.float32)
+def _bits_at_one_and_two_threads(x, w, b, dy):
+    """Asserts conv2d forward and backward give the same bits at 1 and 2 threads
+    (adaptive threading off, so the count asked for is the count used)."""
     saved_threads = fnn.get_num_threads()
     adaptive = cpp._C.adaptive_threads() if cpp._C is not None else None
     results = []
@@ -423,6 +419,15 @@ def test_conv2d_backward_bits_do_not_depend_on_the_thread_count(backend, rng):
             cpp._C.set_adaptive_threads(adaptive)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+
+
+def test_conv2d_backward_bits_do_not_depend_on_the_thread_count(backend, rng):
+    """Fixed batch groups for the weight gradient: 1 and 2 threads give the same bits."""
+    x = rng.standard_normal((13, 5, 11, 9)).astype(np.float32)
+    w = rng.standard_normal((7, 5, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(7).astype(np.float32)
+    dy = rng.standard_normal((13, 7, 11, 9)).astype(np.float32)
+    _bits_at_one_and_two_threads(x, w, b, dy)
 
 
 # --- Winograd F(2x2, 3x3) (3x3 stride-1 convolutions) ---------------------------------------
@@ -529,22 +534,8 @@ def test_conv2d_winograd_bits_do_not_depend_on_the_thread_count(backend, rng):
     w = rng.standard_normal((19, 17, 3, 3)).astype(np.float32)
     b = rng.standard_normal(19).astype(np.float32)
     dy = rng.standard_normal((13, 19, 11, 9)).astype(np.float32)
-    saved_threads = fnn.get_num_threads()
-    adaptive = cpp._C.adaptive_threads()
-    results = []
-    try:
-        cpp._C.set_adaptive_threads(False)
-        with conv_algorithm("winograd"):
-            for n in (1, 2):
-                fnn.set_num_threads(n)
-                y, saved = fnn.ops.conv2d(x, w, b, padding=1, act="relu")
-                dx, dw, db, _ = fnn.ops.conv2d_backward(dy, saved)
-                results.append((y.copy(), dx.copy(), dw.copy(), db.copy()))
-    finally:
-        fnn.set_num_threads(saved_threads)
-        cpp._C.set_adaptive_threads(adaptive)
-    for one, two in zip(*results):
-        np.testing.assert_array_equal(one, two)
+    with conv_algorithm("winograd"):
+        _bits_at_one_and_two_threads(x, w, b, dy)
 
 
 def test_set_conv_algorithm_rejects_unknown_names():

@@ -235,7 +235,11 @@ int64_t transform_weights(const T* w, int64_t f, int64_t c, bool for_dx, T* upac
   constexpr int MR = gemm_detail::Blocking<T>::MR;
   const int64_t rows = for_dx ? c : f, cols = for_dx ? f : c;
   const int64_t plane = ceil_div(rows, MR) * MR * cols;
-  for (int64_t e = 0; e < 16 * plane; ++e) upack[e] = T(0);
+  if (rows % MR)  // the last panel's rows past `rows`: every other element is written below
+    for (int xi = 0; xi < 16; ++xi)
+      for (int64_t k = 0; k < cols; ++k)
+        for (int64_t o = rows; o < ceil_div(rows, MR) * MR; ++o)
+          upack[xi * plane + (o / MR) * MR * cols + k * MR + o % MR] = T(0);
   const T h = T(0.5);
   for (int64_t o = 0; o < rows; ++o)
     for (int64_t k = 0; k < cols; ++k) {

@@ -153,7 +153,7 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     f, _, kh, kw = weight.shape
     oh, ow = y.shape[2:]
     ckk, p = c * kh * kw, oh * ow
-    if winograd.applies(c, f, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow):
+    if winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow):
         winograd.conv(x, winograd.transform_weights(weight), bias, y, z, pad_h, pad_w, act, alpha)
         return
     w2 = weight.reshape(f, ckk)
@@ -188,7 +188,7 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
                                           alpha)
     if dalpha is not None:
         dalpha[0] = total
-    if winograd.applies(c, f, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow):
+    if winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow):
         winograd.dweight(x, dz_work, pad_h, pad_w, dweight)
         if dx is not None:  # dx = dz convolved with the turned weights, padding 2 - p
             u = winograd.transform_weights(weight, for_dx=True)

@@ -30,6 +30,13 @@ from .runtime import JIT, njit, prange, quiet_fp, threads_for
 # Groups of tasks a parallel transform splits its work into (row buffers allocated once per group).
 _GROUPS = 64
 
+
+@njit(**JIT)
+def _group_tasks(grp, ntasks):
+    """The tasks [begin, end) of group grp when ntasks are split into _GROUPS groups."""
+    per = (ntasks + _GROUPS - 1) // _GROUPS
+    return grp * per, min(ntasks, (grp + 1) * per)
+
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 # 'auto' or 'im2col': im2col + GEMM; 'winograd': this path wherever it applies
@@ -49,7 +56,7 @@ def set_algorithm(name):
     _ALGORITHM[0] = name
 
 
-def applies(c, f, kh, kw, sh, sw, ph, pw, oh, ow):
+def applies(kh, kw, sh, sw, ph, pw, oh, ow):
     """Whether a convolution takes the Winograd path: 3x3, stride 1, padding <= 2, and asked for."""
     if (kh, kw, sh, sw) != (3, 3, 1, 1) or ph > 2 or pw > 2 or oh < 1 or ow < 1:
         return False
@@ -72,12 +79,11 @@ def _input_transform(x, v, ph, pw, th, tw):
     (e[t] - e[t+1], o[t] + e[t+1], e[t+1] - o[t], o[t] - o[t+1])."""
     nb, c, h, w = x.shape
     wp, te = 2 * tw + 2, tw + 1
-    ntasks = nb * c
-    per = (ntasks + _GROUPS - 1) // _GROUPS
     for grp in prange(_GROUPS):  # a few groups of (image, channel) tasks: one set of row buffers each
         rows = np.zeros((4, wp), x.dtype)
         eo = np.empty((8, te), x.dtype)
-        for task in range(grp * per, min(ntasks, (grp + 1) * per)):
+        begin, end = _group_tasks(grp, nb * c)
+        for task in range(begin, end):
             b = task // c
             ch = task % c
             for i in range(th):
@@ -116,11 +122,10 @@ def _grad_transform(dy, m, th, tw):
     (-c, -e), and each row (u, v) becomes (u, u + v, u - v, -v). Per (image, channel,
     tile row): the two output rows padded to 2 TW, then one pass along the tiles."""
     nb, f, oh, ow = dy.shape
-    ntasks = nb * f
-    per = (ntasks + _GROUPS - 1) // _GROUPS
     for grp in prange(_GROUPS):
         r = np.zeros((2, 2 * tw), dy.dtype)
-        for task in range(grp * per, min(ntasks, (grp + 1) * per)):
+        begin, end = _group_tasks(grp, nb * f)
+        for task in range(begin, end):
             bi = task // f
             k = task % f
             for i in range(th):
@@ -156,11 +161,10 @@ def _output_kernel(code):
     def output_transform(m, y, z, bias, has_bias, save_z, alpha, th, tw):
         nb, f, oh, ow = y.shape
         T = y.dtype.type
-        ntasks = nb * f
-        per = (ntasks + _GROUPS - 1) // _GROUPS
         for grp in prange(_GROUPS):
             r = np.empty((2, 2 * tw), y.dtype)
-            for task in range(grp * per, min(ntasks, (grp + 1) * per)):
+            begin, end = _group_tasks(grp, nb * f)
+            for task in range(begin, end):
                 bi = task // f
                 k = task % f
                 bk = bias[k] if has_bias else T(0)
