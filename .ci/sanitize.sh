@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI stage: fastnn._C built with AddressSanitizer + UndefinedBehaviorSanitizer
 # (CMake option FASTNN_SANITIZE=ON: -fsanitize=address,undefined
-# -fno-sanitize-recover=undefined -O1 -g), installed into its own virtual
+# -fno-sanitize-recover=undefined -O1 -g1), installed into its own virtual
 # environment (no system packages) from its own build folder, then the tests
 # that drive the C++ kernels. Any sanitizer report fails the stage: the runtime
 # aborts on the first error (abort_on_error, halt_on_error), and the log is
@@ -29,7 +29,7 @@ isas="generic;avx2"
 grep -qw avx512bw /proc/cpuinfo && isas="generic;avx2;avx512"
 echo "-- building fastnn._C with ASan + UBSan for $isas (build/asan)"
 FASTNN_SANITIZE=ON FASTNN_CUDA=OFF "$py" -m pip install -q . \
-  -C build-dir=build/asan -C cmake.build-type=RelWithDebInfo -C "cmake.define.FASTNN_ISAS=$isas"
+  -C build-dir=build/asan -C cmake.build-type=Release -C "cmake.define.FASTNN_ISAS=$isas"
 
 echo "-- built in ${SECONDS}s"
 asan=$(gcc -print-file-name=libasan.so)

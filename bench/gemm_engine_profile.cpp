@@ -32,7 +32,18 @@ __attribute__((noinline)) double peak(long iters) {
   }
   float t[16]; S::store(t, S::add(c0, c15)); return t[0];
 }
+// 64-byte aligned buffer plus `off` floats: the packed panels are aligned, but a
+// large NumPy array starts 16 bytes past a line (malloc's mmap header), so
+// FASTNN_PROFILE_OFFSET=4 times the engine as it sees NumPy operands.
+struct Buf {
+  float* base; float* p;
+  Buf(size_t n, float v, int off) : base(static_cast<float*>(aligned_alloc(64, ((n + off) * 4 + 63) / 64 * 64))), p(base + off) {
+    std::fill(p, p + n, v);
+  }
+  ~Buf() { free(base); }
+};
 int main(int argc, char** argv) {
+  const int off = getenv("FASTNN_PROFILE_OFFSET") ? atoi(getenv("FASTNN_PROFILE_OFFSET")) : 0;
   using Bl = Blocking<float>;
   constexpr int MR = Bl::MR, NR = Bl::NR;
   long it = 2000000;
@@ -41,10 +52,10 @@ int main(int argc, char** argv) {
   printf("MR %d NR %d KC %ld NCL2 %ld  probe 1 core (cpu time) %.1f GFLOP/s\n", MR, NR, (long)Bl::KC, (long)Bl::NCL2, pk);
   // micro-kernel: one A panel, npan B panels of kc, C in L1
   for (int kc : {64, 128, 256, 384}) for (int npan : {1, 4, 11}) {
-    std::vector<float> ap(MR * kc, 1.f), bp(size_t(NR) * kc * npan, 0.5f), c(MR * NR * npan, 0.f);
+    Buf ap(MR * kc, 1.f, 0), bp(size_t(NR) * kc * npan, 0.5f, 0), c(MR * NR * npan, 0.f, 0);
     int reps = std::max(1, 20000000 / (MR * NR * kc * npan));
     double t = best([&] { for (int r = 0; r < reps; ++r) for (int q = 0; q < npan; ++q)
-      tile(kc, ap.data(), bp.data() + size_t(q) * NR * kc, c.data() + q * NR, NR * npan, 0, 0, MR, NR, true, false, NoEpilogue{}); });
+      tile(kc, ap.p, bp.p + size_t(q) * NR * kc, c.p + q * NR, NR * npan, 0, 0, MR, NR, true, false, NoEpilogue{}); });
     double g = 2.0 * MR * NR * kc * npan * reps / t / 1e9;
     printf("tile kc %3d panels %2d (B %5.0f KiB): %.1f GFLOP/s = %.0f%%\n", kc, npan, NR * kc * npan * 4 / 1024.0, g, 100 * g / pk);
   }
@@ -64,8 +75,8 @@ int main(int argc, char** argv) {
   const char* only = argc > 1 ? argv[1] : "";
   for (auto& s : shapes) {
     if (*only && !strstr(s.name, only)) continue;
-    std::vector<float> a(s.m * s.k, 0.1f), b(s.k * s.n, 0.2f), c(s.m * s.n);
-    GemmArgs<float> g{s.m, s.n, s.k, a.data(), s.ta ? 1 : s.k, s.ta ? s.m : 1, b.data(), s.tb ? 1 : s.n, s.tb ? s.k : 1, c.data(), s.n, 0.f};
+    Buf a(s.m * s.k, 0.1f, off), b(s.k * s.n, 0.2f, off), c(s.m * s.n, 0.f, off);
+    GemmArgs<float> g{s.m, s.n, s.k, a.p, s.ta ? 1 : s.k, s.ta ? s.m : 1, b.p, s.tb ? 1 : s.n, s.tb ? s.k : 1, c.p, s.n, 0.f};
     double fl = 2.0 * s.m * s.n * s.k;
     int reps = std::max(1, int(2e9 / fl));
     double t = best([&] { for (int r = 0; r < reps; ++r) gemm_engine(g, NoEpilogue{}); }, 5);

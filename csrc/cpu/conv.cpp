@@ -142,16 +142,22 @@ void col2im(const ConvShape& s, const T* cols, T* dx, int64_t oh0, int64_t oh1, 
   }
 }
 
-template <class T, class F>
-void forward_image(const Conv2dForwardArgs<T>& a, int64_t i, bool split_batch) {
+// `ep` is the bias + activation epilogue with z unset (visit_bias_act); each
+// GEMM gets a copy pointing at its own part of z.
+template <class T, class Ep>
+void forward_image(const Conv2dForwardArgs<T>& a, int64_t i, bool split_batch, const Ep& ep) {
   const ConvShape& s = a.s;
   const int64_t ckk = s.c * s.kh * s.kw, p = s.oh * s.ow;
   const T* xi = a.x + i * s.c * s.h * s.w;
   T* yi = a.y + i * s.f * p;
-  T* zi = BiasAct<T, F, BiasAxis::rows>::kSavesPreactivation ? a.z + i * s.f * p : nullptr;
+  T* zi = gemm_detail::saves_preactivation(ep) ? a.z + i * s.f * p : nullptr;
+  auto at_z = [&](T* z) {
+    Ep e = ep;
+    e.z = z;
+    return e;
+  };
   if (is_pointwise(s)) {
-    gemm_engine(GemmArgs<T>{s.f, p, ckk, a.weight, ckk, 1, xi, p, 1, yi, p, T(0)},
-                BiasAct<T, F, BiasAxis::rows>{a.bias, zi, p, a.alpha});
+    gemm_engine(GemmArgs<T>{s.f, p, ckk, a.weight, ckk, 1, xi, p, 1, yi, p, T(0)}, at_z(zi));
     return;
   }
   const int64_t rows = chunk_rows<T>(s, split_batch);
@@ -161,7 +167,7 @@ void forward_image(const Conv2dForwardArgs<T>& a, int64_t i, bool split_batch) {
     im2col(s, xi, cols, oh0, oh1, !split_batch);
     // y_i[:, off:off+pc] (ldc P) = W (F, CKK) @ cols (CKK, pc), bias + act in the epilogue
     gemm_engine(GemmArgs<T>{s.f, pc, ckk, a.weight, ckk, 1, cols, pc, 1, yi + off, p, T(0)},
-                BiasAct<T, F, BiasAxis::rows>{a.bias, zi ? zi + off : nullptr, p, a.alpha});
+                at_z(zi ? zi + off : nullptr));
   }
 }
 
@@ -262,17 +268,17 @@ void conv2d_forward(const Conv2dForwardArgs<T>& a) {
     winograd_forward(a);
     return;
   }
-  visit_act(a.act, [&](auto f) {
-    using F = decltype(f);
+  const int64_t p = s.oh * s.ow;
+  gemm_detail::visit_bias_act<T, BiasAxis::rows>(a.act, a.bias, static_cast<T*>(nullptr), p, a.alpha, [&](const auto& ep) {
     const int bt = batch_threads(s);
     if (bt > 1) {
       // Images are independent here, so a dynamic schedule costs nothing in
       // reproducibility and lets a thread whose core is busy with another
       // process fall behind without holding the rest back.
 #pragma omp parallel for num_threads(bt) schedule(dynamic, 1)
-      for (int64_t i = 0; i < s.n; ++i) forward_image<T, F>(a, i, true);
+      for (int64_t i = 0; i < s.n; ++i) forward_image(a, i, true, ep);
     } else {
-      for (int64_t i = 0; i < s.n; ++i) forward_image<T, F>(a, i, false);
+      for (int64_t i = 0; i < s.n; ++i) forward_image(a, i, false, ep);
     }
   });
 }

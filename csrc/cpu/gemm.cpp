@@ -20,10 +20,7 @@ void gemm(const GemmArgs<T>& g) {
 template <class T>
 void linear_act_forward(const LinearActForwardArgs<T>& a) {
   const GemmArgs<T> g{a.n, a.m, a.d, a.x, a.d, 1, a.weight, a.m, 1, a.y, a.m, T(0)};
-  visit_act(a.act, [&](auto f) {
-    using F = decltype(f);
-    gemm_engine(g, BiasAct<T, F>{a.bias, a.z, a.m, a.alpha});
-  });
+  gemm_detail::visit_bias_act<T, BiasAxis::cols>(a.act, a.bias, a.z, a.m, a.alpha, [&](const auto& ep) { gemm_engine(g, ep); });
 }
 
 // dz = dy * act'(.) and dbias = column sums of dz, in one pass over (N, M)
@@ -70,86 +67,95 @@ void activation_backward_dz(const LinearActBackwardArgs<T>& a) {
 // also adds the panel's column sums to dbias (and prelu's d/d alpha terms to
 // dalpha_col), in row order within a K block and K blocks in order, so the
 // sums do not depend on the thread count; and writes dz to dz_out for the dx GEMM.
-template <class T, class F>
-struct DzFromDy {
+// The activation is picked at run time through `fn`, one call per packed panel
+// (kc x NR), so the engine is compiled once for all activations, not per activation.
+template <class T>
+struct DzSource {
   const T* dy; const T* y; const T* z; int64_t m; T alpha;
   T* dz_out;      // (N, M) or null
   T* dbias;       // (M,) or null
   T* dalpha_col;  // (M,) or null (prelu only)
+  void (*fn)(const DzSource& s, int64_t p0, int64_t kc, int64_t j0, int cols, T* dst, bool first);
 
   template <int NR>
   FASTNN_INLINE void pack(int64_t p0, int64_t kc, int64_t j0, int cols, T* __restrict dst, bool first) const {
-    alignas(64) T colsum[NR];
-    alignas(64) T alphasum[NR];
-    for (int jj = 0; jj < NR; ++jj) colsum[jj] = alphasum[jj] = T(0);
-    for (int64_t p = 0; p < kc; ++p) {
-      const int64_t row = (p0 + p) * m + j0;
-      const T* __restrict dyr = dy + row;
-      const T* __restrict yr = y + row;
-      const T* __restrict zr = F::kGradFromOutput ? yr : z + row;
-      T* __restrict d = dst + p * NR;
-      if constexpr (simd::VecAct<F>::kAvailable) {
-        if (cols == NR) {
-          using S = simd::Vec<T>;
-          const auto va = S::set1(alpha);
-#pragma GCC unroll 8
-          for (int jj = 0; jj < NR; jj += S::W)
-            S::store(d + jj, simd::VecAct<F>::template backward<S>(S::load(dyr + jj), S::load(zr + jj),
-                                                                    S::load(yr + jj), va));
-        }
-      }
-      if (cols == NR) {
-        if constexpr (!simd::VecAct<F>::kAvailable) {
-#pragma GCC unroll 64
-          for (int jj = 0; jj < NR; ++jj) d[jj] = act_backward_epilogue<T, F>(dyr[jj], zr[jj], yr[jj], alpha);
-        }
-      } else {
-        int jj = 0;
-        for (; jj < cols; ++jj) d[jj] = act_backward_epilogue<T, F>(dyr[jj], zr[jj], yr[jj], alpha);
-        for (; jj < NR; ++jj) d[jj] = T(0);
-      }
-      if (first) {
-#pragma GCC unroll 64
-        for (int jj = 0; jj < NR; ++jj) colsum[jj] += d[jj];
-        if (dz_out) {
-          T* __restrict o = dz_out + row;
-          for (int jj = 0; jj < cols; ++jj) o[jj] = d[jj];
-        }
-        if constexpr (std::is_same_v<F, act::Prelu>) {
-          for (int jj = 0; jj < cols; ++jj) alphasum[jj] += dyr[jj] * act::Prelu::grad_alpha(zr[jj]);
-        }
-      }
-    }
-    if (!first) return;
-    if (dbias) {
-      for (int jj = 0; jj < cols; ++jj) dbias[j0 + jj] = (p0 == 0 ? T(0) : dbias[j0 + jj]) + colsum[jj];
-    }
-    if constexpr (std::is_same_v<F, act::Prelu>) {
-      for (int jj = 0; jj < cols; ++jj)
-        dalpha_col[j0 + jj] = (p0 == 0 ? T(0) : dalpha_col[j0 + jj]) + alphasum[jj];
-    }
+    static_assert(NR == gemm_detail::Blocking<T>::NR, "dz_pack is compiled for the engine's panel width");
+    fn(*this, p0, kc, j0, cols, dst, first);
   }
 };
+
+template <class T, class F>
+void dz_pack(const DzSource<T>& s, int64_t p0, int64_t kc, int64_t j0, int cols, T* __restrict dst, bool first) {
+  constexpr int NR = gemm_detail::Blocking<T>::NR;
+  alignas(64) T colsum[NR];
+  alignas(64) T alphasum[NR];
+  for (int jj = 0; jj < NR; ++jj) colsum[jj] = alphasum[jj] = T(0);
+  for (int64_t p = 0; p < kc; ++p) {
+    const int64_t row = (p0 + p) * s.m + j0;
+    const T* __restrict dyr = s.dy + row;
+    const T* __restrict yr = s.y + row;
+    const T* __restrict zr = F::kGradFromOutput ? yr : s.z + row;
+    T* __restrict d = dst + p * NR;
+    if constexpr (simd::VecAct<F>::kAvailable) {
+      if (cols == NR) {
+        using S = simd::Vec<T>;
+        const auto va = S::set1(s.alpha);
+#pragma GCC unroll 8
+        for (int jj = 0; jj < NR; jj += S::W)
+          S::store(d + jj, simd::VecAct<F>::template backward<S>(S::load(dyr + jj), S::load(zr + jj),
+                                                                  S::load(yr + jj), va));
+      }
+    }
+    if (cols == NR) {
+      if constexpr (!simd::VecAct<F>::kAvailable) {
+#pragma GCC unroll 64
+        for (int jj = 0; jj < NR; ++jj) d[jj] = act_backward_epilogue<T, F>(dyr[jj], zr[jj], yr[jj], s.alpha);
+      }
+    } else {
+      int jj = 0;
+      for (; jj < cols; ++jj) d[jj] = act_backward_epilogue<T, F>(dyr[jj], zr[jj], yr[jj], s.alpha);
+      for (; jj < NR; ++jj) d[jj] = T(0);
+    }
+    if (first) {
+#pragma GCC unroll 64
+      for (int jj = 0; jj < NR; ++jj) colsum[jj] += d[jj];
+      if (s.dz_out) {
+        T* __restrict o = s.dz_out + row;
+        for (int jj = 0; jj < cols; ++jj) o[jj] = d[jj];
+      }
+      if constexpr (std::is_same_v<F, act::Prelu>) {
+        for (int jj = 0; jj < cols; ++jj) alphasum[jj] += dyr[jj] * act::Prelu::grad_alpha(zr[jj]);
+      }
+    }
+  }
+  if (!first) return;
+  if (s.dbias) {
+    for (int jj = 0; jj < cols; ++jj) s.dbias[j0 + jj] = (p0 == 0 ? T(0) : s.dbias[j0 + jj]) + colsum[jj];
+  }
+  if constexpr (std::is_same_v<F, act::Prelu>) {
+    for (int jj = 0; jj < cols; ++jj)
+      s.dalpha_col[j0 + jj] = (p0 == 0 ? T(0) : s.dalpha_col[j0 + jj]) + alphasum[jj];
+  }
+}
 
 // dz = dy * act'(.) is never a pass of its own: the dweight GEMM computes it
 // while packing its B operand (reducing dbias there too) and leaves it in
 // dz_work, which the dx GEMM then packs as its A operand.
-template <class T, class F>
+template <class T>
 void linear_act_backward_fused(const LinearActBackwardArgs<T>& a) {
   using gemm_detail::StridedA;
   using gemm_detail::StridedB;
-  constexpr bool kPrelu = std::is_same_v<F, act::Prelu>;
-  T* dalpha_col = kPrelu ? static_cast<T*>(scratch(kWork, size_t(a.m) * sizeof(T))) : nullptr;
+  const bool prelu = a.act == Act::prelu;
+  T* dalpha_col = prelu ? static_cast<T*>(scratch(kWork, size_t(a.m) * sizeof(T))) : nullptr;
+  const auto fn = visit_act(a.act, [](auto f) { return &dz_pack<T, decltype(f)>; });
   // dweight (D, M) = x^T (D, N) @ dz (N, M)
   gemm_engine(a.d, a.m, a.n, StridedA<T>{a.x, 1, a.d},
-              DzFromDy<T, F>{a.dy, a.y, a.z, a.m, a.alpha, a.dx ? a.dz_work : nullptr, a.dbias, dalpha_col},
+              DzSource<T>{a.dy, a.y, a.z, a.m, a.alpha, a.dx ? a.dz_work : nullptr, a.dbias, dalpha_col, fn},
               a.dweight, a.m, false, NoEpilogue{});
-  if constexpr (kPrelu) {
-    if (a.dalpha) {
-      double total = 0.0;
-      for (int64_t j = 0; j < a.m; ++j) total += double(dalpha_col[j]);
-      *a.dalpha = T(total);
-    }
+  if (prelu && a.dalpha) {
+    double total = 0.0;
+    for (int64_t j = 0; j < a.m; ++j) total += double(dalpha_col[j]);
+    *a.dalpha = T(total);
   }
   // dx (N, D) = dz (N, M) @ weight^T (M, D)
   if (a.dx)
@@ -160,7 +166,7 @@ void linear_act_backward_fused(const LinearActBackwardArgs<T>& a) {
 template <class T>
 void linear_act_backward(const LinearActBackwardArgs<T>& a) {
   if (a.n > 0 && a.d > 0 && a.m > 0) {
-    visit_act(a.act, [&](auto f) { linear_act_backward_fused<T, decltype(f)>(a); });
+    linear_act_backward_fused(a);
     return;
   }
   // Degenerate shapes (an empty batch or layer): the GEMMs never pack, so dz

@@ -189,6 +189,75 @@ template <class S, class T, class F, BiasAxis A> struct VecEpilogue<S, BiasAct<T
   }
 };
 
+// --- bias + any activation as a block epilogue ---------------------------------
+
+// The engine is a template over its epilogue, so one instantiation per
+// activation would compile the whole engine a dozen times per dtype and ISA
+// (most of the build's time). Identity and ReLU, the activations of every hot
+// path, keep their epilogue in registers (BiasAct); every other one goes
+// through ActBlock: the tile is stored as for a plain GEMM, then `fn`, chosen
+// per activation at run time, applies bias + activation to the tile while it
+// is in L1 (and writes z when the activation needs it for backward).
+template <class T, BiasAxis A>
+struct ActBlock {
+  static constexpr bool kIdentity = false;
+  const T* bias;
+  T* z;  // (rows, ldz) when `saves`, else unused
+  int64_t ldz;
+  T alpha;
+  bool saves;
+  // Applies the epilogue to rows [i0, i0 + mr) x cols [j0, j0 + nr) stored at c.
+  void (*fn)(const ActBlock& ep, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mr, int64_t nr);
+};
+
+template <class Ep> struct IsActBlock { static constexpr bool value = false; };
+template <class T, BiasAxis A> struct IsActBlock<ActBlock<T, A>> { static constexpr bool value = true; };
+
+template <class T, class F, BiasAxis A>
+void act_block(const ActBlock<T, A>& ep, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mr, int64_t nr) {
+  using S = simd::Vec<T>;
+  constexpr bool kZ = !F::kGradFromOutput;
+  const auto va = S::set1(ep.alpha);
+  for (int64_t i = 0; i < mr; ++i) {
+    T* row = c + i * ldc;
+    T* zrow = kZ ? ep.z + (i0 + i) * ep.ldz + j0 : nullptr;
+    const T* brow = ep.bias && A == BiasAxis::cols ? ep.bias + j0 : nullptr;
+    const T bi = ep.bias && A == BiasAxis::rows ? ep.bias[i0 + i] : T(0);
+    int64_t j = 0;
+    if constexpr (simd::VecAct<F>::kAvailable) {
+      for (; j + S::W <= nr; j += S::W) {
+        auto pre = S::add(S::load(row + j), brow ? S::load(brow + j) : S::set1(bi));
+        if constexpr (kZ) S::store(zrow + j, pre);
+        S::store(row + j, simd::VecAct<F>::template forward<S>(pre, va));
+      }
+    }
+    for (; j < nr; ++j) {
+      const T pre = row[j] + (brow ? brow[j] : bi);
+      if constexpr (kZ) zrow[j] = pre;
+      row[j] = F::forward(pre, ep.alpha);
+    }
+  }
+}
+
+// Calls f(epilogue) for C = act(acc + bias) (z = acc + bias saved at z, ldz,
+// when the activation needs it): BiasAct in registers for identity and ReLU,
+// ActBlock for the rest.
+template <class T, BiasAxis A, class Fn>
+decltype(auto) visit_bias_act(Act act, const T* bias, T* z, int64_t ldz, T alpha, Fn&& f) {
+  if (act == Act::identity) return f(BiasAct<T, act::Identity, A>{bias, z, ldz, alpha});
+  if (act == Act::relu) return f(BiasAct<T, act::Relu, A>{bias, z, ldz, alpha});
+  return f(visit_act(act, [&](auto fa) {
+    using F = decltype(fa);
+    return ActBlock<T, A>{bias, z, ldz, alpha, !F::kGradFromOutput, &act_block<T, F, A>};
+  }));
+}
+
+// Whether the epilogue writes z (for forward callers that offset z per image).
+template <class T, class F, BiasAxis A>
+constexpr bool saves_preactivation(const BiasAct<T, F, A>&) { return BiasAct<T, F, A>::kSavesPreactivation; }
+template <class T, BiasAxis A>
+bool saves_preactivation(const ActBlock<T, A>& ep) { return ep.saves; }
+
 // --- the micro-kernel ----------------------------------------------------------
 
 // One MR x (NV * VW) output tile at c (rows i0.., cols j0..): acc = A_panel
@@ -240,19 +309,23 @@ FASTNN_INLINE void tile_nv(int64_t kc, const T* __restrict ap, const T* __restri
     bp += NR;
   }
 
+  constexpr bool kBlock = IsActBlock<Ep>::value;
   const bool full = mr == MR && nr == NV * VW;
-  if (full && (!last || VE::kAvailable)) {
+  if (full && (!last || kBlock || VE::kAvailable)) {
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         T* cp = c + i * ldc + v * VW;
         V r = load_c ? S::add(acc[i][v], S::load(cp)) : acc[i][v];
-        if constexpr (VE::kAvailable && !Ep::kIdentity) {
+        if constexpr (!kBlock && VE::kAvailable && !Ep::kIdentity) {
           if (last) r = VE::apply(ep, i0 + i, j0 + v * VW, r);
         }
         S::store(cp, r);
       }
+    if constexpr (kBlock) {
+      if (last) ep.fn(ep, c, ldc, i0, j0, mr, nr);
+    }
     return;
   }
 
@@ -264,17 +337,24 @@ FASTNN_INLINE void tile_nv(int64_t kc, const T* __restrict ap, const T* __restri
   for (int i = 0; i < mr; ++i) {
     T* crow = c + i * ldc;
     const T* brow = buf + i * NR;
-    if (last) {
-      if (load_c) {
-        for (int j = 0; j < nr; ++j) crow[j] = ep.apply(i0 + i, j0 + j, brow[j] + crow[j]);
-      } else {
-        for (int j = 0; j < nr; ++j) crow[j] = ep.apply(i0 + i, j0 + j, brow[j]);
+    if constexpr (!kBlock) {
+      if (last) {
+        if (load_c) {
+          for (int j = 0; j < nr; ++j) crow[j] = ep.apply(i0 + i, j0 + j, brow[j] + crow[j]);
+        } else {
+          for (int j = 0; j < nr; ++j) crow[j] = ep.apply(i0 + i, j0 + j, brow[j]);
+        }
+        continue;
       }
-    } else if (load_c) {
+    }
+    if (load_c) {
       for (int j = 0; j < nr; ++j) crow[j] += brow[j];
     } else {
       for (int j = 0; j < nr; ++j) crow[j] = brow[j];
     }
+  }
+  if constexpr (kBlock) {
+    if (last) ep.fn(ep, c, ldc, i0, j0, mr, nr);
   }
 }
 
@@ -340,8 +420,15 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   constexpr int MR = Bl::MR, NR = Bl::NR;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = ep.apply(i, j, accumulate ? c[i * ldc + j] : T(0));
+    if constexpr (IsActBlock<Ep>::value) {
+      if (!accumulate)
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = T(0);
+      ep.fn(ep, c, ldc, 0, 0, m, n);
+    } else {
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = ep.apply(i, j, accumulate ? c[i * ldc + j] : T(0));
+    }
     return;
   }
 
