@@ -123,3 +123,48 @@ def test_batchnorm_of_a_constant_channel_is_beta(backend, dtype):
     assert np.isfinite(dx).all()
     np.testing.assert_allclose(dx, 0.0, atol=1e-6)
     np.testing.assert_allclose(dbeta, 33.0)
+
+
+def _activation_inputs(rng):
+    # The vector forms' branch points (tanh's polynomial below 0.625, expm1's
+    # below 0.5, the exp flush below -87.34), the saturated tails, tiny values
+    # and the specials, over more elements than one block so both the vector
+    # body and the scalar tail of every loop run.
+    specials = [np.nan, np.inf, -np.inf, -0.0, 0.0, 1e-30, -1e-30, 0.625, -0.625, 0.62499994, -0.5, -0.49999997,
+                -87.3, -87.4, -88.0, -104.0, 88.0, 1e4, -1e4]
+    return np.concatenate([rng.standard_normal(6000) * 3, rng.uniform(-100, 100, 2000),
+                           rng.uniform(-1e-3, 1e-3, 2000), np.linspace(-1, 1, 1001), specials]).astype(np.float32)
+
+
+@pytest.mark.parametrize("act", [a for a in ACTIVATIONS if a not in ("identity", "relu", "leaky_relu", "prelu")])
+def test_activation_vector_forms_match_float64(backend, act, rng):
+    """float32 forward and backward within 1e-6 (forward) / 1e-5 (backward) of
+    the float64 formula, relative to max(|ref|, 1), on every CPU path: the
+    vectorized exp/tanh/erfc of csrc/cpu/vec_math.h and the scalar tail alike.
+    NaN stays NaN, and the signs of zeros follow the formula (tanh(-0) = -0)."""
+    x = _activation_inputs(rng)
+    alpha = _ALPHA.get(act)
+    y = ops.activation(x, act, alpha)
+    with np.errstate(all="ignore"):
+        ref = oracle.act(act, x.astype(np.float64), alpha or 0.0)
+    # The oracle's -inf * 0 for the gated forms is NaN; the kernels' limit is 0
+    # (mul_vanishing), which test_activations_are_finite_in_both_tails covers.
+    ok = ~np.isnan(ref) | np.isnan(x)
+    assert np.array_equal(np.isnan(y[ok]), np.isnan(ref[ok])), act
+    inf = ok & np.isinf(ref)
+    assert np.array_equal(y[inf], ref[inf]), act
+    fin = ok & np.isfinite(ref)
+    err = np.abs(y[fin].astype(np.float64) - ref[fin]) / np.maximum(np.abs(ref[fin]), 1.0)
+    assert err.max() <= 1e-6, (act, float(x[fin][err.argmax()]), float(err.max()))
+    if act == "tanh":
+        zero = np.array([-0.0, 0.0], np.float32)
+        assert np.array_equal(np.signbit(ops.activation(np.tile(zero, 16), act, alpha)),
+                              np.signbit(oracle.act(act, np.tile(zero, 16).astype(np.float64), alpha or 0.0)))
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx, _ = ops.activation_backward(dy, x, y, act, alpha)
+    with np.errstate(all="ignore"):
+        gref = dy.astype(np.float64) * oracle.act_grad(act, x.astype(np.float64), alpha or 0.0)
+    fin = np.isfinite(gref) & np.isfinite(x)
+    gerr = np.abs(dx[fin].astype(np.float64) - gref[fin]) / np.maximum(np.abs(gref[fin]), 1.0)
+    assert gerr.max() <= 1e-5, (act, float(x[fin][gerr.argmax()]), float(gerr.max()))
+    assert np.isnan(dx[np.isnan(x)]).all(), act

@@ -5,17 +5,45 @@
 #include <type_traits>
 
 #include "cpu/isa.h"
+#include "cpu/vec_act.h"
 #include "ops/epilogue.h"
 
 namespace fastnn::cpu::FASTNN_ISA {
+
+// Elements per task of the vector loops: which elements take the vector form
+// and which the scalar tail depends on the block, never on the thread count.
+constexpr int64_t kVecBlock = 4096;
+
+// out[i] = vec(i) for the whole vectors of each block, scalar(i) for the rest.
+template <class T, class VecFn, class ScalarFn>
+void elementwise(int64_t n, T* out, VecFn vec, ScalarFn scalar) {
+  using S = simd::Vec<T>;
+  const int64_t nblocks = (n + kVecBlock - 1) / kVecBlock;
+  const int nthreads = threads_for(n);
+#pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t i1 = (b + 1) * kVecBlock < n ? (b + 1) * kVecBlock : n;
+    int64_t i = b * kVecBlock;
+    for (; i + S::W <= i1; i += S::W) S::store(out + i, vec(i));
+    for (; i < i1; ++i) out[i] = scalar(i);
+  }
+}
 
 template <class T>
 void act_forward(const ActForwardArgs<T>& a) {
   visit_act(a.act, [&](auto f) {
     using F = decltype(f);
-    const int nthreads = threads_for(a.n);
+    if constexpr (simd::VecAct<F>::kAvailable) {
+      using S = simd::Vec<T>;
+      const auto va = S::set1(a.alpha);
+      elementwise(
+          a.n, a.y, [&](int64_t i) { return simd::VecAct<F>::template forward<S>(S::load(a.x + i), va); },
+          [&](int64_t i) { return F::forward(a.x[i], a.alpha); });
+    } else {
+      const int nthreads = threads_for(a.n);
 #pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
-    for (int64_t i = 0; i < a.n; ++i) a.y[i] = F::forward(a.x[i], a.alpha);
+      for (int64_t i = 0; i < a.n; ++i) a.y[i] = F::forward(a.x[i], a.alpha);
+    }
   });
 }
 
@@ -30,8 +58,19 @@ void act_backward(const ActBackwardArgs<T>& a) {
     using F = decltype(f);
     const int nthreads = threads_for(a.n);
     if constexpr (!std::is_same_v<F, act::Prelu>) {
+      if constexpr (simd::VecAct<F>::kAvailable) {
+        using S = simd::Vec<T>;
+        const auto va = S::set1(a.alpha);
+        elementwise(
+            a.n, a.dx,
+            [&](int64_t i) {
+              return simd::VecAct<F>::template backward<S>(S::load(a.dy + i), S::load(a.x + i), S::load(a.y + i), va);
+            },
+            [&](int64_t i) { return act_backward_epilogue<T, F>(a.dy[i], a.x[i], a.y[i], a.alpha); });
+      } else {
 #pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
-      for (int64_t i = 0; i < a.n; ++i) a.dx[i] = act_backward_epilogue<T, F>(a.dy[i], a.x[i], a.y[i], a.alpha);
+        for (int64_t i = 0; i < a.n; ++i) a.dx[i] = act_backward_epilogue<T, F>(a.dy[i], a.x[i], a.y[i], a.alpha);
+      }
       if (a.dalpha) *a.dalpha = T(0);
     } else {
       const int64_t nblocks = (a.n + kReduceBlock - 1) / kReduceBlock;
