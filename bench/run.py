@@ -28,6 +28,7 @@ BENCHES = {  # name -> module
     "digits_e2e": "bench_digits_e2e",
     "numba": "bench_numba",
     "augment": "bench_augment",
+    "activation": "bench_activation",
 }
 
 
