@@ -168,3 +168,39 @@ def test_activation_vector_forms_match_float64(backend, act, rng):
     gerr = np.abs(dx[fin].astype(np.float64) - gref[fin]) / np.maximum(np.abs(gref[fin]), 1.0)
     assert gerr.max() <= 1e-5, (act, float(x[fin][gerr.argmax()]), float(gerr.max()))
     assert np.isnan(dx[np.isnan(x)]).all(), act
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+def test_activation_bits_do_not_depend_on_the_length(backend, act, rng):
+    """An element's activation (and gradient) has the same bits whether it sits
+    in a whole vector or in an array's last partial one: a prefix of an array
+    gives the prefix of the result."""
+    x = (rng.standard_normal(1000) * 3).astype(np.float32)
+    dy = rng.standard_normal(1000).astype(np.float32)
+    alpha = _ALPHA.get(act)
+    y = ops.activation(x, act, alpha)
+    dx, _ = ops.activation_backward(dy, x, y, act, alpha)
+    for k in (1, 7, 37, 997):
+        assert np.array_equal(ops.activation(x[:k], act, alpha), y[:k]), (act, k)
+        dxk, _ = ops.activation_backward(dy[:k], x[:k], y[:k], act, alpha)
+        assert np.array_equal(dxk, dx[:k]), (act, k)
+
+
+@pytest.mark.parametrize("act", ["tanh", "gelu", "swish", "sigmoid", "elu"])
+def test_fused_linear_activation_rows_do_not_depend_on_the_batch(act, rng):
+    """The C++ GEMM computes each row in the same order whatever the batch, and
+    the fused epilogue takes one formula at every column, so the first rows of a
+    batch are the rows of a smaller batch bit for bit (a model predicts the same
+    in batches of any size)."""
+    import fastnn as fnn
+
+    if "cpp" not in fnn.backend.available():
+        pytest.skip("the C++ extension is not built")
+    x = rng.standard_normal((67, 53)).astype(np.float32)
+    w = (rng.standard_normal((53, 75)) * 0.2).astype(np.float32)
+    b = rng.standard_normal(75).astype(np.float32)
+    with fnn.backend.using("cpp"):
+        y, _ = ops.linear_act(x, w, b, act, _ALPHA.get(act))
+        for k in (1, 9, 40):
+            yk, _ = ops.linear_act(x[:k], w, b, act, _ALPHA.get(act))
+            assert np.array_equal(yk, y[:k]), (act, k)

@@ -10,22 +10,24 @@
 
 namespace fastnn::cpu::FASTNN_ISA {
 
-// Elements per task of the vector loops: which elements take the vector form
-// and which the scalar tail depends on the block, never on the thread count.
+// Elements per task of the vector loops (fixed, so the work split never
+// depends on the thread count).
 constexpr int64_t kVecBlock = 4096;
 
-// out[i] = vec(i) for the whole vectors of each block, scalar(i) for the rest.
-template <class T, class VecFn, class ScalarFn>
-void elementwise(int64_t n, T* out, VecFn vec, ScalarFn scalar) {
+// out = f over n elements of the inputs `in`, in blocks of kVecBlock
+// (simd::vec_run: the same vector formula for every element).
+template <class T, int K, class Fn>
+void elementwise(int64_t n, T* out, const T* const (&in)[K], Fn f) {
   using S = simd::Vec<T>;
   const int64_t nblocks = (n + kVecBlock - 1) / kVecBlock;
   const int nthreads = threads_for(n);
 #pragma omp parallel for num_threads(nthreads) if (nthreads > 1) schedule(static)
   for (int64_t b = 0; b < nblocks; ++b) {
-    const int64_t i1 = (b + 1) * kVecBlock < n ? (b + 1) * kVecBlock : n;
-    int64_t i = b * kVecBlock;
-    for (; i + S::W <= i1; i += S::W) S::store(out + i, vec(i));
-    for (; i < i1; ++i) out[i] = scalar(i);
+    const int64_t i0 = b * kVecBlock, len = (b + 1) * kVecBlock < n ? kVecBlock : n - i0;
+    const T* blk[K];
+    for (int k = 0; k < K; ++k) blk[k] = in[k] + i0;
+    const T* const (&ref)[K] = blk;
+    simd::vec_run<S>(len, out + i0, ref, f);
   }
 }
 
@@ -36,9 +38,10 @@ void act_forward(const ActForwardArgs<T>& a) {
     if constexpr (simd::VecAct<F>::kAvailable) {
       using S = simd::Vec<T>;
       const auto va = S::set1(a.alpha);
-      elementwise(
-          a.n, a.y, [&](int64_t i) { return simd::VecAct<F>::template forward<S>(S::load(a.x + i), va); },
-          [&](int64_t i) { return F::forward(a.x[i], a.alpha); });
+      const T* const in[1] = {a.x};
+      elementwise(a.n, a.y, in, [&](const T* const* p) {
+        return simd::VecAct<F>::template forward<S>(S::load(p[0]), va);
+      });
     } else {
       const int nthreads = threads_for(a.n);
 #pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
@@ -61,12 +64,10 @@ void act_backward(const ActBackwardArgs<T>& a) {
       if constexpr (simd::VecAct<F>::kAvailable) {
         using S = simd::Vec<T>;
         const auto va = S::set1(a.alpha);
-        elementwise(
-            a.n, a.dx,
-            [&](int64_t i) {
-              return simd::VecAct<F>::template backward<S>(S::load(a.dy + i), S::load(a.x + i), S::load(a.y + i), va);
-            },
-            [&](int64_t i) { return act_backward_epilogue<T, F>(a.dy[i], a.x[i], a.y[i], a.alpha); });
+        const T* const in[3] = {a.dy, a.x, a.y};
+        elementwise(a.n, a.dx, in, [&](const T* const* p) {
+          return simd::VecAct<F>::template backward<S>(S::load(p[0]), S::load(p[1]), S::load(p[2]), va);
+        });
       } else {
 #pragma omp parallel for simd num_threads(nthreads) if (nthreads > 1) schedule(static)
         for (int64_t i = 0; i < a.n; ++i) a.dx[i] = act_backward_epilogue<T, F>(a.dy[i], a.x[i], a.y[i], a.alpha);

@@ -97,19 +97,21 @@ void dz_pack(const DzSource<T>& s, int64_t p0, int64_t kc, int64_t j0, int cols,
     const T* __restrict zr = F::kGradFromOutput ? yr : s.z + row;
     T* __restrict d = dst + p * NR;
     if constexpr (simd::VecAct<F>::kAvailable) {
+      using S = simd::Vec<T>;
+      const auto va = S::set1(s.alpha);
+      auto dz = [&](const T* const* q) {
+        return simd::VecAct<F>::template backward<S>(S::load(q[0]), S::load(q[1]), S::load(q[2]), va);
+      };
       if (cols == NR) {
-        using S = simd::Vec<T>;
-        const auto va = S::set1(s.alpha);
 #pragma GCC unroll 8
-        for (int jj = 0; jj < NR; jj += S::W)
-          S::store(d + jj, simd::VecAct<F>::template backward<S>(S::load(dyr + jj), S::load(zr + jj),
-                                                                  S::load(yr + jj), va));
-      }
-    }
-    if (cols == NR) {
-      if constexpr (!simd::VecAct<F>::kAvailable) {
-#pragma GCC unroll 64
-        for (int jj = 0; jj < NR; ++jj) d[jj] = act_backward_epilogue<T, F>(dyr[jj], zr[jj], yr[jj], s.alpha);
+        for (int jj = 0; jj < NR; jj += S::W) {
+          const T* q[3] = {dyr + jj, zr + jj, yr + jj};
+          S::store(d + jj, dz(q));
+        }
+      } else {  // a last panel partly inside: the same vector formula (simd::vec_run), zeros past `cols`
+        const T* const in[3] = {dyr, zr, yr};
+        simd::vec_run<S>(cols, d, in, dz);
+        for (int jj = cols; jj < NR; ++jj) d[jj] = T(0);
       }
     } else {
       int jj = 0;

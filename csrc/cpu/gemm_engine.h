@@ -223,18 +223,18 @@ void act_block(const ActBlock<T, A>& ep, T* c, int64_t ldc, int64_t i0, int64_t 
     T* zrow = kZ ? ep.z + (i0 + i) * ep.ldz + j0 : nullptr;
     const T* brow = ep.bias && A == BiasAxis::cols ? ep.bias + j0 : nullptr;
     const T bi = ep.bias && A == BiasAxis::rows ? ep.bias[i0 + i] : T(0);
-    int64_t j = 0;
-    if constexpr (simd::VecAct<F>::kAvailable) {
-      for (; j + S::W <= nr; j += S::W) {
-        auto pre = S::add(S::load(row + j), brow ? S::load(brow + j) : S::set1(bi));
-        if constexpr (kZ) S::store(zrow + j, pre);
-        S::store(row + j, simd::VecAct<F>::template forward<S>(pre, va));
-      }
-    }
-    for (; j < nr; ++j) {
+    for (int64_t j = 0; j < nr; ++j) {
       const T pre = row[j] + (brow ? brow[j] : bi);
       if constexpr (kZ) zrow[j] = pre;
-      row[j] = F::forward(pre, ep.alpha);
+      row[j] = pre;
+    }
+    if constexpr (simd::VecAct<F>::kAvailable) {
+      const T* const in[1] = {row};
+      simd::vec_run<S>(nr, row, in, [&](const T* const* p) {
+        return simd::VecAct<F>::template forward<S>(S::load(p[0]), va);
+      });
+    } else {
+      for (int64_t j = 0; j < nr; ++j) row[j] = F::forward(row[j], ep.alpha);
     }
   }
 }

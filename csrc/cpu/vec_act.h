@@ -52,6 +52,32 @@ template <> struct VecAct<act::Prelu> {
   }
 };
 
+// out[0, n) = f(p), p[k] pointing at input k: whole vectors in place, the last
+// n % W elements through zero-padded copies. Every element takes the same
+// vector formula wherever it sits, so its bits never depend on the length of
+// the array or on where a tile's edge falls (a batch of 50 rows gives the rows
+// of a batch of 256 bit for bit).
+template <class S, class T, int K, class Fn>
+FASTNN_INLINE void vec_run(int64_t n, T* out, const T* const (&in)[K], Fn f) {
+  const T* p[K];
+  int64_t i = 0;
+  for (; i + S::W <= n; i += S::W) {
+    for (int k = 0; k < K; ++k) p[k] = in[k] + i;
+    S::store(out + i, f(p));
+  }
+  if (i < n) {
+    const int64_t rest = n - i;
+    alignas(64) T pad[K][S::W];
+    alignas(64) T res[S::W];
+    for (int k = 0; k < K; ++k) {
+      for (int l = 0; l < S::W; ++l) pad[k][l] = l < rest ? in[k][i + l] : T(0);
+      p[k] = pad[k];
+    }
+    S::store(res, f(p));
+    for (int64_t l = 0; l < rest; ++l) out[i + l] = res[l];
+  }
+}
+
 // The float vector form f, or F's scalar formula lane by lane for double.
 template <class F, class V, class Fn> FASTNN_INLINE V act_lanes(V z, V a, Fn f) {
   if constexpr (std::is_same_v<LaneOf<V>, float>) {
