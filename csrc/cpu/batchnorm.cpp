@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "cpu/isa.h"
+#include "cpu/vec_act.h"
 #include "ops/epilogue.h"
 #include "ops/batchnorm.h"
 
@@ -84,9 +85,31 @@ void gather_stats_impl(const BatchNormGatherStatsArgs<T>& a) {
   }
 }
 
+// The activations whose scalar form calls libm (sigmoid, tanh, elu, selu): the
+// affine pass first, then their vector form over the row (simd::vec_run, the
+// same formula as every other layer's), instead of one libm call per element.
+template <class F>
+constexpr bool kExpActivation = simd::VecAct<F>::kAvailable && !std::is_same_v<F, act::Identity> &&
+                                !std::is_same_v<F, act::Relu> && !std::is_same_v<F, act::LeakyRelu> &&
+                                !std::is_same_v<F, act::Prelu>;
+
+template <class T, class F>
+void activate_row(T* y, int64_t len, T alpha) {
+  if constexpr (kExpActivation<F>) {
+    using S = simd::Vec<T>;
+    const auto va = S::set1(alpha);
+    const T* const in[1] = {y};
+    simd::vec_run<S>(len, y, in, [&](const T* const* p) {
+      return simd::VecAct<F>::template forward<S>(S::load(p[0]), va);
+    });
+  }
+}
+
 template <class T, class F>
 void normalize(const BatchNormElemtArgs<T>& a, const T* mean, const T* mean_lo, const T* scale, const T* beta) {
   const int64_t n = a.n, c = a.c, s = a.s;
+  // The activation in the affine loop, or after it by activate_row.
+  auto act = [&](T v) { return kExpActivation<F> ? v : F::forward(v, a.alpha); };
   if (s == 1) {
 #pragma omp parallel for num_threads(threads_for(n * c)) schedule(static)
     for (int64_t i = 0; i < n; ++i) {
@@ -94,7 +117,8 @@ void normalize(const BatchNormElemtArgs<T>& a, const T* mean, const T* mean_lo, 
       T* y = a.y + i * c;
 #pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch)
-        y[ch] = F::forward(batchnorm_affine(x[ch], mean[ch], mean_lo[ch], scale[ch], beta[ch]), a.alpha);
+        y[ch] = act(batchnorm_affine(x[ch], mean[ch], mean_lo[ch], scale[ch], beta[ch]));
+      activate_row<T, F>(y, c, a.alpha);
     }
   } else {
 #pragma omp parallel for num_threads(threads_for(n * c * s)) schedule(static)
@@ -104,7 +128,8 @@ void normalize(const BatchNormElemtArgs<T>& a, const T* mean, const T* mean_lo, 
       const T* x = a.x + r * s;
       T* y = a.y + r * s;
 #pragma omp simd
-      for (int64_t j = 0; j < s; ++j) y[j] = F::forward(batchnorm_affine(x[j], m, lo, sc, b), a.alpha);
+      for (int64_t j = 0; j < s; ++j) y[j] = act(batchnorm_affine(x[j], m, lo, sc, b));
+      activate_row<T, F>(y, s, a.alpha);
     }
   }
 }
