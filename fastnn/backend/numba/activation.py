@@ -12,6 +12,12 @@ Klambauer et al. (2017), swish = z * sigmoid(z).
 
 act_forward: y = act(x); act_backward: dx = dy * act'(x or y) and, for prelu,
 d loss / d alpha = sum of dy * x where x <= 0; x, y, dx, dy of any shape.
+
+float32 elements of the exponential activations go through the float32
+restatement of csrc/cpu/vec_math.h below (exp, expm1, tanh, sigmoid, erfc
+without branches or libm calls), so their loops vectorize like the C++ vector
+forms: a 4M-element tanh forward went from one float64 libm call per element to
+~3 ms. float64 keeps math.*.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import math
 import numpy as np
 
 from ..codes import ACT_CODE
-from .runtime import JIT, njit, prange, threads_for
+from .runtime import JIT, nbtypes, njit, overload, prange, threads_for
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -57,9 +63,134 @@ def mul_vanishing(a, s):
     return s * 0.0 if s == 0 else a * s
 
 
+# --- float32: csrc/cpu/vec_math.h's vector exp, expm1, tanh, sigmoid, erfc ---------
+# Per element, in float32 arithmetic and without branches (selects), so the
+# kernels' loops vectorize as the C++ ones do instead of making one libm call
+# (in float64) per element. Same formulas and constants as vec_math.h; 2^n is
+# built from n's bits by selects, as Numba has no scalar bit cast. float64
+# inputs keep math.* (these reach only ~1e-7).
+
+def _is_f32(z):
+    """True (a compile-time constant) when z is a float32 scalar."""
+
+
+@overload(_is_f32)
+def _ol_is_f32(z):
+    f32 = isinstance(z, nbtypes.Float) and z.bitwidth == 32
+    return lambda z: f32
+
+
+_F = np.float32
+_EXP_LO = _F(-87.33654475)
+_LOG2E, _MAGIC = _F(1.44269504088896341), _F(12582912.0)
+_LN2_HI, _LN2_LO = _F(0.693359375), _F(-2.12194440e-4)
+_EXP_P = (_F(1.9875691500e-4), _F(1.3981999507e-3), _F(8.3334519073e-3), _F(4.1665795894e-2),
+          _F(1.6666665459e-1), _F(5.0000001201e-1))
+_TANH_P = (_F(-5.70498872745e-3), _F(2.06390887954e-2), _F(-5.37397155531e-2), _F(1.33314422036e-1),
+           _F(-3.33332819422e-1))
+_ERFC_P = (_F(0.17087277), _F(-0.82215223), _F(1.48851587), _F(-1.13520398), _F(0.27886807), _F(-0.18628806),
+           _F(0.09678418), _F(0.37409196), _F(1.00002368), _F(-1.26551223))
+_ZERO, _HALF, _ONE, _TWO = _F(0.0), _F(0.5), _F(1.0), _F(2.0)
+
+
+@njit(**JIT)
+def exp_nonpos32(x):
+    """exp(x) for float32 x <= 0; 0 below -87.34 (where libm gives a denormal)."""
+    xc = _EXP_LO if x < _EXP_LO else x
+    fx = (xc * _LOG2E + _MAGIC) - _MAGIC       # round(x / ln 2)
+    fx = fx if fx == fx else _ZERO             # NaN: any n, r below carries the NaN
+    r = xc - fx * _LN2_HI
+    r = r - fx * _LN2_LO
+    z = r * r
+    y = _EXP_P[0]
+    y = y * r + _EXP_P[1]
+    y = y * r + _EXP_P[2]
+    y = y * r + _EXP_P[3]
+    y = y * r + _EXP_P[4]
+    y = y * r + _EXP_P[5]
+    y = y * z + r + _ONE
+    m = np.int32(-fx)                          # 0..126
+    p = _ONE
+    p = p * (_F(0.5) if m & 1 else _ONE)
+    p = p * (_F(0.25) if m & 2 else _ONE)
+    p = p * (_F(2.0 ** -4) if m & 4 else _ONE)
+    p = p * (_F(2.0 ** -8) if m & 8 else _ONE)
+    p = p * (_F(2.0 ** -16) if m & 16 else _ONE)
+    p = p * (_F(2.0 ** -32) if m & 32 else _ONE)
+    p = p * (_F(2.0 ** -64) if m & 64 else _ONE)
+    y = y * p
+    return _ZERO if x < _EXP_LO else y
+
+
+@njit(**JIT)
+def expm1_nonpos32(x):
+    """expm1(x) for float32 x <= 0: the Taylor polynomial above -0.5."""
+    p = _F(1.0 / 40320.0)
+    p = p * x + _F(1.0 / 5040.0)
+    p = p * x + _F(1.0 / 720.0)
+    p = p * x + _F(1.0 / 120.0)
+    p = p * x + _F(1.0 / 24.0)
+    p = p * x + _F(1.0 / 6.0)
+    p = p * x + _HALF
+    p = p * x + _ONE
+    small = p * x
+    big = exp_nonpos32(x) - _ONE
+    return small if x > _F(-0.5) else big
+
+
+@njit(**JIT)
+def tanh32(x):
+    """tanh on |x| (the odd polynomial below 0.625, else (1 - e) / (1 + e),
+    e = exp(-2|x|)), the sign put back last."""
+    a = abs(x)
+    z = a * a
+    p = _TANH_P[0]
+    p = p * z + _TANH_P[1]
+    p = p * z + _TANH_P[2]
+    p = p * z + _TANH_P[3]
+    p = p * z + _TANH_P[4]
+    small = a * (p * z) + a
+    e = exp_nonpos32(a * _F(-2.0))
+    big = (_ONE - e) / (_ONE + e)
+    return _F(math.copysign(small if a < _F(0.625) else big, x))
+
+
+@njit(**JIT)
+def sigmoid32(x):
+    e = exp_nonpos32(-abs(x))
+    s = _ONE / (_ONE + e)
+    return s if x >= _ZERO else e * s
+
+
+@njit(**JIT)
+def erfc32(x):
+    """Numerical Recipes' erfcc (fractional error < 1.2e-7), 2 - erfc(|x|) below 0."""
+    a = abs(x)
+    t = _ONE / (_ONE + _HALF * a)
+    p = _ERFC_P[0]
+    p = p * t + _ERFC_P[1]
+    p = p * t + _ERFC_P[2]
+    p = p * t + _ERFC_P[3]
+    p = p * t + _ERFC_P[4]
+    p = p * t + _ERFC_P[5]
+    p = p * t + _ERFC_P[6]
+    p = p * t + _ERFC_P[7]
+    p = p * t + _ERFC_P[8]
+    p = p * t + _ERFC_P[9]
+    r = t * exp_nonpos32(p - a * a)
+    return _TWO - r if x < _ZERO else r
+
+
+@njit(**JIT)
+def mul_vanishing32(a, s):
+    return _ZERO if s == _ZERO else a * s
+
+
 @njit(inline="always", **JIT)
 def act_value(z, code, a):
-    """activation.h forward(z, alpha)."""
+    """activation.h forward(z, alpha); float32 through the vector forms above."""
+    if _is_f32(z) and code in (ELU, SELU, SIGMOID, TANH, GELU, GELU_TANH, SWISH):
+        return _act_value32(z, code, _F(a))
     if code == RELU:
         return 0.0 if z < 0 else z   # NaN and -0 pass through, as activation.h
     if code == LEAKY_RELU or code == PRELU:
@@ -85,6 +216,8 @@ def act_value(z, code, a):
 @njit(inline="always", **JIT)
 def act_grad(z, y, code, a):
     """activation.h grad(z, y, alpha): dy/dz from y, or z where it was kept."""
+    if _is_f32(z) and code in (GELU, GELU_TANH, SWISH):
+        return _act_grad32(z, code)
     if code == RELU:
         return 1.0 if y > 0 else 0.0
     if code == LEAKY_RELU:
@@ -111,6 +244,42 @@ def act_grad(z, y, code, a):
         s = sigmoid(z)
         return mul_vanishing(1.0 + mul_vanishing(z, 1.0 - s), s)
     return 1.0
+
+
+@njit(**JIT)
+def _act_value32(z, code, a):
+    """act_value's exponential activations for float32 z, as cpu/vec_act.h."""
+    if code == ELU:
+        e = expm1_nonpos32(_ZERO if z > _ZERO else z)   # computed on both sides: no branch to vectorize around
+        return z if z > _ZERO else a * e
+    if code == SELU:
+        e = expm1_nonpos32(_ZERO if z > _ZERO else z)
+        return _F(SELU_SCALE) * z if z > _ZERO else _F(SELU_SCALE * SELU_ALPHA) * e
+    if code == SIGMOID:
+        return sigmoid32(z)
+    if code == TANH:
+        return tanh32(z)
+    if code == GELU:
+        return mul_vanishing32(_HALF * z, erfc32(z * _F(-0.70710678118654752440)))
+    if code == GELU_TANH:
+        u = _F(0.79788456080286535588) * (z + _F(0.044715) * z * z * z)
+        return mul_vanishing32(_HALF * z, _ONE + tanh32(u))
+    return mul_vanishing32(z, sigmoid32(z))  # SWISH
+
+
+@njit(**JIT)
+def _act_grad32(z, code):
+    """act_grad's activations that need exp/tanh/erf of z, for float32 z."""
+    if code == GELU:
+        cdf = _HALF * erfc32(z * _F(-0.70710678118654752440))
+        return cdf + mul_vanishing32(z, _F(0.39894228040143267794) * exp_nonpos32(_F(-0.5) * z * z))
+    if code == GELU_TANH:
+        u = _F(0.79788456080286535588) * (z + _F(0.044715) * z * z * z)
+        t = tanh32(u)
+        du = _F(0.79788456080286535588) * (_ONE + _F(3 * 0.044715) * z * z)
+        return _HALF * (_ONE + t) + mul_vanishing32(_HALF * z * du, _ONE - t * t)
+    s = sigmoid32(z)                           # SWISH
+    return mul_vanishing32(_ONE + mul_vanishing32(z, _ONE - s), s)
 
 
 @functools.cache

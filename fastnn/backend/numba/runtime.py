@@ -15,9 +15,11 @@ from .. import registry
 try:
     import numba
     from numba import njit, prange
+    from numba.core import types as nbtypes
+    from numba.extending import overload
 except ImportError as exc:  # pragma: no cover - numba is a hard dependency
     registry.mark_failed("numba", f"numba failed to import: {exc}")
-    numba = njit = prange = None
+    numba = njit = prange = nbtypes = overload = None
 
 if numba is not None and numba.config.THREADING_LAYER == "default":
     # One OpenMP runtime in the process: the C++ kernels use GNU libgomp and so
