@@ -128,11 +128,11 @@ def main():
         payload["linear_act"][act] = lt
         c, tt = t["fastnn-cpp"], t["torch"]
         nb = t.get("fastnn-numba")
-        rows.append(f"| {act} | {c * 1e3:.2f} ({nbytes / c / 1e9:.1f} GB/s) | "
-                    f"{nb * 1e3:.2f} | " if nb else f"| {act} | {c * 1e3:.2f} ({nbytes / c / 1e9:.1f} GB/s) | - | ")
-        rows[-1] += f"{tt * 1e3:.2f} ({nbytes / tt / 1e9:.1f} GB/s) | {c / tt:.2f} | "
-        rows[-1] += (f"{lt['fastnn'] * 1e3:.2f} | {lt['torch'] * 1e3:.2f} | {lt['fastnn'] / lt['torch']:.2f} |"
-                     if lt else "- | - | - |")
+        numba = f"{nb * 1e3:.2f}" if nb else "-"
+        linear = (f"{lt['fastnn'] * 1e3:.2f} | {lt['torch'] * 1e3:.2f} | {lt['fastnn'] / lt['torch']:.2f}"
+                  if lt else "- | - | -")
+        rows.append(f"| {act} | {c * 1e3:.2f} ({nbytes / c / 1e9:.1f} GB/s) | {numba} | "
+                    f"{tt * 1e3:.2f} ({nbytes / tt / 1e9:.1f} GB/s) | {c / tt:.2f} | {linear} |")
         print(rows[-1], flush=True)
     table = [f"Activations, float32, {info['cpu']} ({info['isa']} path), {info['cores']} cores, "
              f"{info['threads']} threads; PyTorch {info.get('torch')}; STREAM {stream:.1f} GB/s; "

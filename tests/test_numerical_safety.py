@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import oracle
+import fastnn as fnn
 from fastnn import ops
 from fastnn.backend.codes import ACTIVATIONS
 
@@ -192,8 +193,6 @@ def test_fused_linear_activation_rows_do_not_depend_on_the_batch(act, rng):
     the fused epilogue takes one formula at every column, so the first rows of a
     batch are the rows of a smaller batch bit for bit (a model predicts the same
     in batches of any size)."""
-    import fastnn as fnn
-
     if "cpp" not in fnn.backend.available():
         pytest.skip("the C++ extension is not built")
     x = rng.standard_normal((67, 53)).astype(np.float32)

@@ -26,8 +26,7 @@ void elementwise(int64_t n, T* out, const T* const (&in)[K], Fn f) {
     const int64_t i0 = b * kVecBlock, len = (b + 1) * kVecBlock < n ? kVecBlock : n - i0;
     const T* blk[K];
     for (int k = 0; k < K; ++k) blk[k] = in[k] + i0;
-    const T* const (&ref)[K] = blk;
-    simd::vec_run<S>(len, out + i0, ref, f);
+    simd::vec_run<S>(len, out + i0, blk, f);
   }
 }
 
