@@ -3,7 +3,8 @@ optimizer's one-region step over many segments is bit-identical to the C++
 generic path and refuses bad segment tables; dropout's whole-block loop and its
 partial ends give the C++ mask bit for bit at every offset; max pooling's
 fixed-window kernel gives the generic kernel's maxima and first-maximum
-indices; none of them depends on the thread count."""
+indices; the convolution's image blocks on Python threads give the serial
+result; none of them depends on the thread count."""
 from __future__ import annotations
 
 import numpy as np
@@ -179,3 +180,66 @@ def test_kernels_made_per_code_capture_only_plain_values():
         cells = kernel.py_func.__closure__ or ()
         kinds = {type(c.cell_contents).__name__ for c in cells}
         assert kinds <= {"int", "bool", "float"}, f"{kernel.py_func.__qualname__} captures {sorted(kinds)}"
+
+
+# --- convolution: image blocks on a pool of Python threads, NumPy's BLAS on one thread ---
+
+def _conv_both_ways(x, w, b, dy, stride, padding, act):
+    with fnn.backend.using("numba"):
+        y, saved = fnn.ops.conv2d(x, w, b, stride, padding, act)
+        return (y,) + tuple(np.asarray(g) for g in fnn.ops.conv2d_backward(dy, saved))
+
+
+@pytest.mark.parametrize("act", ["relu", "prelu", "tanh"])
+def test_conv_blocks_give_the_same_bits_on_any_thread_count_and_serially(rng, act, monkeypatch):
+    """37 images (16 uneven blocks), stride 2 and uneven padding: 1 and 2 threads and the
+    serial fallback (no OpenBLAS whose threads can be set) give the same bits, and the
+    user's BLAS thread count is back afterwards."""
+    from fastnn.backend.numba import runtime
+    x = rng.standard_normal((37, 3, 11, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    dy = rng.standard_normal((37, 5, 6, 6)).astype(np.float32)
+    blas_before = runtime._OPENBLAS[1]() if runtime._OPENBLAS is not None else None
+    runs = [_on_threads(n, lambda: _conv_both_ways(x, w, b, dy, (2, 2), (1, 2), act)) for n in (1, 2)]
+    if runtime._OPENBLAS is not None:
+        assert runtime._OPENBLAS[1]() == blas_before
+        monkeypatch.setattr(runtime, "_OPENBLAS", None)
+        runs.append(_on_threads(2, lambda: _conv_both_ways(x, w, b, dy, (2, 2), (1, 2), act)))
+    for other in runs[1:]:
+        for got, want in zip(other, runs[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_run_tasks_runs_every_task_once_and_reraises():
+    from fastnn.backend.numba import runtime
+    seen = []
+    _on_threads(2, lambda: runtime.run_tasks(seen.append, 23))
+    assert sorted(seen) == list(range(23))
+
+    def fail(i):
+        if i == 5:
+            raise ValueError("task 5")
+    with pytest.raises(ValueError, match="task 5"):
+        _on_threads(2, lambda: runtime.run_tasks(fail, 9))
+    if runtime._OPENBLAS is not None:
+        assert runtime._ONE_BLAS_THREAD.depth == 0
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_run_tasks_in_a_forked_child():
+    """A child forked after the pool started has none of its threads: it makes its own."""
+    import os
+    from fastnn.backend.numba import runtime
+    _on_threads(2, lambda: runtime.run_tasks(lambda i: None, 4))
+    pid = os.fork()
+    if pid == 0:
+        import signal
+        signal.alarm(60)  # a hang fails the test instead of blocking the suite
+        seen = []
+        try:
+            _on_threads(2, lambda: runtime.run_tasks(seen.append, 6))
+        finally:
+            os._exit(0 if sorted(seen) == list(range(6)) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

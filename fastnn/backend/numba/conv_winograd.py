@@ -42,10 +42,11 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 # 'auto' or 'im2col': im2col + GEMM; 'winograd': this path wherever it applies
 # (set_algorithm). Unlike the C++ backend, 'auto' keeps im2col here: in a
 # Numba-only process, Conv2d 32->32 3x3 + ReLU on (64, 32, 32, 32) ran forward
-# 20 ms / backward 43 ms with im2col against 25 / 67 ms with this path. Its
-# GEMMs are cheaper, but each chunk alternates three Numba parallel regions with
-# the OpenBLAS matmuls, and the transforms, scalar loops over (image, channel)
-# here, do not vectorize as the C++ ones do. It stays the readable mirror of
+# 20 ms / backward 43 ms with im2col against 25 / 67 ms with this path (and
+# im2col now runs image by image on Python threads: 13.5 / 25 ms). Its GEMMs are
+# cheaper, but each chunk alternates three Numba parallel regions with the
+# OpenBLAS matmuls, and the transforms, scalar loops over (image, channel) here,
+# do not vectorize as the C++ ones do. It stays the readable mirror of
 # conv_winograd.cpp, tested against the same references.
 _ALGORITHM = ["auto"]
 

@@ -1,12 +1,20 @@
 """The Numba runtime: the one place the Numba backend imports numba, picks its
 threading layer, keeps fastnn's thread count and decides when a kernel runs in
-parallel (``threads_for``, the one home of the parallel threshold).
+parallel (``threads_for``, the one home of the parallel threshold), and runs
+the kernels that alternate with NumPy's BLAS on a pool of Python threads
+(``run_tasks``).
 
 Every kernel module of this package, and fastnn.augment / fastnn.data.loader,
 import numba from here, so the threading layer is chosen before the first
 parallel kernel compiles or the first ``numba.set_num_threads`` starts the pool.
 """
 from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -76,3 +84,101 @@ def quiet_fp():
     """NumPy's floating-point warnings silenced: overflow to inf is the caller's
     business (the Trainer stops on a non-finite loss), exactly as in the C++ kernels."""
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+# --- kernels that alternate with NumPy's BLAS ----------------------------------------
+# A convolution alternates Numba loops (im2col, the epilogue) with NumPy matmuls.
+# Run as parallel regions between multi-threaded BLAS calls, the two thread pools
+# take turns on the same cores, and each leaves its workers spinning: OpenBLAS's
+# after every call, libgomp's after every region (GOMP_SPINCOUNT). On a 2-core
+# Xeon an im2col region right after a 64x64 matmul ran 14 ms instead of 3 ms, with
+# OpenBLAS on 1 thread 3.3 ms. So those kernels run instead as tasks on a pool of
+# Python threads, each task serial Numba code (GIL released) and single-threaded
+# BLAS on its own images, with NumPy's OpenBLAS pinned to one thread meanwhile:
+# one set of threads, no spinning pool in the way, and each task's columns stay
+# in the core's cache. Where NumPy's BLAS is not an OpenBLAS whose thread count we
+# can set, the tasks run one after another on the calling thread and the BLAS
+# keeps its own threads.
+
+
+# numpy >= 2 wheels (scipy-openblas, 64-bit ints, prefixed), numpy 1.x wheels, system OpenBLAS.
+_OPENBLAS_NAMES = (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", ""))
+
+
+def _openblas_threads():
+    """(set, get) of the thread count of the OpenBLAS NumPy loaded, or None."""
+    paths = []
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
+    except OSError:
+        pass
+    here = os.path.dirname(np.__file__)
+    paths += glob.glob(os.path.join(os.path.dirname(here), "numpy.libs", "*openblas*"))
+    paths += glob.glob(os.path.join(here, ".dylibs", "*openblas*"))
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in _OPENBLAS_NAMES:
+            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                return setter, getter
+    return None
+
+
+_OPENBLAS = _openblas_threads()
+
+
+class _OneBlasThread:
+    """NumPy's OpenBLAS on one thread while any caller is inside (counted, so
+    concurrent callers, e.g. fastnn.distributed's ranks as threads, restore the
+    user's count only when the last one leaves)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.saved = 1
+
+    def __enter__(self):
+        with self.lock:
+            if self.depth == 0:
+                setter, getter = _OPENBLAS
+                self.saved = getter()
+                setter(1)
+            self.depth += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.depth -= 1
+            if self.depth == 0:
+                _OPENBLAS[0](self.saved)
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
+_POOL = [None, 0, 0]  # the executor, its worker count, the process that made it
+_POOL_LOCK = threading.Lock()
+
+
+def run_tasks(fn, ntasks: int) -> None:
+    """fn(0), ..., fn(ntasks - 1) on fastnn's thread count of Python threads
+    (exceptions re-raised here). The tasks must not depend on which thread runs
+    them or in what order: every result is the same at any thread count."""
+    threads = get_num_threads() if _OPENBLAS is not None else 1
+    if threads <= 1 or ntasks <= 1:
+        for i in range(ntasks):
+            fn(i)
+        return
+    with _POOL_LOCK:
+        if _POOL[1] != threads or _POOL[2] != os.getpid():  # a forked child has none of the threads
+            if _POOL[0] is not None and _POOL[2] == os.getpid():
+                _POOL[0].shutdown(wait=False)
+            _POOL[:] = ThreadPoolExecutor(threads, thread_name_prefix="fastnn-numba"), threads, os.getpid()
+        pool = _POOL[0]
+    with _ONE_BLAS_THREAD:
+        for _ in pool.map(fn, range(ntasks)):
+            pass
