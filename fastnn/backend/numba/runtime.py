@@ -24,10 +24,10 @@ try:
     import numba
     from numba import njit, prange
     from numba.core import types as nbtypes
-    from numba.extending import overload
+    from numba.extending import intrinsic, overload
 except ImportError as exc:  # pragma: no cover - numba is a hard dependency
     registry.mark_failed("numba", f"numba failed to import: {exc}")
-    numba = njit = prange = nbtypes = overload = None
+    numba = njit = prange = nbtypes = overload = intrinsic = None
 
 if numba is not None and numba.config.THREADING_LAYER == "default":
     # One OpenMP runtime in the process: the C++ kernels use GNU libgomp and so
