@@ -16,6 +16,7 @@ does not depend on the thread count.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 
 import numpy as np
@@ -28,99 +29,117 @@ from .runtime import JIT, njit, quiet_fp, run_tasks
 # At most this many blocks of images (tasks) per call: the weight-gradient
 # partial sums take one (F, CKK) array per block.
 _MAX_BLOCKS = 16
+# Bytes of columns per GEMM: a block's images go through im2col + GEMM a group at
+# a time, as many images as fit here (at least one), so the columns stay in the
+# core's L2 and small images still make one sizeable GEMM per group (one image of
+# a 3-channel 32x32 input is 110 KB of columns and a 32 x 27 x 1024 GEMM).
+_GROUP_BYTES = 1 << 20
 
 
 @njit(**JIT)
 def _im2col(x, cols, kh, kw, sh, sw, ph, pw, oh, ow):
-    """cols[(c, ki, kj), (i, j)] = x[c, i*sh - ph + ki, j*sw - pw + kj], 0 outside; x one image."""
-    c, h, w = x.shape
-    for r in range(c * kh * kw):
-        ch = r // (kh * kw)
-        ki = (r // kw) % kh
-        kj = r % kw
-        row = cols[r]
-        for i in range(oh):
-            ih = i * sh - ph + ki
-            for j in range(ow):
-                iw = j * sw - pw + kj
-                if 0 <= ih < h and 0 <= iw < w:
-                    row[i * ow + j] = x[ch, ih, iw]
-                else:
-                    row[i * ow + j] = 0
+    """cols[(c, ki, kj), b, (i, j)] = x[b, c, i*sh - ph + ki, j*sw - pw + kj], 0 outside."""
+    nb, c, h, w = x.shape
+    for b in range(nb):
+        for r in range(c * kh * kw):
+            ch = r // (kh * kw)
+            ki = (r // kw) % kh
+            kj = r % kw
+            row = cols[r, b]
+            for i in range(oh):
+                ih = i * sh - ph + ki
+                for j in range(ow):
+                    iw = j * sw - pw + kj
+                    if 0 <= ih < h and 0 <= iw < w:
+                        row[i * ow + j] = x[b, ch, ih, iw]
+                    else:
+                        row[i * ow + j] = 0
 
 
 @njit(**JIT)
 def _col2im(cols, dx, kh, kw, sh, sw, ph, pw, oh, ow):
-    """dx (C, H, W) = the scatter-add of one image's columns."""
-    c, h, w = dx.shape
-    for ch in range(c):
-        plane = dx[ch]
-        for ih in range(h):
-            for iw in range(w):
-                plane[ih, iw] = 0
-        for ki in range(kh):
-            for kj in range(kw):
-                row = cols[(ch * kh + ki) * kw + kj]
-                for i in range(oh):
-                    ih = i * sh - ph + ki
-                    if ih < 0 or ih >= h:
-                        continue
-                    for j in range(ow):
-                        iw = j * sw - pw + kj
-                        if 0 <= iw < w:
-                            plane[ih, iw] += row[i * ow + j]
+    """dx (B, C, H, W) = the scatter-add of the columns (CKK, B, P)."""
+    nb, c, h, w = dx.shape
+    for b in range(nb):
+        for ch in range(c):
+            plane = dx[b, ch]
+            for ih in range(h):
+                for iw in range(w):
+                    plane[ih, iw] = 0
+            for ki in range(kh):
+                for kj in range(kw):
+                    row = cols[(ch * kh + ki) * kw + kj, b]
+                    for i in range(oh):
+                        ih = i * sh - ph + ki
+                        if ih < 0 or ih >= h:
+                            continue
+                        for j in range(ow):
+                            iw = j * sw - pw + kj
+                            if 0 <= iw < w:
+                                plane[ih, iw] += row[i * ow + j]
 
 
 @functools.cache
 def _epilogue_kernels(code):
-    """(bias_act, dz_bias) for one image, compiled for one activation code as a
-    constant, as csrc/cpu/conv.cpp's visit_act picks one template instance: with
-    the runtime code in the loop every element went through the activation switch
-    and the loops stayed scalar; with it constant each run of P values vectorizes."""
+    """(bias_act, dz_bias) for a group of images, compiled for one activation code
+    as a constant, as csrc/cpu/conv.cpp's visit_act picks one template instance:
+    with the runtime code in the loop every element went through the activation
+    switch and the loops stayed scalar; with it constant each run of P values
+    vectorizes."""
 
     @njit(**JIT)
-    def bias_act(y, z, bias, has_bias, save_z, alpha):
-        """y (F, P) <- act(y + bias[f]) in place; z <- the pre-activation when kept."""
-        f, p = y.shape
+    def bias_act(acc, y, z, bias, has_bias, save_z, alpha):
+        """y (B, F, P) <- act(acc (F, B, P) + bias[f]); z <- the pre-activation when
+        kept. For one image acc is y itself, (F, 1, P) over y's memory: the rows are
+        then taken from y alone (through two views LLVM's overlap check sends the
+        loop down its scalar path, and the forward ran 15% slower)."""
+        f, nb, p = acc.shape
         T = y.dtype.type
-        for k in range(f):
-            yk = y[k]
-            bk = bias[k] if has_bias else T(0)
-            if save_z:
-                zk = z[k]
-                for j in range(p):
-                    zk[j] = yk[j] + bk
-            for j in range(p):
-                yk[j] = T(act_value(yk[j] + bk, code, alpha))
+        for b in range(nb):
+            for k in range(f):
+                out = y[b, k]
+                src = out if nb == 1 else acc[k, b]
+                bk = bias[k] if has_bias else T(0)
+                if save_z:
+                    zk = z[b, k]
+                    for j in range(p):
+                        zk[j] = src[j] + bk
+                if nb == 1:
+                    for j in range(p):
+                        out[j] = T(act_value(out[j] + bk, code, alpha))
+                else:
+                    for j in range(p):
+                        out[j] = T(act_value(src[j] + bk, code, alpha))
 
     @njit(**JIT)
     def dz_bias(dy, y, z, dz, dbias, alpha):
-        """dz (F, P) = dy * act'(.); dbias[f] (float64) += the sum over p of dz, in
-        16 interleaved lanes (so the loop vectorizes) added in order; returns the
-        image's d loss / d alpha (prelu)."""
-        f, p = dy.shape
+        """dz (F, B, P) = dy (B, F, P) * act'(.); dbias[f] (float64) += the sum of dz
+        over (b, p), image by image, in 16 interleaved lanes (so the loop vectorizes)
+        added in order; returns the group's d loss / d alpha (prelu)."""
+        nb, f, p = dy.shape
         T = dy.dtype.type
         lanes = np.zeros(16)
         asum = 0.0
         whole = p - p % 16
-        for k in range(f):
-            dyk, yk, zk, dzk = dy[k], y[k], z[k], dz[k]
-            for j in range(p):
-                dzk[j] = dyk[j] * T(act_grad(zk[j], yk[j], code, alpha))
-            lanes[:] = 0.0
-            for j0 in range(0, whole, 16):
-                for t in range(16):
-                    lanes[t] += dzk[j0 + t]
-            total = 0.0
-            for t in range(16):
-                total += lanes[t]
-            for j in range(whole, p):
-                total += dzk[j]
-            dbias[k] += total
-            if code == PRELU:
+        for b in range(nb):
+            for k in range(f):
+                dyk, yk, zk, dzk = dy[b, k], y[b, k], z[b, k], dz[k, b]
                 for j in range(p):
-                    if not zk[j] > 0:
-                        asum += dyk[j] * zk[j]
+                    dzk[j] = dyk[j] * T(act_grad(zk[j], yk[j], code, alpha))
+                lanes[:] = 0.0
+                for j0 in range(0, whole, 16):
+                    for t in range(16):
+                        lanes[t] += dzk[j0 + t]
+                total = 0.0
+                for t in range(16):
+                    total += lanes[t]
+                for j in range(whole, p):
+                    total += dzk[j]
+                dbias[k] += total
+                if code == PRELU:
+                    for j in range(p):
+                        if not zk[j] > 0:
+                            asum += dyk[j] * zk[j]
         return asum
 
     return bias_act, dz_bias
@@ -132,17 +151,23 @@ def _blocks(n):
     return [t * n // count for t in range(count + 1)] if count else [0]
 
 
-# One columns buffer per thread, kept across calls: a fresh np.empty per image
-# cost a page fault per 4 KiB page every time.
+def _group(ckk, p, itemsize):
+    """Images per im2col + GEMM group (a function of the shapes only)."""
+    return max(1, _GROUP_BYTES // max(1, ckk * p * itemsize))
+
+
+# Scratch per thread, kept across calls: a fresh np.empty per group cost a page
+# fault per 4 KiB page every time.
 _SCRATCH = threading.local()
 
 
-def _cols_buffer(ckk, p, dtype):
-    need = ckk * p
-    buf = getattr(_SCRATCH, "cols", None)
+def _scratch(name, shape, dtype):
+    need = math.prod(shape)
+    buf = getattr(_SCRATCH, name, None)
     if buf is None or buf.dtype != dtype or buf.size < need:
-        buf = _SCRATCH.cols = np.empty(need, dtype)
-    return buf[:need].reshape(ckk, p)
+        buf = np.empty(need, dtype)
+        setattr(_SCRATCH, name, buf)
+    return buf[:need].reshape(shape)
 
 
 def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act, alpha):
@@ -159,15 +184,22 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     z3 = z.reshape(n, f, p) if save_z else np.empty((n, 0, 0), y.dtype)
     b = bias if bias is not None else np.empty(0, y.dtype)
     bias_act = _epilogue_kernels(act)[0]
-    bounds = _blocks(n)
+    bounds, group = _blocks(n), _group(ckk, p, x.itemsize)
+    has_bias = bias is not None
 
     def block(t):
-        cols = _cols_buffer(ckk, p, x.dtype)
-        for i in range(bounds[t], bounds[t + 1]):
-            _im2col(x[i], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
-            with quiet_fp():
-                np.matmul(w2, cols, out=y3[i])
-            bias_act(y3[i], z3[i], b, bias is not None, save_z, alpha)
+        with quiet_fp():
+            for g0 in range(bounds[t], bounds[t + 1], group):
+                g1 = min(bounds[t + 1], g0 + group)
+                cols = _scratch("cols", (ckk, g1 - g0, p), x.dtype)
+                _im2col(x[g0:g1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+                if g1 - g0 == 1:  # one image: the GEMM writes y, the epilogue works in place
+                    np.matmul(w2, cols[:, 0], out=y3[g0])
+                    bias_act(y3[g0][:, None], y3[g0:g1], z3[g0:g1], b, has_bias, save_z, alpha)
+                else:
+                    acc = _scratch("acc", (f, g1 - g0, p), y.dtype)
+                    np.matmul(w2, cols.reshape(ckk, -1), out=acc.reshape(f, -1))
+                    bias_act(acc, y3[g0:g1], z3[g0:g1], b, has_bias, save_z, alpha)
 
     run_tasks(block, len(bounds) - 1)
 
@@ -183,7 +215,7 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     w2 = weight.reshape(f, ckk)
     dz_bias = _epilogue_kernels(act)[1]
     winograd_path = winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
-    bounds = _blocks(n)
+    bounds, group = _blocks(n), _group(ckk, p, x.itemsize)
     nblocks = len(bounds) - 1
     db_parts = np.zeros((nblocks, f))
     alpha_parts = np.zeros(nblocks)
@@ -191,25 +223,28 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
 
     def block(t):
         asum = 0.0
-        if winograd_path:
+        if winograd_path:  # dz in (N, F, P) for the transforms below
             for i in range(bounds[t], bounds[t + 1]):
-                asum += dz_bias(dy3[i], y3[i], z3[i], dz3[i], db_parts[t], alpha)
+                asum += dz_bias(dy3[i:i + 1], y3[i:i + 1], z3[i:i + 1], dz3[i].reshape(f, 1, p), db_parts[t], alpha)
             alpha_parts[t] = asum
             return
-        cols = _cols_buffer(ckk, p, x.dtype)
         part = dw_parts[t]
-        for i in range(bounds[t], bounds[t + 1]):
-            asum += dz_bias(dy3[i], y3[i], z3[i], dz3[i], db_parts[t], alpha)
-            _im2col(x[i], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
-            with quiet_fp():  # dweight^T: (CKK, P) @ (P, F) ran 1.45x faster than dz @ cols^T
-                if i == bounds[t]:
-                    np.matmul(cols, dz3[i].T, out=part)
+        with quiet_fp():
+            for g0 in range(bounds[t], bounds[t + 1], group):
+                g1 = min(bounds[t + 1], g0 + group)
+                dz = _scratch("dz", (f, g1 - g0, p), dy.dtype)
+                asum += dz_bias(dy3[g0:g1], y3[g0:g1], z3[g0:g1], dz, db_parts[t], alpha)
+                cols = _scratch("cols", (ckk, g1 - g0, p), x.dtype)
+                _im2col(x[g0:g1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+                cols2, dz2 = cols.reshape(ckk, -1), dz.reshape(f, -1)
+                # dweight^T: (CKK, P) @ (P, F) ran 1.45x faster than dz @ cols^T
+                if g0 == bounds[t]:
+                    np.matmul(cols2, dz2.T, out=part)
                 else:
-                    part += cols @ dz3[i].T
+                    part += cols2 @ dz2.T
                 if dx is not None:
-                    np.matmul(w2.T, dz3[i], out=cols)
-            if dx is not None:
-                _col2im(cols, dx[i], kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+                    np.matmul(w2.T, dz2, out=cols2)
+                    _col2im(cols, dx[g0:g1], kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
         alpha_parts[t] = asum
 
     run_tasks(block, nblocks)
