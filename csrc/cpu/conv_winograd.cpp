@@ -346,6 +346,58 @@ void weights_from_transform(const T* du, int64_t fc, T* dw) {
 // the same bits at any thread count, and partials no larger than the im2col
 // path's (groups x F x C x 9; dU partials would be 16/9 of that). dbias (F,),
 // when given, is the sum of dz, taken from the same transform in the same order.
+// out (rows_a x rows_b, row stride ldo) (+)= a (rows_a x k) b^T, a and b with
+// row stride ld and k a multiple of the vector width (the caller zeroes the
+// padding): the dweight transform's dU[xi] = dM[xi] dV[xi]^T, both operands
+// already laid out along the tiles, so no packing. R x Q rows of a and b at a
+// time, R * Q = W accumulators of W lanes each, then one register transpose and
+// W - 1 adds give the W dot products (the lane order of every sum is fixed).
+// Used where F C / (F + C) <= 16 (the FLOPs per element the engine would pack:
+// 32 -> 32 channels): through gemm_engine (M = F, N = C = 32, K = a block's
+// tiles, packed per call) those GEMMs ran at 37% of the FMA probe and were 30%
+// of the backward, which this cut from 12.1 to 10.8 ms (2 threads, 32x32, N =
+// 64). With 64 channels the engine was 3-5% faster, so it keeps them.
+template <class T>
+void dot_rows(const T* a, int64_t rows_a, const T* b, int64_t rows_b, int64_t ld, int64_t k, T* out, int64_t ldo,
+              bool accumulate) {
+  using S = simd::Vec<T>;
+  using V = typename S::V;
+  constexpr int W = S::W, Q = W >= 16 ? 4 : (W >= 4 ? 2 : 1), R = W / Q;
+  for (int64_t i0 = 0; i0 < rows_a; i0 += R) {
+    const T* ar[R];
+    for (int r = 0; r < R; ++r) ar[r] = a + min64(i0 + r, rows_a - 1) * ld;
+    for (int64_t j0 = 0; j0 < rows_b; j0 += Q) {
+      const T* br[Q];
+      for (int q = 0; q < Q; ++q) br[q] = b + min64(j0 + q, rows_b - 1) * ld;
+      V acc[W];
+#pragma GCC unroll 16
+      for (int e = 0; e < W; ++e) acc[e] = S::zero();
+      for (int64_t t = 0; t < k; t += W) {
+        V bv[Q];
+#pragma GCC unroll 4
+        for (int q = 0; q < Q; ++q) bv[q] = S::load(br[q] + t);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          const V av = S::load(ar[r] + t);
+#pragma GCC unroll 4
+          for (int q = 0; q < Q; ++q) acc[r * Q + q] = S::fma(av, bv[q], acc[r * Q + q]);
+        }
+      }
+      S::transpose(acc);
+      V sum = acc[0];
+#pragma GCC unroll 16
+      for (int e = 1; e < W; ++e) sum = S::add(sum, acc[e]);
+      alignas(64) T lane[W];
+      S::store(lane, sum);
+      for (int r = 0; r < R && i0 + r < rows_a; ++r)
+        for (int q = 0; q < Q && j0 + q < rows_b; ++q) {
+          T& o = out[(i0 + r) * ldo + j0 + q];
+          o = accumulate ? o + lane[r * Q + q] : lane[r * Q + q];
+        }
+    }
+  }
+}
+
 template <class T>
 void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T* dweight, T* dbias) {
   const int64_t usize = 16 * g.f * g.c;
@@ -354,6 +406,7 @@ void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T*
   const int64_t rb = max64(1, min64(tiles_cap / g.tw, g.th * ceil_div(g.n, groups)));
   const int64_t ld = ceil_div(rb * g.tw, 16) * 16;
   const int64_t wsize = g.f * g.c * 9;
+  const bool small_du = g.f * g.c <= 16 * (g.f + g.c);  // dU[xi] by dot_rows, else gemm_engine
   T* partial = static_cast<T*>(scratch(kConvWeightGrad, size_t(groups * wsize) * sizeof(T)));
   double* bpart = dbias ? static_cast<double*>(scratch(kWork, size_t(groups * g.f) * sizeof(double))) : nullptr;
   if (bpart)
@@ -376,11 +429,26 @@ void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T*
         input_transform(g, x, g0, g1, vl, vbuf + 16 * g.c * ld);
         grad_transform(g, dz, g0, g1, ml, mbuf + 16 * g.f * ld, bpart ? bpart + grp * g.f : nullptr);
         // dU[xi] (F, C) (+)= dM[xi] (F, tiles) @ V[xi]^T (tiles, C); one thread per
-        // group (the engine runs single-threaded inside this region).
+        // group: the engine (single-threaded inside this region), or for a small dU
+        // dot_rows over the tiles padded to a whole vector with zeros.
+        if (!small_du) {
+          for (int xi = 0; xi < 16; ++xi)
+            gemm_engine<T>(g.f, g.c, tiles, gemm_detail::StridedA<T>{mbuf + xi * g.f * ld, ld, 1},
+                           gemm_detail::StridedB<T>{vbuf + xi * g.c * ld, 1, ld}, du + xi * g.f * g.c, g.c,
+                           g0 > r0, NoEpilogue{});
+          continue;
+        }
+        constexpr int64_t W = simd::Vec<T>::W;
+        const int64_t kpad = ceil_div(tiles, W) * W;
+        if (kpad > tiles) {
+          for (int64_t r = 0; r < 16 * g.f; ++r)
+            for (int64_t t = tiles; t < kpad; ++t) mbuf[r * ld + t] = T(0);
+          for (int64_t r = 0; r < 16 * g.c; ++r)
+            for (int64_t t = tiles; t < kpad; ++t) vbuf[r * ld + t] = T(0);
+        }
         for (int xi = 0; xi < 16; ++xi)
-          gemm_engine<T>(g.f, g.c, tiles, gemm_detail::StridedA<T>{mbuf + xi * g.f * ld, ld, 1},
-                         gemm_detail::StridedB<T>{vbuf + xi * g.c * ld, 1, ld}, du + xi * g.f * g.c, g.c, g0 > r0,
-                         NoEpilogue{});
+          dot_rows<T>(mbuf + xi * g.f * ld, g.f, vbuf + xi * g.c * ld, g.c, ld, kpad, du + xi * g.f * g.c, g.c,
+                      g0 > r0);
       }
       weights_from_transform(du, g.f * g.c, partial + grp * wsize);
     }
