@@ -243,3 +243,19 @@ def test_run_tasks_in_a_forked_child():
             os._exit(0 if sorted(seen) == list(range(6)) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_numpys_openblas_is_found_when_numpy_uses_one():
+    """Otherwise the convolution's image blocks quietly run one after another."""
+    from fastnn.backend.numba import runtime
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    except (TypeError, KeyError):
+        pytest.skip("this NumPy does not report its BLAS")
+    if "openblas" not in blas.lower():
+        pytest.skip(f"NumPy's BLAS is {blas}: the blocks run one after another by design")
+    assert runtime._OPENBLAS is not None
+    before = runtime._OPENBLAS[1]()
+    with runtime._ONE_BLAS_THREAD:
+        assert runtime._OPENBLAS[1]() == 1
+    assert runtime._OPENBLAS[1]() == before

@@ -107,15 +107,15 @@ _OPENBLAS_NAMES = (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas
 
 def _openblas_threads():
     """(set, get) of the thread count of the OpenBLAS NumPy loaded, or None."""
-    paths = []
+    # NumPy's own copy first (a SciPy or other library may load an OpenBLAS of its own).
+    here = os.path.dirname(np.__file__)
+    paths = glob.glob(os.path.join(os.path.dirname(here), "numpy.libs", "*openblas*"))
+    paths += glob.glob(os.path.join(here, ".dylibs", "*openblas*"))
     try:
         with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
+            paths += sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
     except OSError:
         pass
-    here = os.path.dirname(np.__file__)
-    paths += glob.glob(os.path.join(os.path.dirname(here), "numpy.libs", "*openblas*"))
-    paths += glob.glob(os.path.join(here, ".dylibs", "*openblas*"))
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
