@@ -19,13 +19,12 @@ computed and dropped, their dY is zero.
 from __future__ import annotations
 
 import functools
-import threading
 
 import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
 from .activation import act_value
-from .runtime import JIT, njit, prange, quiet_fp, threads_for
+from .runtime import JIT, njit, prange, quiet_fp, scratch, threads_for
 
 # Groups of tasks a parallel transform splits its work into (row buffers allocated once per group).
 _GROUPS = 64
@@ -192,21 +191,6 @@ def _output_kernel(code):
     return output_transform
 
 
-# Transform-domain buffers per calling thread, kept across calls (as conv.py's
-# columns): a fresh np.empty of tens of MiB per call paid a page fault per 4 KiB
-# page every time, and made this path slower than im2col.
-_SCRATCH = threading.local()
-
-
-def _buffer(name, shape, dtype):
-    need = int(np.prod(shape))
-    buf = getattr(_SCRATCH, name, None)
-    if buf is None or buf.dtype != dtype or buf.size < need:
-        buf = np.empty(need, dtype)
-        setattr(_SCRATCH, name, buf)
-    return buf[:need].reshape(shape)
-
-
 def _chunk(per_image):
     """Images per chunk: the chunk's transform-domain arrays stay under ~32 MiB (few large
     chunks, as the im2col path: each alternates Numba regions with an OpenBLAS matmul)."""
@@ -226,8 +210,8 @@ def conv(x, u, bias, y, z, ph, pw, act, alpha):
     step = _chunk(16 * (c + f) * th * tw * x.itemsize)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        v = _buffer("v", (16, c, (b1 - b0) * th * tw), x.dtype)
-        m = _buffer("m", (16, f, (b1 - b0) * th * tw), x.dtype)
+        v = scratch("v", (16, c, (b1 - b0) * th * tw), x.dtype)
+        m = scratch("m", (16, f, (b1 - b0) * th * tw), x.dtype)
         with threads_for(v.size):
             _input_transform(x[b0:b1], v, ph, pw, th, tw)
         with quiet_fp():
@@ -245,8 +229,8 @@ def dweight(x, dz, ph, pw, out):
     step = _chunk(16 * (c + f) * th * tw * x.itemsize)
     for b0 in range(0, n, step):
         b1 = min(n, b0 + step)
-        v = _buffer("v", (16, c, (b1 - b0) * th * tw), x.dtype)
-        m = _buffer("m", (16, f, (b1 - b0) * th * tw), x.dtype)
+        v = scratch("v", (16, c, (b1 - b0) * th * tw), x.dtype)
+        m = scratch("m", (16, f, (b1 - b0) * th * tw), x.dtype)
         with threads_for(v.size):
             _input_transform(x[b0:b1], v, ph, pw, th, tw)
             _grad_transform(dz[b0:b1], m, th, tw)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,23 @@ def quiet_fp():
     """NumPy's floating-point warnings silenced: overflow to inf is the caller's
     business (the Trainer stops on a non-finite loss), exactly as in the C++ kernels."""
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+# Scratch arrays per calling thread, by name, kept across calls (the convolutions'
+# columns and transform-domain buffers): a fresh multi-MiB np.empty per call paid
+# a page fault per 4 KiB page every time. Per thread, because run_tasks' workers
+# and fastnn.distributed's ranks (threads of one process) each need their own.
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, shape, dtype) -> np.ndarray:
+    """This thread's scratch array ``name``, reshaped to ``shape`` (contents undefined)."""
+    need = math.prod(shape)
+    buf = getattr(_SCRATCH, name, None)
+    if buf is None or buf.dtype != dtype or buf.size < need:
+        buf = np.empty(need, dtype)
+        setattr(_SCRATCH, name, buf)
+    return buf[:need].reshape(shape)
 
 
 # --- kernels that alternate with NumPy's BLAS ----------------------------------------
