@@ -80,7 +80,7 @@ def _col2im(cols, dx, kh, kw, sh, sw, ph, pw, oh, ow):
 
 @functools.cache
 def _epilogue_kernels(code):
-    """(bias_act, dz_bias) for a group of images, compiled for one activation code
+    """(bias_act, dz_act) for a group of images, compiled for one activation code
     as a constant, as csrc/cpu/conv.cpp's visit_act picks one template instance:
     with the runtime code in the loop every element went through the activation
     switch and the loops stayed scalar; with it constant each run of P values
@@ -112,37 +112,35 @@ def _epilogue_kernels(code):
                         out[j] = T(act_value(src[j] + bk, code, alpha))
 
     @njit(**JIT)
-    def dz_bias(dy, y, z, dz, dbias, alpha):
-        """dz (F, B, P) = dy (B, F, P) * act'(.); dbias[f] (float64) += the sum of dz
-        over (b, p), image by image, in 16 interleaved lanes (so the loop vectorizes)
-        added in order; returns the group's d loss / d alpha (prelu)."""
+    def dz_act(dy, y, z, dz, alpha):
+        """dz (F, B, P) = dy (B, F, P) * act'(.); returns the group's d loss / d alpha
+        (prelu). dbias is summed by the caller (_add_dbias)."""
         nb, f, p = dy.shape
         T = dy.dtype.type
-        lanes = np.zeros(16)
         asum = 0.0
-        whole = p - p % 16
         for b in range(nb):
             for k in range(f):
                 dyk, yk, zk, dzk = dy[b, k], y[b, k], z[b, k], dz[k, b]
                 for j in range(p):
                     dzk[j] = dyk[j] * T(act_grad(zk[j], yk[j], code, alpha))
-                lanes[:] = 0.0
-                for j0 in range(0, whole, 16):
-                    for t in range(16):
-                        lanes[t] += dzk[j0 + t]
-                total = 0.0
-                for t in range(16):
-                    total += lanes[t]
-                for j in range(whole, p):
-                    total += dzk[j]
-                dbias[k] += total
                 if code == PRELU:
                     for j in range(p):
                         if not zk[j] > 0:
                             asum += dyk[j] * zk[j]
         return asum
 
-    return bias_act, dz_bias
+    return bias_act, dz_act
+
+
+def _add_dbias(dz, dbias):
+    """dbias (F,) float64 += the sum of dz (F, B, P) over (b, p): one dot per image
+    row (float32, a matrix-vector product in NumPy's BLAS), then those in float64,
+    image by image. The 16-lane float64 sum this replaces stayed scalar in Numba
+    (the lanes and dz may alias, as far as LLVM knows): 0.72 ms against 0.12 ms
+    for 64 images of 32 x 1024 on one thread."""
+    rows = np.matmul(dz, np.ones(dz.shape[2], dz.dtype))  # (F, B)
+    for b in range(rows.shape[1]):
+        dbias += rows[:, b]
 
 
 def _blocks(n):
@@ -199,7 +197,7 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     dy3, y3, dz3 = dy.reshape(n, f, p), y.reshape(n, f, p), dz_work.reshape(n, f, p)
     z3 = z.reshape(n, f, p) if z is not None else y3
     w2 = weight.reshape(f, ckk)
-    dz_bias = _epilogue_kernels(act)[1]
+    dz_act = _epilogue_kernels(act)[1]
     winograd_path = winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
     bounds, group = _blocks(n), _group(ckk, p, x.itemsize)
     nblocks = len(bounds) - 1
@@ -211,7 +209,9 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
         asum = 0.0
         if winograd_path:  # dz in (N, F, P) for the transforms below
             for i in range(bounds[t], bounds[t + 1]):
-                asum += dz_bias(dy3[i:i + 1], y3[i:i + 1], z3[i:i + 1], dz3[i].reshape(f, 1, p), db_parts[t], alpha)
+                dzi = dz3[i].reshape(f, 1, p)
+                asum += dz_act(dy3[i:i + 1], y3[i:i + 1], z3[i:i + 1], dzi, alpha)
+                _add_dbias(dzi, db_parts[t])
             alpha_parts[t] = asum
             return
         part = dw_parts[t]
@@ -219,7 +219,8 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
             for g0 in range(bounds[t], bounds[t + 1], group):
                 g1 = min(bounds[t + 1], g0 + group)
                 dz = scratch("dz", (f, g1 - g0, p), dy.dtype)
-                asum += dz_bias(dy3[g0:g1], y3[g0:g1], z3[g0:g1], dz, db_parts[t], alpha)
+                asum += dz_act(dy3[g0:g1], y3[g0:g1], z3[g0:g1], dz, alpha)
+                _add_dbias(dz, db_parts[t])
                 cols = scratch("cols", (ckk, g1 - g0, p), x.dtype)
                 _im2col(x[g0:g1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
                 cols2, dz2 = cols.reshape(ckk, -1), dz.reshape(f, -1)
