@@ -44,7 +44,7 @@ from fastnn.backend import registry  # noqa: E402
 from fastnn.backend.codes import HYPER_FIELDS  # noqa: E402
 
 BACKENDS = ["cpp", "numba"]   # plus "numba@REV" with --before REV
-BAR = {"conv": 3.0}          # conv-net kernels; everything else 2.0
+BAR = {"conv": 3.0, "conv_first": 3.0}   # the convolutions; everything else 2.0
 
 
 def _both(fn):
@@ -117,8 +117,8 @@ def linear_relu(rng):
     return validate, run, 6.0 * n * d * m / 1e9, "GFLOP/s"
 
 
-def conv_relu(rng):
-    n, c, f, h = 64, 32, 32, 32
+def conv_relu(rng, c=32, f=32, h=32):
+    n = 64
     x = rng.standard_normal((n, c, h, h)).astype(np.float32)
     w = (rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
     b = rng.standard_normal(f).astype(np.float32)
@@ -134,6 +134,42 @@ def conv_relu(rng):
         r = _both(lambda: (run(), (y.copy(), dx.copy(), dw.copy(), db.copy()))[1])
         _close("conv_relu", r["numba"], r["cpp"], 1e-4, 1e-3)
     return validate, run, 6.0 * n * f * h * h * c * 9 / 1e9, "GFLOP/s"
+
+
+def conv_relu_first(rng):
+    return conv_relu(rng, c=3, f=32, h=32)
+
+
+def avgpool(rng):
+    x = rng.standard_normal((64, 32, 32, 32)).astype(np.float32)
+    dy = rng.standard_normal((64, 32, 16, 16)).astype(np.float32)
+    out = {}
+
+    def run():
+        out["y"], saved = fnn.ops.avg_pool2d(x, 2, 2, 0)
+        out["dx"] = fnn.ops.avg_pool2d_backward(dy, saved)
+
+    def validate():
+        r = _both(lambda: (run(), (out["y"].copy(), out["dx"].copy()))[1])
+        _close("avgpool", r["numba"], r["cpp"], 1e-6, 1e-6)
+    # forward reads x, writes y; backward reads dy, writes dx
+    return validate, run, (2 * x.nbytes + 2 * dy.nbytes) / 1e9, "GB/s"
+
+
+def gelu(rng):
+    x = rng.standard_normal((1024, 4096)).astype(np.float32) * 3
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    out = {}
+
+    def run():
+        out["y"] = fnn.ops.activation(x, "gelu", None)
+        out["dx"] = fnn.ops.activation_backward(dy, x, out["y"], "gelu", None)[0]
+
+    def validate():
+        r = _both(lambda: (run(), (out["y"].copy(), out["dx"].copy()))[1])
+        _close("gelu", r["numba"], r["cpp"], 1e-5, 1e-5)
+    # forward reads x, writes y; backward reads dy, x, y, writes dx
+    return validate, run, 6 * x.nbytes / 1e9, "GB/s"
 
 
 def maxpool(rng):
@@ -253,7 +289,10 @@ def sgd_momentum(rng):
 PATHS = {  # key: (label, factory)
     "linear": ("Linear+ReLU (256, 1024, 1024) fwd+bwd", linear_relu),
     "conv": ("Conv2d 32->32 3x3+ReLU (64, 32, 32, 32) fwd+bwd", conv_relu),
+    "conv_first": ("Conv2d 3->32 3x3+ReLU (64, 3, 32, 32) fwd+bwd", conv_relu_first),
     "maxpool": ("MaxPool2d 2x2 (64, 32, 32, 32) fwd+bwd", maxpool),
+    "avgpool": ("AvgPool2d 2x2 (64, 32, 32, 32) fwd+bwd", avgpool),
+    "gelu": ("GELU (erf) 4M elements fwd+bwd", gelu),
     "bn2d": ("BatchNorm2d (64, 64, 32, 32) fwd+bwd", bn2d),
     "bn1d": ("BatchNorm1d (4096, 1024) fwd+bwd", bn1d),
     "dropout": ("Dropout 16M elements fwd+bwd", dropout),

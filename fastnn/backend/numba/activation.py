@@ -97,6 +97,24 @@ def _f32_from_bits(typingctx, bits):
     return nbtypes.float32(bits), codegen
 
 
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """a * b + c rounded once, for the polynomial steps: csrc is compiled with
+    -ffp-contract=fast, so vec_math.h's p * t + c is one fused multiply-add
+    there. Without it Numba's loops (fastmath off) ran a multiply and an add per
+    step: GELU's forward 5.2 ms against the C++ 1.9 for 4M elements. (The _32
+    functions run on float32 only; a float64 argument, typed in a branch that
+    float64 inputs never take, computes in float64.)"""
+    if not all(isinstance(v, nbtypes.Float) for v in (a, b, c)):
+        return None
+    t = nbtypes.float32 if all(v.bitwidth == 32 for v in (a, b, c)) else nbtypes.float64
+
+    def codegen(context, builder, signature, args):
+        vals = [context.cast(builder, v, ty, t) for v, ty in zip(args, signature.args)]
+        return builder.fma(*vals)
+    return t(a, b, c), codegen
+
+
 _F = np.float32
 _EXP_LO = _F(-87.33654475)
 _LOG2E, _MAGIC = _F(1.44269504088896341), _F(12582912.0)
@@ -114,18 +132,18 @@ _ZERO, _HALF, _ONE, _TWO = _F(0.0), _F(0.5), _F(1.0), _F(2.0)
 def exp_nonpos32(x):
     """exp(x) for float32 x <= 0; 0 below -87.34 (where libm gives a denormal)."""
     xc = _EXP_LO if x < _EXP_LO else x
-    fx = (xc * _LOG2E + _MAGIC) - _MAGIC       # round(x / ln 2)
+    fx = _fma32(xc, _LOG2E, _MAGIC) - _MAGIC    # round(x / ln 2)
     fx = fx if fx == fx else _ZERO             # NaN: any n, r below carries the NaN
     r = xc - fx * _LN2_HI
     r = r - fx * _LN2_LO
     z = r * r
     y = _EXP_P[0]
-    y = y * r + _EXP_P[1]
-    y = y * r + _EXP_P[2]
-    y = y * r + _EXP_P[3]
-    y = y * r + _EXP_P[4]
-    y = y * r + _EXP_P[5]
-    y = y * z + r + _ONE
+    y = _fma32(y, r, _EXP_P[1])
+    y = _fma32(y, r, _EXP_P[2])
+    y = _fma32(y, r, _EXP_P[3])
+    y = _fma32(y, r, _EXP_P[4])
+    y = _fma32(y, r, _EXP_P[5])
+    y = _fma32(y, z, r) + _ONE
     n = np.int32(fx)                           # -126..0
     y = y * _f32_from_bits((n + np.int32(127)) << np.int32(23))   # 2^n, a normal number
     return _ZERO if x < _EXP_LO else y
@@ -135,13 +153,13 @@ def exp_nonpos32(x):
 def expm1_nonpos32(x):
     """expm1(x) for float32 x <= 0: the Taylor polynomial above -0.5."""
     p = _F(1.0 / 40320.0)
-    p = p * x + _F(1.0 / 5040.0)
-    p = p * x + _F(1.0 / 720.0)
-    p = p * x + _F(1.0 / 120.0)
-    p = p * x + _F(1.0 / 24.0)
-    p = p * x + _F(1.0 / 6.0)
-    p = p * x + _HALF
-    p = p * x + _ONE
+    p = _fma32(p, x, _F(1.0 / 5040.0))
+    p = _fma32(p, x, _F(1.0 / 720.0))
+    p = _fma32(p, x, _F(1.0 / 120.0))
+    p = _fma32(p, x, _F(1.0 / 24.0))
+    p = _fma32(p, x, _F(1.0 / 6.0))
+    p = _fma32(p, x, _HALF)
+    p = _fma32(p, x, _ONE)
     small = p * x
     big = exp_nonpos32(x) - _ONE
     return small if x > _F(-0.5) else big
@@ -154,11 +172,11 @@ def tanh32(x):
     a = abs(x)
     z = a * a
     p = _TANH_P[0]
-    p = p * z + _TANH_P[1]
-    p = p * z + _TANH_P[2]
-    p = p * z + _TANH_P[3]
-    p = p * z + _TANH_P[4]
-    small = a * (p * z) + a
+    p = _fma32(p, z, _TANH_P[1])
+    p = _fma32(p, z, _TANH_P[2])
+    p = _fma32(p, z, _TANH_P[3])
+    p = _fma32(p, z, _TANH_P[4])
+    small = _fma32(a, p * z, a)
     e = exp_nonpos32(a * _F(-2.0))
     big = (_ONE - e) / (_ONE + e)
     return _F(math.copysign(small if a < _F(0.625) else big, x))
@@ -177,15 +195,15 @@ def erfc32(x):
     a = abs(x)
     t = _ONE / (_ONE + _HALF * a)
     p = _ERFC_P[0]
-    p = p * t + _ERFC_P[1]
-    p = p * t + _ERFC_P[2]
-    p = p * t + _ERFC_P[3]
-    p = p * t + _ERFC_P[4]
-    p = p * t + _ERFC_P[5]
-    p = p * t + _ERFC_P[6]
-    p = p * t + _ERFC_P[7]
-    p = p * t + _ERFC_P[8]
-    p = p * t + _ERFC_P[9]
+    p = _fma32(p, t, _ERFC_P[1])
+    p = _fma32(p, t, _ERFC_P[2])
+    p = _fma32(p, t, _ERFC_P[3])
+    p = _fma32(p, t, _ERFC_P[4])
+    p = _fma32(p, t, _ERFC_P[5])
+    p = _fma32(p, t, _ERFC_P[6])
+    p = _fma32(p, t, _ERFC_P[7])
+    p = _fma32(p, t, _ERFC_P[8])
+    p = _fma32(p, t, _ERFC_P[9])
     r = t * exp_nonpos32(p - a * a)
     return _TWO - r if x < _ZERO else r
 
