@@ -46,7 +46,10 @@ def optim_update(p, g, s1, s2, h, rule, T):
         p *= T(1) - h.lr * h.weight_decay
     else:
         g += h.weight_decay * p
-    g += h.l1 * (T(p > T(0)) - T(p < T(0)))  # C++'s T((p > 0) - (p < 0)), cast per bool so Numba vectorizes it
+    # C++'s T((p > 0) - (p < 0)) (0 for NaN) as selects: with 512-bit vectors the
+    # bool-to-float casts of the earlier T(p > 0) - T(p < 0) made the Adam step
+    # 1.6x slower (9.8 against 6.1 ms for 10M float32); the selects vectorize at both widths.
+    g += h.l1 * (T(1) if p > T(0) else (T(-1) if p < T(0) else T(0)))
 
     if rule == SGD:
         p -= h.lr * g
