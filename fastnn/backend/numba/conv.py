@@ -155,9 +155,25 @@ def _blocks(n, ckk, p, itemsize):
     return [t * n // count for t in range(count + 1)] if count else [0]
 
 
-def _group(ckk, p, itemsize):
-    """Images per im2col + GEMM group (a function of the shapes only)."""
-    return max(1, _GROUP_BYTES // max(1, ckk * p * itemsize))
+def _group(ckk, p, itemsize, pointwise=False):
+    """Images per im2col + GEMM group (a function of the shapes only); one for a
+    pointwise convolution, whose columns are the image itself."""
+    return 1 if pointwise else max(1, _GROUP_BYTES // max(1, ckk * p * itemsize))
+
+
+def _pointwise(kh, kw, stride_h, stride_w, pad_h, pad_w):
+    """A 1x1 convolution, stride 1, no padding: image n's columns are x[n] (C, P)
+    as it is, so no im2col or col2im pass (csrc/cpu/conv.cpp's plain GEMM)."""
+    return kh == kw == stride_h == stride_w == 1 and pad_h == pad_w == 0
+
+
+def _columns(x, g0, g1, ckk, p, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, pointwise):
+    """The columns (CKK, B, P) of images [g0, g1): a view of x when pointwise (one image)."""
+    if pointwise:
+        return x[g0].reshape(ckk, 1, p)
+    cols = scratch("cols", (ckk, g1 - g0, p), x.dtype)
+    _im2col(x[g0:g1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+    return cols
 
 
 def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act, alpha):
@@ -174,7 +190,8 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     z3 = z.reshape(n, f, p) if save_z else np.empty((n, 0, 0), y.dtype)
     b = bias if bias is not None else np.empty(0, y.dtype)
     bias_act = _epilogue_kernels(act)[0]
-    group = _group(ckk, p, x.itemsize)
+    pointwise = _pointwise(kh, kw, stride_h, stride_w, pad_h, pad_w)
+    group = _group(ckk, p, x.itemsize, pointwise)
     starts = range(0, n, group)  # fixed groups of images: the GEMMs do not depend on the thread count
     # The forward sums nothing across images, so its tasks need not be fixed
     # blocks: one run of consecutive groups per thread (16 blocks of a 3->32
@@ -186,8 +203,7 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
         with quiet_fp():
             for g0 in starts[t * len(starts) // ntasks:(t + 1) * len(starts) // ntasks]:
                 g1 = min(n, g0 + group)
-                cols = scratch("cols", (ckk, g1 - g0, p), x.dtype)
-                _im2col(x[g0:g1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+                cols = _columns(x, g0, g1, ckk, p, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, pointwise)
                 if g1 - g0 == 1:  # one image: the GEMM writes y, the epilogue works in place
                     np.matmul(w2, cols[:, 0], out=y3[g0])
                     bias_act(y3[g0][:, None], y3[g0:g1], z3[g0:g1], b, has_bias, save_z, alpha)
@@ -210,7 +226,8 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     w2 = weight.reshape(f, ckk)
     dz_act = _epilogue_kernels(act)[1]
     winograd_path = winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
-    bounds, group = _blocks(n, ckk, p, x.itemsize), _group(ckk, p, x.itemsize)
+    pointwise = _pointwise(kh, kw, stride_h, stride_w, pad_h, pad_w)
+    bounds, group = _blocks(n, ckk, p, x.itemsize), _group(ckk, p, x.itemsize, pointwise)
     nblocks = len(bounds) - 1
     db_parts = np.zeros((nblocks, f))
     alpha_parts = np.zeros(nblocks)
@@ -232,15 +249,16 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
                 dz = scratch("dz", (f, g1 - g0, p), dy.dtype)
                 asum += dz_act(dy3[g0:g1], y3[g0:g1], z3[g0:g1], dz, alpha)
                 _add_dbias(dz, db_parts[t])
-                cols = scratch("cols", (ckk, g1 - g0, p), x.dtype)
-                _im2col(x[g0:g1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+                cols = _columns(x, g0, g1, ckk, p, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, pointwise)
                 cols2, dz2 = cols.reshape(ckk, -1), dz.reshape(f, -1)
                 # dweight^T: (CKK, P) @ (P, F) ran 1.45x faster than dz @ cols^T
                 if g0 == bounds[t]:
                     np.matmul(cols2, dz2.T, out=part)
                 else:
                     part += cols2 @ dz2.T
-                if dx is not None:
+                if dx is not None and pointwise:  # dx[g0] (C, P) is the columns' gradient itself
+                    np.matmul(w2.T, dz2, out=dx[g0].reshape(ckk, p))
+                elif dx is not None:
                     np.matmul(w2.T, dz2, out=cols2)
                     _col2im(cols, dx[g0:g1], kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
         alpha_parts[t] = asum
