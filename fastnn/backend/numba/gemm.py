@@ -6,8 +6,9 @@ Shapes: x (N, D), weight (D, M), bias (M,), y and z (N, M).
   backward  dz = dy * act'(z or y),  dweight = x^T dz,  dbias = column sums of dz,
             dx = dz weight^T,  dalpha (prelu) = sum of dy * z over z <= 0
 The matrix products are NumPy's matmul (its BLAS); the bias + activation
-epilogue and the derivative with the bias-gradient reduction are parallel Numba
-loops over activation.py's functions.
+epilogue and the derivative with the bias-gradient reduction are Numba loops
+over activation.py's functions, parallel only for large outputs (see
+_EPILOGUE_PARALLEL_MIN).
 """
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ import numpy as np
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
 from .activation import PRELU, act_grad, act_value
 from .runtime import JIT, njit, prange, quiet_fp, threads_for
+
+# The epilogues run between NumPy matmuls, whose OpenBLAS threads want both
+# cores next: as a parallel region, an epilogue leaves libgomp's workers spinning
+# (GOMP_SPINCOUNT) in their way. On a 2-core Xeon, Linear+ReLU (256, 1024, 1024)
+# fwd+bwd ran 15.2 ms with 2-thread epilogues in a process started on the C++
+# backend (spin count 100000) and 6.7 ms with them on one thread (C++ 6.1). So
+# they run on one thread below this many elements (a pass of 16 MiB of float32).
+_EPILOGUE_PARALLEL_MIN = 1 << 22
 
 # Columns per task of the dz / dbias pass: each task owns its columns' bias sums,
 # so the reduction order (and the result) does not depend on the thread count.
@@ -98,7 +107,7 @@ def linear_act_forward(x, weight, bias, y, z, act, alpha):
     with quiet_fp():
         np.matmul(x, weight, out=y)
     save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
-    with threads_for(y.size):
+    with threads_for(y.size if y.size >= _EPILOGUE_PARALLEL_MIN else 0):
         _epilogue_kernels(act)[0](y, z if save_z else np.empty((0, 0), y.dtype),
                                   bias if bias is not None else np.empty(0, y.dtype), bias is not None, save_z, alpha)
 
@@ -106,7 +115,7 @@ def linear_act_forward(x, weight, bias, y, z, act, alpha):
 def linear_act_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, act, alpha):
     zz = z if z is not None else y
     db = dbias if dbias is not None else np.empty(dy.shape[1], dy.dtype)
-    with threads_for(dy.size):
+    with threads_for(dy.size if dy.size >= _EPILOGUE_PARALLEL_MIN else 0):
         total = _epilogue_kernels(act)[1](dy, y, zz, dz_work, db, alpha)
     if dalpha is not None:
         dalpha[0] = total
