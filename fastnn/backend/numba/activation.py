@@ -351,6 +351,16 @@ def _swish_grad32(z):
     return mul_vanishing32(_ONE + mul_vanishing32(z, _ONE - s), s)
 
 
+_PRELU_LANES = 256  # activation.cpp kLanes
+
+
+@njit(inline="always", **JIT)
+def _prelu_dalpha(dy, z):
+    """double(dy * Prelu::grad_alpha(z)) as activation.cpp sums it: the product in
+    the input's precision (dy * z, or dy * 0 above 0), widened to float64."""
+    return np.float64(dy * z) if not z > 0 else np.float64(dy) * 0.0
+
+
 @functools.cache
 def _act_kernels(code):
     """(forward, backward) over flat arrays, compiled for one activation code as a
@@ -377,11 +387,21 @@ def _act_kernels(code):
         nblocks = (n + _REDUCE_BLOCK - 1) // _REDUCE_BLOCK
         alpha_parts = np.zeros(nblocks, np.float64)
         for b in prange(nblocks):
-            asum = 0.0
-            for i in range(b * _REDUCE_BLOCK, min(n, (b + 1) * _REDUCE_BLOCK)):
+            begin, end = b * _REDUCE_BLOCK, min(n, (b + 1) * _REDUCE_BLOCK)
+            for i in range(begin, end):
                 dx[i] = dy[i] * act_grad(x[i], y[i], code, a)
-                asum += dy[i] * x[i] if not x[i] > 0 else 0.0
-            alpha_parts[b] = asum
+            # activation.cpp's kLanes (256) interleaved lanes: element i into
+            # lane (i - begin) % 256, the lanes then summed in order
+            lanes = np.zeros(_PRELU_LANES)
+            for j0 in range(begin, end, _PRELU_LANES):
+                d = dy[j0:j0 + _PRELU_LANES]
+                z = x[j0:j0 + _PRELU_LANES]
+                for j in range(d.size):
+                    lanes[j] += _prelu_dalpha(d[j], z[j])
+            lane_sum = 0.0
+            for j in range(_PRELU_LANES):
+                lane_sum += lanes[j]
+            alpha_parts[b] = lane_sum
         total = 0.0
         for b in range(nblocks):
             total += alpha_parts[b]
