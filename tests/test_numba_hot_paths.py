@@ -124,6 +124,26 @@ def test_dropout_mask_is_bit_identical_to_cpp_at_every_offset(rng, dtype, offset
                                       err_msg=f"offset {offset}, n {n}, {threads} threads")
 
 
+@needs_cpp
+@pytest.mark.parametrize("offset", [0, 3, 4 * 2**32 - 4099])
+@pytest.mark.parametrize("n", [1, 7, 1027, 300_001])
+def test_dropout_in_place_is_bit_identical_to_cpp(rng, offset, n):
+    """dropout_backward(dy, out=dy), as DropConnect masks its weight gradient: the
+    in-place kernel (one array, so the loop vectorizes) draws the C++ words too."""
+    x = rng.standard_normal(n).astype(np.float32)
+    x[::89] = np.nan
+    seed = int(rng.integers(2**63))
+    with fnn.backend.using("cpp"):
+        want = fnn.ops.dropout_backward(x, 0.3, seed, offset)
+    for threads in (1, 2):
+        y = x.copy()
+        with fnn.backend.using("numba"):
+            got = _on_threads(threads, lambda: fnn.ops.dropout_backward(y, 0.3, seed, offset, out=y))
+        assert got is y
+        np.testing.assert_array_equal(y.view(np.uint8), want.view(np.uint8),
+                                      err_msg=f"offset {offset}, n {n}, {threads} threads")
+
+
 # --- max pooling: the fixed-window kernel against the generic one ---------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

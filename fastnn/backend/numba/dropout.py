@@ -44,7 +44,7 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 _BLOCKS = 256
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _dropout_blocks(x, y, first, nb, k0, k1, threshold, scale):
     """The nb whole blocks first .. first + nb - 1 on x, y (their 4 * nb elements):
     y[4 l + w] = dropout_apply(x[4 l + w], dropout_keep(word w of block first + l),
@@ -70,6 +70,21 @@ def _dropout_blocks(x, y, first, nb, k0, k1, threshold, scale):
 
 
 @njit(**JIT)
+def _dropout_blocks_apart(x, y, first, nb, k0, k1, threshold, scale):
+    """_dropout_blocks from x into a distinct y."""
+    _dropout_blocks(x, y, first, nb, k0, k1, threshold, scale)
+
+
+@njit(**JIT)
+def _dropout_blocks_in_place(y, first, nb, k0, k1, threshold, scale):
+    """_dropout_blocks on y in place (x is y). Through two array arguments that are
+    the same memory LLVM's overlap check fails and the loop runs scalar:
+    DropConnect's in-place weight-gradient mask took 8-9 ms for 1M elements
+    against 1.7 ms out of place."""
+    _dropout_blocks(y, y, first, nb, k0, k1, threshold, scale)
+
+
+@njit(**JIT)
 def _dropout_elements(x, y, offset, i0, i1, k0, k1, threshold, scale):
     """Elements i0 <= i < i1 one at a time (global index j = offset + i: word j % 4
     of block j / 4): the partial blocks at the ends of the range."""
@@ -83,7 +98,7 @@ def _dropout_elements(x, y, offset, i0, i1, k0, k1, threshold, scale):
 
 
 @njit(parallel=True, **JIT)
-def _dropout(x, y, seed, offset, threshold, scale):
+def _dropout(x, y, seed, offset, threshold, scale, in_place):
     n = x.size
     if n == 0:
         return
@@ -101,11 +116,14 @@ def _dropout(x, y, seed, offset, threshold, scale):
         b0 = t * _BLOCKS
         nb = min(_BLOCKS, nblocks - b0)
         i0 = head + 4 * b0
-        _dropout_blocks(x[i0:i0 + 4 * nb], y[i0:i0 + 4 * nb], first + np.uint64(b0), nb, k0, k1, threshold,
-                        scale)
+        if in_place:
+            _dropout_blocks_in_place(y[i0:i0 + 4 * nb], first + np.uint64(b0), nb, k0, k1, threshold, scale)
+        else:
+            _dropout_blocks_apart(x[i0:i0 + 4 * nb], y[i0:i0 + 4 * nb], first + np.uint64(b0), nb, k0, k1,
+                                  threshold, scale)
 
 
 def dropout(x, y, seed, offset, threshold, scale):
     with threads_for(x.size):
         _dropout(x.reshape(-1), y.reshape(-1), np.uint64(seed), np.uint64(offset), np.uint64(threshold),
-                 x.dtype.type(scale))
+                 x.dtype.type(scale), x.ctypes.data == y.ctypes.data)
