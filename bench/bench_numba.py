@@ -136,6 +136,14 @@ def conv_relu(rng, c=32, f=32, h=32):
     return validate, run, 6.0 * n * f * h * h * c * 9 / 1e9, "GFLOP/s"
 
 
+def _outputs_close(name, run, out, rtol, atol):
+    """validate(): run() on both backends, the arrays it leaves in ``out`` within tolerance."""
+    def validate():
+        r = _both(lambda: (run(), [v.copy() for v in out.values()])[1])
+        _close(name, r["numba"], r["cpp"], rtol, atol)
+    return validate
+
+
 def conv_relu_first(rng):
     return conv_relu(rng, c=3, f=32, h=32)
 
@@ -149,11 +157,8 @@ def avgpool(rng):
         out["y"], saved = fnn.ops.avg_pool2d(x, 2, 2, 0)
         out["dx"] = fnn.ops.avg_pool2d_backward(dy, saved)
 
-    def validate():
-        r = _both(lambda: (run(), (out["y"].copy(), out["dx"].copy()))[1])
-        _close("avgpool", r["numba"], r["cpp"], 1e-6, 1e-6)
     # forward reads x, writes y; backward reads dy, writes dx
-    return validate, run, (2 * x.nbytes + 2 * dy.nbytes) / 1e9, "GB/s"
+    return _outputs_close("avgpool", run, out, 1e-6, 1e-6), run, (2 * x.nbytes + 2 * dy.nbytes) / 1e9, "GB/s"
 
 
 def gelu(rng):
@@ -165,11 +170,8 @@ def gelu(rng):
         out["y"] = fnn.ops.activation(x, "gelu", None)
         out["dx"] = fnn.ops.activation_backward(dy, x, out["y"], "gelu", None)[0]
 
-    def validate():
-        r = _both(lambda: (run(), (out["y"].copy(), out["dx"].copy()))[1])
-        _close("gelu", r["numba"], r["cpp"], 1e-5, 1e-5)
     # forward reads x, writes y; backward reads dy, x, y, writes dx
-    return validate, run, 6 * x.nbytes / 1e9, "GB/s"
+    return _outputs_close("gelu", run, out, 1e-5, 1e-5), run, 6 * x.nbytes / 1e9, "GB/s"
 
 
 def maxpool(rng):

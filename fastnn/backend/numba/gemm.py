@@ -107,7 +107,7 @@ def linear_act_forward(x, weight, bias, y, z, act, alpha):
     with quiet_fp():
         np.matmul(x, weight, out=y)
     save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
-    with threads_for(y.size if y.size >= _EPILOGUE_PARALLEL_MIN else 0):
+    with threads_for(y.size, _EPILOGUE_PARALLEL_MIN):
         _epilogue_kernels(act)[0](y, z if save_z else np.empty((0, 0), y.dtype),
                                   bias if bias is not None else np.empty(0, y.dtype), bias is not None, save_z, alpha)
 
@@ -115,7 +115,7 @@ def linear_act_forward(x, weight, bias, y, z, act, alpha):
 def linear_act_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, act, alpha):
     zz = z if z is not None else y
     db = dbias if dbias is not None else np.empty(dy.shape[1], dy.dtype)
-    with threads_for(dy.size if dy.size >= _EPILOGUE_PARALLEL_MIN else 0):
+    with threads_for(dy.size, _EPILOGUE_PARALLEL_MIN):
         total = _epilogue_kernels(act)[1](dy, y, zz, dz_work, db, alpha)
     if dalpha is not None:
         dalpha[0] = total

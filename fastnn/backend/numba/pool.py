@@ -39,6 +39,12 @@ def avg_pool_divisor(rows, cols, kh, kw, count_include_pad):
     return count if count > 0 else 1
 
 
+def _fixed_window(kw, sw, pw):
+    """pool.cpp by_fixed_window: the windows with a kernel of their own (KW and SW
+    compile-time constants): no column padding, 2 or 3 wide, stride 1 or 2."""
+    return pw == 0 and kw in (2, 3) and sw in (1, 2)
+
+
 @njit(parallel=True, **JIT)
 def _max_pool2d_forward(x, y, index, kh, kw, sh, sw, ph, pw):
     planes, h, w = x.shape
@@ -123,7 +129,7 @@ def max_pool2d_forward(x, y, index, kernel_h, kernel_w, stride_h, stride_w, pad_
     n, c, h, w = x.shape
     x3, y3, i3 = x.reshape(n * c, h, w), y.reshape(n * c, *y.shape[2:]), index.reshape(n * c, *index.shape[2:])
     with threads_for(x.size):
-        if pad_w == 0 and kernel_w in (2, 3) and stride_w in (1, 2):   # pool.cpp by_fixed_window
+        if _fixed_window(kernel_w, stride_w, pad_w):
             _max_pool2d_fixed(kernel_w, stride_w)(x3, y3, i3, kernel_h, stride_h, pad_h)
         else:
             _max_pool2d_forward(x3, y3, i3, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w)
@@ -241,7 +247,7 @@ def avg_pool2d_forward(x, y, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_
     n, c, h, w = x.shape
     x3, y3 = x.reshape(n * c, h, w), y.reshape(n * c, *y.shape[2:])
     with threads_for(x.size):
-        if pad_w == 0 and kernel_w in (2, 3) and stride_w in (1, 2):   # pool.cpp by_fixed_window
+        if _fixed_window(kernel_w, stride_w, pad_w):
             _avg_pool2d_fixed(kernel_w, stride_w)(x3, y3, kernel_h, stride_h, pad_h, bool(count_include_pad))
         else:
             _avg_pool2d_forward(x3, y3, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,

@@ -32,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - numba is a hard dependency
     registry.mark_failed("numba", f"numba failed to import: {exc}")
     numba = njit = prange = nbtypes = overload = intrinsic = get_host_cpu_features = None
 
+
 def _prefer_512_bit_vectors():
     """On an AVX-512 CPU whose LLVM tuning prefers 256-bit vectors (every Intel
     core since Skylake-X, for the clock drop of heavy 512-bit code on the early
@@ -52,7 +53,6 @@ def _prefer_512_bit_vectors():
 
 if numba is not None:
     _prefer_512_bit_vectors()
-
 
 if numba is not None and numba.config.THREADING_LAYER == "default":
     # One OpenMP runtime in the process: the C++ kernels use GNU libgomp and so
@@ -88,12 +88,12 @@ def get_num_threads() -> int:
 class threads_for:
     """``with threads_for(work):`` runs the enclosed Numba kernels on fastnn's
     thread count, or on 1 thread when ``work`` (elements touched) is below the
-    parallel threshold."""
+    parallel threshold: ``minimum``, by default _PARALLEL_MIN."""
 
     __slots__ = ("want", "saved")
 
-    def __init__(self, work: int):
-        self.want = 1 if work < _PARALLEL_MIN else get_num_threads()
+    def __init__(self, work: int, minimum: int = _PARALLEL_MIN):
+        self.want = 1 if work < minimum else get_num_threads()
 
     def __enter__(self):
         self.saved = numba.get_num_threads()
@@ -211,12 +211,10 @@ def run_tasks(fn, ntasks: int) -> None:
     thread one of them (exceptions re-raised here). The tasks must not depend on
     which thread runs them or in what order: every result is the same at any
     thread count. Each thread takes the next task not yet taken, the caller
-    included, so a call wakes only threads - 1 sleeping workers: on this
-    project's virtual machines every wake-up of a sleeping thread costs, and a
-    3->32 convolution forward (2 tasks) ran 4.0 ms in the calls right after an
-    idle pause with both tasks handed to the pool, against 2.6 in a busy loop."""
-    threads = min(get_num_threads() if _OPENBLAS is not None else 1, ntasks)
-    if threads <= 1:
+    included, so a call hands work to at most threads - 1 pool workers (on this
+    project's 2-core VM this timed the same as handing every task to the pool)."""
+    threads = get_num_threads() if _OPENBLAS is not None else 1
+    if threads <= 1 or ntasks <= 1:
         for i in range(ntasks):
             fn(i)
         return
@@ -235,7 +233,7 @@ def run_tasks(fn, ntasks: int) -> None:
             fn(i)
 
     with _ONE_BLAS_THREAD:
-        helpers = [pool.submit(work) for _ in range(threads - 1)]
+        helpers = [pool.submit(work) for _ in range(min(threads, ntasks) - 1)]
         try:
             work()
         finally:
