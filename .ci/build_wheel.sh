@@ -26,9 +26,10 @@
 # (CUDA::cudart_static); the driver, libcuda.so.1, is dlopen'ed at run time.
 # auditwheel repair gets --exclude for libcuda, libcudart and libcublas*: NVIDIA
 # libraries must never be vendored (the driver belongs to the system, and
-# cuBLAS(Lt) comes from the nvidia-cublas wheel, found through a relative rpath
-# $ORIGIN/../nvidia/cublas/lib once _cuda links it: future work of the CUDA
-# issue; today _cuda links no shared CUDA library). It is its own
+# cuBLASLt comes from the nvidia-cublas wheel: _cuda links no shared CUDA
+# library and dlopens libcublasLt.so.13 from site-packages/nvidia/cu13/lib,
+# the path relative to the package PyTorch uses, else the system's CUDA;
+# csrc/cuda/blas.cpp). It is its own
 # distribution, named as CuPy names its wheels: fastnn-train-cuda<major>x
 # (fastnn-train-cuda13x with nvcc 13), so `pip install fastnn-train` never
 # pulls CUDA code and the index holds one wheel per CUDA major. The same import

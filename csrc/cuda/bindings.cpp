@@ -1,56 +1,20 @@
-// fastnn._cuda: the CUDA kernels' Python module. Arrays arrive as raw device
-// pointers with their sizes (fastnn/backend/cuda.py unpacks CuPy arrays and
-// passes CuPy's current stream), so this module does not depend on CuPy.
+// fastnn._cuda: the CUDA kernels' Python module. Each binding takes CuPy arrays
+// (any object with __cuda_array_interface__) in the argument order of the
+// fastnn._C binding of the same name, checks them (bind.h), releases the GIL
+// and launches on CuPy's current stream. fastnn/backend/cuda.py registers them.
 #include <pybind11/pybind11.h>
 
 #include <cuda_runtime.h>
 
 #include <string>
+#include <vector>
 
-#include "cuda/kernels.cuh"
+#include "cuda/bind.h"
+#include "cuda/cublaslt_api.h"
 
 namespace py = pybind11;
 
 namespace {
-
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
-}
-
-// Runs launcher<float> or launcher<double> by dtype name, after the GIL is released.
-template <class Launch>
-void by_dtype(const std::string& dtype, const char* what, Launch&& launch) {
-  if (dtype != "float32" && dtype != "float64")
-    throw py::type_error(std::string(what) + ": x must have dtype float32 or float64, got " + dtype);
-  py::gil_scoped_release nogil;
-  if (dtype == "float32")
-    check(launch(float{}), what);
-  else
-    check(launch(double{}), what);
-}
-
-void act_forward(uintptr_t x, uintptr_t y, int64_t n, const std::string& dtype, int act, double alpha,
-                 uintptr_t stream) {
-  if (act < 0 || act >= fastnn::kNumActs) throw py::value_error("act code out of range");
-  by_dtype(dtype, "act_forward", [&](auto tag) {
-    using T = decltype(tag);
-    fastnn::ActForwardArgs<T> a{n, reinterpret_cast<const T*>(x), reinterpret_cast<T*>(y), fastnn::Act(act),
-                                T(alpha)};
-    return fastnn::cuda::act_forward(a, reinterpret_cast<cudaStream_t>(stream));
-  });
-}
-
-void dropout(uintptr_t x, uintptr_t y, int64_t n, const std::string& dtype, uint64_t seed, uint64_t offset,
-             uint64_t threshold, double scale, uintptr_t stream) {
-  if (threshold > (uint64_t(1) << 32)) throw py::value_error("threshold must be <= 2**32");
-  by_dtype(dtype, "dropout", [&](auto tag) {
-    using T = decltype(tag);
-    fastnn::DropoutArgs<T> a{n, reinterpret_cast<const T*>(x), reinterpret_cast<T*>(y), seed, offset, threshold,
-                             T(scale)};
-    return fastnn::cuda::dropout(a, reinterpret_cast<cudaStream_t>(stream));
-  });
-}
 
 int device_count() {
   int n = 0;
@@ -58,14 +22,45 @@ int device_count() {
   return n;
 }
 
+py::dict device_info(int device) {
+  cudaDeviceProp p{};
+  fastnn::cuda::check(cudaGetDeviceProperties(&p, device), "device_info");
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  py::dict d;
+  d["name"] = std::string(p.name);
+  d["compute_capability"] = py::make_tuple(p.major, p.minor);
+  d["multiprocessors"] = p.multiProcessorCount;
+  d["memory_bytes"] = p.totalGlobalMem;
+  d["l2_bytes"] = p.l2CacheSize;
+  d["driver_version"] = driver;
+  d["runtime_version"] = runtime;
+  return d;
+}
+
 }  // namespace
 
-PYBIND11_MODULE(_cuda, mod) {
-  mod.doc() = "fastnn CUDA kernels; see csrc/cuda/kernels.cuh";
-  mod.def("act_forward", &act_forward, py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"),
-          py::arg("act"), py::arg("alpha"), py::arg("stream"));
-  mod.def("dropout", &dropout, py::arg("x"), py::arg("y"), py::arg("n"), py::arg("dtype"), py::arg("seed"),
-          py::arg("offset"), py::arg("threshold"), py::arg("scale"), py::arg("stream"));
-  mod.def("device_count", &device_count);
-  mod.attr("CUDART_VERSION") = CUDART_VERSION;
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "fastnn CUDA kernels on CuPy arrays; see csrc/cuda/kernels.cuh";
+  m.def("device_count", &device_count);
+  m.def("device_info", &device_info, py::arg("device") = 0);
+  m.def("cublaslt_version", [] { return std::string(fastnn::cuda::cublaslt_version()); },
+        "Version of the cuBLASLt library loaded at run time (loads it).");
+  m.def("set_allow_tf32", &fastnn::cuda::set_allow_tf32, py::arg("on"),
+        "Let float32 matmuls use TF32 tensor cores (off by default, as PyTorch's allow_tf32 for matmul).");
+  m.def("allow_tf32", &fastnn::cuda::allow_tf32);
+  m.attr("CUDART_VERSION") = CUDART_VERSION;
+  // Where pip puts the nvidia-cublas wheel's libraries: <entry>/nvidia/cu13/lib for every sys.path entry.
+  {
+    std::vector<std::string> dirs;
+    for (auto entry : py::module_::import("sys").attr("path"))
+      if (py::isinstance<py::str>(entry)) dirs.push_back(entry.cast<std::string>() + "/nvidia/cu13/lib");
+    fastnn::cuda::lt::set_search_dirs(std::move(dirs));
+  }
+  fastnn::cuda::bind::bind_dense(m);
+  fastnn::cuda::bind::bind_softmax(m);
+  fastnn::cuda::bind::bind_batchnorm(m);
+  fastnn::cuda::bind::bind_conv(m);
+  fastnn::cuda::bind::bind_pool(m);
 }

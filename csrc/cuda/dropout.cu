@@ -29,16 +29,16 @@ __global__ void dropout_kernel(DropoutArgs<T> a, uint64_t first_block, uint64_t 
 }  // namespace
 
 template <class T>
-cudaError_t dropout(const DropoutArgs<T>& a, cudaStream_t stream) {
-  if (a.n <= 0) return cudaSuccess;
+void dropout(const DropoutArgs<T>& a, cudaStream_t stream) {
+  if (a.n <= 0) return;
   const uint64_t first_block = a.offset / 4;
   const uint64_t num_blocks = (a.offset + uint64_t(a.n) - 1) / 4 - first_block + 1;
   constexpr int kThreads = 256;
   dropout_kernel<T><<<grid_for(int64_t(num_blocks), kThreads), kThreads, 0, stream>>>(a, first_block, num_blocks);
-  return cudaGetLastError();
+  check_launch("dropout");
 }
 
-template cudaError_t dropout<float>(const DropoutArgs<float>&, cudaStream_t);
-template cudaError_t dropout<double>(const DropoutArgs<double>&, cudaStream_t);
+template void dropout<float>(const DropoutArgs<float>&, cudaStream_t);
+template void dropout<double>(const DropoutArgs<double>&, cudaStream_t);
 
 }  // namespace fastnn::cuda

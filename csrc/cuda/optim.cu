@@ -1,0 +1,97 @@
+// The fused optimizer step over the flat parameter buffer on the GPU: one
+// grid-stride pass per 24 segments (parameter groups), each element updated by
+// ops/optim.h's rule with its segment's hyperparameters, which travel by value
+// in the kernel's parameters (no host-to-device copy per step). Max-norm: one
+// launch per matrix, a thread per column (the columns of a row-major matrix
+// are adjacent in memory, so each row is one coalesced read).
+#include <algorithm>
+#include <vector>
+
+#include "cuda/kernels.cuh"
+
+namespace fastnn::cuda {
+namespace {
+
+constexpr int kSegmentsPerLaunch = 24;
+constexpr int kThreads = 256;
+
+template <class T>
+struct SegmentTable {
+  int64_t begin[kSegmentsPerLaunch + 1];
+  OptimHyper<T> hyper[kSegmentsPerLaunch];
+  int count;
+};
+
+template <Rule R, class T>
+__global__ void optim_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ s1, T* __restrict__ s2,
+                             const SegmentTable<T> tab) {
+  const int64_t lo = tab.begin[0], hi = tab.begin[tab.count];
+  for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(blockDim.x) * gridDim.x) {
+    int s = 0;
+    while (s + 1 < tab.count && i >= tab.begin[s + 1]) ++s;
+    T pi = p[i];
+    T v1 = s1 ? s1[i] : T(0);
+    T v2 = s2 ? s2[i] : T(0);
+    optim_update<R>(pi, g[i], v1, v2, tab.hyper[s]);
+    p[i] = pi;
+    if (s1) s1[i] = v1;
+    if (s2) s2[i] = v2;
+  }
+}
+
+template <class T>
+__global__ void max_norm_kernel(T* w, int64_t rows, int64_t cols, double limit) {
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < cols; j += int64_t(blockDim.x) * gridDim.x) {
+    double norm = 0.0;
+    for (int64_t i = 0; i < rows; ++i) {
+      const double v = double(w[i * cols + j]);
+      norm += v * v;
+    }
+    const double scale = max_norm_scale(sqrt(norm), limit);
+    if (scale != 1.0)
+      for (int64_t i = 0; i < rows; ++i) w[i * cols + j] = T(double(w[i * cols + j]) * scale);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void optim_step(const OptimStepArgs<T>& a, cudaStream_t stream) {
+  for (int64_t first = 0; first < a.num_segments; first += kSegmentsPerLaunch) {
+    SegmentTable<T> tab{};
+    tab.count = int(std::min<int64_t>(kSegmentsPerLaunch, a.num_segments - first));
+    for (int s = 0; s <= tab.count; ++s) tab.begin[s] = a.seg_begin[first + s];
+    for (int s = 0; s < tab.count; ++s) tab.hyper[s] = a.hyper[first + s];
+    const int64_t work = tab.begin[tab.count] - tab.begin[0];
+    if (work <= 0) continue;
+    const int blocks = std::min(grid_for(work, kThreads), 8 * num_sms());
+    switch (a.rule) {
+#define FASTNN_RULE_CASE(name)                                                                          \
+  case Rule::name:                                                                                      \
+    optim_kernel<Rule::name, T><<<blocks, kThreads, 0, stream>>>(a.param, a.grad, a.state1, a.state2, tab); \
+    break;
+      FASTNN_OPTIM_RULES(FASTNN_RULE_CASE)
+#undef FASTNN_RULE_CASE
+    }
+    check_launch("optim_step");
+  }
+}
+
+template <class T>
+void max_norm(const MaxNormArgs<T>& a, cudaStream_t stream) {
+  for (int64_t k = 0; k < a.num; ++k) {
+    if (a.rows[k] <= 0 || a.cols[k] <= 0) continue;
+    max_norm_kernel<T><<<grid_for(a.cols[k], kThreads), kThreads, 0, stream>>>(a.param + a.offset[k], a.rows[k],
+                                                                              a.cols[k], a.max_norm[k]);
+    check_launch("max_norm");
+  }
+}
+
+#define FASTNN_INSTANTIATE(T)                                          \
+  template void optim_step<T>(const OptimStepArgs<T>&, cudaStream_t); \
+  template void max_norm<T>(const MaxNormArgs<T>&, cudaStream_t);
+FASTNN_INSTANTIATE(float)
+FASTNN_INSTANTIATE(double)
+#undef FASTNN_INSTANTIATE
+
+}  // namespace fastnn::cuda
