@@ -249,8 +249,10 @@ struct MaxPool2dRegionsForwardArgs {
   const int64_t* col_begin; const int64_t* col_end; T* y; int32_t* index;
 };
 
-// Backward of both max poolings: dx = 0, then dx[plane][index[o]] += dy[o] in
-// output order, one thread per plane (deterministic, overlapping windows add).
+// Backward of both max poolings: dx = 0, then dx[plane][index[o]] += dy[o].
+// The CPU runs output order, one thread per plane (deterministic, overlapping
+// windows add); the GPU adds atomically (overlapping windows then add in any
+// order, as in PyTorch's CUDA max pooling; disjoint windows are exact).
 //   dy and index (N, C, OH, OW), dx (N, C, H, W). Only n, c, h, w, oh, ow are read.
 template <class T>
 struct MaxPool2dBackwardArgs {
