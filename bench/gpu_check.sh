@@ -64,8 +64,8 @@ fi
 tail -25 "$OUT/train.log"
 cd - > /dev/null
 
-stage "tests/test_cuda.py"
-if timeout 300 $PY -P -m pytest -q -rfEs --tb=short -p no:cacheprovider tests/test_cuda.py > "$OUT/test_cuda.log" 2>&1; then
+stage "tests/test_cuda.py tests/test_cuda_model.py tests/test_device.py"
+if timeout 300 $PY -P -m pytest -q -rfEs --tb=short -p no:cacheprovider tests/test_cuda.py tests/test_cuda_model.py tests/test_device.py > "$OUT/test_cuda.log" 2>&1; then
   summary "test_cuda: $(tail -1 "$OUT/test_cuda.log")"
 else
   summary "test_cuda: FAILED: $(tail -1 "$OUT/test_cuda.log")"; failed=$((failed + 1))

@@ -255,6 +255,9 @@ def cmd_train(args) -> int:
     """``fastnn train``: build an MLP (or a CNN or ConvNet), train it on the chosen data set (the shipped digits by
     default) and print the test accuracy; returns the exit status."""
     _check_train(args.parser, args)
+    if args.device == "cuda" and cuda.reason is not None:
+        raise SystemExit(f"fastnn train --device cuda: CUDA is unavailable: {cuda.reason} "
+                         "(fastnn doctor says more; --device cpu trains on the CPU)")
     if args.backend:
         fnn.backend.use(args.backend)
     if args.threads:
@@ -292,6 +295,8 @@ def cmd_train(args) -> int:
     else:
         model = _build_mlp(fnn, n_features, hidden, classes, args.activation, dtype)
         arch = f"MLP {'-'.join(map(str, [n_features, *hidden, classes]))}" + (f" ({args.activation})" if hidden else "")
+    if args.device == "cuda":
+        model.to("cuda")        # before the optimizer: its flat buffers live where the parameters do
     opt = fnn.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedule = fnn.schedules.CosineAnnealing(t_max=args.epochs)
     trainer = fnn.Trainer(model, fnn.losses.SoftmaxCrossEntropy(), opt, schedule=schedule, seed=args.seed,
@@ -299,7 +304,8 @@ def cmd_train(args) -> int:
     ranks = f", {_count(fnn.distributed.world_size(), 'rank')}" if args.distributed else ""
     say(f"fastnn {fnn.__version__}: {args.dataset} {len(Xtr)}/{len(Xva)}/{len(Xte)} train/val/test, "
         f"{arch}, "
-        f"backend {fnn.backend.current()}, {_count(fnn.get_num_threads(), 'thread')}{ranks}")
+        + (f"device cuda ({_gpu_name()}){ranks}" if args.device == "cuda" else
+           f"backend {fnn.backend.current()}, {_count(fnn.get_num_threads(), 'thread')}{ranks}"))
     t0 = time.perf_counter()
     try:
         hist = trainer.fit(Xtr, ytr, epochs=args.epochs, batch_size=args.batch_size, val=(Xva, yva),
@@ -373,7 +379,17 @@ def cmd_doctor(args) -> int:
         print(f"adaptive threads: {state}; the C++ kernels use at most the cores other processes leave idle "
               f"(now {cpp._C.effective_num_threads()})")
     print(f"cuda: {'available' if cuda.reason is None else 'unavailable: ' + cuda.reason}")
+    for line in cuda.device_summary():     # name, compute capability, memory, driver/runtime, cuBLASLt
+        print(line)
     return 0
+
+
+def _gpu_name() -> str:
+    """The current GPU's name, for the train banner."""
+    try:
+        return str(cuda.device_info(cuda.cp.cuda.Device().id)["name"])
+    except Exception as exc:    # the banner must not stop training: say what failed instead
+        return f"name unavailable: {exc}"
 
 
 def _full_bench_runner() -> str | None:
@@ -481,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", type=nonnegative_float, default=1e-4, help="L2 weight decay")
     t.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the split, the weights and the shuffling")
     t.add_argument("--backend", choices=backends, default=None, help="CPU kernels (default: cpp when built)")
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where to train: cpu (the --backend kernels) or cuda (the GPU: needs the CUDA build and "
+                        "CuPy; fastnn doctor says whether it is available)")
     t.add_argument("--threads", type=positive_int, default=None,
                    help="threads for the CPU kernels (default: all cores)")
     t.add_argument("--float64", action="store_true", help="train in float64 instead of float32")

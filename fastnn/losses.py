@@ -17,6 +17,21 @@ from . import _validate as V
 from . import ops
 
 
+def _is_array(y) -> bool:
+    """A NumPy or CuPy array (the array kinds whose values the checks below read)."""
+    return isinstance(y, np.ndarray) or type(y).__module__.startswith("cupy")
+
+
+def _same_device(scores, y, name: str) -> None:
+    """TypeError when scores and the targets ``y`` are on different devices
+    (never a silent copy between host and GPU)."""
+    if isinstance(scores, np.ndarray) != isinstance(y, np.ndarray) and _is_array(scores) and _is_array(y):
+        where = {True: "cpu (numpy)", False: "cuda (cupy)"}
+        raise TypeError(f"{name} is on {where[isinstance(y, np.ndarray)]} but the scores are on "
+                        f"{where[isinstance(scores, np.ndarray)]}: move {name} to the scores' device "
+                        "(cupy.asarray / .get())")
+
+
 def class_labels(y, name: str = "y", num_classes: int | None = None):
     """1-D class labels as int64: an integer array, or floats that are all whole
     numbers (np.array([0., 2., 1.]), as read from a CSV); anything else gets a
@@ -24,18 +39,20 @@ def class_labels(y, name: str = "y", num_classes: int | None = None):
     [0, num_classes)."""
     if not hasattr(y, "dtype"):
         y = np.asarray(y)
-    if isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind == "f":
-        whole = np.isfinite(y) & (y == np.round(y))
-        if not whole.all():
-            bad = y[np.flatnonzero(~whole)[0]].item()
+    is_array = _is_array(y)
+    if is_array and y.ndim == 1 and y.dtype.kind == "f":
+        xp = V.array_module(y)
+        whole = xp.isfinite(y) & (y == xp.round(y))
+        if not bool(whole.all()):
+            bad = y[int(xp.flatnonzero(~whole)[0])].item()
             raise ValueError(f"{name} must hold integer class labels, got {y.dtype} values such as {bad!r} "
                              f"(for class probabilities pass {name} with shape (N, C), one row per sample)")
         y = y.astype(np.int64)
-    if isinstance(y, np.ndarray) and y.dtype.kind not in "iu":
+    if is_array and y.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class labels (N,), got dtype {y.dtype}")
-    if isinstance(y, np.ndarray) and y.ndim != 1:
+    if is_array and y.ndim != 1:
         raise ValueError(f"{name} must be (N,) integer class labels, got shape {tuple(y.shape)}")
-    if num_classes is not None and isinstance(y, np.ndarray) and y.size:
+    if num_classes is not None and is_array and y.size:
         lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name}: labels must be in [0, {num_classes}) for a model with {num_classes} "
@@ -58,7 +75,8 @@ def class_probabilities(y, name: str = "y", num_classes: int | None = None):
         raise ValueError(f"{name} as class probabilities must have shape (N, {c}), one column per model output, "
                          f"got shape {tuple(y.shape)}")
     V.finite(y, name)
-    if y.size and (y.min() < 0 or np.abs(y.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3):
+    xp = V.array_module(y)
+    if y.size and (float(y.min()) < 0 or float(xp.abs(y.sum(axis=1, dtype=np.float64) - 1.0).max()) > 1e-3):
         raise ValueError(f"{name} as class probabilities must be distributions: non-negative rows that sum to 1 "
                          "(one-hot or soft labels)")
     return y
@@ -93,11 +111,13 @@ def _soft_cross_entropy(scores, target):
     if target.ndim != 2 or target.shape != scores.shape:
         raise ValueError(f"y as class probabilities must have the shape of scores ({n}, {c}), one column per "
                          f"class, got {tuple(target.shape)}")
+    _same_device(scores, target, "y")
     V.finite(target, "y")
-    if n and (target.min() < 0 or np.abs(target.sum(axis=1, dtype=np.float64) - 1.0).max() > 1e-3):
+    xp = V.array_module(scores)
+    if n and (float(target.min()) < 0 or float(xp.abs(target.sum(axis=1, dtype=np.float64) - 1.0).max()) > 1e-3):
         raise ValueError("y as class probabilities must be distributions: non-negative rows that sum to 1 "
                          "(one-hot or soft labels)")
-    return ops.softmax_cross_entropy(np.ascontiguousarray(scores), np.asarray(target, dtype=scores.dtype))
+    return ops.softmax_cross_entropy(xp.ascontiguousarray(scores), xp.asarray(target, dtype=scores.dtype))
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -196,9 +216,11 @@ class MulticlassHinge(Loss):
         n, c = scores.shape
         if getattr(y, "dtype", None) is not None and y.dtype.kind == "f" and y.ndim == 1:
             y = class_labels(y, "y")
+        _same_device(scores, y, "y")
         y = V.labels(y, "y", n, c)
-        rows = np.arange(n)
-        margins = np.maximum(0.0, scores - scores[rows, y][:, None] + self.margin)
+        xp = V.array_module(scores)
+        rows = xp.arange(n)
+        margins = xp.maximum(0.0, scores - scores[rows, y][:, None] + self.margin)
         margins[rows, y] = 0.0
         self._saved = (margins, y, scores.dtype)
         return float(margins.sum() / max(n, 1))
@@ -212,7 +234,7 @@ class MulticlassHinge(Loss):
         margins, y, dtype = self._saved
         n = margins.shape[0]
         d = (margins > 0).astype(dtype)
-        d[np.arange(n), y] = -d.sum(axis=1)
+        d[V.array_module(d).arange(n), y] = -d.sum(axis=1)
         return d / max(n, 1)
 
     def expected_initial(self, num_classes: int) -> float:
@@ -248,7 +270,9 @@ class MSE(Loss):
         float
         """
         V.float_array(scores, "scores", contiguous=False)
-        target = np.asarray(target, dtype=scores.dtype)
+        _same_device(scores, target, "target")
+        xp = V.array_module(scores)
+        target = xp.asarray(target, dtype=scores.dtype)
         if target.shape != scores.shape:
             if target.ndim == 1 and scores.ndim == 2 and scores.shape[1] == 1 and target.shape[0] == scores.shape[0]:
                 target = target[:, None]
@@ -256,7 +280,7 @@ class MSE(Loss):
                 raise ValueError(f"target must have the shape of scores {scores.shape}, got {target.shape}")
         diff = scores - target
         self._saved = diff
-        return float(np.mean(diff.astype(np.float64) ** 2)) if diff.size else 0.0
+        return float(xp.mean(diff.astype(np.float64) ** 2)) if diff.size else 0.0
 
     def check_targets(self, y, num_classes=None, name="y"):
         """Targets with the shape of the scores, (N, C) ((N,) when C is 1)."""

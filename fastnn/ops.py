@@ -40,9 +40,26 @@ def activation_code(act, alpha=None) -> tuple[int, float]:
     return ACT_CODE[name], a
 
 
-def _out(buf, name, shape, dtype):
+def _xp(x):
+    """The array module of x: numpy for a NumPy array (one type check, the CPU
+    path's only cost), cupy for a CuPy array."""
+    return np if type(x) is np.ndarray else V.array_module(x)
+
+
+def _empty(like, shape, dtype):
+    """An uninitialized array on the device of ``like`` (NumPy or CuPy)."""
+    return np.empty(shape, dtype) if type(like) is np.ndarray else V.array_module(like).empty(shape, dtype)
+
+
+def _zeros(like, shape, dtype):
+    """A zero-filled array on the device of ``like`` (NumPy or CuPy)."""
+    return np.zeros(shape, dtype) if type(like) is np.ndarray else V.array_module(like).zeros(shape, dtype)
+
+
+def _out(buf, name, shape, dtype, like):
+    """``buf`` checked, or a fresh array on the device of ``like``."""
     if buf is None:
-        return np.empty(shape, dtype)
+        return _empty(like, shape, dtype)
     V.float_array(buf, name, ndim=len(shape), dtype=dtype)
     V.shape_is(buf, name, shape)
     return buf
@@ -58,7 +75,7 @@ def gemm(a, b, *, trans_a=False, trans_b=False, out=None, beta=0.0):
     kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
     if kb != k:
         raise ValueError(f"a and b have mismatched inner dimensions: op(a) is ({m}, {k}), op(b) is ({kb}, {n})")
-    c = _out(out, "out", (m, n), a.dtype)
+    c = _out(out, "out", (m, n), a.dtype, a)
     _kernel("gemm", a)(a, b, c, bool(trans_a), bool(trans_b), float(beta))
     return c
 
@@ -87,8 +104,8 @@ def linear_act(x, weight, bias=None, act="identity", alpha=None, *, out=None, z_
         V.float_array(bias, "bias", ndim=1, dtype=x.dtype)
         V.shape_is(bias, "bias", (m,))
     code, a = activation_code(act, alpha)
-    y = _out(out, "out", (n, m), x.dtype)
-    z = _out(z_out, "z_out", (n, m), x.dtype) if ACTIVATIONS[code] in SAVES_PREACTIVATION else None
+    y = _out(out, "out", (n, m), x.dtype, x)
+    z = _out(z_out, "z_out", (n, m), x.dtype, x) if ACTIVATIONS[code] in SAVES_PREACTIVATION else None
     _kernel("linear_act_forward", x)(x, weight, bias, y, z, code, a)
     return y, LinearActSaved(x, weight, y, z, code, a)
 
@@ -101,11 +118,11 @@ def linear_act_backward(dy, saved: LinearActSaved, *, need_dx=True, dweight=None
     V.shape_is(dy, "dy", y.shape)
     n, d = x.shape
     m = weight.shape[1]
-    dw = _out(dweight, "dweight", (d, m), x.dtype)
-    db = _out(dbias, "dbias", (m,), x.dtype) if need_dbias else None
-    dxx = _out(dx, "dx", (n, d), x.dtype) if need_dx else None
-    work = _out(dz_work, "dz_work", (n, m), x.dtype)
-    dalpha = np.zeros(1, x.dtype) if ACTIVATIONS[saved.act] == "prelu" else None
+    dw = _out(dweight, "dweight", (d, m), x.dtype, x)
+    db = _out(dbias, "dbias", (m,), x.dtype, x) if need_dbias else None
+    dxx = _out(dx, "dx", (n, d), x.dtype, x) if need_dx else None
+    work = _out(dz_work, "dz_work", (n, m), x.dtype, x)
+    dalpha = _zeros(x, 1, x.dtype) if ACTIVATIONS[saved.act] == "prelu" else None
     _kernel("linear_act_backward", dy)(dy, x, weight, y, saved.z, work, dxx, dw, db, dalpha,
                                        saved.act, saved.alpha)
     return dxx, dw, db, (float(dalpha[0]) if dalpha is not None else None)
@@ -117,7 +134,7 @@ def activation(x, act, alpha=None, *, out=None):
     """y = act(x), elementwise, any shape."""
     V.float_array(x, "x")
     code, a = activation_code(act, alpha)
-    y = _out(out, "out", x.shape, x.dtype)
+    y = _out(out, "out", x.shape, x.dtype, x)
     _kernel("act_forward", x)(x, y, code, a)
     return y
 
@@ -127,8 +144,8 @@ def activation_backward(dy, x, y, act, alpha=None, *, out=None):
     V.float_array(dy, "dy", dtype=x.dtype)
     V.shape_is(dy, "dy", x.shape)
     code, a = activation_code(act, alpha)
-    dx = _out(out, "out", x.shape, x.dtype)
-    dalpha = np.zeros(1, x.dtype) if ACTIVATIONS[code] == "prelu" else None
+    dx = _out(out, "out", x.shape, x.dtype, x)
+    dalpha = _zeros(x, 1, x.dtype) if ACTIVATIONS[code] == "prelu" else None
     _kernel("act_backward", dy)(dy, x, y, dx, dalpha, code, a)
     return dx, (float(dalpha[0]) if dalpha is not None else None)
 
@@ -140,12 +157,12 @@ def softmax(scores):
     softmax-cross-entropy kernel (csrc/ops/softmax.h: the row maximum is
     subtracted before exp), the one softmax of the package. Returns (N, C)
     float64 probabilities."""
-    s = np.ascontiguousarray(scores, dtype=np.float64)
+    s = _xp(scores).ascontiguousarray(scores, dtype=np.float64)
     if s.ndim != 2:
         raise ValueError(f"scores must be 2-D (N, C), got shape {tuple(s.shape)}")
     if s.shape[1] < 1:
         raise ValueError("scores must have at least one class column")
-    probs = np.empty_like(s)
+    probs = _empty(s, s.shape, s.dtype)
     _kernel("softmax_xent_forward", s)(s, None, None, probs)
     return probs
 
@@ -154,6 +171,11 @@ class SoftmaxXentSaved(NamedTuple):
     probs: np.ndarray            # (N, C) softmax of the scores
     labels: np.ndarray | None    # (N,) int64 hard labels, or None
     targets: np.ndarray | None   # (N, C) soft targets (scores' dtype), or None
+
+
+def _dtype_kind(v) -> str:
+    """The dtype kind of an array (NumPy or CuPy) or of what np.asarray makes of anything else."""
+    return v.dtype.kind if hasattr(v, "dtype") else np.asarray(v).dtype.kind
 
 
 def softmax_cross_entropy(scores, labels, *, probs_out=None):
@@ -168,9 +190,9 @@ def softmax_cross_entropy(scores, labels, *, probs_out=None):
     n, c = scores.shape
     if c < 1:
         raise ValueError("scores must have at least one class column")
-    probs = _out(probs_out, "probs_out", (n, c), scores.dtype)
-    if getattr(labels, "ndim", 1) == 2 and np.asarray(labels).dtype.kind == "f":
-        targets = np.ascontiguousarray(labels, dtype=scores.dtype)
+    probs = _out(probs_out, "probs_out", (n, c), scores.dtype, scores)
+    if getattr(labels, "ndim", 1) == 2 and _dtype_kind(labels) == "f":
+        targets = _xp(scores).ascontiguousarray(labels, dtype=scores.dtype)
         V.shape_is(targets, "labels", (n, c))
         V.finite(targets, "labels")
         loss = _kernel("softmax_xent_forward", scores)(scores, None, targets, probs)
@@ -183,7 +205,7 @@ def softmax_cross_entropy(scores, labels, *, probs_out=None):
 def softmax_cross_entropy_backward(saved: SoftmaxXentSaved, dloss=1.0, *, out=None):
     """dscores = (softmax - onehot(labels) or targets) * dloss / N, (N, C)."""
     n = saved.probs.shape[0]
-    d = _out(out, "out", saved.probs.shape, saved.probs.dtype)
+    d = _out(out, "out", saved.probs.shape, saved.probs.dtype, saved.probs)
     _kernel("softmax_xent_backward", saved.probs)(saved.probs, saved.labels, saved.targets, d,
                                                   float(dloss) / max(n, 1))
     return d
@@ -244,9 +266,9 @@ def batchnorm(x, gamma, beta, running_mean, running_var, training=True, momentum
             raise ValueError(f"x: expected more than 1 value per channel when training, got input of shape {x.shape}")
     elif running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var are required in eval mode")
-    y = _out(out, "out", x.shape, x.dtype)
-    mean = np.empty((2, c), x.dtype)
-    invstd = np.empty(c, x.dtype)
+    y = _out(out, "out", x.shape, x.dtype, x)
+    mean = _empty(x, (2, c), x.dtype)
+    invstd = _empty(x, c, x.dtype)
     _kernel("batchnorm_forward", x)(x, gamma, beta, running_mean, running_var, mean, invstd, y, bool(training),
                                     momentum, eps, code, a)
     return y, BatchNormSaved(x, y, mean, invstd, bool(training), code, a)
@@ -259,9 +281,9 @@ def batchnorm_backward(dy, saved: BatchNormSaved, gamma=None, *, need_dx=True, d
     V.float_array(dy, "dy", dtype=x.dtype)
     V.shape_is(dy, "dy", x.shape)
     c = x.shape[1]
-    dg = _out(dgamma, "dgamma", (c,), x.dtype)
-    db = _out(dbeta, "dbeta", (c,), x.dtype)
-    dx = _out(out, "out", x.shape, x.dtype) if need_dx else None
+    dg = _out(dgamma, "dgamma", (c,), x.dtype, x)
+    db = _out(dbeta, "dbeta", (c,), x.dtype, x)
+    dx = _out(out, "out", x.shape, x.dtype, x) if need_dx else None
     _kernel("batchnorm_backward", dy)(dy, x, saved.y, gamma, saved.mean, saved.invstd, dx, dg, db,
                                       saved.training, saved.act, saved.alpha)
     return dx, dg, db
@@ -272,23 +294,36 @@ def batchnorm_backward(dy, saved: BatchNormSaved, gamma=None, *, need_dx=True, d
 # batchnorm_stats -> batchnorm_gather_stats -> batchnorm_elemt, backward =
 # batchnorm_backward_reduce -> batchnorm_backward_elemt.
 
-def _f64_out(buf, name, shape):
+def _is_array_like(v, like) -> bool:
+    """Whether v is an array of the kind of ``like``: NumPy for NumPy, CuPy for CuPy."""
+    if type(like) is np.ndarray or isinstance(like, np.ndarray):
+        return isinstance(v, np.ndarray)
+    return type(v).__module__.startswith("cupy") and hasattr(v, "__cuda_array_interface__")
+
+
+def _kind_name(like) -> str:
+    return "numpy.ndarray" if isinstance(like, np.ndarray) else "cupy.ndarray (on the GPU, as the other inputs)"
+
+
+def _f64_out(buf, name, shape, like):
+    """The float64 sums buffer ``buf`` checked, or a fresh one on the device of ``like``."""
     if buf is None:
-        return np.empty(shape)
-    if not isinstance(buf, np.ndarray) or buf.dtype != np.float64:
-        raise TypeError(f"{name} must be a float64 numpy.ndarray, got "
-                        f"{getattr(buf, 'dtype', type(buf).__name__)}")
+        return _empty(like, shape, np.float64)
+    if not _is_array_like(buf, like) or buf.dtype != np.float64:
+        raise TypeError(f"{name} must be a float64 {_kind_name(like)}, got "
+                        f"{getattr(buf, 'dtype', '')} {type(buf).__module__}.{type(buf).__name__}")
     V.shape_is(buf, name, shape)
-    if not buf.flags.c_contiguous or not buf.flags.writeable:
+    if not buf.flags.c_contiguous or not getattr(buf.flags, "writeable", True):
         raise ValueError(f"{name} must be C-contiguous and writable")
     return buf
 
 
-def _f64_in(v, name, c):
-    if not isinstance(v, np.ndarray) or v.dtype != np.float64:
-        raise TypeError(f"{name} must be a float64 numpy.ndarray, got {getattr(v, 'dtype', type(v).__name__)}")
+def _f64_in(v, name, c, like):
+    if not _is_array_like(v, like) or v.dtype != np.float64:
+        raise TypeError(f"{name} must be a float64 {_kind_name(like)}, got "
+                        f"{getattr(v, 'dtype', '')} {type(v).__module__}.{type(v).__name__}")
     V.shape_is(v, name, (c,))
-    return np.ascontiguousarray(v)
+    return _xp(v).ascontiguousarray(v)
 
 
 def batchnorm_stats(x, shift, *, out=None):
@@ -303,7 +338,7 @@ def batchnorm_stats(x, shift, *, out=None):
     c = x.shape[1]
     V.float_array(shift, "shift", ndim=1, dtype=x.dtype)
     V.shape_is(shift, "shift", (c,))
-    sums = _f64_out(out, "out", (2, c))
+    sums = _f64_out(out, "out", (2, c), x)
     _kernel("batchnorm_stats", x)(x, shift, sums[0], sums[1])
     return sums
 
@@ -315,8 +350,9 @@ def batchnorm_gather_stats(sums, count, shift, running_mean=None, running_var=No
     running_var, when given, move by ``momentum`` (running_var unbiased, count/(count-1))."""
     V.float_array(shift, "shift", ndim=1)
     c = shift.shape[0]
-    if not isinstance(sums, np.ndarray) or sums.dtype != np.float64:
-        raise TypeError(f"sums must be a float64 numpy.ndarray, got {getattr(sums, 'dtype', type(sums).__name__)}")
+    if not _is_array_like(sums, shift) or sums.dtype != np.float64:
+        raise TypeError(f"sums must be a float64 {_kind_name(shift)}, got "
+                        f"{getattr(sums, 'dtype', '')} {type(sums).__module__}.{type(sums).__name__}")
     V.shape_is(sums, "sums", (2, c))
     count = V.real(count, "count")
     if not count > 1:
@@ -329,9 +365,9 @@ def batchnorm_gather_stats(sums, count, shift, running_mean=None, running_var=No
             V.shape_is(v, name, (c,))
     momentum = V.real(momentum, "momentum", low=0.0, high=1.0)
     eps = V.real(eps, "eps", low=0.0, low_open=True)
-    mean = np.empty((2, c), shift.dtype)
-    invstd = np.empty(c, shift.dtype)
-    sums = np.ascontiguousarray(sums)
+    mean = _empty(shift, (2, c), shift.dtype)
+    invstd = _empty(shift, c, shift.dtype)
+    sums = _xp(sums).ascontiguousarray(sums)
     _kernel("batchnorm_gather_stats", shift)(sums[0], sums[1], count, shift, running_mean, running_var, mean,
                                              invstd, momentum, eps)
     return mean, invstd
@@ -355,7 +391,7 @@ def batchnorm_elemt(x, gamma, beta, mean, invstd, act="identity", alpha=None, *,
     code, a = activation_code(act, alpha)
     if ACTIVATIONS[code] in SAVES_PREACTIVATION:
         raise ValueError(f"act {ACTIVATIONS[code]!r} cannot be fused into batchnorm (its derivative needs the input)")
-    y = _out(out, "out", x.shape, x.dtype)
+    y = _out(out, "out", x.shape, x.dtype, x)
     _kernel("batchnorm_elemt", x)(x, gamma, beta, mean, invstd, y, code, a)
     return y, BatchNormSaved(x, y, mean, invstd, True, code, a)
 
@@ -369,8 +405,8 @@ def batchnorm_backward_reduce(dy, saved: BatchNormSaved, *, dgamma=None, dbeta=N
     c = x.shape[1]
     for name, v in (("dgamma", dgamma), ("dbeta", dbeta)):
         if v is not None:
-            _out(v, name, (c,), x.dtype)
-    sums = _f64_out(out, "out", (2, c))
+            _out(v, name, (c,), x.dtype, x)
+    sums = _f64_out(out, "out", (2, c), x)
     _kernel("batchnorm_backward_reduce", dy)(dy, x, saved.y, saved.mean, saved.invstd, sums[0], sums[1], dgamma,
                                              dbeta, saved.act, saved.alpha)
     return sums
@@ -390,8 +426,8 @@ def batchnorm_backward_elemt(dy, saved: BatchNormSaved, gamma, mean_dz, mean_dz_
     if (mean_dz is None) != (mean_dz_xhat is None):
         raise ValueError("mean_dz and mean_dz_xhat must both be given (training) or both be None (eval)")
     if mean_dz is not None:
-        mean_dz, mean_dz_xhat = _f64_in(mean_dz, "mean_dz", c), _f64_in(mean_dz_xhat, "mean_dz_xhat", c)
-    dx = _out(out, "out", x.shape, x.dtype)
+        mean_dz, mean_dz_xhat = _f64_in(mean_dz, "mean_dz", c, x), _f64_in(mean_dz_xhat, "mean_dz_xhat", c, x)
+    dx = _out(out, "out", x.shape, x.dtype, x)
     _kernel("batchnorm_backward_elemt", dy)(dy, x, saved.y, gamma, saved.mean, saved.invstd, mean_dz, mean_dz_xhat,
                                             dx, saved.act, saved.alpha)
     return dx
@@ -419,7 +455,7 @@ def dropout(x, p, seed, offset=0, *, out=None):
     V.float_array(x, "x")
     threshold, scale = dropout_threshold(p)
     seed, offset = _seed_offset(seed, offset)
-    y = _out(out, "out", x.shape, x.dtype)
+    y = _out(out, "out", x.shape, x.dtype, x)
     _kernel("dropout", x)(x, y, seed, offset, threshold, scale)
     return y
 
@@ -429,7 +465,7 @@ def dropout_backward(dy, p, seed, offset=0, *, out=None):
     V.float_array(dy, "dy")
     threshold, scale = dropout_threshold(p)
     seed, offset = _seed_offset(seed, offset)
-    dx = _out(out, "out", dy.shape, dy.dtype)
+    dx = _out(out, "out", dy.shape, dy.dtype, dy)
     _kernel("dropout", dy)(dy, dx, seed, offset, threshold, scale)
     return dx
 
@@ -500,8 +536,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, act="identity", alpha=None
         V.shape_is(bias, "bias", (f,))
     code, a = activation_code(act, alpha)
     oh, ow = conv_output_size(h, w, (kh, kw), (sh, sw), (ph, pw))
-    y = _out(out, "out", (n, f, oh, ow), x.dtype)
-    z = _out(z_out, "z_out", (n, f, oh, ow), x.dtype) if ACTIVATIONS[code] in SAVES_PREACTIVATION else None
+    y = _out(out, "out", (n, f, oh, ow), x.dtype, x)
+    z = _out(z_out, "z_out", (n, f, oh, ow), x.dtype, x) if ACTIVATIONS[code] in SAVES_PREACTIVATION else None
     _kernel("conv2d_forward", x)(x, weight, bias, y, z, sh, sw, ph, pw, code, a)
     return y, Conv2dSaved(x, weight, y, z, (sh, sw), (ph, pw), code, a)
 
@@ -514,11 +550,11 @@ def conv2d_backward(dy, saved: Conv2dSaved, need_dx=True, *, dweight=None, dbias
     x, weight, y = saved.x, saved.weight, saved.y
     V.float_array(dy, "dy", ndim=4, dtype=x.dtype)
     V.shape_is(dy, "dy", y.shape)
-    dw = _out(dweight, "dweight", weight.shape, x.dtype)
-    db = _out(dbias, "dbias", (weight.shape[0],), x.dtype) if need_dbias else None
-    dxx = _out(dx, "dx", x.shape, x.dtype) if need_dx else None
-    work = _out(dz_work, "dz_work", y.shape, x.dtype)
-    dalpha = np.zeros(1, x.dtype) if ACTIVATIONS[saved.act] == "prelu" else None
+    dw = _out(dweight, "dweight", weight.shape, x.dtype, x)
+    db = _out(dbias, "dbias", (weight.shape[0],), x.dtype, x) if need_dbias else None
+    dxx = _out(dx, "dx", x.shape, x.dtype, x) if need_dx else None
+    work = _out(dz_work, "dz_work", y.shape, x.dtype, x)
+    dalpha = _zeros(x, 1, x.dtype) if ACTIVATIONS[saved.act] == "prelu" else None
     (sh, sw), (ph, pw) = saved.stride, saved.padding
     _kernel("conv2d_backward", dy)(dy, x, weight, y, saved.z, work, dxx, dw, db, dalpha, sh, sw, ph, pw,
                                    saved.act, saved.alpha)
@@ -563,10 +599,16 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     V.float_array(x, "x", ndim=4)
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = _pool_geometry(x, kernel_size, stride, padding)
     n, c = x.shape[:2]
-    y = np.empty((n, c, oh, ow), x.dtype)
-    index = np.empty((n, c, oh, ow), np.int32)
+    y = _empty(x, (n, c, oh, ow), x.dtype)
+    index = _empty(x, (n, c, oh, ow), np.int32)
     _kernel("max_pool2d_forward", x)(x, y, index, kh, kw, sh, sw, ph, pw)
     return y, MaxPoolSaved(x.shape, index)
+
+
+def _host(v):
+    """v as a host (NumPy) value: a CuPy array is copied to the host (small
+    index vectors checked there), anything else passes unchanged."""
+    return v.get() if type(v).__module__.startswith("cupy") else v
 
 
 def _region_bounds(bounds, n_in, n_out, name):
@@ -578,6 +620,15 @@ def _region_bounds(bounds, n_in, n_out, name):
     return b
 
 
+def _region_bounds_on(bounds, like):
+    """(begin, end) of checked host boundaries on the device of ``like``: NumPy
+    views for NumPy, CuPy int64 copies for CuPy (the kernel reads them there)."""
+    if type(like) is np.ndarray:
+        return bounds[:-1], bounds[1:]
+    xp = V.array_module(like)
+    return xp.asarray(bounds[:-1]), xp.asarray(bounds[1:])
+
+
 def max_pool_regions(x, row_bounds, col_bounds):
     """Max over the disjoint regions rows [row_bounds[i], row_bounds[i+1]) x columns
     [col_bounds[j], col_bounds[j+1]) of each (H, W) plane of x (fractional max
@@ -585,12 +636,12 @@ def max_pool_regions(x, row_bounds, col_bounds):
     increasing from 0 to H (W). Returns (y (N, C, OH, OW), saved)."""
     V.float_array(x, "x", ndim=4)
     n, c, h, w = x.shape
-    rows = _region_bounds(row_bounds, h, len(row_bounds) - 1, "row_bounds")
-    cols = _region_bounds(col_bounds, w, len(col_bounds) - 1, "col_bounds")
+    rows = _region_bounds(_host(row_bounds), h, len(row_bounds) - 1, "row_bounds")
+    cols = _region_bounds(_host(col_bounds), w, len(col_bounds) - 1, "col_bounds")
     oh, ow = len(rows) - 1, len(cols) - 1
-    y = np.empty((n, c, oh, ow), x.dtype)
-    index = np.empty((n, c, oh, ow), np.int32)
-    _kernel("max_pool2d_regions_forward", x)(x, y, index, rows[:-1], rows[1:], cols[:-1], cols[1:])
+    y = _empty(x, (n, c, oh, ow), x.dtype)
+    index = _empty(x, (n, c, oh, ow), np.int32)
+    _kernel("max_pool2d_regions_forward", x)(x, y, index, *_region_bounds_on(rows, x), *_region_bounds_on(cols, x))
     return y, MaxPoolSaved(x.shape, index)
 
 
@@ -598,8 +649,8 @@ def max_pool2d_backward(dy, saved: MaxPoolSaved):
     """dx: each dy element added to the input element that was its window's max."""
     V.float_array(dy, "dy", ndim=4, contiguous=False)
     V.shape_is(dy, "dy", saved.index.shape)
-    dx = np.empty(saved.x_shape, dy.dtype)
-    _kernel("max_pool2d_backward", dy)(np.ascontiguousarray(dy), saved.index, dx)
+    dx = _empty(dy, saved.x_shape, dy.dtype)
+    _kernel("max_pool2d_backward", dy)(_xp(dy).ascontiguousarray(dy), saved.index, dx)
     return dx
 
 
@@ -621,7 +672,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
         raise TypeError(f"count_include_pad must be a bool, got {type(count_include_pad).__name__}")
     (kh, kw), (sh, sw), (ph, pw), (oh, ow) = _pool_geometry(x, kernel_size, stride, padding)
     n, c = x.shape[:2]
-    y = np.empty((n, c, oh, ow), x.dtype)
+    y = _empty(x, (n, c, oh, ow), x.dtype)
     _kernel("avg_pool2d_forward", x)(x, y, kh, kw, sh, sw, ph, pw, bool(count_include_pad))
     return y, AvgPoolSaved(x.shape, (kh, kw), (sh, sw), (ph, pw), bool(count_include_pad))
 
@@ -632,8 +683,8 @@ def avg_pool2d_backward(dy, saved: AvgPoolSaved):
     n, c, h, w = saved.x_shape
     V.float_array(dy, "dy", ndim=4, contiguous=False)
     V.shape_is(dy, "dy", (n, c) + conv_output_size(h, w, (kh, kw), (sh, sw), (ph, pw)))
-    dx = np.empty(saved.x_shape, dy.dtype)
-    _kernel("avg_pool2d_backward", dy)(np.ascontiguousarray(dy), dx, kh, kw, sh, sw, ph, pw,
+    dx = _empty(dy, saved.x_shape, dy.dtype)
+    _kernel("avg_pool2d_backward", dy)(_xp(dy).ascontiguousarray(dy), dx, kh, kw, sh, sw, ph, pw,
                                        saved.count_include_pad)
     return dx
 
@@ -643,7 +694,7 @@ def global_avg_pool2d(x):
     V.float_array(x, "x", ndim=4)
     if x.shape[2] * x.shape[3] == 0:
         raise ValueError(f"x must have a non-empty (H, W) plane, got shape {x.shape}")
-    y = np.empty(x.shape[:2], x.dtype)
+    y = _empty(x, x.shape[:2], x.dtype)
     _kernel("global_avg_pool2d_forward", x)(x, y)
     return y
 
@@ -653,8 +704,8 @@ def global_avg_pool2d_backward(dy, x_shape):
     x_shape = tuple(int(d) for d in x_shape)
     V.float_array(dy, "dy", ndim=2, contiguous=False)
     V.shape_is(dy, "dy", x_shape[:2])
-    dx = np.empty(x_shape, dy.dtype)
-    _kernel("global_avg_pool2d_backward", dy)(np.ascontiguousarray(dy), dx)
+    dx = _empty(dy, x_shape, dy.dtype)
+    _kernel("global_avg_pool2d_backward", dy)(_xp(dy).ascontiguousarray(dy), dx)
     return dx
 
 

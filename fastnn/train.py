@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from . import _validate as V
 from ._io import NpzArchive, save_npz_atomic
 from ._random import generator
+from .backend import cuda
 from .callbacks import Callback, History  # noqa: F401  (fastnn.train.Callback stays importable)
 from .data import batches
 from .distributed import DataParallel, barrier, broadcast_object, shard_bounds
@@ -43,12 +44,16 @@ class TrainingDiverged(RuntimeError):
 
 def _check_x(x, dtype, name_x="X"):
     """x at the API boundary: float32/float64 with at least one row, copied once
-    into the model's dtype and a C-contiguous layout when it is not already."""
-    return V.batch(as_model_input(x, dtype, name_x), name_x)
+    into the model's dtype and a C-contiguous layout when it is not already.
+    The Trainer's data lives on the host (batches go to the model's device one
+    at a time): a CuPy array is copied to the host here, once."""
+    return V.batch(as_model_input(cuda.to_host(x) if cuda.device_of(x) == "cuda" else x, dtype, name_x), name_x)
 
 
 def _check_xy(x, y, dtype, name_x="X", name_y="y"):
     x = _check_x(x, dtype, name_x)
+    if cuda.device_of(y) == "cuda":
+        y = cuda.to_host(y)
     if not hasattr(y, "dtype"):
         y = np.asarray(y)
     if y.ndim == 0 or len(y) != len(x):
@@ -57,6 +62,14 @@ def _check_xy(x, y, dtype, name_x="X", name_y="y"):
                          f"{name_y} has {got}")
     V.finite(x, name_x)
     return x, y
+
+
+def _to(device, a):
+    """a on ``device``: a NumPy batch goes to the GPU for "cuda" (cupy.asarray on
+    CuPy's current stream); None and arrays already there pass unchanged."""
+    if device != "cuda" or a is None or not isinstance(a, np.ndarray):
+        return a
+    return cuda.to_device(a)
 
 
 def _accuracy(scores, y) -> float:
@@ -139,7 +152,14 @@ class Trainer:
     allreduce of the flat gradient buffer follows backward. ``bucket_mb``: reduce
     the gradients in buckets of about that many MiB during backward instead
     (overlapping communication with the rest of backward). Only rank 0 prints and
-    writes checkpoints; see ``fastnn.distributed`` for the rest of the contract."""
+    writes checkpoints; see ``fastnn.distributed`` for the rest of the contract.
+
+    GPU: a model moved with ``model.to("cuda")`` (before its optimizer was
+    built) trains on the GPU from NumPy X and y: the data stays on the host,
+    shuffling and ``augment`` run there, and each batch (X and its labels) is
+    copied to the GPU with ``cupy.asarray`` on CuPy's current stream before
+    the forward pass. ``predict`` and ``evaluate`` return NumPy on the host;
+    checkpoints are written from host copies."""
 
     def __init__(self, model, loss, optimizer, schedule=None, callbacks=(), augment=None, seed=None,
                  check_gradients=True, distributed=False, bucket_mb=None, divergence_factor=3.0):
@@ -170,8 +190,21 @@ class Trainer:
         elif bucket_mb is not None:
             raise ValueError("bucket_mb only applies with distributed=True")
 
+    @property
+    def device(self) -> str:
+        """Where the model's parameters live: "cuda" (CuPy) or "cpu" (NumPy, and
+        for a model without parameters or a duck-typed one)."""
+        device = getattr(self.model, "device", None)
+        return (device() if callable(device) else None) or "cpu"
+
     def _check_optimizer(self) -> None:
-        """The optimizer holds every trainable parameter of the model and no other."""
+        """The optimizer holds every trainable parameter of the model and no
+        other, on the model's device."""
+        opt_device = getattr(self.optimizer, "device", None)
+        if isinstance(opt_device, str) and opt_device != self.device:
+            raise ValueError(f"the optimizer's buffers are on {opt_device} but the model is on {self.device}: "
+                             "the model was moved after the optimizer was built; call model.to(...) first, "
+                             "then build the optimizer from model.parameters()")
         groups = getattr(self.optimizer, "param_groups", None)
         parameters = getattr(self.model, "named_parameters", None)
         if groups is None or parameters is None:
@@ -217,6 +250,8 @@ class Trainer:
         or gradient inside the closure stops the step (``nonfinite`` set; the
         Trainer then restores the last good state)."""
         self.nonfinite = None
+        device = self.device
+        xb, yb = _to(device, xb), _to(device, yb)
         if isinstance(self.optimizer, LBFGS):
             return self._closure_step(xb, yb)
         if self._dp is not None and self._dp.world_size > 1:
@@ -504,9 +539,10 @@ class Trainer:
                     else:
                         out = self.augment(xb, rng=rng)
                     xb, yb = out if isinstance(out, tuple) else (out, yb)
+                xb, yb = _to(self.device, xb), _to(self.device, yb)
                 scores = self.model.forward(xb)
                 losses.append(float(self.loss.forward(scores, yb)))
-                uninformed.append(float(self.loss.forward(np.zeros_like(scores), yb)))
+                uninformed.append(float(self.loss.forward(V.array_module(scores).zeros_like(scores), yb)))
         measured = float(np.mean(history.loss[:EXPLOSION_REFERENCE_STEPS] if history.loss else losses))
         reference = max(measured, float(np.mean(uninformed)))
         if not (math.isfinite(reference) and reference > 0.0):
@@ -610,7 +646,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.forward(X[:1])
+            out = self.model.forward(_to(self.device, X[:1]))
         except (ValueError, TypeError) as exc:
             if may_differ:
                 return None
@@ -629,9 +665,10 @@ class Trainer:
         layout, converted once to the model's dtype and a C-contiguous array."""
         X = _check_x(X, self._input_dtype())
         was_training = self.model.training
+        device = self.device
         self.model.eval()
         try:
-            outs = [np.array(self.model.forward(xb), copy=True)
+            outs = [cuda.to_host(self.model.forward(_to(device, xb)), copy=True)
                     for xb, _ in batches(X, None, batch_size, shuffle=False)]
         finally:
             self.model.train(was_training)
@@ -682,11 +719,12 @@ def regularization_loss(optimizer) -> float:
         for p in group["params"]:
             if not p.trainable:
                 continue
-            w = np.asarray(p.data, dtype=np.float64).reshape(-1)
+            xp = V.array_module(p.data)     # on the parameters' device; one float per term
+            w = xp.asarray(p.data, dtype=np.float64).reshape(-1)
             if decay:
                 total += 0.5 * decay * float(w @ w)
             if l1:
-                total += l1 * float(np.abs(w).sum())
+                total += l1 * float(xp.abs(w).sum())
     return total
 
 

@@ -122,11 +122,11 @@ class _BatchNorm(Module):
     def _forward_sync(self, x, act, alpha):
         c = self.num_features
         shift = self.running_mean.copy()   # the same on every rank; gather_stats updates running_mean
-        sums = np.empty(2 * c + 1)
+        sums = V.array_module(x).empty(2 * c + 1)   # on x's device: NCCL reduces CuPy buffers in place
         ops.batchnorm_stats(x, shift, out=sums[:2 * c].reshape(2, c))
         sums[2 * c] = x.size // c
         _comm.allreduce_(sums, "sum")
-        count = sums[2 * c]
+        count = float(sums[2 * c])
         mean, invstd = ops.batchnorm_gather_stats(sums[:2 * c].reshape(2, c), count, shift, self.running_mean,
                                                   self.running_var, momentum=self.momentum, eps=self.eps)
         y, self._saved = ops.batchnorm_elemt(

@@ -58,7 +58,7 @@ class Conv2d(_WeightedActivation):
         """Gradients into weight.grad / bias.grad; returns (dx or None, dalpha or None)."""
         if self._saved is None:
             raise RuntimeError("Conv2d.backward called before forward")
-        dout = np.ascontiguousarray(dout)
+        dout = V.array_module(dout).ascontiguousarray(dout)
         dx, _, _, dalpha = ops.conv2d_backward(
             dout, self._saved, need_dx=self.input_grad, dweight=self.weight.grad,
             dbias=self.bias.grad if self.bias else None, need_dbias=self.bias is not None)
@@ -121,7 +121,7 @@ class _GeneratorStream:
 
     def _init_stream(self, seed) -> None:
         seed = int(generator().integers(2**63)) if seed is None else V.seed(seed)
-        self.register_buffer("rng_state", np.zeros(7, np.uint64))
+        self.register_buffer("rng_state", np.zeros(7, np.uint64), host=True)
         self._rng = np.random.default_rng(seed)
         self.reseed(seed)
 
@@ -236,7 +236,7 @@ class GlobalAvgPool2d(Module):
         """``x (N, C, H, W) -> y (N, C)``, ``y[n, c] = mean over h, w of x[n, c, h, w]``."""
         V.float_array(x, "x", ndim=4, contiguous=False)
         self._shape = x.shape
-        return ops.global_avg_pool2d(np.ascontiguousarray(x))
+        return ops.global_avg_pool2d(V.array_module(x).ascontiguousarray(x))
 
     def backward(self, dout):
         """``dout (N, C) -> dx (N, C, H, W)``, each element ``dout[n, c] / (H*W)``."""
@@ -338,4 +338,4 @@ class Residual(_GeneratorStream, Module):
             return dout
         self.block.set_input_grad(True)
         g = dout if self._scale == 1.0 else dout * dout.dtype.type(self._scale)
-        return dout + self.block.backward(np.ascontiguousarray(g))
+        return dout + self.block.backward(V.array_module(g).ascontiguousarray(g))

@@ -209,7 +209,7 @@ class Maxout(Module):
         z, self._saved = ops.linear_act(x, self.weight.data, self.bias.data if self.bias else None)
         pieces = z.reshape(z.shape[0], self.out_features, self.pieces)
         self._argmax = pieces.argmax(axis=2)[:, :, None]
-        return np.take_along_axis(pieces, self._argmax, axis=2)[:, :, 0]
+        return V.array_module(z).take_along_axis(pieces, self._argmax, axis=2)[:, :, 0]
 
     def backward(self, dout):
         """``dout (N, out) -> dx (N, in)``; writes ``weight.grad`` and ``bias.grad``
@@ -220,8 +220,13 @@ class Maxout(Module):
         n = self._saved.x.shape[0]
         V.float_array(dout, "dout", ndim=2, dtype=self.weight.data.dtype)
         V.shape_is(dout, "dout", (n, self.out_features))
-        dz = np.zeros((n, self.out_features, self.pieces), dout.dtype)
-        np.put_along_axis(dz, self._argmax, dout[:, :, None], axis=2)
+        if isinstance(dout, np.ndarray):
+            dz = np.zeros((n, self.out_features, self.pieces), dout.dtype)
+            np.put_along_axis(dz, self._argmax, dout[:, :, None], axis=2)
+        else:   # CuPy has no put_along_axis: the same scatter as a one-hot mask of the winning pieces
+            xp = V.array_module(dout)
+            won = self._argmax == xp.arange(self.pieces).reshape(1, 1, -1)
+            dz = xp.where(won, dout[:, :, None], xp.zeros((), dout.dtype)).astype(dout.dtype, copy=False)
         dx, _, _, _ = ops.linear_act_backward(
             dz.reshape(n, -1), self._saved, need_dx=self.input_grad, dweight=self.weight.grad,
             dbias=self.bias.grad if self.bias else None, need_dbias=self.bias is not None)
@@ -418,7 +423,7 @@ class PReLU(Activation):
     def _slopes(self, x):
         """alpha as an array that broadcasts against x (1, C, 1, ...), in x's dtype."""
         c = self.num_parameters
-        if not isinstance(x, np.ndarray) or x.ndim < 2 or x.shape[1] != c:
+        if not hasattr(x, "ndim") or not hasattr(x, "shape") or x.ndim < 2 or x.shape[1] != c:
             shape = tuple(getattr(x, "shape", ()))
             raise ValueError(f"PReLU(num_parameters={c}) needs x with {c} channels on axis 1 (shape (N, {c}) or "
                              f"(N, {c}, H, W)), got shape {shape}")
@@ -433,8 +438,9 @@ class PReLU(Activation):
             return super().forward(x)
         a = self._slopes(x)
         self._x = x
-        y = np.multiply(x, a, out=self._buf("y", x.shape, x.dtype))
-        np.copyto(y, x, where=x > 0)
+        xp = V.array_module(x)
+        y = xp.multiply(x, a, out=self._buf("y", x.shape, x.dtype))
+        xp.copyto(y, x, where=x > 0)
         self._y = y
         return y
 
@@ -450,11 +456,12 @@ class PReLU(Activation):
         V.float_array(dout, "dout", dtype=x.dtype, contiguous=False)
         V.shape_is(dout, "dout", x.shape)
         a = self._slopes(x)
+        xp = V.array_module(x)
         positive = x > 0
         axes = (0,) + tuple(range(2, x.ndim))
-        self.alpha.grad[...] = np.sum(dout * np.where(positive, 0, x), axis=axes, dtype=np.float64)
-        dx = np.multiply(dout, a, out=self._buf("dx", dout.shape, dout.dtype))
-        np.copyto(dx, dout, where=positive)
+        self.alpha.grad[...] = xp.sum(dout * xp.where(positive, 0, x), axis=axes, dtype=np.float64)
+        dx = xp.multiply(dout, a, out=self._buf("dx", dout.shape, dout.dtype))
+        xp.copyto(dx, dout, where=positive)
         return dx
 
 
@@ -671,14 +678,14 @@ class Sequential(Module):
             The output of the last layer, e.g. ``(N, C)`` class scores.
         """
         if not self.reuse_buffers:      # the top-level model: the API boundary
-            x = as_model_input(x, self.input_dtype())
+            x = as_model_input(x, self.input_dtype(), device=self.device())
         for layer, act in self._plan:
             if act is None:
                 x = layer.forward(x)
             else:
                 x = layer.forward_fused(x, act.name, act.alpha_value)
         # Children reuse their buffers; a top-level Sequential hands out a copy.
-        return x if self.reuse_buffers else np.array(x, copy=True)
+        return x if self.reuse_buffers else x.copy()
 
     def backward(self, dout):
         """Backpropagate ``dout`` (the gradient of the loss w.r.t. the output, e.g.
@@ -696,4 +703,4 @@ class Sequential(Module):
                 act._accumulate_alpha(dalpha)
             if hook is not None:
                 hook(k)
-        return dout if (self.reuse_buffers or dout is None) else np.array(dout, copy=True)
+        return dout if (self.reuse_buffers or dout is None) else dout.copy()

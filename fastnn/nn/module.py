@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from .. import _validate as V
 from .._io import NpzArchive, save_npz_atomic
 from ..backend import cuda
 
@@ -33,7 +34,7 @@ class Parameter:
 
     def __init__(self, data, name: str = ""):
         self.data = data
-        self.grad = np.zeros_like(data)
+        self.grad = np.zeros_like(data) if isinstance(data, np.ndarray) else V.array_module(data).zeros_like(data)
         self.name = name
         self.trainable = True
 
@@ -96,7 +97,7 @@ def from_config(config: dict) -> "Module":
     return cls(*args, **kwargs)
 
 
-def as_model_input(x, dtype=None, name: str = "x"):
+def as_model_input(x, dtype=None, name: str = "x", device: str | None = None):
     """x as the kernels take it, copied at most once, on purpose, at the API
     boundary (``model(x)``, a top-level ``Sequential.forward``,
     ``Trainer.fit/evaluate/predict``): a float32/float64 NumPy array that is not
@@ -105,14 +106,34 @@ def as_model_input(x, dtype=None, name: str = "x"):
     array of ``dtype``. Anything else (integers, lists, CuPy arrays) passes
     unchanged for the layers to accept or refuse. An array with no rows is a
     ValueError naming ``name``: there is nothing to compute, and the error beats
-    an empty result or a warning from a mean over nothing further on."""
-    if not isinstance(x, np.ndarray) or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
-        return x
+    an empty result or a warning from a mean over nothing further on.
+
+    ``device`` ("cpu" or "cuda": where the model's parameters live, None:
+    unknown) must be where x is: a NumPy batch for a model on cuda (or a CuPy
+    batch for one on the CPU) is a TypeError saying how to move it; never a
+    silent copy between host and GPU. A CuPy float array gets the same layout
+    and dtype treatment as a NumPy one, on the GPU."""
+    is_numpy = isinstance(x, np.ndarray) and not type(x).__module__.startswith("cupy")
+    if device is not None and (hasattr(x, "__cuda_array_interface__") or is_numpy):
+        here = "cpu" if is_numpy else "cuda"
+        if here != device:
+            move = "cupy.asarray(x)" if device == "cuda" else "x.get() (cupy to NumPy)"
+            raise TypeError(f"{name} is a {type(x).__module__}.{type(x).__name__} on {here}, but the model's "
+                            f"parameters are on {device}: move the batch with {move}, or the model with "
+                            f"model.to({here!r}) (fastnn.Trainer moves batches to the model's device itself)")
+    if not is_numpy:
+        if not type(x).__module__.startswith("cupy") or x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+            return x
+        xp = V.array_module(x)
+    else:
+        if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
+            return x
+        xp = np
     if x.ndim >= 1 and x.shape[0] == 0:
         raise ValueError(f"{name} has no rows (shape {tuple(x.shape)}): pass at least one sample")
     if dtype is not None and x.dtype != dtype:
-        return np.ascontiguousarray(x, dtype=dtype)
-    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        return xp.ascontiguousarray(x, dtype=dtype)
+    return x if x.flags.c_contiguous else xp.ascontiguousarray(x)
 
 
 def _keeps_frozen_stats(module) -> bool:
@@ -182,13 +203,18 @@ class Module:
             return None
         buf = self._bufs.get(name)
         if buf is None or buf.shape != tuple(shape) or buf.dtype != dtype:
-            buf = np.empty(shape, dtype)
+            # On the module's device (``to``): scratch for CuPy inputs lives on the GPU.
+            xp = self.__dict__.get("_xp", np)
+            buf = xp.empty(shape, dtype)
             self._bufs[name] = buf
         return buf
 
-    def register_buffer(self, name: str, array) -> None:
-        """A non-trained array saved with the state (e.g. BatchNorm running_mean)."""
-        self._buffers[name] = True
+    def register_buffer(self, name: str, array, host: bool = False) -> None:
+        """A non-trained array saved with the state (e.g. BatchNorm running_mean).
+        ``host=True``: it stays a NumPy array when the module moves to cuda (a
+        random stream's (seed, offset) that the host reads and the kernels take
+        as scalars)."""
+        self._buffers[name] = not host       # True: follows the module's device
         object.__setattr__(self, name, array)
 
     # --- the contract ------------------------------------------------------------
@@ -229,8 +255,9 @@ class Module:
         """``forward`` behind the model's front door (see ``as_model_input``):
         a strided, Fortran-ordered or other-precision float array is copied once
         into the C-contiguous layout and dtype of the parameters; no rows is a
-        ValueError. ``forward`` itself (and every op) refuses such arrays."""
-        return self.forward(as_model_input(x, self.input_dtype()))
+        ValueError; a batch on another device than the parameters is a
+        TypeError. ``forward`` itself (and every op) refuses such arrays."""
+        return self.forward(as_model_input(x, self.input_dtype(), device=self.device()))
 
     def input_dtype(self):
         """The dtype of the first parameter (what the kernels need x in), or None
@@ -238,6 +265,14 @@ class Module:
         for _, p in self.named_parameters():
             return p.data.dtype
         return None
+
+    def device(self):
+        """Where the parameters live: "cpu" (NumPy) or "cuda" (CuPy, after
+        ``to("cuda")``); for a module without parameters, where ``to`` last moved
+        it (None if never)."""
+        for _, p in self.named_parameters():
+            return cuda.device_of(p.data)
+        return self.__dict__.get("_device")
 
     # --- structure ---------------------------------------------------------------
     def children(self):
@@ -392,28 +427,56 @@ class Module:
             self.set_rng_states(streams)
 
     def to(self, device: str):
-        """Move the parameters to ``device``: ``"cpu"`` (NumPy arrays) or
-        ``"cuda"`` (CuPy arrays; needs the CUDA build). Returns self.
-        """
-        if device == "cpu":
-            for _, p in self.named_parameters():
-                if not isinstance(p.data, np.ndarray):
-                    p.data = p.data.get()
-                    p.grad = p.grad.get()
-            return self
+        """Move the model to ``device``: ``"cpu"`` (NumPy arrays) or ``"cuda"``
+        (CuPy arrays on CuPy's current device, copied on its current stream;
+        needs the CUDA build, CuPy and a GPU, else a RuntimeError saying which is
+        missing). Moves every parameter's ``.data`` and ``.grad`` and every
+        buffer (BatchNorm's running statistics), except the host-side random
+        streams (Dropout's (seed, offset), which the kernels take as scalars);
+        the layers' reusable scratch buffers are dropped and reallocated on the
+        new device. Returns self.
+
+        Move the model BEFORE building its optimizer: an optimizer holds the
+        parameters in flat buffers on their device at construction, and a later
+        move leaves it updating the old copies (as in PyTorch)."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
             if cuda.reason is not None:
                 raise RuntimeError(f"cannot move the model to cuda: {cuda.reason}")
-            raise NotImplementedError("the CUDA backend does not have the layer kernels yet")
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+            self._check_runs_on_cuda()
+            move = cuda.to_device
+        else:
+            move = cuda.to_host
+        xp = np if device == "cpu" else cuda.cp
+        for m in self.modules():
+            for p in m._params.values():
+                if p is not None and cuda.device_of(p.data) != device:
+                    p.data, p.grad = move(p.data), move(p.grad)
+            for name, follows in m._buffers.items():
+                value = getattr(m, name)
+                if follows and cuda.device_of(value) != device:
+                    object.__setattr__(m, name, move(value))
+            m._bufs.clear()
+            object.__setattr__(m, "_xp", xp)
+            object.__setattr__(m, "_device", device)
+        return self
+
+    def _check_runs_on_cuda(self) -> None:
+        """NotImplementedError naming the first layer without a GPU path (its
+        class sets ``cuda_support = False``): never a silent host computation."""
+        for m in self.modules():
+            if not getattr(m, "cuda_support", True):
+                raise NotImplementedError(f"{type(m).__name__} has no CUDA implementation: "
+                                          f"{getattr(m, 'cuda_unsupported_reason', '')}".rstrip(": "))
 
     # --- state -------------------------------------------------------------------
     def state_dict(self) -> dict:
         """A copy of every parameter and buffer, ``{name: ndarray}`` (names as in
         ``named_parameters``), for ``load_state_dict`` or ``numpy.savez``.
         """
-        state = {name: np.array(p.data, copy=True) for name, p in self.named_parameters()}
-        state.update({name: np.array(b, copy=True) for name, b in self.named_buffers()})
+        state = {name: cuda.to_host(p.data, copy=True) for name, p in self.named_parameters()}
+        state.update({name: cuda.to_host(b, copy=True) for name, b in self.named_buffers()})
         return state
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
@@ -431,12 +494,16 @@ class Module:
             if name not in expected:
                 continue
             target = own[name].data if name in own else bufs[name]
-            value = np.asarray(value)
+            value = cuda.to_host(value)
             if value.dtype.kind not in "biuf":
                 raise TypeError(f"state_dict[{name!r}] must hold numbers, got dtype {value.dtype}")
             if value.shape != target.shape:
                 raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the model expects {target.shape}")
-            np.copyto(target, value.astype(target.dtype, copy=False))
+            if isinstance(target, np.ndarray):
+                np.copyto(target, value.astype(target.dtype, copy=False))
+            else:   # a parameter or buffer on the GPU: copied in place (views into flat buffers stay views)
+                xp = V.array_module(target)
+                xp.copyto(target, xp.asarray(value.astype(target.dtype, copy=False)))
 
     def get_config(self) -> dict:
         """The architecture as plain data: ``{"class": name, "args": [...],

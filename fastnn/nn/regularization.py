@@ -19,7 +19,7 @@ def _init_stream(module, seed):
     """(seed, offset) of a module's Philox stream, kept as a uint64 buffer so
     checkpoints resume the exact masks."""
     seed = int(generator().integers(2**63)) if seed is None else V.seed(seed)
-    module.register_buffer("rng_state", np.array([seed, 0], np.uint64))
+    module.register_buffer("rng_state", np.array([seed, 0], np.uint64), host=True)
 
 
 class _PhiloxStream:

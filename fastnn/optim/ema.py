@@ -23,6 +23,7 @@ import contextlib
 import numpy as np
 
 from .. import _validate as V
+from ..backend.cuda import to_device, to_host
 from ..callbacks import Callback
 from ..nn.module import Parameter
 
@@ -58,7 +59,7 @@ class EMA(Callback):
             raise TypeError(f"warmup must be True or False, got {type(warmup).__name__}")
         self.warmup = bool(warmup)
         self.params = _parameters(model_or_params)
-        self.shadow = [np.array(p.data, copy=True) for p in self.params]
+        self.shadow = [p.data.copy() for p in self.params]     # on the parameters' device
         self.num_updates = 0
         self._backup = None
 
@@ -96,7 +97,7 @@ class EMA(Callback):
         """Averaged weights in the model inside the block, the trained ones after."""
         if self._backup is not None:
             raise RuntimeError("EMA.swapped() is already active")
-        self._backup = [np.array(p.data, copy=True) for p in self.params]
+        self._backup = [p.data.copy() for p in self.params]
         try:
             self.copy_to()
             yield self
@@ -107,7 +108,7 @@ class EMA(Callback):
 
     def state_dict(self) -> dict:
         """The shadow (averaged) weights and the update count, ``{name: ndarray}``, for checkpoints."""
-        out = {f"shadow{i}": s.copy() for i, s in enumerate(self.shadow)}
+        out = {f"shadow{i}": to_host(s, copy=True) for i, s in enumerate(self.shadow)}
         out["num_updates"] = np.array(self.num_updates)
         out["decay"] = np.array(self.decay)
         out["warmup"] = np.array(self.warmup)
@@ -116,10 +117,13 @@ class EMA(Callback):
     def load_state_dict(self, state: dict) -> None:
         """Restore the shadow weights and update count from ``state_dict()``."""
         for i, s in enumerate(self.shadow):
-            src = np.asarray(state[f"shadow{i}"])
+            src = to_host(state[f"shadow{i}"])
             if src.shape != s.shape:
                 raise ValueError(f"state_dict['shadow{i}'] has shape {src.shape}, expected {s.shape}")
-            s[...] = src
+            if isinstance(s, np.ndarray):
+                s[...] = src
+            else:   # a shadow on the GPU: copied onto it
+                s[...] = to_device(src.astype(s.dtype, copy=False))
         self.num_updates = int(state["num_updates"])
         self.decay = float(state["decay"])
         if "warmup" in state:

@@ -159,6 +159,10 @@ class LBFGS(Optimizer):
     def __init__(self, params, lr=1.0, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9,
                  history_size=100, line_search_fn=None):
         super().__init__(params, lr=lr)
+        if self.device != "cpu":
+            raise NotImplementedError("LBFGS runs on the CPU only (its line search and two-loop recursion are "
+                                      "host NumPy code): keep the model on the CPU (model.to('cpu')) for full-batch "
+                                      "LBFGS, or use a first-order optimizer (SGD, Adam, ...) on cuda")
         if len(self.param_groups) != 1:
             raise ValueError(f"LBFGS takes one parameter group (as PyTorch's), got {len(self.param_groups)}")
         if line_search_fn not in LINE_SEARCHES:

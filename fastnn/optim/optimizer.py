@@ -29,6 +29,13 @@ both), ``max_norm`` (per unit, after the update; per group), ``clip_grad_norm``
 Frozen parameters (``trainable`` False, e.g. after ``module.freeze()``) are
 untouched by every path: the update, weight decay, l1, and max_norm.
 
+Devices: the flat buffers (parameters, gradients, state) live where the
+parameters live, NumPy on the CPU or CuPy on the GPU (all parameters on one
+device, else a ValueError: move the model with ``model.to("cuda")`` BEFORE
+building the optimizer). The hyperparameter table and segment bounds stay
+NumPy: the kernel reads them on the host. ``state_dict()`` returns NumPy
+arrays whatever the device; ``load_state_dict`` copies onto the device.
+
 Hyperparameter names and defaults are PyTorch's; formulas in csrc/ops/optim.h.
 """
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 from .. import _validate as V
 from .. import ops
 from ..backend.codes import HYPER_FIELDS
+from ..backend.cuda import device_of, to_host
 from ..nn.module import Parameter
 
 _FIELD = {name: i for i, name in enumerate(HYPER_FIELDS)}
@@ -120,17 +128,28 @@ class Optimizer:
         if len(dtypes) != 1:
             raise TypeError(f"all parameters must share one dtype, got {sorted(map(str, dtypes))}")
         dt = dtypes.pop()
+        devices = {}
+        for p in self._params:
+            for what, a in (("data", p.data), ("grad", p.grad)):
+                devices.setdefault(device_of(a), f"{p.name or 'parameter'}.{what}")
+        if len(devices) != 1:
+            raise ValueError("all parameters must be on one device, got " +
+                             ", ".join(f"{d} ({first} is there)" for d, first in sorted(devices.items())) +
+                             ": move the whole model with model.to('cuda') (or 'cpu') before building the optimizer")
+        self.device = devices.popitem()[0]
+        xp = V.array_module(self._params[0].data)
         sizes = [p.data.size for p in self._params]
         self.seg_begin = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         total = int(self.seg_begin[-1])
-        self.flat_param = np.empty(total, dt)
-        self.flat_grad = np.zeros(total, dt)
+        self.flat_param = xp.empty(total, dt)
+        self.flat_grad = xp.zeros(total, dt)
         for p, b, e in zip(self._params, self.seg_begin[:-1], self.seg_begin[1:]):
-            self.flat_param[b:e] = np.asarray(p.data).reshape(-1)
-            self.flat_grad[b:e] = np.asarray(p.grad).reshape(-1)
+            b, e = int(b), int(e)
+            self.flat_param[b:e] = xp.asarray(p.data).reshape(-1)
+            self.flat_grad[b:e] = xp.asarray(p.grad).reshape(-1)
             p.data = self.flat_param[b:e].reshape(p.data.shape)
             p.grad = self.flat_grad[b:e].reshape(p.grad.shape)
-        self.state = [np.zeros(total, dt) for _ in range(self.n_state)]
+        self.state = [xp.zeros(total, dt) for _ in range(self.n_state)]
 
     def _segments(self):
         """Runs of consecutive parameters with the same group and trainable flag.
@@ -224,13 +243,7 @@ class Optimizer:
         runs = self._trainable_runs() if frozen.any() else [(0, len(frozen))]
         sq = None
         if check_finite or self.clip_grad_norm is not None:
-            sq = 0.0
-            for a, b in runs:   # NaN or Inf anywhere (or a norm beyond float range): non-finite
-                g = self.flat_grad[seg_begin[a]:seg_begin[b]]
-                # einsum's own loop, not BLAS: OpenBLAS's threaded ddot wakes a
-                # thread pool that then fights the kernels' OpenMP team for the
-                # cores (float64 training ran 5-10x slower on 2 cores).
-                sq += float(np.einsum("i,i->", g, g))
+            sq = self._grad_sq_norm(runs, seg_begin)
             if check_finite and not math.isfinite(sq):
                 return False
         self.t += 1
@@ -249,6 +262,27 @@ class Optimizer:
         if self._max_norm is not None:
             ops.max_norm(self.flat_param, *self._max_norm)
         return True
+
+    def _grad_sq_norm(self, runs, seg_begin) -> float:
+        """||g||^2 over the trainable runs: NaN or Inf anywhere (or a norm beyond
+        float range) gives a non-finite value. On the GPU one device reduction per
+        run and a single transfer to the host."""
+        if isinstance(self.flat_grad, np.ndarray):
+            sq = 0.0
+            for a, b in runs:
+                g = self.flat_grad[seg_begin[a]:seg_begin[b]]
+                # einsum's own loop, not BLAS: OpenBLAS's threaded ddot wakes a
+                # thread pool that then fights the kernels' OpenMP team for the
+                # cores (float64 training ran 5-10x slower on 2 cores).
+                sq += float(np.einsum("i,i->", g, g))
+            return sq
+        xp = V.array_module(self.flat_grad)
+        total = None
+        for a, b in runs:
+            g = self.flat_grad[int(seg_begin[a]):int(seg_begin[b])]
+            part = xp.dot(g, g)
+            total = part if total is None else total + part
+        return 0.0 if total is None else float(total)
 
     def zero_grad(self):
         """Set every gradient to 0 (one fill of the flat gradient buffer).
@@ -285,7 +319,7 @@ class Optimizer:
         every group's hyperparameters; ``load_state_dict`` restores it."""
         out = {"t": np.array(self.t), "rule": np.array(self.rule)}
         for i, s in enumerate(self.state):
-            out[f"state{i}"] = s.copy()
+            out[f"state{i}"] = to_host(s, copy=True)
         for gi, g in enumerate(self.param_groups):
             for k, v in g.items():
                 if k != "params" and v is not None:
@@ -308,14 +342,18 @@ class Optimizer:
             raise ValueError(f"state_dict['t'] must be a non-negative integer step count, got {t!r}")
         sources = []
         for i, s in enumerate(self.state):
-            src = np.asarray(state[f"state{i}"])
+            src = to_host(state[f"state{i}"])
             if src.dtype.kind not in "biuf":
                 raise TypeError(f"state_dict['state{i}'] must hold numbers, got dtype {src.dtype}")
             if src.shape != s.shape:
                 raise ValueError(f"state_dict['state{i}'] has shape {src.shape}, expected {s.shape}")
             sources.append(src)
         for s, src in zip(self.state, sources):
-            s[...] = src
+            if isinstance(s, np.ndarray):
+                s[...] = src
+            else:   # on the GPU: one host-to-device copy into the existing buffer
+                xp = V.array_module(s)
+                xp.copyto(s, xp.asarray(src.astype(s.dtype, copy=False)))
         self.t = int(t)
         for gi, g in enumerate(self.param_groups):
             for k in list(g):
