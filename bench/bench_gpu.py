@@ -185,6 +185,17 @@ class Bench:
                 cp.matmul(x.T, dy, out=gdw)
 
             cands = {"fastnn": ("cupy", fastnn_step), "cupy": ("cupy", cupy_gemms)}
+            gemm_lib = "CuPy"
+            if tf32 and torch is not None:
+                # CuPy's matmul does not take PyTorch's TF32 switch: the TF32 ceiling is torch.matmul's.
+                tgx, tgw, tgdy = self.t(x), self.t(w), self.t(dy)
+
+                def torch_gemms():
+                    torch.matmul(tgx, tgw)
+                    torch.matmul(tgdy, tgw.T)
+                    torch.matmul(tgx.T, tgdy)
+                cands["cupy"] = ("torch", torch_gemms)
+                gemm_lib = "torch.matmul"
             fastnn_step()
             if torch is not None:
                 tx = self.t(x).clone().requires_grad_(True)
@@ -213,7 +224,7 @@ class Bench:
             mode = "TF32" if tf32 else "FP32"
             self.row(f"linear+{act} fwd+bwd {mode}", f"({n}, {d}, {m})", times,
                      metric=lambda s: flops / s / 1e12, unit="TFLOP/s", ceiling=ceiling,
-                     note=f"ceiling: the 3 GEMMs via CuPy {ceiling:.1f} TFLOP/s")
+                     note=f"ceiling: the 3 GEMMs via {gemm_lib} {ceiling:.1f} TFLOP/s")
         finally:
             cuda_backend.set_allow_tf32(False)
             if torch is not None:
@@ -222,7 +233,7 @@ class Bench:
     # 3. BatchNorm2d
     def batchnorm2d(self):
         cp, torch = self.cp, self.torch
-        shape = (256, 64, 32, 32) if not self.quick else (128, 64, 32, 32)
+        shape = (256, 64, 32, 32)
         c = shape[1]
         x = self.randn(shape, 2.0) + 0.5
         dy = self.randn(shape)
@@ -254,9 +265,14 @@ class Bench:
             assert max(errs) < 1e-4, f"fastnn vs torch relative errors (y, dx, dgamma) {errs}"
             cands["torch"] = ("torch", torch_step)
         times = self.timer.run(cands)
-        nbytes = 5 * x.nbytes
+        # Bytes the kernels move: forward reads x for the statistics, then x again and writes y;
+        # backward reads dy and x for its two reductions, then both again and writes dx (8
+        # tensor passes; a one-pass minimum would be 5, which needs a channel's values on chip).
+        nbytes = 8 * x.nbytes
+        f = times.get("fastnn")
+        five = f"; as 5 tensors (x, y; x, dy, dx): {5 * x.nbytes / f / 1e9:,.0f} GB/s" if f else ""
         self.row("BatchNorm2d fwd+bwd", str(shape), times, metric=lambda s: nbytes / s / 1e9, unit="GB/s",
-                 ceiling=self.copy_gbs, note="5 tensors moved (x, y; x, dy, dx)")
+                 ceiling=self.copy_gbs, note="bytes the two-pass kernels move (8 tensor passes)" + five)
 
     # 4. dropout
     def dropout(self):
@@ -330,11 +346,17 @@ class Bench:
             with torch.no_grad():
                 first = float(torch.nn.functional.cross_entropy(tmodel(tx), ty))
 
-            def torch_step():
+            def torch_step_async():
                 topt.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(tmodel(tx), ty).backward()
+                loss = torch.nn.functional.cross_entropy(tmodel(tx), ty)
+                loss.backward()
                 topt.step()
-            cands["torch"] = ("torch", torch_step)
+                return loss
+
+            # fastnn's train_step returns the step's loss as a float (the Trainer logs it and stops on
+            # NaN): the like-for-like torch loop reads it too (loss.item(), one synchronization).
+            cands["torch"] = ("torch", lambda: torch_step_async().item())
+            cands["torch_async"] = ("torch", torch_step_async)
         loss = trainer.train_step(x, y)
         if tmodel is not None:
             print(f"  first-step loss: fastnn {loss:.6f}, torch {first:.6f}", flush=True)
@@ -342,7 +364,12 @@ class Bench:
                 assert abs(loss - first) < 1e-4 * max(1.0, abs(first)), f"first-step loss {loss} vs torch {first}"
         times = self.timer.run(cands, reps=3)
         self.row(f"{name} training step", f"batch {batch}", times, metric=lambda s: batch / s, unit="samples/s",
-                 note="forward, loss, backward, Adam" + ("; torch eager, fused Adam" if torch is not None else ""))
+                 note="forward, loss, backward, Adam, the loss read back" + (
+                     "; torch eager, fused Adam, loss.item()" if torch is not None else ""))
+        if "torch_async" in times:
+            self.row(f"{name} training step", f"batch {batch}", times, torch_key="torch_async",
+                     metric=lambda s: batch / s, unit="samples/s",
+                     note="torch without loss.item(): no synchronization in its step at all")
 
     def mlp_step(self):
         def build():

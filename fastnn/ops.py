@@ -197,7 +197,10 @@ def softmax_cross_entropy(scores, labels, *, probs_out=None):
         V.finite(targets, "labels")
         loss = _kernel("softmax_xent_forward", scores)(scores, None, targets, probs)
         return float(loss), SoftmaxXentSaved(probs, None, targets)
-    lab = V.labels(labels, "labels", n, c)
+    # On the GPU the kernel checks the label range itself (a device flag read back
+    # with the loss, the same ValueError): a host-side min/max would cost two more
+    # synchronizations per step.
+    lab = V.labels(labels, "labels", n, c if isinstance(scores, np.ndarray) else None)
     loss = _kernel("softmax_xent_forward", scores)(scores, lab, None, probs)
     return float(loss), SoftmaxXentSaved(probs, lab, None)
 

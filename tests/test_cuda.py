@@ -289,6 +289,18 @@ def test_softmax_cross_entropy_soft_targets(rng, dtype):
     assert rel(d, (np.exp(logp) - f64(t)) / n) < SHORT[dtype] * 10
 
 
+@pytest.mark.parametrize("bad", [-1, 10])
+def test_softmax_cross_entropy_label_out_of_range(rng, bad):
+    """The GPU checks the label range in the kernel (no host round trip): the same ValueError."""
+    _, gs = draw(rng, (37, 10), F32)
+    labels = rng.integers(0, 10, 37)
+    labels[13] = bad
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
+        ops.softmax_cross_entropy(gs, cp.asarray(labels))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
+        fnn.losses.SoftmaxCrossEntropy().forward(gs, cp.asarray(labels))
+
+
 # --- fused optimizer step ----------------------------------------------------------------
 
 RULE_CLASSES = {

@@ -446,13 +446,21 @@ __global__ void eval_stats_kernel(int64_t c, const T* running_mean, const T* run
 
 // --- elementwise kernels ----------------------------------------------------------
 
-// Groups of V values (S % V == 0, so a group never leaves its plane).
+// Groups of V values (S % V == 0, so a group never leaves its plane), visited
+// channel by channel from the LAST channel down: the reduction before this pass
+// (its blocks run channel-major, ascending) read the last channels most
+// recently, so with tensors near the L2's size (60 MB on an H200) the first
+// blocks here find their inputs still in L2 instead of re-reading them from HBM.
 template <class T, int V, class Index, class Op>
 __global__ __launch_bounds__(kThreads) void elemt_planes_kernel(Op op, Inputs<T> in, T* out, Index groups, Index sv,
                                                                 Index c) {
+  const Index per_channel = groups / c;   // N * S / V groups of one channel
   for (Index g = Index(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += Index(blockDim.x) * gridDim.x) {
-    const typename Op::Param prm = op.param(int64_t((g / sv) % c));
-    const int64_t off = int64_t(g) * V;
+    const Index ch = c - 1 - g / per_channel;
+    const Index rem = g % per_channel;
+    const Index grp = ((rem / sv) * c + ch) * sv + rem % sv;
+    const typename Op::Param prm = op.param(int64_t(ch));
+    const int64_t off = int64_t(grp) * V;
     Pack<T, V> v[Op::kIn];
 #pragma unroll
     for (int i = 0; i < Op::kIn; ++i) v[i] = load_pack<T, V>(in.p[i] + off);

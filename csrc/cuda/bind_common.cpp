@@ -16,8 +16,35 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return o.str();
 }
 
+namespace {
+
+// cupy.ndarray, or null when CuPy does not import (looked up once, leaked on purpose).
+PyObject* cupy_ndarray_type() {
+  static PyObject* type = [] () -> PyObject* {
+    try {
+      return py::object(py::module_::import("cupy").attr("ndarray")).release().ptr();
+    } catch (const py::error_already_set&) {
+      return nullptr;
+    }
+  }();
+  return type;
+}
+
+}  // namespace
+
 DevView view_of(const py::handle& obj, const char* name) {
   if (obj.is_none()) throw py::type_error(std::string(name) + " must be a CuPy array, got None");
+  // CuPy arrays directly from their attributes: building __cuda_array_interface__'s
+  // dict costs several microseconds per array, a good part of a small kernel's time.
+  PyObject* cupy_type = cupy_ndarray_type();
+  if (cupy_type && PyObject_TypeCheck(obj.ptr(), reinterpret_cast<PyTypeObject*>(cupy_type))) {
+    DevView v;
+    v.ptr = reinterpret_cast<void*>(obj.attr("data").attr("ptr").cast<uintptr_t>());
+    for (auto d : py::tuple(obj.attr("shape"))) v.shape.push_back(d.cast<int64_t>());
+    v.typestr = obj.attr("dtype").attr("str").cast<std::string>();
+    v.contiguous = obj.attr("flags").attr("c_contiguous").cast<bool>();
+    return v;
+  }
   if (!py::hasattr(obj, "__cuda_array_interface__")) {
     std::string type = py::str(py::type::of(obj).attr("__module__")).cast<std::string>() + "." +
                        py::str(py::type::of(obj).attr("__name__")).cast<std::string>();

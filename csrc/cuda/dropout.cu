@@ -1,27 +1,34 @@
 // Inverted dropout on the GPU (mask definition: ops/dropout.h), n elements
-// (DropoutArgs). One thread per Philox block: it draws the block's four words
-// with ops/philox.h's rounds (ScalarLanes, the instantiation the CPU tails use)
-// and writes the up to four elements of [offset, offset + n) the block covers,
-// so the mask is bit-identical to the CPU's for the same (seed, offset).
+// (DropoutArgs). Thread t takes elements [4t, 4t + 4) as one 16-byte access;
+// their counters offset + i fall in one Philox block (offset % 4 == 0) or two,
+// whose words it draws with ops/philox.h's rounds, so the mask is
+// bit-identical to the CPU's for the same (seed, offset) whatever the offset.
 #include "cuda/kernels.cuh"
+#include "cuda/vec.cuh"
 #include "ops/dropout.h"
 
 namespace fastnn::cuda {
 namespace {
 
 template <class T>
-__global__ void dropout_kernel(DropoutArgs<T> a, uint64_t first_block, uint64_t num_blocks) {
-  const uint64_t end = a.offset + uint64_t(a.n);
-  for (uint64_t k = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; k < num_blocks;
-       k += uint64_t(blockDim.x) * gridDim.x) {
-    const uint64_t block = first_block + k;
-    uint32_t words[4];
-    dropout_block(a.seed, block, words);
-    for (int w = 0; w < 4; ++w) {
-      const uint64_t g = block * 4 + uint64_t(w);
-      if (g < a.offset || g >= end) continue;
-      const int64_t i = int64_t(g - a.offset);
-      a.y[i] = dropout_apply(a.x[i], dropout_keep(words[w], a.threshold), a.scale);
+__global__ void dropout_kernel(DropoutArgs<T> a, bool vectorized) {
+  const int64_t groups = (a.n + 3) / 4;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < groups; t += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t i0 = 4 * t;
+    const uint64_t j0 = a.offset + uint64_t(i0);
+    const int w0 = int(j0 % 4);
+    uint32_t words[8];
+    dropout_block(a.seed, j0 / 4, words);
+    if (w0 != 0) dropout_block(a.seed, j0 / 4 + 1, words + 4);
+    if (vectorized && i0 + 4 <= a.n) {
+      T v[4];
+      load4(a.x + i0, v);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = dropout_apply(v[e], dropout_keep(words[w0 + e], a.threshold), a.scale);
+      store4(a.y + i0, v);
+    } else {
+      for (int e = 0; e < 4 && i0 + e < a.n; ++e)
+        a.y[i0 + e] = dropout_apply(a.x[i0 + e], dropout_keep(words[w0 + e], a.threshold), a.scale);
     }
   }
 }
@@ -31,10 +38,9 @@ __global__ void dropout_kernel(DropoutArgs<T> a, uint64_t first_block, uint64_t 
 template <class T>
 void dropout(const DropoutArgs<T>& a, cudaStream_t stream) {
   if (a.n <= 0) return;
-  const uint64_t first_block = a.offset / 4;
-  const uint64_t num_blocks = (a.offset + uint64_t(a.n) - 1) / 4 - first_block + 1;
   constexpr int kThreads = 256;
-  dropout_kernel<T><<<grid_for(int64_t(num_blocks), kThreads), kThreads, 0, stream>>>(a, first_block, num_blocks);
+  const bool vectorized = aligned16(a.x) && aligned16(a.y);
+  dropout_kernel<T><<<grid_for((a.n + 3) / 4, kThreads), kThreads, 0, stream>>>(a, vectorized);
   check_launch("dropout");
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cuda/kernels.cuh"
+#include "cuda/vec.cuh"
 
 namespace fastnn::cuda {
 namespace {
@@ -22,20 +23,53 @@ struct SegmentTable {
   int count;
 };
 
+template <class T>
+__device__ __forceinline__ int segment_of(const SegmentTable<T>& tab, int64_t i) {
+  int s = 0;
+  while (s + 1 < tab.count && i >= tab.begin[s + 1]) ++s;
+  return s;
+}
+
+template <Rule R, class T>
+__device__ __forceinline__ void update_one(T* p, const T* g, T* s1, T* s2, int64_t i, const OptimHyper<T>& h) {
+  T pi = p[i];
+  T v1 = s1 ? s1[i] : T(0);
+  T v2 = s2 ? s2[i] : T(0);
+  optim_update<R>(pi, g[i], v1, v2, h);
+  p[i] = pi;
+  if (s1) s1[i] = v1;
+  if (s2) s2[i] = v2;
+}
+
+// Thread t takes the flat elements [4t, 4t + 4) that lie in [lo, hi): as
+// 16-byte accesses when all four are in one segment and the buffers are
+// aligned (vectorized), else one by one.
 template <Rule R, class T>
 __global__ void optim_kernel(T* __restrict__ p, const T* __restrict__ g, T* __restrict__ s1, T* __restrict__ s2,
-                             const SegmentTable<T> tab) {
+                             const SegmentTable<T> tab, bool vectorized) {
   const int64_t lo = tab.begin[0], hi = tab.begin[tab.count];
-  for (int64_t i = lo + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < hi; i += int64_t(blockDim.x) * gridDim.x) {
-    int s = 0;
-    while (s + 1 < tab.count && i >= tab.begin[s + 1]) ++s;
-    T pi = p[i];
-    T v1 = s1 ? s1[i] : T(0);
-    T v2 = s2 ? s2[i] : T(0);
-    optim_update<R>(pi, g[i], v1, v2, tab.hyper[s]);
-    p[i] = pi;
-    if (s1) s1[i] = v1;
-    if (s2) s2[i] = v2;
+  const int64_t first = lo / 4, last = (hi + 3) / 4;
+  for (int64_t t = first + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < last;
+       t += int64_t(blockDim.x) * gridDim.x) {
+    const int64_t i0 = 4 * t;
+    const int s = segment_of(tab, i0 > lo ? i0 : lo);
+    const bool whole = vectorized && i0 >= lo && i0 + 4 <= hi && (s + 1 == tab.count || i0 + 4 <= tab.begin[s + 1]);
+    if (whole) {
+      const OptimHyper<T>& h = tab.hyper[s];
+      T pv[4], gv[4], v1[4] = {T(0), T(0), T(0), T(0)}, v2[4] = {T(0), T(0), T(0), T(0)};
+      load4(p + i0, pv);
+      load4(g + i0, gv);
+      if (s1) load4(s1 + i0, v1);
+      if (s2) load4(s2 + i0, v2);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) optim_update<R>(pv[e], gv[e], v1[e], v2[e], h);
+      store4(p + i0, pv);
+      if (s1) store4(s1 + i0, v1);
+      if (s2) store4(s2 + i0, v2);
+    } else {
+      for (int64_t i = i0 > lo ? i0 : lo; i < i0 + 4 && i < hi; ++i)
+        update_one<R>(p, g, s1, s2, i, tab.hyper[segment_of(tab, i)]);
+    }
   }
 }
 
@@ -64,11 +98,15 @@ void optim_step(const OptimStepArgs<T>& a, cudaStream_t stream) {
     for (int s = 0; s < tab.count; ++s) tab.hyper[s] = a.hyper[first + s];
     const int64_t work = tab.begin[tab.count] - tab.begin[0];
     if (work <= 0) continue;
-    const int blocks = std::min(grid_for(work, kThreads), 8 * num_sms());
+    // One 4-element group per thread: at 10M parameters a grid-stride loop over
+    // fewer blocks left the last wave's tail idle (75% of copy bandwidth; 92% at 100M).
+    const int blocks = grid_for((work + 3) / 4 + 1, kThreads);
+    const bool vectorized = aligned16(a.param) && aligned16(a.grad) && (!a.state1 || aligned16(a.state1)) &&
+                            (!a.state2 || aligned16(a.state2));
     switch (a.rule) {
 #define FASTNN_RULE_CASE(name)                                                                          \
   case Rule::name:                                                                                      \
-    optim_kernel<Rule::name, T><<<blocks, kThreads, 0, stream>>>(a.param, a.grad, a.state1, a.state2, tab); \
+    optim_kernel<Rule::name, T><<<blocks, kThreads, 0, stream>>>(a.param, a.grad, a.state1, a.state2, tab, vectorized); \
     break;
       FASTNN_OPTIM_RULES(FASTNN_RULE_CASE)
 #undef FASTNN_RULE_CASE
