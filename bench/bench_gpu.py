@@ -231,9 +231,8 @@ class Bench:
                 torch.backends.cuda.matmul.allow_tf32 = False
 
     # 3. BatchNorm2d
-    def batchnorm2d(self):
+    def batchnorm(self, shape):
         cp, torch = self.cp, self.torch
-        shape = (256, 64, 32, 32)
         c = shape[1]
         x = self.randn(shape, 2.0) + 0.5
         dy = self.randn(shape)
@@ -271,7 +270,8 @@ class Bench:
         nbytes = 8 * x.nbytes
         f = times.get("fastnn")
         five = f"; as 5 tensors (x, y; x, dy, dx): {5 * x.nbytes / f / 1e9:,.0f} GB/s" if f else ""
-        self.row("BatchNorm2d fwd+bwd", str(shape), times, metric=lambda s: nbytes / s / 1e9, unit="GB/s",
+        self.row(f"BatchNorm{len(shape) - 2 or 1}d fwd+bwd", str(shape), times,
+                 metric=lambda s: nbytes / s / 1e9, unit="GB/s",
                  ceiling=self.copy_gbs, note="bytes the two-pass kernels move (8 tensor passes)" + five)
 
     # 4. dropout
@@ -486,7 +486,8 @@ def main(argv=None) -> int:
                              lambda n=n, d=d, m=m, act=act, tf32=tf32: bench.linear_act(n, d, m, act, tf32)))
     if args.quick:
         plan.append(("linear+relu (4096, 4096, 4096) FP32", lambda: bench.linear_act(4096, 4096, 4096, "relu", False)))
-    plan += [("BatchNorm2d", bench.batchnorm2d), ("dropout", bench.dropout)]
+    plan += [("BatchNorm2d", lambda: bench.batchnorm((256, 64, 32, 32))),
+             ("BatchNorm1d", lambda: bench.batchnorm((4096, 4096))), ("dropout", bench.dropout)]
     plan += [(f"Adam {n // 10**6}M", lambda n=n: bench.adam(n)) for n in ((10**7,) if args.quick else (10**7, 10**8))]
     plan += [("conv2d", bench.conv), ("MLP step", bench.mlp_step), ("ConvNet step", bench.convnet_step)]
     for name, fn in plan:
