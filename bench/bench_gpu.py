@@ -197,6 +197,7 @@ class Bench:
                 cands["cupy"] = ("torch", torch_gemms)
                 gemm_lib = "torch.matmul"
             fastnn_step()
+            self.host_us(fastnn_step)
             if torch is not None:
                 tx = self.t(x).clone().requires_grad_(True)
                 tw = self.t(w).T.contiguous().requires_grad_(True)   # torch stores (out, in)
@@ -247,6 +248,10 @@ class Bench:
 
         fastnn_step()
         cands = {"fastnn": ("cupy", fastnn_step)}
+        self.host_us(fastnn_step)
+        graph = self.capture(fastnn_step)
+        if graph is not None:   # the same six kernels replayed from a CUDA graph: GPU time without Python
+            cands["fastnn_graph"] = ("cupy", lambda: graph.launch(cp.cuda.get_current_stream()))
         if torch is not None:
             tx = self.t(x).clone().requires_grad_(True)
             tg, tb = self.t(gamma).clone().requires_grad_(True), self.t(beta).clone().requires_grad_(True)
@@ -273,6 +278,41 @@ class Bench:
         self.row(f"BatchNorm{len(shape) - 2 or 1}d fwd+bwd", str(shape), times,
                  metric=lambda s: nbytes / s / 1e9, unit="GB/s",
                  ceiling=self.copy_gbs, note="bytes the two-pass kernels move (8 tensor passes)" + five)
+        if "fastnn_graph" in times:
+            self.row(f"BatchNorm{len(shape) - 2 or 1}d fwd+bwd, CUDA graph", str(shape), times,
+                     fastnn_key="fastnn_graph", metric=lambda s: nbytes / s / 1e9, unit="GB/s",
+                     ceiling=self.copy_gbs, note="fastnn's kernels replayed from a graph (no Python between "
+                     "launches): the GPU time; torch column eager")
+
+    def host_us(self, fn, calls=20):
+        """Microseconds of host (Python + launch) time per call of fn, the GPU left to catch up:
+        when this is near the timed figure, the row measures Python, not the kernels."""
+        self.cp.cuda.runtime.deviceSynchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        t1 = time.perf_counter()
+        self.cp.cuda.runtime.deviceSynchronize()
+        us = (t1 - t0) / calls * 1e6
+        print(f"  host time to issue one call: {us:.0f} us", flush=True)
+        return us
+
+    def capture(self, fn):
+        """fn's kernels captured into a CUDA graph on a side stream, or None where capture fails."""
+        cp = self.cp
+        try:
+            stream = cp.cuda.Stream(non_blocking=True)
+            with stream:
+                stream.begin_capture()
+                try:
+                    fn()
+                finally:
+                    graph = stream.end_capture()
+            stream.synchronize()
+            return graph
+        except Exception as exc:  # noqa: BLE001  (a diagnostic row; the eager rows stand without it)
+            print(f"  (CUDA graph capture failed: {type(exc).__name__}: {exc})", flush=True)
+            return None
 
     # 4. dropout
     def dropout(self):
@@ -340,6 +380,7 @@ class Bench:
         x = self.randn((batch,) + x_shape)
         y = cp.asarray(self.rng.integers(0, classes, batch))
         cands = {"fastnn": ("cupy", lambda: trainer.train_step(x, y))}
+        self.host_us(lambda: trainer.train_step(x, y), calls=5)
         if tmodel is not None:
             topt = torch.optim.Adam(tmodel.parameters(), lr=lr, fused=True)
             tx, ty = self.t(x), self.t(y)
