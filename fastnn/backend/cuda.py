@@ -15,18 +15,11 @@ import importlib
 import numpy as np
 
 from . import registry
+from .cpp import OPS as CPP_OPS
 from .codes import ACTIVATIONS
 
-# The ops fastnn._cuda provides, the same names as backend/cpp.py's OPS.
-OPS = (
-    "gemm", "linear_act_forward", "linear_act_backward", "act_forward", "act_backward",
-    "softmax_xent_forward", "softmax_xent_backward", "optim_step",
-    "batchnorm_forward", "batchnorm_backward", "batchnorm_stats", "batchnorm_gather_stats", "batchnorm_elemt",
-    "batchnorm_backward_reduce", "batchnorm_backward_elemt", "dropout", "max_norm",
-    "conv2d_forward", "conv2d_backward",
-    "max_pool2d_forward", "max_pool2d_regions_forward", "max_pool2d_backward",
-    "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward", "global_avg_pool2d_backward",
-)
+# The ops fastnn._cuda provides: the C++ backend's, by the same names and argument order.
+OPS = CPP_OPS
 
 reason = None
 _cuda = cp = None
