@@ -10,7 +10,7 @@
 //       -mavx512bw -mavx512dq -mavx2 -mfma -mf16c -mbmi2 -mprefer-vector-width=512 -fopenmp \
 //       bench/conv_profile.cpp csrc/cpu/conv.cpp csrc/cpu/conv_winograd.cpp -o /tmp/conv_profile \
 //       build/<tag>/kernels/libfastnn_cpu.a build/<tag>/kernels/libfastnn_cpu_{avx512,avx2,generic}.a
-//   /tmp/conv_profile C F HW ITERS ALGO(1 im2col, 2 winograd) PASS(0 fwd, 1 bwd) [THREADS [ACT code]]
+//   /tmp/conv_profile C F HW ITERS ALGO(1 im2col, 2 winograd) PASS(0 fwd, 1 bwd, 2 dweight only) [THREADS [ACT code]]
 #include <time.h>
 
 #include <cstdio>
@@ -52,17 +52,19 @@ int main(int argc, char** argv) {
   const Conv2dForwardArgs<float> fa{s, x.data(), w.data(), b.data(), y.data(), z.data(), act, 0.f};
   const Conv2dBackwardArgs<float> ba{s, dy.data(), x.data(), w.data(), y.data(), z.data(), dz.data(),
                                      dx.data(), dw.data(), db.data(), nullptr, act, 0.f};
+  Conv2dBackwardArgs<float> wa = ba;  // PASS 2: the weight gradient alone (no dx)
+  wa.dx = nullptr;
   cpu::kp512::conv2d_forward(fa);
   double best = 1e9;
   for (int i = 0; i < iters; ++i) {
     const double t = now(threads == 1);
     if (pass == 0) cpu::kp512::conv2d_forward(fa);
-    else cpu::kp512::conv2d_backward(ba);
+    else cpu::kp512::conv2d_backward(pass == 2 ? wa : ba);
     const double dt = now(threads == 1) - t;
     if (dt < best) best = dt;
   }
-  const double flops = 2.0 * n * c * f * 9 * hw * hw * (pass ? 2 : 1);
+  const double flops = 2.0 * n * c * f * 9 * hw * hw * (pass == 1 ? 2 : 1);
   std::printf("%d->%d %dx%d %s %s, %d thread(s): %.2f ms, %.0f GFLOP/s of the direct convolution\n", c, f, hw, hw,
-              algo == 2 ? "winograd" : "im2col", pass ? "backward" : "forward", threads, best * 1e3,
+              algo == 2 ? "winograd" : "im2col", pass == 2 ? "dweight" : pass ? "backward" : "forward", threads, best * 1e3,
               flops / best / 1e9);
 }
