@@ -246,10 +246,8 @@ void softmax_xent_backward(py::object probs, py::object labels, py::object targe
   });
 }
 
-// hyper: (S, kNumHyper) float64 rows, one field per OptimHyper member in
+// hyper: (S, kNumHyperFields) float64 rows, one field per OptimHyper member in
 // FASTNN_OPTIM_HYPER's order (exported as HYPER_FIELDS).
-constexpr int kNumHyper = int(sizeof(fastnn::kHyperFields) / sizeof(fastnn::kHyperFields[0]));
-
 void optim_step(int rule, py::object param, py::object grad, py::object state1, py::object state2,
                 py::object seg_begin, py::object hyper) {
   if (rule < 0 || rule >= fastnn::kNumRules)
@@ -262,7 +260,7 @@ void optim_step(int rule, py::object param, py::object grad, py::object state1, 
     int64_t n = dim(param, "param", 1, 0);
     int64_t s = dim(hyper, "hyper", 2, 0);
     const int64_t* seg = checked<int64_t>(seg_begin, "seg_begin", {s + 1});
-    const double* hy = checked<double>(hyper, "hyper", {s, kNumHyper});
+    const double* hy = checked<double>(hyper, "hyper", {s, fastnn::kNumHyperFields});
     if (s < 1 || seg[0] != 0 || seg[s] != n)
       throw py::value_error("seg_begin must start at 0 and end at len(param)");
     for (int64_t i = 0; i < s; ++i)
@@ -270,13 +268,8 @@ void optim_step(int rule, py::object param, py::object grad, py::object state1, 
     Rule r = Rule(rule);
     bool needs1 = r != Rule::sgd, needs2 = r == Rule::adam || r == Rule::adamw;
     std::vector<fastnn::OptimHyper<T>> h(static_cast<size_t>(s));
-    for (int64_t i = 0; i < s; ++i) {
-      const double* row = hy + i * kNumHyper;
-      int field = 0;
-#define FASTNN_HYPER_FROM_ROW(name) h[size_t(i)].name = T(row[field++]);
-      FASTNN_OPTIM_HYPER(FASTNN_HYPER_FROM_ROW)
-#undef FASTNN_HYPER_FROM_ROW
-    }
+    for (int64_t i = 0; i < s; ++i)
+      h[size_t(i)] = fastnn::optim_hyper_from_row<T>(hy + i * fastnn::kNumHyperFields);
     fastnn::OptimStepArgs<T> args{n, checked<T>(param, "param", {n}, true), checked<T>(grad, "grad", {n}),
                                   needs1 ? checked<T>(state1, "state1", {n}, true) : nullptr,
                                   needs2 ? checked<T>(state2, "state2", {n}, true) : nullptr,

@@ -48,12 +48,12 @@ def _xp(x):
 
 def _empty(like, shape, dtype):
     """An uninitialized array on the device of ``like`` (NumPy or CuPy)."""
-    return np.empty(shape, dtype) if type(like) is np.ndarray else V.array_module(like).empty(shape, dtype)
+    return _xp(like).empty(shape, dtype)
 
 
 def _zeros(like, shape, dtype):
     """A zero-filled array on the device of ``like`` (NumPy or CuPy)."""
-    return np.zeros(shape, dtype) if type(like) is np.ndarray else V.array_module(like).zeros(shape, dtype)
+    return _xp(like).zeros(shape, dtype)
 
 
 def _out(buf, name, shape, dtype, like):
@@ -308,13 +308,18 @@ def _kind_name(like) -> str:
     return "numpy.ndarray" if isinstance(like, np.ndarray) else "cupy.ndarray (on the GPU, as the other inputs)"
 
 
+def _check_f64(v, name, like) -> None:
+    """TypeError unless v is a float64 array on the device of ``like``."""
+    if not _is_array_like(v, like) or v.dtype != np.float64:
+        raise TypeError(f"{name} must be a float64 {_kind_name(like)}, got "
+                        f"{getattr(v, 'dtype', '')} {type(v).__module__}.{type(v).__name__}")
+
+
 def _f64_out(buf, name, shape, like):
     """The float64 sums buffer ``buf`` checked, or a fresh one on the device of ``like``."""
     if buf is None:
         return _empty(like, shape, np.float64)
-    if not _is_array_like(buf, like) or buf.dtype != np.float64:
-        raise TypeError(f"{name} must be a float64 {_kind_name(like)}, got "
-                        f"{getattr(buf, 'dtype', '')} {type(buf).__module__}.{type(buf).__name__}")
+    _check_f64(buf, name, like)
     V.shape_is(buf, name, shape)
     if not buf.flags.c_contiguous or not getattr(buf.flags, "writeable", True):
         raise ValueError(f"{name} must be C-contiguous and writable")
@@ -322,9 +327,7 @@ def _f64_out(buf, name, shape, like):
 
 
 def _f64_in(v, name, c, like):
-    if not _is_array_like(v, like) or v.dtype != np.float64:
-        raise TypeError(f"{name} must be a float64 {_kind_name(like)}, got "
-                        f"{getattr(v, 'dtype', '')} {type(v).__module__}.{type(v).__name__}")
+    _check_f64(v, name, like)
     V.shape_is(v, name, (c,))
     return _xp(v).ascontiguousarray(v)
 
@@ -353,9 +356,7 @@ def batchnorm_gather_stats(sums, count, shift, running_mean=None, running_var=No
     running_var, when given, move by ``momentum`` (running_var unbiased, count/(count-1))."""
     V.float_array(shift, "shift", ndim=1)
     c = shift.shape[0]
-    if not _is_array_like(sums, shift) or sums.dtype != np.float64:
-        raise TypeError(f"sums must be a float64 {_kind_name(shift)}, got "
-                        f"{getattr(sums, 'dtype', '')} {type(sums).__module__}.{type(sums).__name__}")
+    _check_f64(sums, "sums", shift)
     V.shape_is(sums, "sums", (2, c))
     count = V.real(count, "count")
     if not count > 1:

@@ -129,8 +129,6 @@ const H* host_checked(const py::object& obj, const char* name, const std::vector
   return static_cast<const H*>(a.data());
 }
 
-constexpr int kNumHyper = int(sizeof(kHyperFields) / sizeof(kHyperFields[0]));
-
 void optim_step_binding(int rule, py::object param, py::object grad, py::object state1, py::object state2,
                         py::object seg_begin, py::object hyper) {
   if (rule < 0 || rule >= kNumRules)
@@ -142,20 +140,15 @@ void optim_step_binding(int rule, py::object param, py::object grad, py::object 
     if (!py::isinstance<py::array>(hyper)) throw py::type_error("hyper must be a numpy.ndarray");
     int64_t s = int64_t(py::reinterpret_borrow<py::array>(hyper).shape(0));
     const int64_t* seg = host_checked<int64_t>(seg_begin, "seg_begin", {s + 1});
-    const double* hy = host_checked<double>(hyper, "hyper", {s, kNumHyper});
+    const double* hy = host_checked<double>(hyper, "hyper", {s, fastnn::kNumHyperFields});
     if (s < 1 || seg[0] != 0 || seg[s] != n) throw py::value_error("seg_begin must start at 0 and end at len(param)");
     for (int64_t i = 0; i < s; ++i)
       if (seg[i + 1] < seg[i]) throw py::value_error("seg_begin must be non-decreasing");
     Rule r = Rule(rule);
     bool needs1 = r != Rule::sgd, needs2 = r == Rule::adam || r == Rule::adamw;
     std::vector<OptimHyper<T>> h(static_cast<size_t>(s));
-    for (int64_t i = 0; i < s; ++i) {
-      const double* row = hy + i * kNumHyper;
-      int field = 0;
-#define FASTNN_HYPER_FROM_ROW(name) h[size_t(i)].name = T(row[field++]);
-      FASTNN_OPTIM_HYPER(FASTNN_HYPER_FROM_ROW)
-#undef FASTNN_HYPER_FROM_ROW
-    }
+    for (int64_t i = 0; i < s; ++i)
+      h[size_t(i)] = fastnn::optim_hyper_from_row<T>(hy + i * fastnn::kNumHyperFields);
     OptimStepArgs<T> args{n, checked<T>(param, "param", {n}, true), checked<T>(grad, "grad", {n}),
                           needs1 ? checked<T>(state1, "state1", {n}, true) : nullptr,
                           needs2 ? checked<T>(state2, "state2", {n}, true) : nullptr, s, seg, h.data(), r};

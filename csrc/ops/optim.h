@@ -54,6 +54,20 @@ struct OptimHyper {
 #define FASTNN_HYPER_NAME(name) #name,
 constexpr const char* kHyperFields[] = {FASTNN_OPTIM_HYPER(FASTNN_HYPER_NAME)};
 #undef FASTNN_HYPER_NAME
+constexpr int kNumHyperFields = int(sizeof(kHyperFields) / sizeof(kHyperFields[0]));
+
+// One row of the optimizer's float64 hyperparameter table (kNumHyperFields
+// values in FASTNN_OPTIM_HYPER's order) as OptimHyper<T>: what the CPU and
+// CUDA bindings hand their kernels.
+template <class T>
+inline OptimHyper<T> optim_hyper_from_row(const double* row) {
+  OptimHyper<T> h{};
+  int field = 0;
+#define FASTNN_HYPER_FROM_ROW(name) h.name = T(row[field++]);
+  FASTNN_OPTIM_HYPER(FASTNN_HYPER_FROM_ROW)
+#undef FASTNN_HYPER_FROM_ROW
+  return h;
+}
 
 template <Rule R, class T>
 FASTNN_HD void optim_update(T& p, T g, T& s1, T& s2, const OptimHyper<T>& h) {
