@@ -461,6 +461,14 @@ WINO_CASES = [
     (1, 17, 5, 5, 19, (2, 2)),
     (4, 16, 12, 13, 16, (1, 1)),
     (3, 37, 9, 7, 41, (1, 1)),
+    # 16-wide maps, where the AVX-512 transforms take two tile rows per register:
+    # padding 1 (input and dY paths), an odd height (a last tile row alone, pairs
+    # that would cross images), a 16-wide dY from an 18-wide input without
+    # padding (the dY path only), and a taller padding.
+    (3, 5, 16, 16, 7, (1, 1)),
+    (2, 4, 13, 16, 6, (1, 1)),
+    (2, 3, 9, 18, 5, (0, 0)),
+    (1, 16, 16, 16, 16, (2, 1)),
 ]
 
 
@@ -539,8 +547,12 @@ def test_conv2d_winograd_bits_do_not_depend_on_the_thread_count(backend, rng):
     w = rng.standard_normal((19, 17, 3, 3)).astype(np.float32)
     b = rng.standard_normal(19).astype(np.float32)
     dy = rng.standard_normal((13, 19, 11, 9)).astype(np.float32)
+    # 16-wide maps: the two-tile-rows-per-register transforms (odd height: lone rows).
+    x16 = rng.standard_normal((7, 17, 15, 16)).astype(np.float32)
+    dy16 = rng.standard_normal((7, 19, 15, 16)).astype(np.float32)
     with conv_algorithm("winograd"):
         _bits_at_one_and_two_threads(x, w, b, dy)
+        _bits_at_one_and_two_threads(x16, w, b, dy16)
 
 
 def test_set_conv_algorithm_rejects_unknown_names():

@@ -64,6 +64,22 @@ struct Layout {
   }
 };
 
+#if FASTNN_VBYTES == 64
+// 16-wide feature maps (the ConvNet's second stage) have 8 tiles per tile row,
+// half a register; the transforms below then take two tile rows per register:
+// the 16 values of a tile position come from two image rows by one
+// two-source permutation (even or odd columns), with the same adds in the same
+// order as the per-row code, so the results are the same bits.
+namespace wide16 {
+FASTNN_INLINE __m512i cols(int first) {  // lanes t < 8: row A column 2t + first, t >= 8: row B's
+  return _mm512_add_epi32(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                          _mm512_set1_epi32(first));
+}
+FASTNN_INLINE __m512 pick(__m512 a, __m512i idx, __m512 b) { return _mm512_permutex2var_ps(a, idx, b); }
+FASTNN_INLINE __m512 neg(__m512 v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }
+}  // namespace wide16
+#endif
+
 // Elements of scratch input_transform needs.
 int64_t input_transform_buf(const Geom& g) { return (2 * g.tw + 2) + 8 * (g.tw + 1); }
 
@@ -88,6 +104,43 @@ void input_transform(const Geom& g, const T* x, int64_t g0, int64_t g1, const La
   const int64_t t_hi = max64(t_lo, min64(te, (g.pw + g.w) / 2));
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, ih0 = 2 * (gi % g.th) - g.ph, l0 = (gi - g0) * g.tw;
+#if FASTNN_VBYTES == 64
+    if constexpr (sizeof(T) == 4) {
+      // Tile rows gi and gi + 1 of a 16-wide image with padding 1 (padded
+      // column 2t is image column 2t - 1): image rows ih0 .. ih0 + 5, each one
+      // register; per row combination k, O[t] = column 2t, E[t + 1] = column
+      // 2t + 1, E[t] = column 2t - 1 and O[t + 1] = column 2t + 2 (zero outside).
+      if (g.w == 16 && g.pw == 1 && gi + 1 < g1 && (gi + 1) / g.th == n && dst.nr - l0 % dst.nr >= 16) {
+        using namespace wide16;
+        const __m512i ie = cols(0), io = cols(1), ilo = cols(-1), ihi = cols(2);
+        for (int64_t c = 0; c < g.c; ++c) {
+          const float* xc = x + (n * g.c + c) * g.h * g.w;
+          __m512 r[6];
+          for (int i = 0; i < 6; ++i) {
+            const int64_t ih = ih0 + i;
+            r[i] = ih >= 0 && ih < g.h ? _mm512_loadu_ps(xc + ih * 16) : _mm512_setzero_ps();
+          }
+          const __m512 ca[4] = {_mm512_sub_ps(r[0], r[2]), _mm512_add_ps(r[1], r[2]), _mm512_sub_ps(r[2], r[1]),
+                                _mm512_sub_ps(r[1], r[3])};
+          const __m512 cb[4] = {_mm512_sub_ps(r[2], r[4]), _mm512_add_ps(r[3], r[4]), _mm512_sub_ps(r[4], r[3]),
+                                _mm512_sub_ps(r[3], r[5])};
+          T* run = dst.at(0, c, l0);
+          for (int k = 0; k < 4; ++k) {
+            const __m512 o = pick(ca[k], ie, cb[k]), e1 = pick(ca[k], io, cb[k]);
+            const __m512 e0 = _mm512_maskz_permutex2var_ps(__mmask16(0xFEFE), ca[k], ilo, cb[k]);
+            const __m512 o1 = _mm512_maskz_permutex2var_ps(__mmask16(0x7F7F), ca[k], ihi, cb[k]);
+            T* v0 = run + 4 * k * dst.plane;
+            _mm512_storeu_ps(v0, _mm512_sub_ps(e0, e1));
+            _mm512_storeu_ps(v0 + dst.plane, _mm512_add_ps(o, e1));
+            _mm512_storeu_ps(v0 + 2 * dst.plane, _mm512_sub_ps(e1, o));
+            _mm512_storeu_ps(v0 + 3 * dst.plane, _mm512_sub_ps(o, o1));
+          }
+        }
+        ++gi;
+        continue;
+      }
+    }
+#endif
     for (int64_t c = 0; c < g.c; ++c) {
       const T* xc = x + (n * g.c + c) * g.h * g.w;
       const T* d[4];  // padded rows: d[i][j] = x[ih0 + i, j - pw]
@@ -162,6 +215,33 @@ void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const La
   for (int64_t j = 0; j < 2 * g.tw; ++j) zero[j] = T(0);
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
+#if FASTNN_VBYTES == 64
+    if constexpr (sizeof(T) == 4) {
+      // Tile rows gi and gi + 1 of a 16-wide dY, all four rows inside: a, b, c, e
+      // are the even and odd columns of rows (oh0, oh0 + 2) and (oh0 + 1, oh0 + 3).
+      if (g.ow == 16 && gi + 1 < g1 && (gi + 1) / g.th == n && oh0 + 3 < g.oh && dst.nr - l0 % dst.nr >= 16) {
+        using namespace wide16;
+        const __m512i ie = cols(0), io = cols(1);
+        for (int64_t f = 0; f < g.f; ++f) {
+          const float* r = dy + (n * g.f + f) * p + oh0 * 16;
+          const __m512 v0 = _mm512_loadu_ps(r), v1 = _mm512_loadu_ps(r + 16);
+          const __m512 v2 = _mm512_loadu_ps(r + 32), v3 = _mm512_loadu_ps(r + 48);
+          const __m512 a = pick(v0, ie, v2), b = pick(v0, io, v2), c = pick(v1, ie, v3), e = pick(v1, io, v3);
+          const __m512 s1 = _mm512_add_ps(a, c), t1 = _mm512_add_ps(b, e);
+          const __m512 s2 = _mm512_sub_ps(a, c), t2 = _mm512_sub_ps(b, e), nc = neg(c);
+          const __m512 m[16] = {a,  _mm512_add_ps(a, b),   _mm512_sub_ps(a, b),   neg(b),
+                                s1, _mm512_add_ps(s1, t1), _mm512_sub_ps(s1, t1), neg(t1),
+                                s2, _mm512_add_ps(s2, t2), _mm512_sub_ps(s2, t2), neg(t2),
+                                nc, _mm512_sub_ps(nc, e),  _mm512_sub_ps(e, c),   e};
+          T* d = dst.at(0, f, l0);
+#pragma GCC unroll 16
+          for (int xi = 0; xi < 16; ++xi) _mm512_storeu_ps(d + xi * dst.plane, m[xi]);
+        }
+        ++gi;
+        continue;
+      }
+    }
+#endif
     for (int64_t f = 0; f < g.f; ++f) {
       const T* r0 = dy + (n * g.f + f) * p + oh0 * g.ow;
       const T* r1 = oh0 + 1 < g.oh ? r0 + g.ow : zero;
@@ -180,12 +260,22 @@ void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const La
 #pragma omp simd
       for (int64_t t = 0; t < tfull; ++t) one(t, r0[2 * t], r0[2 * t + 1], r1[2 * t], r1[2 * t + 1]);
       if (tfull < g.tw) one(tfull, r0[2 * tfull], T(0), r1[2 * tfull], T(0));
-      if (bsum) {
-        T rs = T(0);
+    }
+  }
+  // Each channel's sum of dY over the block: position 5 of its tiles, one run
+  // of the layout at a time (one reduction per block, not per tile row).
+  if (bsum) {
+    const int64_t tiles = (g1 - g0) * g.tw;
+    for (int64_t f = 0; f < g.f; ++f) {
+      T rs = T(0);
+      for (int64_t l = 0; l < tiles;) {
+        const int64_t len = min64(tiles - l, dst.nr - l % dst.nr);
+        const T* m5 = dst.at(5, f, l);
 #pragma omp simd reduction(+ : rs)
-        for (int64_t t = 0; t < g.tw; ++t) rs += m5[t];
-        bsum[f] += double(rs);
+        for (int64_t t = 0; t < len; ++t) rs += m5[t];
+        l += len;
       }
+      bsum[f] += double(rs);
     }
   }
 }
@@ -199,6 +289,39 @@ void output_transform(const Geom& g, const T* m, int64_t mplane, int64_t g0, int
   const int64_t p = g.oh * g.ow;
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
+#if FASTNN_VBYTES == 64
+    if constexpr (sizeof(T) == 4) {
+      // Tile rows gi and gi + 1 of a 16-wide output, all four rows inside: the
+      // lanes hold (row gi: tiles 0-7, row gi + 1: tiles 0-7); each output row
+      // interleaves a tile row's two columns, and the four rows are contiguous.
+      if (g.ow == 16 && gi + 1 < g1 && (gi + 1) / g.th == n && oh0 + 3 < g.oh) {
+        __m512 q[16];
+#pragma GCC unroll 16
+        for (int xi = 0; xi < 16; ++xi) q[xi] = _mm512_loadu_ps(m + xi * mplane + l0);
+        auto sum3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_add_ps(_mm512_add_ps(u, v), w); };
+        auto dif3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_sub_ps(_mm512_sub_ps(u, v), w); };
+        const __m512 a0 = sum3(q[0], q[4], q[8]), a1 = sum3(q[1], q[5], q[9]);
+        const __m512 a2 = sum3(q[2], q[6], q[10]), a3 = sum3(q[3], q[7], q[11]);
+        const __m512 b0 = dif3(q[4], q[8], q[12]), b1 = dif3(q[5], q[9], q[13]);
+        const __m512 b2 = dif3(q[6], q[10], q[14]), b3 = dif3(q[7], q[11], q[15]);
+        const __m512 ea = sum3(a0, a1, a2), oa = dif3(a1, a2, a3), eb = sum3(b0, b1, b2), ob = dif3(b1, b2, b3);
+        const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+        alignas(64) T rows[64];  // output rows oh0 .. oh0 + 3
+        _mm512_store_ps(rows, _mm512_permutex2var_ps(ea, lo, oa));
+        _mm512_store_ps(rows + 16, _mm512_permutex2var_ps(eb, lo, ob));
+        _mm512_store_ps(rows + 32, _mm512_permutex2var_ps(ea, hi, oa));
+        _mm512_store_ps(rows + 48, _mm512_permutex2var_ps(eb, hi, ob));
+        const BiasAct<T, Fa, BiasAxis::rows> ep{bias, z ? z + n * g.f * p : nullptr, p, alpha};
+        T* yf = y + (n * g.f + f) * p;
+        const int64_t j0 = oh0 * 16;
+#pragma omp simd
+        for (int64_t j = 0; j < 64; ++j) yf[j0 + j] = ep.apply(f, j0 + j, rows[j]);
+        ++gi;
+        continue;
+      }
+    }
+#endif
     const T* q[16];
     for (int xi = 0; xi < 16; ++xi) q[xi] = m + xi * mplane + l0;
     const T *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3], *q4 = q[4], *q5 = q[5], *q6 = q[6], *q7 = q[7];
