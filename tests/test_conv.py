@@ -461,14 +461,18 @@ WINO_CASES = [
     (1, 17, 5, 5, 19, (2, 2)),
     (4, 16, 12, 13, 16, (1, 1)),
     (3, 37, 9, 7, 41, (1, 1)),
-    # 16-wide maps, where the AVX-512 transforms take two tile rows per register:
-    # padding 1 (input and dY paths), an odd height (a last tile row alone, pairs
-    # that would cross images), a 16-wide dY from an 18-wide input without
-    # padding (the dY path only), and a taller padding.
+    # 16 and 32-wide maps, where the AVX-512 transforms take 16 tiles per register
+    # (two tile rows of a 16-wide map, one of a 32-wide map): padding 1 (every
+    # transform), odd heights (a last tile row alone, pairs that would cross
+    # images), 16/32-wide dY and outputs from an unpadded 18/34-wide input (not
+    # the input transform), and a taller padding.
     (3, 5, 16, 16, 7, (1, 1)),
     (2, 4, 13, 16, 6, (1, 1)),
     (2, 3, 9, 18, 5, (0, 0)),
     (1, 16, 16, 16, 16, (2, 1)),
+    (2, 3, 9, 32, 5, (1, 1)),
+    (1, 4, 7, 34, 3, (0, 0)),
+    (2, 6, 6, 32, 17, (2, 1)),
 ]
 
 
@@ -547,12 +551,13 @@ def test_conv2d_winograd_bits_do_not_depend_on_the_thread_count(backend, rng):
     w = rng.standard_normal((19, 17, 3, 3)).astype(np.float32)
     b = rng.standard_normal(19).astype(np.float32)
     dy = rng.standard_normal((13, 19, 11, 9)).astype(np.float32)
-    # 16-wide maps: the two-tile-rows-per-register transforms (odd height: lone rows).
-    x16 = rng.standard_normal((7, 17, 15, 16)).astype(np.float32)
-    dy16 = rng.standard_normal((7, 19, 15, 16)).astype(np.float32)
+    # 16 and 32-wide maps: the 16-tiles-per-register transforms (odd heights: lone rows).
     with conv_algorithm("winograd"):
         _bits_at_one_and_two_threads(x, w, b, dy)
-        _bits_at_one_and_two_threads(x16, w, b, dy16)
+        for h, wd in ((15, 16), (7, 32)):
+            xw = rng.standard_normal((7, 17, h, wd)).astype(np.float32)
+            dyw = rng.standard_normal((7, 19, h, wd)).astype(np.float32)
+            _bits_at_one_and_two_threads(xw, w, b, dyw)
 
 
 def test_set_conv_algorithm_rejects_unknown_names():

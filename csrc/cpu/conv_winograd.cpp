@@ -65,19 +65,80 @@ struct Layout {
 };
 
 #if FASTNN_VBYTES == 64
-// 16-wide feature maps (the ConvNet's second stage) have 8 tiles per tile row,
-// half a register; the transforms below then take two tile rows per register:
-// the 16 values of a tile position come from two image rows by one
-// two-source permutation (even or odd columns), with the same adds in the same
-// order as the per-row code, so the results are the same bits.
-namespace wide16 {
-FASTNN_INLINE __m512i cols(int first) {  // lanes t < 8: row A column 2t + first, t >= 8: row B's
+// 16 and 32-wide feature maps (the ConvNet's two stages) have 8 and 16 tiles
+// per tile row. The per-row code below handles them with half a register and
+// scalar edges; these take 16 tiles per register instead: two tile rows of a
+// 16-wide map, or the two halves of a 32-wide one. Lanes 0-7 are the tiles of
+// half A, lanes 8-15 those of half B; the values of a tile position come from
+// A's and B's 16 image columns by one two-source permutation (even or odd
+// columns). Same adds in the same order as the per-row code: the same bits.
+namespace wide {
+FASTNN_INLINE __m512i cols(int first) {  // lane t < 8: A's column 2t + first; t >= 8: B's column 2(t - 8) + first
   return _mm512_add_epi32(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
                           _mm512_set1_epi32(first));
 }
 FASTNN_INLINE __m512 pick(__m512 a, __m512i idx, __m512 b) { return _mm512_permutex2var_ps(a, idx, b); }
 FASTNN_INLINE __m512 neg(__m512 v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }
-}  // namespace wide16
+FASTNN_INLINE __m512 row(const float* p) { return p ? _mm512_loadu_ps(p) : _mm512_setzero_ps(); }
+
+// V = B^T d B of 16 tiles with padding 1 (padded column 2t is image column
+// 2t - 1): a[i], b[i] are image rows i of halves A and B. Per row combination
+// k: O[t] = column 2t, E[t + 1] = 2t + 1, E[t] = 2t - 1 and O[t + 1] = 2t + 2,
+// the lanes in `left` / `right` zero (the image's edges). v: position 0's run.
+FASTNN_INLINE void input16(const __m512* a, const __m512* b, __mmask16 left, __mmask16 right, float* v,
+                           int64_t plane) {
+  const __m512i ie = cols(0), io = cols(1), ilo = cols(-1), ihi = cols(2);
+  const __m512 ca[4] = {_mm512_sub_ps(a[0], a[2]), _mm512_add_ps(a[1], a[2]), _mm512_sub_ps(a[2], a[1]),
+                        _mm512_sub_ps(a[1], a[3])};
+  const __m512 cb[4] = {_mm512_sub_ps(b[0], b[2]), _mm512_add_ps(b[1], b[2]), _mm512_sub_ps(b[2], b[1]),
+                        _mm512_sub_ps(b[1], b[3])};
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    const __m512 o = pick(ca[k], ie, cb[k]), e1 = pick(ca[k], io, cb[k]);
+    const __m512 e0 = _mm512_maskz_permutex2var_ps(__mmask16(~left), ca[k], ilo, cb[k]);
+    const __m512 o1 = _mm512_maskz_permutex2var_ps(__mmask16(~right), ca[k], ihi, cb[k]);
+    float* v0 = v + 4 * k * plane;
+    _mm512_storeu_ps(v0, _mm512_sub_ps(e0, e1));
+    _mm512_storeu_ps(v0 + plane, _mm512_add_ps(o, e1));
+    _mm512_storeu_ps(v0 + 2 * plane, _mm512_sub_ps(e1, o));
+    _mm512_storeu_ps(v0 + 3 * plane, _mm512_sub_ps(o, o1));
+  }
+}
+
+// dM = A dY A^T of 16 tiles: (u0, u1) the tiles' first dY row (halves A, B),
+// (w0, w1) their second; d: position 0's run.
+FASTNN_INLINE void grad16(__m512 u0, __m512 u1, __m512 w0, __m512 w1, float* d, int64_t plane) {
+  const __m512i ie = cols(0), io = cols(1);
+  const __m512 a = pick(u0, ie, u1), b = pick(u0, io, u1), c = pick(w0, ie, w1), e = pick(w0, io, w1);
+  const __m512 s1 = _mm512_add_ps(a, c), t1 = _mm512_add_ps(b, e);
+  const __m512 s2 = _mm512_sub_ps(a, c), t2 = _mm512_sub_ps(b, e), nc = neg(c);
+  const __m512 m[16] = {a,  _mm512_add_ps(a, b),   _mm512_sub_ps(a, b),   neg(b),
+                        s1, _mm512_add_ps(s1, t1), _mm512_sub_ps(s1, t1), neg(t1),
+                        s2, _mm512_add_ps(s2, t2), _mm512_sub_ps(s2, t2), neg(t2),
+                        nc, _mm512_sub_ps(nc, e),  _mm512_sub_ps(e, c),   e};
+#pragma GCC unroll 16
+  for (int xi = 0; xi < 16; ++xi) _mm512_storeu_ps(d + xi * plane, m[xi]);
+}
+
+// Y = A^T M A of 16 tiles (M[xi] at m + xi * mplane): out[0], out[1] the first
+// output row of halves A and B (16 columns each), out[2], out[3] the second.
+FASTNN_INLINE void output16(const float* m, int64_t mplane, __m512* out) {
+  __m512 q[16];
+#pragma GCC unroll 16
+  for (int xi = 0; xi < 16; ++xi) q[xi] = _mm512_loadu_ps(m + xi * mplane);
+  auto sum3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_add_ps(_mm512_add_ps(u, v), w); };
+  auto dif3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_sub_ps(_mm512_sub_ps(u, v), w); };
+  const __m512 a0 = sum3(q[0], q[4], q[8]), a1 = sum3(q[1], q[5], q[9]);
+  const __m512 a2 = sum3(q[2], q[6], q[10]), a3 = sum3(q[3], q[7], q[11]);
+  const __m512 b0 = dif3(q[4], q[8], q[12]), b1 = dif3(q[5], q[9], q[13]);
+  const __m512 b2 = dif3(q[6], q[10], q[14]), b3 = dif3(q[7], q[11], q[15]);
+  const __m512 ea = sum3(a0, a1, a2), oa = dif3(a1, a2, a3), eb = sum3(b0, b1, b2), ob = dif3(b1, b2, b3);
+  // Each output row interleaves a tile's two columns.
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+  out[0] = pick(ea, lo, oa), out[1] = pick(ea, hi, oa), out[2] = pick(eb, lo, ob), out[3] = pick(eb, hi, ob);
+}
+}  // namespace wide
 #endif
 
 // Elements of scratch input_transform needs.
@@ -106,37 +167,30 @@ void input_transform(const Geom& g, const T* x, int64_t g0, int64_t g1, const La
     const int64_t n = gi / g.th, ih0 = 2 * (gi % g.th) - g.ph, l0 = (gi - g0) * g.tw;
 #if FASTNN_VBYTES == 64
     if constexpr (sizeof(T) == 4) {
-      // Tile rows gi and gi + 1 of a 16-wide image with padding 1 (padded
-      // column 2t is image column 2t - 1): image rows ih0 .. ih0 + 5, each one
-      // register; per row combination k, O[t] = column 2t, E[t + 1] = column
-      // 2t + 1, E[t] = column 2t - 1 and O[t + 1] = column 2t + 2 (zero outside).
-      if (g.w == 16 && g.pw == 1 && gi + 1 < g1 && (gi + 1) / g.th == n && dst.nr - l0 % dst.nr >= 16) {
-        using namespace wide16;
-        const __m512i ie = cols(0), io = cols(1), ilo = cols(-1), ihi = cols(2);
+      // Padding 1, 16 tiles per register: two tile rows of a 16-wide image
+      // (image rows ih0 .. ih0 + 5), or one of a 32-wide image.
+      const bool pair = g.w == 16 && gi + 1 < g1 && (gi + 1) / g.th == n;
+      if (g.pw == 1 && (pair || g.w == 32) && dst.nr - l0 % dst.nr >= 16) {
+        using namespace wide;
         for (int64_t c = 0; c < g.c; ++c) {
           const float* xc = x + (n * g.c + c) * g.h * g.w;
-          __m512 r[6];
-          for (int i = 0; i < 6; ++i) {
-            const int64_t ih = ih0 + i;
-            r[i] = ih >= 0 && ih < g.h ? _mm512_loadu_ps(xc + ih * 16) : _mm512_setzero_ps();
-          }
-          const __m512 ca[4] = {_mm512_sub_ps(r[0], r[2]), _mm512_add_ps(r[1], r[2]), _mm512_sub_ps(r[2], r[1]),
-                                _mm512_sub_ps(r[1], r[3])};
-          const __m512 cb[4] = {_mm512_sub_ps(r[2], r[4]), _mm512_add_ps(r[3], r[4]), _mm512_sub_ps(r[4], r[3]),
-                                _mm512_sub_ps(r[3], r[5])};
-          T* run = dst.at(0, c, l0);
-          for (int k = 0; k < 4; ++k) {
-            const __m512 o = pick(ca[k], ie, cb[k]), e1 = pick(ca[k], io, cb[k]);
-            const __m512 e0 = _mm512_maskz_permutex2var_ps(__mmask16(0xFEFE), ca[k], ilo, cb[k]);
-            const __m512 o1 = _mm512_maskz_permutex2var_ps(__mmask16(0x7F7F), ca[k], ihi, cb[k]);
-            T* v0 = run + 4 * k * dst.plane;
-            _mm512_storeu_ps(v0, _mm512_sub_ps(e0, e1));
-            _mm512_storeu_ps(v0 + dst.plane, _mm512_add_ps(o, e1));
-            _mm512_storeu_ps(v0 + 2 * dst.plane, _mm512_sub_ps(e1, o));
-            _mm512_storeu_ps(v0 + 3 * dst.plane, _mm512_sub_ps(o, o1));
+          auto image_row = [&](int64_t i) { return ih0 + i >= 0 && ih0 + i < g.h ? xc + (ih0 + i) * g.w : nullptr; };
+          __m512 ra[4], rb[4];
+          if (pair) {
+            const float* p4 = image_row(4);
+            const float* p5 = image_row(5);
+            for (int i = 0; i < 4; ++i) ra[i] = row(image_row(i));
+            rb[0] = ra[2], rb[1] = ra[3], rb[2] = row(p4), rb[3] = row(p5);
+            input16(ra, rb, 0x0101, 0x8080, dst.at(0, c, l0), dst.plane);
+          } else {
+            for (int i = 0; i < 4; ++i) {
+              const float* p = image_row(i);
+              ra[i] = row(p), rb[i] = row(p ? p + 16 : nullptr);
+            }
+            input16(ra, rb, 0x0001, 0x8000, dst.at(0, c, l0), dst.plane);
           }
         }
-        ++gi;
+        gi += pair;
         continue;
       }
     }
@@ -217,27 +271,21 @@ void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const La
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
 #if FASTNN_VBYTES == 64
     if constexpr (sizeof(T) == 4) {
-      // Tile rows gi and gi + 1 of a 16-wide dY, all four rows inside: a, b, c, e
-      // are the even and odd columns of rows (oh0, oh0 + 2) and (oh0 + 1, oh0 + 3).
-      if (g.ow == 16 && gi + 1 < g1 && (gi + 1) / g.th == n && oh0 + 3 < g.oh && dst.nr - l0 % dst.nr >= 16) {
-        using namespace wide16;
-        const __m512i ie = cols(0), io = cols(1);
+      // 16 tiles per register: tile rows gi and gi + 1 of a 16-wide dY (all four
+      // rows inside), or tile row gi of a 32-wide one.
+      const bool pair = g.ow == 16 && gi + 1 < g1 && (gi + 1) / g.th == n && oh0 + 3 < g.oh;
+      if ((pair || g.ow == 32) && dst.nr - l0 % dst.nr >= 16) {
+        using namespace wide;
         for (int64_t f = 0; f < g.f; ++f) {
-          const float* r = dy + (n * g.f + f) * p + oh0 * 16;
-          const __m512 v0 = _mm512_loadu_ps(r), v1 = _mm512_loadu_ps(r + 16);
-          const __m512 v2 = _mm512_loadu_ps(r + 32), v3 = _mm512_loadu_ps(r + 48);
-          const __m512 a = pick(v0, ie, v2), b = pick(v0, io, v2), c = pick(v1, ie, v3), e = pick(v1, io, v3);
-          const __m512 s1 = _mm512_add_ps(a, c), t1 = _mm512_add_ps(b, e);
-          const __m512 s2 = _mm512_sub_ps(a, c), t2 = _mm512_sub_ps(b, e), nc = neg(c);
-          const __m512 m[16] = {a,  _mm512_add_ps(a, b),   _mm512_sub_ps(a, b),   neg(b),
-                                s1, _mm512_add_ps(s1, t1), _mm512_sub_ps(s1, t1), neg(t1),
-                                s2, _mm512_add_ps(s2, t2), _mm512_sub_ps(s2, t2), neg(t2),
-                                nc, _mm512_sub_ps(nc, e),  _mm512_sub_ps(e, c),   e};
+          const float* r = dy + (n * g.f + f) * p + oh0 * g.ow;
           T* d = dst.at(0, f, l0);
-#pragma GCC unroll 16
-          for (int xi = 0; xi < 16; ++xi) _mm512_storeu_ps(d + xi * dst.plane, m[xi]);
+          if (pair)  // rows oh0 .. oh0 + 3 at r, r + 16, r + 32, r + 48
+            grad16(row(r), row(r + 32), row(r + 16), row(r + 48), d, dst.plane);
+          else
+            grad16(row(r), row(r + 16), row(oh0 + 1 < g.oh ? r + 32 : nullptr),
+                   row(oh0 + 1 < g.oh ? r + 48 : nullptr), d, dst.plane);
         }
-        ++gi;
+        gi += pair;
         continue;
       }
     }
@@ -291,33 +339,24 @@ void output_transform(const Geom& g, const T* m, int64_t mplane, int64_t g0, int
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
 #if FASTNN_VBYTES == 64
     if constexpr (sizeof(T) == 4) {
-      // Tile rows gi and gi + 1 of a 16-wide output, all four rows inside: the
-      // lanes hold (row gi: tiles 0-7, row gi + 1: tiles 0-7); each output row
-      // interleaves a tile row's two columns, and the four rows are contiguous.
-      if (g.ow == 16 && gi + 1 < g1 && (gi + 1) / g.th == n && oh0 + 3 < g.oh) {
-        __m512 q[16];
-#pragma GCC unroll 16
-        for (int xi = 0; xi < 16; ++xi) q[xi] = _mm512_loadu_ps(m + xi * mplane + l0);
-        auto sum3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_add_ps(_mm512_add_ps(u, v), w); };
-        auto dif3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_sub_ps(_mm512_sub_ps(u, v), w); };
-        const __m512 a0 = sum3(q[0], q[4], q[8]), a1 = sum3(q[1], q[5], q[9]);
-        const __m512 a2 = sum3(q[2], q[6], q[10]), a3 = sum3(q[3], q[7], q[11]);
-        const __m512 b0 = dif3(q[4], q[8], q[12]), b1 = dif3(q[5], q[9], q[13]);
-        const __m512 b2 = dif3(q[6], q[10], q[14]), b3 = dif3(q[7], q[11], q[15]);
-        const __m512 ea = sum3(a0, a1, a2), oa = dif3(a1, a2, a3), eb = sum3(b0, b1, b2), ob = dif3(b1, b2, b3);
-        const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
-        alignas(64) T rows[64];  // output rows oh0 .. oh0 + 3
-        _mm512_store_ps(rows, _mm512_permutex2var_ps(ea, lo, oa));
-        _mm512_store_ps(rows + 16, _mm512_permutex2var_ps(eb, lo, ob));
-        _mm512_store_ps(rows + 32, _mm512_permutex2var_ps(ea, hi, oa));
-        _mm512_store_ps(rows + 48, _mm512_permutex2var_ps(eb, hi, ob));
+      // 16 tiles per register: tile rows gi and gi + 1 of a 16-wide output (all
+      // four rows inside), or tile row gi of a 32-wide one (both rows inside).
+      // Either way the output rows are contiguous: 64 values from y's row oh0.
+      const bool pair = g.ow == 16 && gi + 1 < g1 && (gi + 1) / g.th == n && oh0 + 3 < g.oh;
+      if (pair || (g.ow == 32 && oh0 + 1 < g.oh)) {
+        __m512 out[4];
+        wide::output16(m + l0, mplane, out);
+        alignas(64) T rows[64];
+        // 16-wide: out = (row oh0, row oh0 + 2, row oh0 + 1, row oh0 + 3); 32-wide:
+        // (row oh0 left, right, row oh0 + 1 left, right).
+        const int order[4] = {0, pair ? 2 : 1, pair ? 1 : 2, 3};
+        for (int i = 0; i < 4; ++i) _mm512_store_ps(rows + 16 * i, out[order[i]]);
         const BiasAct<T, Fa, BiasAxis::rows> ep{bias, z ? z + n * g.f * p : nullptr, p, alpha};
         T* yf = y + (n * g.f + f) * p;
-        const int64_t j0 = oh0 * 16;
+        const int64_t j0 = oh0 * g.ow;
 #pragma omp simd
         for (int64_t j = 0; j < 64; ++j) yf[j0 + j] = ep.apply(f, j0 + j, rows[j]);
-        ++gi;
+        gi += pair;
         continue;
       }
     }
