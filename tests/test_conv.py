@@ -461,11 +461,12 @@ WINO_CASES = [
     (1, 17, 5, 5, 19, (2, 2)),
     (4, 16, 12, 13, 16, (1, 1)),
     (3, 37, 9, 7, 41, (1, 1)),
-    # 16 and 32-wide maps, where the AVX-512 transforms take 16 tiles per register
-    # (two tile rows of a 16-wide map, one of a 32-wide map): padding 1 (every
-    # transform), odd heights (a last tile row alone, pairs that would cross
-    # images), 16/32-wide dY and outputs from an unpadded 18/34-wide input (not
-    # the input transform), and a taller padding.
+    # Maps up to 32 wide, where the AVX-512 transforms take up to 16 tiles per
+    # register (two tile rows of a map at most 16 wide with at most 8 tiles per
+    # row, else one tile row): 16, 14, 8 and 3 wide (pairs), 28, 31 and 30 wide
+    # (single rows, odd tile counts), every padding, odd heights (a last tile row
+    # alone, pairs that would cross images), 16/32-wide dY and outputs from an
+    # unpadded 18/34-wide input, and 32 output columns from a 30-wide input.
     (3, 5, 16, 16, 7, (1, 1)),
     (2, 4, 13, 16, 6, (1, 1)),
     (2, 3, 9, 18, 5, (0, 0)),
@@ -473,6 +474,13 @@ WINO_CASES = [
     (2, 3, 9, 32, 5, (1, 1)),
     (1, 4, 7, 34, 3, (0, 0)),
     (2, 6, 6, 32, 17, (2, 1)),
+    (2, 3, 14, 14, 5, (1, 1)),
+    (1, 4, 7, 13, 3, (0, 2)),
+    (3, 2, 8, 8, 3, (1, 1)),
+    (2, 4, 5, 3, 3, (1, 1)),
+    (2, 5, 9, 28, 6, (1, 1)),
+    (1, 3, 5, 31, 4, (2, 0)),
+    (1, 2, 6, 30, 2, (2, 2)),
 ]
 
 
@@ -551,10 +559,10 @@ def test_conv2d_winograd_bits_do_not_depend_on_the_thread_count(backend, rng):
     w = rng.standard_normal((19, 17, 3, 3)).astype(np.float32)
     b = rng.standard_normal(19).astype(np.float32)
     dy = rng.standard_normal((13, 19, 11, 9)).astype(np.float32)
-    # 16 and 32-wide maps: the 16-tiles-per-register transforms (odd heights: lone rows).
+    # Maps up to 32 wide: the up-to-16-tiles-per-register transforms (odd heights: lone rows).
     with conv_algorithm("winograd"):
         _bits_at_one_and_two_threads(x, w, b, dy)
-        for h, wd in ((15, 16), (7, 32)):
+        for h, wd in ((15, 16), (7, 32), (9, 14), (5, 28)):
             xw = rng.standard_normal((7, 17, h, wd)).astype(np.float32)
             dyw = rng.standard_normal((7, 19, h, wd)).astype(np.float32)
             _bits_at_one_and_two_threads(xw, w, b, dyw)

@@ -65,51 +65,97 @@ struct Layout {
 };
 
 #if FASTNN_VBYTES == 64
-// 16 and 32-wide feature maps (the ConvNet's two stages) have 8 and 16 tiles
-// per tile row. The per-row code below handles them with half a register and
-// scalar edges; these take 16 tiles per register instead: two tile rows of a
-// 16-wide map, or the two halves of a 32-wide one. Lanes 0-7 are the tiles of
-// half A, lanes 8-15 those of half B; the values of a tile position come from
-// A's and B's 16 image columns by one two-source permutation (even or odd
-// columns). Same adds in the same order as the per-row code: the same bits.
+// Maps up to 32 wide (CIFAR's 32 and 16, MNIST's 28 and 14, ...) have at most
+// 16 tiles per tile row. The per-row code below runs such short rows mostly
+// scalar (the loops' vector bodies are 16 wide); these take up to 16 tiles per
+// register instead: two tile rows of a map at most 16 wide with at most 8 tiles
+// per row (a pair: lanes [0, TW) row A, [TW, 2 TW) row B), or one tile row
+// (lanes [0, TW); image columns 0-15 in one register, 16-31 in another). The
+// values of a tile position come from those two registers by one two-source
+// permutation, lanes outside the image zeroed by its mask; the adds are the
+// per-row code's, in its order, so the results are the same bits.
 namespace wide {
-FASTNN_INLINE __m512i cols(int first) {  // lane t < 8: A's column 2t + first; t >= 8: B's column 2(t - 8) + first
-  return _mm512_add_epi32(_mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
-                          _mm512_set1_epi32(first));
+// Where lane t finds column 2 u + first of its tile row (u: its tile in the row).
+struct Pick {
+  __m512i idx;
+  __mmask16 valid;  // the column is inside [0, width) and the lane holds a tile
+};
+inline Pick pick_of(bool pair, int64_t tw, int64_t width, int64_t first) {
+  alignas(64) int32_t idx[16];
+  unsigned valid = 0;
+  const int64_t lanes = pair ? 2 * tw : tw;
+  for (int t = 0; t < 16; ++t) {
+    const int64_t u = pair && t >= tw ? t - tw : t, col = 2 * u + first;
+    const bool ok = t < lanes && col >= 0 && col < width;
+    idx[t] = ok ? int32_t((pair && t >= tw ? 16 : 0) + col) : 0;
+    valid |= unsigned(ok) << t;
+  }
+  return Pick{_mm512_load_si512(idx), __mmask16(valid)};
 }
-FASTNN_INLINE __m512 pick(__m512 a, __m512i idx, __m512 b) { return _mm512_permutex2var_ps(a, idx, b); }
+FASTNN_INLINE __m512 pick(__m512 a, const Pick& p, __m512 b) {
+  return _mm512_maskz_permutex2var_ps(p.valid, a, p.idx, b);
+}
 FASTNN_INLINE __m512 neg(__m512 v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }
-FASTNN_INLINE __m512 row(const float* p) { return p ? _mm512_loadu_ps(p) : _mm512_setzero_ps(); }
+FASTNN_INLINE __mmask16 first_lanes(int64_t n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); }
+// n (<= 16) values at p, zeros past them; zeros when p is null (a row outside).
+FASTNN_INLINE __m512 row(const float* p, int64_t n) {
+  if (!p) return _mm512_setzero_ps();
+  return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first_lanes(n), p);
+}
+// A tile row's two source registers: the pair's rows (p: row A, q: row B, each
+// `width` long) or one row's columns 0-15 and 16-31 (q unused).
+FASTNN_INLINE void sources(bool pair, const float* p, const float* q, int64_t width, __m512& a, __m512& b) {
+  if (pair) {
+    a = row(p, width), b = row(q, width);
+  } else {
+    a = row(p, width < 16 ? width : 16), b = row(p && width > 16 ? p + 16 : nullptr, width - 16);
+  }
+}
 
-// V = B^T d B of 16 tiles with padding 1 (padded column 2t is image column
-// 2t - 1): a[i], b[i] are image rows i of halves A and B. Per row combination
-// k: O[t] = column 2t, E[t + 1] = 2t + 1, E[t] = 2t - 1 and O[t + 1] = 2t + 2,
-// the lanes in `left` / `right` zero (the image's edges). v: position 0's run.
-FASTNN_INLINE void input16(const __m512* a, const __m512* b, __mmask16 left, __mmask16 right, float* v,
-                           int64_t plane) {
-  const __m512i ie = cols(0), io = cols(1), ilo = cols(-1), ihi = cols(2);
+// The input transform's picks (padded column 2t + j is image column 2t + j - pw).
+struct InputPicks {
+  Pick e0, o0, e1, o1;  // E[t], O[t], E[t + 1], O[t + 1]: padded columns 2t .. 2t + 3
+  __mmask16 store;
+};
+inline InputPicks input_picks(bool pair, int64_t tw, int64_t w, int64_t pw) {
+  return {pick_of(pair, tw, w, -pw), pick_of(pair, tw, w, 1 - pw), pick_of(pair, tw, w, 2 - pw),
+          pick_of(pair, tw, w, 3 - pw), first_lanes(pair ? 2 * tw : tw)};
+}
+
+// V = B^T d B of a register of tiles: a[i], b[i] the two source registers of
+// the tiles' padded row i. Per row combination k: (E[t] - E[t + 1], O[t] +
+// E[t + 1], E[t + 1] - O[t], O[t] - O[t + 1]). v: position 0's run.
+FASTNN_INLINE void input16(const __m512* a, const __m512* b, const InputPicks& ip, float* v, int64_t plane) {
   const __m512 ca[4] = {_mm512_sub_ps(a[0], a[2]), _mm512_add_ps(a[1], a[2]), _mm512_sub_ps(a[2], a[1]),
                         _mm512_sub_ps(a[1], a[3])};
   const __m512 cb[4] = {_mm512_sub_ps(b[0], b[2]), _mm512_add_ps(b[1], b[2]), _mm512_sub_ps(b[2], b[1]),
                         _mm512_sub_ps(b[1], b[3])};
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k) {
-    const __m512 o = pick(ca[k], ie, cb[k]), e1 = pick(ca[k], io, cb[k]);
-    const __m512 e0 = _mm512_maskz_permutex2var_ps(__mmask16(~left), ca[k], ilo, cb[k]);
-    const __m512 o1 = _mm512_maskz_permutex2var_ps(__mmask16(~right), ca[k], ihi, cb[k]);
+    const __m512 e0 = pick(ca[k], ip.e0, cb[k]), o = pick(ca[k], ip.o0, cb[k]);
+    const __m512 e1 = pick(ca[k], ip.e1, cb[k]), o1 = pick(ca[k], ip.o1, cb[k]);
     float* v0 = v + 4 * k * plane;
-    _mm512_storeu_ps(v0, _mm512_sub_ps(e0, e1));
-    _mm512_storeu_ps(v0 + plane, _mm512_add_ps(o, e1));
-    _mm512_storeu_ps(v0 + 2 * plane, _mm512_sub_ps(e1, o));
-    _mm512_storeu_ps(v0 + 3 * plane, _mm512_sub_ps(o, o1));
+    _mm512_mask_storeu_ps(v0, ip.store, _mm512_sub_ps(e0, e1));
+    _mm512_mask_storeu_ps(v0 + plane, ip.store, _mm512_add_ps(o, e1));
+    _mm512_mask_storeu_ps(v0 + 2 * plane, ip.store, _mm512_sub_ps(e1, o));
+    _mm512_mask_storeu_ps(v0 + 3 * plane, ip.store, _mm512_sub_ps(o, o1));
   }
 }
 
-// dM = A dY A^T of 16 tiles: (u0, u1) the tiles' first dY row (halves A, B),
-// (w0, w1) their second; d: position 0's run.
-FASTNN_INLINE void grad16(__m512 u0, __m512 u1, __m512 w0, __m512 w1, float* d, int64_t plane) {
-  const __m512i ie = cols(0), io = cols(1);
-  const __m512 a = pick(u0, ie, u1), b = pick(u0, io, u1), c = pick(w0, ie, w1), e = pick(w0, io, w1);
+// dM = A dY A^T of a register of tiles: (u0, u1) the source registers of the
+// tiles' first dY row, (w0, w1) of their second; a, b, c, e are its columns
+// 2t, 2t + 1 of those rows (zero past OW). d: position 0's run.
+struct GradPicks {
+  Pick even, odd;
+  __mmask16 store;
+};
+inline GradPicks grad_picks(bool pair, int64_t tw, int64_t ow) {
+  return {pick_of(pair, tw, ow, 0), pick_of(pair, tw, ow, 1), first_lanes(pair ? 2 * tw : tw)};
+}
+FASTNN_INLINE void grad16(__m512 u0, __m512 u1, __m512 w0, __m512 w1, const GradPicks& gp, float* d,
+                          int64_t plane) {
+  const __m512 a = pick(u0, gp.even, u1), b = pick(u0, gp.odd, u1);
+  const __m512 c = pick(w0, gp.even, w1), e = pick(w0, gp.odd, w1);
   const __m512 s1 = _mm512_add_ps(a, c), t1 = _mm512_add_ps(b, e);
   const __m512 s2 = _mm512_sub_ps(a, c), t2 = _mm512_sub_ps(b, e), nc = neg(c);
   const __m512 m[16] = {a,  _mm512_add_ps(a, b),   _mm512_sub_ps(a, b),   neg(b),
@@ -117,15 +163,18 @@ FASTNN_INLINE void grad16(__m512 u0, __m512 u1, __m512 w0, __m512 w1, float* d, 
                         s2, _mm512_add_ps(s2, t2), _mm512_sub_ps(s2, t2), neg(t2),
                         nc, _mm512_sub_ps(nc, e),  _mm512_sub_ps(e, c),   e};
 #pragma GCC unroll 16
-  for (int xi = 0; xi < 16; ++xi) _mm512_storeu_ps(d + xi * plane, m[xi]);
+  for (int xi = 0; xi < 16; ++xi) _mm512_mask_storeu_ps(d + xi * plane, gp.store, m[xi]);
 }
 
-// Y = A^T M A of 16 tiles (M[xi] at m + xi * mplane): out[0], out[1] the first
-// output row of halves A and B (16 columns each), out[2], out[3] the second.
-FASTNN_INLINE void output16(const float* m, int64_t mplane, __m512* out) {
+// Y = A^T M A of a register of tiles (M[xi] at m + xi * mplane, `lanes` tiles):
+// out[0] = the first output row of lanes [0, 8) (or of row A of a pair:
+// columns 2t, 2t + 1 of tile t), out[1] = that of lanes [8, 16) (row B: lanes
+// [tw, 2 tw)), out[2], out[3] the second output rows.
+FASTNN_INLINE void output16(const float* m, int64_t mplane, int64_t lanes, int64_t shift, __m512* out) {
   __m512 q[16];
+  const __mmask16 in = first_lanes(lanes);
 #pragma GCC unroll 16
-  for (int xi = 0; xi < 16; ++xi) q[xi] = _mm512_loadu_ps(m + xi * mplane);
+  for (int xi = 0; xi < 16; ++xi) q[xi] = _mm512_maskz_loadu_ps(in, m + xi * mplane);
   auto sum3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_add_ps(_mm512_add_ps(u, v), w); };
   auto dif3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_sub_ps(_mm512_sub_ps(u, v), w); };
   const __m512 a0 = sum3(q[0], q[4], q[8]), a1 = sum3(q[1], q[5], q[9]);
@@ -133,10 +182,11 @@ FASTNN_INLINE void output16(const float* m, int64_t mplane, __m512* out) {
   const __m512 b0 = dif3(q[4], q[8], q[12]), b1 = dif3(q[5], q[9], q[13]);
   const __m512 b2 = dif3(q[6], q[10], q[14]), b3 = dif3(q[7], q[11], q[15]);
   const __m512 ea = sum3(a0, a1, a2), oa = dif3(a1, a2, a3), eb = sum3(b0, b1, b2), ob = dif3(b1, b2, b3);
-  // Each output row interleaves a tile's two columns.
+  // Output column j of a row is ea/eb (even j) or oa/ob (odd j) of lane j / 2 (+ shift).
   const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
-  out[0] = pick(ea, lo, oa), out[1] = pick(ea, hi, oa), out[2] = pick(eb, lo, ob), out[3] = pick(eb, hi, ob);
+  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(int(shift)));
+  out[0] = _mm512_permutex2var_ps(ea, lo, oa), out[1] = _mm512_permutex2var_ps(ea, hi, oa);
+  out[2] = _mm512_permutex2var_ps(eb, lo, ob), out[3] = _mm512_permutex2var_ps(eb, hi, ob);
 }
 }  // namespace wide
 #endif
@@ -163,35 +213,32 @@ void input_transform(const Geom& g, const T* x, int64_t g0, int64_t g1, const La
   // t in [t_lo, t_hi): padded columns 2t and 2t + 1 both inside the image.
   const int64_t t_lo = min64((g.pw + 1) / 2, te);
   const int64_t t_hi = max64(t_lo, min64(te, (g.pw + g.w) / 2));
+#if FASTNN_VBYTES == 64
+  wide::InputPicks picks[2];  // single tile rows, pairs
+  bool picks_ready[2] = {false, false};
+#endif
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, ih0 = 2 * (gi % g.th) - g.ph, l0 = (gi - g0) * g.tw;
 #if FASTNN_VBYTES == 64
     if constexpr (sizeof(T) == 4) {
-      // Padding 1, 16 tiles per register: two tile rows of a 16-wide image
-      // (image rows ih0 .. ih0 + 5), or one of a 32-wide image.
-      const bool pair = g.w == 16 && gi + 1 < g1 && (gi + 1) / g.th == n;
-      if (g.pw == 1 && (pair || g.w == 32) && dst.nr - l0 % dst.nr >= 16) {
-        using namespace wide;
-        for (int64_t c = 0; c < g.c; ++c) {
-          const float* xc = x + (n * g.c + c) * g.h * g.w;
-          auto image_row = [&](int64_t i) { return ih0 + i >= 0 && ih0 + i < g.h ? xc + (ih0 + i) * g.w : nullptr; };
-          __m512 ra[4], rb[4];
-          if (pair) {
-            const float* p4 = image_row(4);
-            const float* p5 = image_row(5);
-            for (int i = 0; i < 4; ++i) ra[i] = row(image_row(i));
-            rb[0] = ra[2], rb[1] = ra[3], rb[2] = row(p4), rb[3] = row(p5);
-            input16(ra, rb, 0x0101, 0x8080, dst.at(0, c, l0), dst.plane);
-          } else {
-            for (int i = 0; i < 4; ++i) {
-              const float* p = image_row(i);
-              ra[i] = row(p), rb[i] = row(p ? p + 16 : nullptr);
-            }
-            input16(ra, rb, 0x0001, 0x8000, dst.at(0, c, l0), dst.plane);
+      // Up to 16 tiles per register (namespace wide): tile rows gi and gi + 1 of
+      // an image at most 16 wide with at most 8 tiles per row, else tile row gi
+      // alone (image rows ih0 .. ih0 + 3, or .. ih0 + 5 for a pair).
+      if (g.w <= 32 && g.tw <= 16) {
+        const bool pair = g.w <= 16 && 2 * g.tw <= 16 && gi + 1 < g1 && (gi + 1) / g.th == n;
+        if (dst.nr - l0 % dst.nr >= (pair ? 2 : 1) * g.tw) {
+          using namespace wide;
+          if (!picks_ready[pair]) picks[pair] = input_picks(pair, g.tw, g.w, g.pw), picks_ready[pair] = true;
+          for (int64_t c = 0; c < g.c; ++c) {
+            const float* xc = x + (n * g.c + c) * g.h * g.w;
+            auto image_row = [&](int64_t i) { return ih0 + i >= 0 && ih0 + i < g.h ? xc + (ih0 + i) * g.w : nullptr; };
+            __m512 ra[4], rb[4];
+            for (int i = 0; i < 4; ++i) sources(pair, image_row(i), image_row(i + 2), g.w, ra[i], rb[i]);
+            input16(ra, rb, picks[pair], dst.at(0, c, l0), dst.plane);
           }
+          gi += pair;
+          continue;
         }
-        gi += pair;
-        continue;
       }
     }
 #endif
@@ -267,26 +314,32 @@ void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const La
   const int64_t p = g.oh * g.ow, tfull = g.ow / 2;  // tiles with both columns inside
   T* zero = buf;
   for (int64_t j = 0; j < 2 * g.tw; ++j) zero[j] = T(0);
+#if FASTNN_VBYTES == 64
+  wide::GradPicks picks[2];  // single tile rows, pairs
+  bool picks_ready[2] = {false, false};
+#endif
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
 #if FASTNN_VBYTES == 64
     if constexpr (sizeof(T) == 4) {
-      // 16 tiles per register: tile rows gi and gi + 1 of a 16-wide dY (all four
-      // rows inside), or tile row gi of a 32-wide one.
-      const bool pair = g.ow == 16 && gi + 1 < g1 && (gi + 1) / g.th == n && oh0 + 3 < g.oh;
-      if ((pair || g.ow == 32) && dst.nr - l0 % dst.nr >= 16) {
-        using namespace wide;
-        for (int64_t f = 0; f < g.f; ++f) {
-          const float* r = dy + (n * g.f + f) * p + oh0 * g.ow;
-          T* d = dst.at(0, f, l0);
-          if (pair)  // rows oh0 .. oh0 + 3 at r, r + 16, r + 32, r + 48
-            grad16(row(r), row(r + 32), row(r + 16), row(r + 48), d, dst.plane);
-          else
-            grad16(row(r), row(r + 16), row(oh0 + 1 < g.oh ? r + 32 : nullptr),
-                   row(oh0 + 1 < g.oh ? r + 48 : nullptr), d, dst.plane);
+      // Up to 16 tiles per register: tile rows gi and gi + 1 of a dY at most 16
+      // wide, else tile row gi alone (dY rows past OH read as zeros).
+      if (g.ow <= 32) {
+        const bool pair = g.ow <= 16 && gi + 1 < g1 && (gi + 1) / g.th == n;
+        if (dst.nr - l0 % dst.nr >= (pair ? 2 : 1) * g.tw) {
+          using namespace wide;
+          if (!picks_ready[pair]) picks[pair] = grad_picks(pair, g.tw, g.ow), picks_ready[pair] = true;
+          for (int64_t f = 0; f < g.f; ++f) {
+            const float* plane = dy + (n * g.f + f) * p;
+            auto dy_row = [&](int64_t r) { return oh0 + r < g.oh ? plane + (oh0 + r) * g.ow : nullptr; };
+            __m512 u0, u1, w0, w1;
+            sources(pair, dy_row(0), dy_row(2), g.ow, u0, u1);
+            sources(pair, dy_row(1), dy_row(3), g.ow, w0, w1);
+            grad16(u0, u1, w0, w1, picks[pair], dst.at(0, f, l0), dst.plane);
+          }
+          gi += pair;
+          continue;
         }
-        gi += pair;
-        continue;
       }
     }
 #endif
@@ -339,23 +392,41 @@ void output_transform(const Geom& g, const T* m, int64_t mplane, int64_t g0, int
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
 #if FASTNN_VBYTES == 64
     if constexpr (sizeof(T) == 4) {
-      // 16 tiles per register: tile rows gi and gi + 1 of a 16-wide output (all
-      // four rows inside), or tile row gi of a 32-wide one (both rows inside).
-      // Either way the output rows are contiguous: 64 values from y's row oh0.
-      const bool pair = g.ow == 16 && gi + 1 < g1 && (gi + 1) / g.th == n && oh0 + 3 < g.oh;
-      if (pair || (g.ow == 32 && oh0 + 1 < g.oh)) {
+      // Up to 16 tiles per register: tile rows gi and gi + 1 of an output at most
+      // 16 wide, else tile row gi alone; output rows past OH are dropped.
+      if (g.ow <= 32) {
+        const bool pair = g.ow <= 16 && gi + 1 < g1 && (gi + 1) / g.th == n;
         __m512 out[4];
-        wide::output16(m + l0, mplane, out);
+        wide::output16(m + l0, mplane, (pair ? 2 : 1) * g.tw, pair ? g.tw : 8, out);
+        // Rows oh0 .. oh0 + 3 (a pair) or oh0, oh0 + 1, each ow long: a pair's are
+        // out[0], out[2] (row A), out[1], out[3] (row B); a single row's columns
+        // 0-15 and 16-31 are out[0], out[1] (first row), out[2], out[3].
         alignas(64) T rows[64];
-        // 16-wide: out = (row oh0, row oh0 + 2, row oh0 + 1, row oh0 + 3); 32-wide:
-        // (row oh0 left, right, row oh0 + 1 left, right).
-        const int order[4] = {0, pair ? 2 : 1, pair ? 1 : 2, 3};
-        for (int i = 0; i < 4; ++i) _mm512_store_ps(rows + 16 * i, out[order[i]]);
+        int64_t nrows;
+        if (pair) {
+          _mm512_store_ps(rows, out[0]), _mm512_store_ps(rows + 16, out[2]);
+          _mm512_store_ps(rows + 32, out[1]), _mm512_store_ps(rows + 48, out[3]);
+          nrows = 4;
+        } else {
+          _mm512_store_ps(rows, out[0]), _mm512_store_ps(rows + 16, out[1]);
+          _mm512_store_ps(rows + 32, out[2]), _mm512_store_ps(rows + 48, out[3]);
+          nrows = 2;
+        }
+        const int64_t stride = pair ? 16 : 32;  // between rows in `rows`
         const BiasAct<T, Fa, BiasAxis::rows> ep{bias, z ? z + n * g.f * p : nullptr, p, alpha};
         T* yf = y + (n * g.f + f) * p;
-        const int64_t j0 = oh0 * g.ow;
+        if (stride == g.ow && oh0 + nrows <= g.oh) {  // 16 or 32 wide: the rows are contiguous in y too
+          const int64_t j0 = oh0 * g.ow;
 #pragma omp simd
-        for (int64_t j = 0; j < 64; ++j) yf[j0 + j] = ep.apply(f, j0 + j, rows[j]);
+          for (int64_t j = 0; j < 64; ++j) yf[j0 + j] = ep.apply(f, j0 + j, rows[j]);
+        } else {
+          for (int64_t r = 0; r < nrows && oh0 + r < g.oh; ++r) {
+            const T* src = rows + r * stride;
+            const int64_t j0 = (oh0 + r) * g.ow;
+#pragma omp simd
+            for (int64_t j = 0; j < g.ow; ++j) yf[j0 + j] = ep.apply(f, j0 + j, src[j]);
+          }
+        }
         gi += pair;
         continue;
       }
