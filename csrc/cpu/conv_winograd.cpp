@@ -64,81 +64,137 @@ struct Layout {
   }
 };
 
-#if FASTNN_VBYTES == 64
-// Maps up to 32 wide (CIFAR's 32 and 16, MNIST's 28 and 14, ...) have at most
-// 16 tiles per tile row. The per-row code below runs such short rows mostly
-// scalar (the loops' vector bodies are 16 wide); these take up to 16 tiles per
-// register instead: two tile rows of a map at most 16 wide with at most 8 tiles
-// per row (a pair: lanes [0, TW) row A, [TW, 2 TW) row B), or one tile row
-// (lanes [0, TW); image columns 0-15 in one register, 16-31 in another). The
-// values of a tile position come from those two registers by one two-source
-// permutation, lanes outside the image zeroed by its mask; the adds are the
-// per-row code's, in its order, so the results are the same bits.
+#if FASTNN_VBYTES >= 32
+// Maps up to 2 W wide (W: float lanes, 16 with AVX-512, 8 with AVX2; CIFAR's
+// 32 and 16, MNIST's 28 and 14, ...) have at most W tiles per tile row. The
+// per-row code below runs such short rows mostly scalar (its loops' vector
+// bodies are W wide); these take up to W tiles per register instead: two tile
+// rows of a map at most W wide with at most W / 2 tiles per row (a pair: lanes
+// [0, TW) row A, [TW, 2 TW) row B), or one tile row (lanes [0, TW); image
+// columns 0 .. W - 1 in one register, W .. 2 W - 1 in another). The values of a
+// tile position come from those two registers by one two-source permutation,
+// lanes outside the image zeroed; the adds are the per-row code's, in its
+// order, so the results are the same bits.
 namespace wide {
-// Where lane t finds column 2 u + first of its tile row (u: its tile in the row).
-struct Pick {
-  __m512i idx;
-  __mmask16 valid;  // the column is inside [0, width) and the lane holds a tile
+#if FASTNN_VBYTES == 64
+struct L {
+  using V = __m512;
+  using Mask = __mmask16;
+  static constexpr int W = 16;
+  struct Pick {
+    __m512i idx;  // b's lanes as W + lane
+    __mmask16 valid;
+  };
+  static Pick make(const int32_t* idx, unsigned valid) {
+    return Pick{_mm512_loadu_si512(idx), __mmask16(valid)};
+  }
+  static FASTNN_INLINE V pick(V a, const Pick& p, V b) { return _mm512_maskz_permutex2var_ps(p.valid, a, p.idx, b); }
+  static FASTNN_INLINE Mask first(int64_t n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); }
+  static FASTNN_INLINE V load(const float* p, int64_t n) {
+    return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first(n), p);
+  }
+  static FASTNN_INLINE void store(float* p, Mask m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  static FASTNN_INLINE void store_all(float* p, V v) { _mm512_store_ps(p, v); }
+  static FASTNN_INLINE V zero() { return _mm512_setzero_ps(); }
+  static FASTNN_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static FASTNN_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static FASTNN_INLINE V neg(V v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }
+  // Lane j: e[j / 2 + shift] for even j, o[j / 2 + shift] for odd j.
+  static FASTNN_INLINE V interleave(V e, V o, int64_t shift) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    return _mm512_permutex2var_ps(e, _mm512_add_epi32(lo, _mm512_set1_epi32(int(shift))), o);
+  }
 };
-inline Pick pick_of(bool pair, int64_t tw, int64_t width, int64_t first) {
-  alignas(64) int32_t idx[16];
+#else
+struct L {
+  using V = __m256;
+  using Mask = __m256i;
+  static constexpr int W = 8;
+  struct Pick {
+    __m256i idx;  // the lane within its source
+    __m256 from_b, valid;  // all ones where the lane comes from b / is inside
+  };
+  static Pick make(const int32_t* idx, unsigned valid) {
+    alignas(32) int32_t lane[8], from_b[8], ok[8];
+    for (int t = 0; t < 8; ++t) lane[t] = idx[t] & 7, from_b[t] = idx[t] >= 8 ? -1 : 0, ok[t] = (valid >> t) & 1 ? -1 : 0;
+    return Pick{_mm256_load_si256(reinterpret_cast<const __m256i*>(lane)),
+                _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(from_b))),
+                _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(ok)))};
+  }
+  static FASTNN_INLINE V pick(V a, const Pick& p, V b) {
+    const V v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(a, p.idx), _mm256_permutevar8x32_ps(b, p.idx), p.from_b);
+    return _mm256_and_ps(v, p.valid);
+  }
+  static FASTNN_INLINE Mask first(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n < 8 ? n : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static FASTNN_INLINE V load(const float* p, int64_t n) { return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first(n)); }
+  static FASTNN_INLINE void store(float* p, Mask m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static FASTNN_INLINE void store_all(float* p, V v) { _mm256_store_ps(p, v); }
+  static FASTNN_INLINE V zero() { return _mm256_setzero_ps(); }
+  static FASTNN_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static FASTNN_INLINE V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static FASTNN_INLINE V neg(V v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.0f)); }
+  static FASTNN_INLINE V interleave(V e, V o, int64_t shift) {
+    const __m256i half = _mm256_add_epi32(_mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), _mm256_set1_epi32(int(shift)));
+    return _mm256_blend_ps(_mm256_permutevar8x32_ps(e, half), _mm256_permutevar8x32_ps(o, half), 0xAA);
+  }
+};
+#endif
+using V = L::V;
+constexpr int W = L::W;
+
+// Where lane t finds column 2 u + first of its tile row (u: its tile in the row);
+// zero where that column is outside [0, width) or the lane holds no tile.
+inline L::Pick pick_of(bool pair, int64_t tw, int64_t width, int64_t first) {
+  int32_t idx[W];
   unsigned valid = 0;
   const int64_t lanes = pair ? 2 * tw : tw;
-  for (int t = 0; t < 16; ++t) {
+  for (int t = 0; t < W; ++t) {
     const int64_t u = pair && t >= tw ? t - tw : t, col = 2 * u + first;
     const bool ok = t < lanes && col >= 0 && col < width;
-    idx[t] = ok ? int32_t((pair && t >= tw ? 16 : 0) + col) : 0;
+    idx[t] = ok ? int32_t((pair && t >= tw ? W : 0) + col) : 0;
     valid |= unsigned(ok) << t;
   }
-  return Pick{_mm512_load_si512(idx), __mmask16(valid)};
+  return L::make(idx, valid);
 }
-FASTNN_INLINE __m512 pick(__m512 a, const Pick& p, __m512 b) {
-  return _mm512_maskz_permutex2var_ps(p.valid, a, p.idx, b);
-}
-FASTNN_INLINE __m512 neg(__m512 v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }
-FASTNN_INLINE __mmask16 first_lanes(int64_t n) { return __mmask16(n >= 16 ? 0xFFFF : (1u << n) - 1); }
-// n (<= 16) values at p, zeros past them; zeros when p is null (a row outside).
-FASTNN_INLINE __m512 row(const float* p, int64_t n) {
-  if (!p) return _mm512_setzero_ps();
-  return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first_lanes(n), p);
-}
+// n (<= W) values at p, zeros past them; zeros when p is null (a row outside).
+FASTNN_INLINE V row(const float* p, int64_t n) { return p ? L::load(p, n) : L::zero(); }
 // A tile row's two source registers: the pair's rows (p: row A, q: row B, each
-// `width` long) or one row's columns 0-15 and 16-31 (q unused).
-FASTNN_INLINE void sources(bool pair, const float* p, const float* q, int64_t width, __m512& a, __m512& b) {
+// `width` long) or one row's columns 0 .. W - 1 and W .. 2 W - 1 (q unused).
+FASTNN_INLINE void sources(bool pair, const float* p, const float* q, int64_t width, V& a, V& b) {
   if (pair) {
     a = row(p, width), b = row(q, width);
   } else {
-    a = row(p, width < 16 ? width : 16), b = row(p && width > 16 ? p + 16 : nullptr, width - 16);
+    a = row(p, width < W ? width : W), b = row(p && width > W ? p + W : nullptr, width - W);
   }
 }
 
 // The input transform's picks (padded column 2t + j is image column 2t + j - pw).
 struct InputPicks {
-  Pick e0, o0, e1, o1;  // E[t], O[t], E[t + 1], O[t + 1]: padded columns 2t .. 2t + 3
-  __mmask16 store;
+  L::Pick e0, o0, e1, o1;  // E[t], O[t], E[t + 1], O[t + 1]: padded columns 2t .. 2t + 3
+  L::Mask store;
 };
 inline InputPicks input_picks(bool pair, int64_t tw, int64_t w, int64_t pw) {
   return {pick_of(pair, tw, w, -pw), pick_of(pair, tw, w, 1 - pw), pick_of(pair, tw, w, 2 - pw),
-          pick_of(pair, tw, w, 3 - pw), first_lanes(pair ? 2 * tw : tw)};
+          pick_of(pair, tw, w, 3 - pw), L::first(pair ? 2 * tw : tw)};
 }
 
 // V = B^T d B of a register of tiles: a[i], b[i] the two source registers of
 // the tiles' padded row i. Per row combination k: (E[t] - E[t + 1], O[t] +
 // E[t + 1], E[t + 1] - O[t], O[t] - O[t + 1]). v: position 0's run.
-FASTNN_INLINE void input16(const __m512* a, const __m512* b, const InputPicks& ip, float* v, int64_t plane) {
-  const __m512 ca[4] = {_mm512_sub_ps(a[0], a[2]), _mm512_add_ps(a[1], a[2]), _mm512_sub_ps(a[2], a[1]),
-                        _mm512_sub_ps(a[1], a[3])};
-  const __m512 cb[4] = {_mm512_sub_ps(b[0], b[2]), _mm512_add_ps(b[1], b[2]), _mm512_sub_ps(b[2], b[1]),
-                        _mm512_sub_ps(b[1], b[3])};
+FASTNN_INLINE void input_tiles(const V* a, const V* b, const InputPicks& ip, float* v, int64_t plane) {
+  const V ca[4] = {L::sub(a[0], a[2]), L::add(a[1], a[2]), L::sub(a[2], a[1]), L::sub(a[1], a[3])};
+  const V cb[4] = {L::sub(b[0], b[2]), L::add(b[1], b[2]), L::sub(b[2], b[1]), L::sub(b[1], b[3])};
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k) {
-    const __m512 e0 = pick(ca[k], ip.e0, cb[k]), o = pick(ca[k], ip.o0, cb[k]);
-    const __m512 e1 = pick(ca[k], ip.e1, cb[k]), o1 = pick(ca[k], ip.o1, cb[k]);
+    const V e0 = L::pick(ca[k], ip.e0, cb[k]), o = L::pick(ca[k], ip.o0, cb[k]);
+    const V e1 = L::pick(ca[k], ip.e1, cb[k]), o1 = L::pick(ca[k], ip.o1, cb[k]);
     float* v0 = v + 4 * k * plane;
-    _mm512_mask_storeu_ps(v0, ip.store, _mm512_sub_ps(e0, e1));
-    _mm512_mask_storeu_ps(v0 + plane, ip.store, _mm512_add_ps(o, e1));
-    _mm512_mask_storeu_ps(v0 + 2 * plane, ip.store, _mm512_sub_ps(e1, o));
-    _mm512_mask_storeu_ps(v0 + 3 * plane, ip.store, _mm512_sub_ps(o, o1));
+    L::store(v0, ip.store, L::sub(e0, e1));
+    L::store(v0 + plane, ip.store, L::add(o, e1));
+    L::store(v0 + 2 * plane, ip.store, L::sub(e1, o));
+    L::store(v0 + 3 * plane, ip.store, L::sub(o, o1));
   }
 }
 
@@ -146,47 +202,39 @@ FASTNN_INLINE void input16(const __m512* a, const __m512* b, const InputPicks& i
 // tiles' first dY row, (w0, w1) of their second; a, b, c, e are its columns
 // 2t, 2t + 1 of those rows (zero past OW). d: position 0's run.
 struct GradPicks {
-  Pick even, odd;
-  __mmask16 store;
+  L::Pick even, odd;
+  L::Mask store;
 };
 inline GradPicks grad_picks(bool pair, int64_t tw, int64_t ow) {
-  return {pick_of(pair, tw, ow, 0), pick_of(pair, tw, ow, 1), first_lanes(pair ? 2 * tw : tw)};
+  return {pick_of(pair, tw, ow, 0), pick_of(pair, tw, ow, 1), L::first(pair ? 2 * tw : tw)};
 }
-FASTNN_INLINE void grad16(__m512 u0, __m512 u1, __m512 w0, __m512 w1, const GradPicks& gp, float* d,
-                          int64_t plane) {
-  const __m512 a = pick(u0, gp.even, u1), b = pick(u0, gp.odd, u1);
-  const __m512 c = pick(w0, gp.even, w1), e = pick(w0, gp.odd, w1);
-  const __m512 s1 = _mm512_add_ps(a, c), t1 = _mm512_add_ps(b, e);
-  const __m512 s2 = _mm512_sub_ps(a, c), t2 = _mm512_sub_ps(b, e), nc = neg(c);
-  const __m512 m[16] = {a,  _mm512_add_ps(a, b),   _mm512_sub_ps(a, b),   neg(b),
-                        s1, _mm512_add_ps(s1, t1), _mm512_sub_ps(s1, t1), neg(t1),
-                        s2, _mm512_add_ps(s2, t2), _mm512_sub_ps(s2, t2), neg(t2),
-                        nc, _mm512_sub_ps(nc, e),  _mm512_sub_ps(e, c),   e};
+FASTNN_INLINE void grad_tiles(V u0, V u1, V w0, V w1, const GradPicks& gp, float* d, int64_t plane) {
+  const V a = L::pick(u0, gp.even, u1), b = L::pick(u0, gp.odd, u1);
+  const V c = L::pick(w0, gp.even, w1), e = L::pick(w0, gp.odd, w1);
+  const V s1 = L::add(a, c), t1 = L::add(b, e), s2 = L::sub(a, c), t2 = L::sub(b, e), nc = L::neg(c);
+  const V m[16] = {a,  L::add(a, b),   L::sub(a, b),   L::neg(b),  s1, L::add(s1, t1), L::sub(s1, t1), L::neg(t1),
+                   s2, L::add(s2, t2), L::sub(s2, t2), L::neg(t2), nc, L::sub(nc, e),  L::sub(e, c),   e};
 #pragma GCC unroll 16
-  for (int xi = 0; xi < 16; ++xi) _mm512_mask_storeu_ps(d + xi * plane, gp.store, m[xi]);
+  for (int xi = 0; xi < 16; ++xi) L::store(d + xi * plane, gp.store, m[xi]);
 }
 
 // Y = A^T M A of a register of tiles (M[xi] at m + xi * mplane, `lanes` tiles):
-// out[0] = the first output row of lanes [0, 8) (or of row A of a pair:
-// columns 2t, 2t + 1 of tile t), out[1] = that of lanes [8, 16) (row B: lanes
-// [tw, 2 tw)), out[2], out[3] the second output rows.
-FASTNN_INLINE void output16(const float* m, int64_t mplane, int64_t lanes, int64_t shift, __m512* out) {
-  __m512 q[16];
-  const __mmask16 in = first_lanes(lanes);
+// out[0] = the first output row of the tiles from lane 0 (columns 2t, 2t + 1
+// of tile t), out[1] = that of the tiles from lane `shift` (a pair's row B, or
+// a single row's columns W .. 2 W - 1), out[2], out[3] the second output rows.
+FASTNN_INLINE void output_tiles(const float* m, int64_t mplane, int64_t lanes, int64_t shift, V* out) {
+  V q[16];
 #pragma GCC unroll 16
-  for (int xi = 0; xi < 16; ++xi) q[xi] = _mm512_maskz_loadu_ps(in, m + xi * mplane);
-  auto sum3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_add_ps(_mm512_add_ps(u, v), w); };
-  auto dif3 = [](__m512 u, __m512 v, __m512 w) { return _mm512_sub_ps(_mm512_sub_ps(u, v), w); };
-  const __m512 a0 = sum3(q[0], q[4], q[8]), a1 = sum3(q[1], q[5], q[9]);
-  const __m512 a2 = sum3(q[2], q[6], q[10]), a3 = sum3(q[3], q[7], q[11]);
-  const __m512 b0 = dif3(q[4], q[8], q[12]), b1 = dif3(q[5], q[9], q[13]);
-  const __m512 b2 = dif3(q[6], q[10], q[14]), b3 = dif3(q[7], q[11], q[15]);
-  const __m512 ea = sum3(a0, a1, a2), oa = dif3(a1, a2, a3), eb = sum3(b0, b1, b2), ob = dif3(b1, b2, b3);
-  // Output column j of a row is ea/eb (even j) or oa/ob (odd j) of lane j / 2 (+ shift).
-  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(int(shift)));
-  out[0] = _mm512_permutex2var_ps(ea, lo, oa), out[1] = _mm512_permutex2var_ps(ea, hi, oa);
-  out[2] = _mm512_permutex2var_ps(eb, lo, ob), out[3] = _mm512_permutex2var_ps(eb, hi, ob);
+  for (int xi = 0; xi < 16; ++xi) q[xi] = L::load(m + xi * mplane, lanes);
+  auto sum3 = [](V u, V v, V w) { return L::add(L::add(u, v), w); };
+  auto dif3 = [](V u, V v, V w) { return L::sub(L::sub(u, v), w); };
+  const V a0 = sum3(q[0], q[4], q[8]), a1 = sum3(q[1], q[5], q[9]);
+  const V a2 = sum3(q[2], q[6], q[10]), a3 = sum3(q[3], q[7], q[11]);
+  const V b0 = dif3(q[4], q[8], q[12]), b1 = dif3(q[5], q[9], q[13]);
+  const V b2 = dif3(q[6], q[10], q[14]), b3 = dif3(q[7], q[11], q[15]);
+  const V ea = sum3(a0, a1, a2), oa = dif3(a1, a2, a3), eb = sum3(b0, b1, b2), ob = dif3(b1, b2, b3);
+  out[0] = L::interleave(ea, oa, 0), out[1] = L::interleave(ea, oa, shift);
+  out[2] = L::interleave(eb, ob, 0), out[3] = L::interleave(eb, ob, shift);
 }
 }  // namespace wide
 #endif
@@ -213,28 +261,28 @@ void input_transform(const Geom& g, const T* x, int64_t g0, int64_t g1, const La
   // t in [t_lo, t_hi): padded columns 2t and 2t + 1 both inside the image.
   const int64_t t_lo = min64((g.pw + 1) / 2, te);
   const int64_t t_hi = max64(t_lo, min64(te, (g.pw + g.w) / 2));
-#if FASTNN_VBYTES == 64
+#if FASTNN_VBYTES >= 32
   wide::InputPicks picks[2];  // single tile rows, pairs
   bool picks_ready[2] = {false, false};
 #endif
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, ih0 = 2 * (gi % g.th) - g.ph, l0 = (gi - g0) * g.tw;
-#if FASTNN_VBYTES == 64
+#if FASTNN_VBYTES >= 32
     if constexpr (sizeof(T) == 4) {
-      // Up to 16 tiles per register (namespace wide): tile rows gi and gi + 1 of
-      // an image at most 16 wide with at most 8 tiles per row, else tile row gi
-      // alone (image rows ih0 .. ih0 + 3, or .. ih0 + 5 for a pair).
-      if (g.w <= 32 && g.tw <= 16) {
-        const bool pair = g.w <= 16 && 2 * g.tw <= 16 && gi + 1 < g1 && (gi + 1) / g.th == n;
+      // Up to W tiles per register (namespace wide): tile rows gi and gi + 1 of
+      // an image at most W wide with at most W / 2 tiles per row, else tile row
+      // gi alone (image rows ih0 .. ih0 + 3, or .. ih0 + 5 for a pair).
+      using wide::W;
+      if (g.w <= 2 * W && g.tw <= W) {
+        const bool pair = g.w <= W && 2 * g.tw <= W && gi + 1 < g1 && (gi + 1) / g.th == n;
         if (dst.nr - l0 % dst.nr >= (pair ? 2 : 1) * g.tw) {
-          using namespace wide;
-          if (!picks_ready[pair]) picks[pair] = input_picks(pair, g.tw, g.w, g.pw), picks_ready[pair] = true;
+          if (!picks_ready[pair]) picks[pair] = wide::input_picks(pair, g.tw, g.w, g.pw), picks_ready[pair] = true;
           for (int64_t c = 0; c < g.c; ++c) {
             const float* xc = x + (n * g.c + c) * g.h * g.w;
             auto image_row = [&](int64_t i) { return ih0 + i >= 0 && ih0 + i < g.h ? xc + (ih0 + i) * g.w : nullptr; };
-            __m512 ra[4], rb[4];
-            for (int i = 0; i < 4; ++i) sources(pair, image_row(i), image_row(i + 2), g.w, ra[i], rb[i]);
-            input16(ra, rb, picks[pair], dst.at(0, c, l0), dst.plane);
+            wide::V ra[4], rb[4];
+            for (int i = 0; i < 4; ++i) wide::sources(pair, image_row(i), image_row(i + 2), g.w, ra[i], rb[i]);
+            wide::input_tiles(ra, rb, picks[pair], dst.at(0, c, l0), dst.plane);
           }
           gi += pair;
           continue;
@@ -314,28 +362,28 @@ void grad_transform(const Geom& g, const T* dy, int64_t g0, int64_t g1, const La
   const int64_t p = g.oh * g.ow, tfull = g.ow / 2;  // tiles with both columns inside
   T* zero = buf;
   for (int64_t j = 0; j < 2 * g.tw; ++j) zero[j] = T(0);
-#if FASTNN_VBYTES == 64
+#if FASTNN_VBYTES >= 32
   wide::GradPicks picks[2];  // single tile rows, pairs
   bool picks_ready[2] = {false, false};
 #endif
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
-#if FASTNN_VBYTES == 64
+#if FASTNN_VBYTES >= 32
     if constexpr (sizeof(T) == 4) {
-      // Up to 16 tiles per register: tile rows gi and gi + 1 of a dY at most 16
+      // Up to W tiles per register: tile rows gi and gi + 1 of a dY at most W
       // wide, else tile row gi alone (dY rows past OH read as zeros).
-      if (g.ow <= 32) {
-        const bool pair = g.ow <= 16 && gi + 1 < g1 && (gi + 1) / g.th == n;
+      using wide::W;
+      if (g.ow <= 2 * W) {
+        const bool pair = g.ow <= W && gi + 1 < g1 && (gi + 1) / g.th == n;
         if (dst.nr - l0 % dst.nr >= (pair ? 2 : 1) * g.tw) {
-          using namespace wide;
-          if (!picks_ready[pair]) picks[pair] = grad_picks(pair, g.tw, g.ow), picks_ready[pair] = true;
+          if (!picks_ready[pair]) picks[pair] = wide::grad_picks(pair, g.tw, g.ow), picks_ready[pair] = true;
           for (int64_t f = 0; f < g.f; ++f) {
             const float* plane = dy + (n * g.f + f) * p;
             auto dy_row = [&](int64_t r) { return oh0 + r < g.oh ? plane + (oh0 + r) * g.ow : nullptr; };
-            __m512 u0, u1, w0, w1;
-            sources(pair, dy_row(0), dy_row(2), g.ow, u0, u1);
-            sources(pair, dy_row(1), dy_row(3), g.ow, w0, w1);
-            grad16(u0, u1, w0, w1, picks[pair], dst.at(0, f, l0), dst.plane);
+            wide::V u0, u1, w0, w1;
+            wide::sources(pair, dy_row(0), dy_row(2), g.ow, u0, u1);
+            wide::sources(pair, dy_row(1), dy_row(3), g.ow, w0, w1);
+            wide::grad_tiles(u0, u1, w0, w1, picks[pair], dst.at(0, f, l0), dst.plane);
           }
           gi += pair;
           continue;
@@ -390,35 +438,28 @@ void output_transform(const Geom& g, const T* m, int64_t mplane, int64_t g0, int
   const int64_t p = g.oh * g.ow;
   for (int64_t gi = g0; gi < g1; ++gi) {
     const int64_t n = gi / g.th, oh0 = 2 * (gi % g.th), l0 = (gi - g0) * g.tw;
-#if FASTNN_VBYTES == 64
+#if FASTNN_VBYTES >= 32
     if constexpr (sizeof(T) == 4) {
-      // Up to 16 tiles per register: tile rows gi and gi + 1 of an output at most
-      // 16 wide, else tile row gi alone; output rows past OH are dropped.
-      if (g.ow <= 32) {
-        const bool pair = g.ow <= 16 && gi + 1 < g1 && (gi + 1) / g.th == n;
-        __m512 out[4];
-        wide::output16(m + l0, mplane, (pair ? 2 : 1) * g.tw, pair ? g.tw : 8, out);
+      // Up to W tiles per register: tile rows gi and gi + 1 of an output at most
+      // W wide, else tile row gi alone; output rows past OH are dropped.
+      using wide::W;
+      if (g.ow <= 2 * W) {
+        const bool pair = g.ow <= W && gi + 1 < g1 && (gi + 1) / g.th == n;
+        wide::V out[4];
+        wide::output_tiles(m + l0, mplane, (pair ? 2 : 1) * g.tw, pair ? g.tw : W / 2, out);
         // Rows oh0 .. oh0 + 3 (a pair) or oh0, oh0 + 1, each ow long: a pair's are
         // out[0], out[2] (row A), out[1], out[3] (row B); a single row's columns
-        // 0-15 and 16-31 are out[0], out[1] (first row), out[2], out[3].
-        alignas(64) T rows[64];
-        int64_t nrows;
-        if (pair) {
-          _mm512_store_ps(rows, out[0]), _mm512_store_ps(rows + 16, out[2]);
-          _mm512_store_ps(rows + 32, out[1]), _mm512_store_ps(rows + 48, out[3]);
-          nrows = 4;
-        } else {
-          _mm512_store_ps(rows, out[0]), _mm512_store_ps(rows + 16, out[1]);
-          _mm512_store_ps(rows + 32, out[2]), _mm512_store_ps(rows + 48, out[3]);
-          nrows = 2;
-        }
-        const int64_t stride = pair ? 16 : 32;  // between rows in `rows`
+        // 0 .. W - 1 and W .. 2 W - 1 are out[0], out[1] (first row), out[2], out[3].
+        alignas(64) T rows[4 * W];
+        const int order[4] = {0, pair ? 2 : 1, pair ? 1 : 2, 3};
+        for (int i = 0; i < 4; ++i) wide::L::store_all(rows + i * W, out[order[i]]);
+        const int64_t nrows = pair ? 4 : 2, stride = pair ? W : 2 * W;  // between rows in `rows`
         const BiasAct<T, Fa, BiasAxis::rows> ep{bias, z ? z + n * g.f * p : nullptr, p, alpha};
         T* yf = y + (n * g.f + f) * p;
-        if (stride == g.ow && oh0 + nrows <= g.oh) {  // 16 or 32 wide: the rows are contiguous in y too
+        if (stride == g.ow && oh0 + nrows <= g.oh) {  // W or 2 W wide: the rows are contiguous in y too
           const int64_t j0 = oh0 * g.ow;
 #pragma omp simd
-          for (int64_t j = 0; j < 64; ++j) yf[j0 + j] = ep.apply(f, j0 + j, rows[j]);
+          for (int64_t j = 0; j < 4 * W; ++j) yf[j0 + j] = ep.apply(f, j0 + j, rows[j]);
         } else {
           for (int64_t r = 0; r < nrows && oh0 + r < g.oh; ++r) {
             const T* src = rows + r * stride;
