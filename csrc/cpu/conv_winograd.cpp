@@ -76,11 +76,11 @@ struct Layout {
 // lanes outside the image zeroed; the adds are the per-row code's, in its
 // order, so the results are the same bits.
 namespace wide {
+// L: simd::Vec<float> (zero, add, store, W) plus what these transforms need.
 #if FASTNN_VBYTES == 64
-struct L {
-  using V = __m512;
+struct L : simd::Vec<float> {
+  using simd::Vec<float>::store;  // unmasked, beside the masked one below
   using Mask = __mmask16;
-  static constexpr int W = 16;
   struct Pick {
     __m512i idx;  // b's lanes as W + lane
     __mmask16 valid;
@@ -94,9 +94,6 @@ struct L {
     return n >= 16 ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first(n), p);
   }
   static FASTNN_INLINE void store(float* p, Mask m, V v) { _mm512_mask_storeu_ps(p, m, v); }
-  static FASTNN_INLINE void store_all(float* p, V v) { _mm512_store_ps(p, v); }
-  static FASTNN_INLINE V zero() { return _mm512_setzero_ps(); }
-  static FASTNN_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
   static FASTNN_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static FASTNN_INLINE V neg(V v) { return _mm512_xor_ps(v, _mm512_set1_ps(-0.0f)); }
   // Lane j: e[j / 2 + shift] for even j, o[j / 2 + shift] for odd j.
@@ -106,10 +103,9 @@ struct L {
   }
 };
 #else
-struct L {
-  using V = __m256;
+struct L : simd::Vec<float> {
+  using simd::Vec<float>::store;
   using Mask = __m256i;
-  static constexpr int W = 8;
   struct Pick {
     __m256i idx;  // the lane within its source
     __m256 from_b, valid;  // all ones where the lane comes from b / is inside
@@ -130,9 +126,6 @@ struct L {
   }
   static FASTNN_INLINE V load(const float* p, int64_t n) { return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first(n)); }
   static FASTNN_INLINE void store(float* p, Mask m, V v) { _mm256_maskstore_ps(p, m, v); }
-  static FASTNN_INLINE void store_all(float* p, V v) { _mm256_store_ps(p, v); }
-  static FASTNN_INLINE V zero() { return _mm256_setzero_ps(); }
-  static FASTNN_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
   static FASTNN_INLINE V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static FASTNN_INLINE V neg(V v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.0f)); }
   static FASTNN_INLINE V interleave(V e, V o, int64_t shift) {
@@ -452,7 +445,7 @@ void output_transform(const Geom& g, const T* m, int64_t mplane, int64_t g0, int
         // 0 .. W - 1 and W .. 2 W - 1 are out[0], out[1] (first row), out[2], out[3].
         alignas(64) T rows[4 * W];
         const int order[4] = {0, pair ? 2 : 1, pair ? 1 : 2, 3};
-        for (int i = 0; i < 4; ++i) wide::L::store_all(rows + i * W, out[order[i]]);
+        for (int i = 0; i < 4; ++i) wide::L::store(rows + i * W, out[order[i]]);
         const int64_t nrows = pair ? 4 : 2, stride = pair ? W : 2 * W;  // between rows in `rows`
         const BiasAct<T, Fa, BiasAxis::rows> ep{bias, z ? z + n * g.f * p : nullptr, p, alpha};
         T* yf = y + (n * g.f + f) * p;
