@@ -20,7 +20,12 @@
 #include "cpu/gemm_engine.h"
 using namespace fastnn; using namespace fastnn::cpu::FASTNN_ISA;
 using namespace fastnn::cpu::FASTNN_ISA::gemm_detail;
-static double cpu_s() { timespec t; clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+// FASTNN_PROFILE_WALL=1: wall time instead (for the engine on several threads,
+// OMP_NUM_THREADS=2; its figures are then against nthreads x the 1-core probe).
+static const bool kWall = getenv("FASTNN_PROFILE_WALL") != nullptr;
+static double cpu_s() {
+  timespec t; clock_gettime(kWall ? CLOCK_MONOTONIC : CLOCK_THREAD_CPUTIME_ID, &t); return t.tv_sec + 1e-9 * t.tv_nsec;
+}
 template <class F> double best(F f, int reps = 7) { std::vector<double> v; for (int r = 0; r < reps; ++r) { double t = cpu_s(); f(); v.push_back(cpu_s() - t);} std::sort(v.begin(), v.end()); return v[reps/2]; }
 __attribute__((noinline)) double peak(long iters) {
   using S = simd::Vec<float>; using V = S::V;
@@ -81,6 +86,7 @@ int main(int argc, char** argv) {
     int reps = std::max(1, int(2e9 / fl));
     double t = best([&] { for (int r = 0; r < reps; ++r) gemm_engine(g, NoEpilogue{}); }, 5);
     double gf = fl * reps / t / 1e9;
-    printf("engine 1 thread %-22s %.1f GFLOP/s = %.0f%%\n", s.name, gf, 100 * gf / pk);
+    const int nth = kWall ? fastnn::cpu::num_threads() : 1;
+    printf("engine %d thread %-22s %.1f GFLOP/s = %.0f%%\n", nth, s.name, gf, 100 * gf / (pk * nth));
   }
 }

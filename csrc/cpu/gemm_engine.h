@@ -258,6 +258,60 @@ constexpr bool saves_preactivation(const BiasAct<T, F, A>&) { return BiasAct<T, 
 template <class T, BiasAxis A>
 bool saves_preactivation(const ActBlock<T, A>& ep) { return ep.saves; }
 
+// --- software prefetch of the next B panel's source ---------------------------------
+
+// No prefetching (every tile but those of a skinny GEMM's B-streaming path).
+struct NoPrefetch {
+  static constexpr bool kOn = false;
+  FASTNN_INLINE void step() {}
+};
+
+// The cache lines of a B panel's source, as `rows` runs of `lines` lines
+// (run r, line l at base + r * run_stride + l * line_stride elements), handed out
+// one per step() to the tiles that multiply the panel before it: each tile takes
+// an equal share of the lines, spread over its K loop (one every other k step),
+// so the next panel arrives from DRAM while this one is multiplied without a
+// burst of misses stalling the FMAs.
+template <class T>
+struct PanelPrefetch {
+  static constexpr bool kOn = true;
+  const T* addr;
+  int64_t line_stride, wrap;  // wrap: from past a run's last line to the next run's first
+  int line, lines, left;
+
+  FASTNN_INLINE void step() {
+    if (left > 0) {
+      simd::prefetch_l1(addr);
+      --left;
+      addr += line_stride;
+      if (++line == lines) line = 0, addr += wrap;
+    }
+  }
+};
+
+// The source lines of one packed B panel (kc rows from p0, cols columns from j0)
+// of a strided B (row-major or transposed), and which share of them tile `part` of `parts` prefetches.
+template <int NR, class T>
+FASTNN_INLINE PanelPrefetch<T> panel_prefetch(const StridedB<T>& B, int64_t p0, int64_t kc, int64_t j0, int64_t cols,
+                                              int64_t part, int64_t parts, int64_t steps) {
+  constexpr int64_t LW = 64 / int64_t(sizeof(T));  // elements per cache line
+  // Row-major B: kc runs (rows) of cols elements; transposed: cols runs (columns) of kc.
+  const bool rows = B.cs == 1;
+  const int64_t runs = rows ? kc : cols, len = rows ? cols : kc, run_stride = rows ? B.rs : B.cs;
+  const T* start = B.b + p0 * B.rs + j0 * B.cs;
+  // Runs start at line boundaries only if the base and the stride are line-aligned;
+  // otherwise a run of len elements touches one line more.
+  const bool aligned = reinterpret_cast<uintptr_t>(start) % 64 == 0 && run_stride % LW == 0;
+  const int64_t lines = ceil_div(len, LW) + (aligned ? 0 : 1);
+  const int64_t total = runs * lines;
+  const int64_t first = total * part / parts, count = min64(total * (part + 1) / parts - first, steps);
+  const T* line0 = reinterpret_cast<const T*>(reinterpret_cast<uintptr_t>(start) & ~uintptr_t(63));
+  const int64_t r = first / lines, l = first % lines;
+  // Lines are addressed from the aligned start; a stride that is not a whole
+  // number of lines shifts later runs by less than a line, which the extra line covers.
+  return PanelPrefetch<T>{line0 + r * run_stride + l * LW, LW, run_stride - lines * LW, int(l), int(lines), int(count)};
+}
+
 // --- the micro-kernel ----------------------------------------------------------
 
 // One MR x (NV * VW) output tile at c (rows i0.., cols j0..): acc = A_panel
@@ -266,9 +320,11 @@ bool saves_preactivation(const ActBlock<T, A>& ep) { return ep.saves; }
 // MR/(NV * VW) at the matrix edges. tile() picks NV: a last column panel only
 // partly inside the matrix (n = 1024 = 21 x 48 + 16) multiplies only the
 // vectors it needs instead of zero padding (3-4% of the FMAs at n = 784, 1024).
-template <int NV, class T, class Ep>
+// `pf` (PanelPrefetch) prefetches one line every other k step.
+template <int NV, class T, class Ep, class Pf = NoPrefetch>
 FASTNN_INLINE void tile_nv(int64_t kc, const T* __restrict ap, const T* __restrict bp, T* c, int64_t ldc,
-                           int64_t i0, int64_t j0, int mr, int nr, bool load_c, bool last, const Ep& ep) {
+                           int64_t i0, int64_t j0, int mr, int nr, bool load_c, bool last, const Ep& ep,
+                           Pf pf = {}) {
   using Bl = Blocking<T>;
   using S = typename Bl::S;
   using V = typename S::V;
@@ -298,6 +354,9 @@ FASTNN_INLINE void tile_nv(int64_t kc, const T* __restrict ap, const T* __restri
     if constexpr (PFB > 0) {
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) simd::prefetch_l1(bp + PFB * NR + v * VW);
+    }
+    if constexpr (Pf::kOn) {
+      if (p & 1) pf.step();
     }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
@@ -358,17 +417,18 @@ FASTNN_INLINE void tile_nv(int64_t kc, const T* __restrict ap, const T* __restri
   }
 }
 
-template <class T, class Ep>
+template <class T, class Ep, class Pf = NoPrefetch>
 FASTNN_INLINE void tile(int64_t kc, const T* __restrict ap, const T* __restrict bp, T* c, int64_t ldc,
-                        int64_t i0, int64_t j0, int mr, int nr, bool load_c, bool last, const Ep& ep) {
+                        int64_t i0, int64_t j0, int mr, int nr, bool load_c, bool last, const Ep& ep,
+                        Pf pf = {}) {
   constexpr int NV = Blocking<T>::NV, VW = Blocking<T>::VW;
   if (nr > (NV - 1) * VW) {
-    tile_nv<NV>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep);
+    tile_nv<NV>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep, pf);
   } else if constexpr (NV > 2) {
-    if (nr > VW) tile_nv<2>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep);
-    else tile_nv<1>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep);
+    if (nr > VW) tile_nv<2>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep, pf);
+    else tile_nv<1>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep, pf);
   } else {
-    tile_nv<1>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep);
+    tile_nv<1>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep, pf);
   }
 }
 
@@ -465,8 +525,15 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   // by another process on its core does not hold the other one back. Each packs
   // the B panels of the chunk it took into its own slot.
   constexpr int kMaxBlocks = 512;
+  // Row panels per block for which B is streamed (see stream_chunk): below 3
+  // the tiles are too few to prefetch a panel's lines one every other k step.
+  // Only a B too large to stay in the caches between calls: one that does is
+  // better packed chunk by chunk (each A micro-panel then stays in L1 across the
+  // chunk's panels; conv 32->32's GEMM measured 4% slower streamed).
+  constexpr int64_t kStreamMinPanels = 3, kStreamMaxPanels = 32;
+  const bool stream_b = double(k) * double(n) * sizeof(T) > 8.0 * (1 << 20);
   const int64_t nblocks = ceil_div(m, mcb) * ceil_div(k, kcb);
-  const bool dynamic = nth > 1 && tm == 1 && nblocks <= kMaxBlocks;
+  const bool dynamic = tm == 1 && nblocks <= kMaxBlocks;
   // Chunks as large as a thread's L2 slice allows (NCL2), balanced: each A
   // micro-panel then serves up to NCL2 / NR B panels before the next one is read
   // (2 threads, 256..2048 x 1024..2048: 245-277 -> 272-306 GFLOP/s against
@@ -490,6 +557,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
     const int gm = nt == nth ? tm : nt, gn = nt == nth ? tn : 1;
     const int ti = tid / gn, tj = tid % gn;
     int64_t block = 0;
+    int64_t ahead = 0, ahead_block = -1;  // a chunk claimed ahead (streaming B) and its block
     for (int64_t ic = 0; ic < m; ic += mcb) {
       const int64_t mc = min64(mcb, m - ic);
       const int64_t mpan = ceil_div(mc, MR);
@@ -511,10 +579,61 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
         if (dynamic && nt == nth) {
 #pragma omp barrier
           T* my_slot = bpack + tid * chunk * NR * kcb;
+          // A skinny block (few row panels, each packed B panel used only mpan
+          // times) streams B: panel by panel, packed right before its tiles, with
+          // the next panel's source prefetched by those tiles.
+          auto stream_chunk = [&](int64_t q0, int64_t q1, int64_t next_pc, int64_t next_q) {
+            for (int64_t q = q0; q < q1; ++q) {
+              const int64_t j = q * NR;
+              const int nr = int(min64(NR, n - j));
+              B.template pack<NR>(pc, kc, j, nr, my_slot, ic == 0);
+              const int64_t pq = q + 1 < q1 ? q + 1 : next_q, ppc = q + 1 < q1 ? pc : next_pc;
+              for (int64_t r = 0; r < mpan; ++r) {
+                const int64_t i = ic + r * MR;
+                const int mr = int(min64(MR, m - i));
+                const T* ap = apack + r * MR * kc;
+                if constexpr (IsStridedB<BSrc>::value) {
+                  if (pq >= 0) {
+                    tile(kc, ap, my_slot, c + i * ldc + j, ldc, i, j, mr, nr, load_c, last, ep,
+                         panel_prefetch<NR>(B, ppc, min64(kcb, k - ppc), pq * NR, min64(NR, n - pq * NR), r, mpan,
+                                            getenv("NOPF") ? 0 : kc / 2));
+                    continue;
+                  }
+                }
+                {
+                  tile(kc, ap, my_slot, c + i * ldc + j, ldc, i, j, mr, nr, load_c, last, ep);
+                }
+              }
+            }
+          };
           for (;;) {
-            const int64_t ch = __atomic_fetch_add(&next_chunk[this_block], 1, __ATOMIC_RELAXED);
+            int64_t ch;
+            if (ahead_block == this_block) {
+              ch = ahead;
+              ahead_block = -1;
+            } else {
+              ch = __atomic_fetch_add(&next_chunk[this_block], 1, __ATOMIC_RELAXED);
+            }
             if (ch >= nchunks) break;
             const int64_t q0 = ch * chunk, q1 = min64(q0 + chunk, npan_total);
+            if constexpr (IsStridedB<BSrc>::value) {
+              if (stream_b && mpan >= kStreamMinPanels && mpan <= kStreamMaxPanels && (B.cs == 1 || B.rs == 1)) {
+                // Claim the next chunk now, in this block or the next, so that its first
+                // panel can be prefetched while this chunk's last is multiplied; but
+                // only one that leaves a chunk for each other thread, or the claim
+                // would take work from a thread about to ask for it. A thread holds
+                // at most one such claim (it may already hold one in the next block).
+                for (int64_t b = this_block; ahead_block < 0 && b < min64(this_block + 2, nblocks); ++b) {
+                  if (__atomic_load_n(&next_chunk[b], __ATOMIC_RELAXED) + nt > nchunks) continue;
+                  const int64_t claimed = __atomic_fetch_add(&next_chunk[b], 1, __ATOMIC_RELAXED);
+                  if (claimed < nchunks) ahead = claimed, ahead_block = b;
+                }
+                const int64_t next_q = ahead_block < 0 ? -1 : ahead * chunk;
+                const int64_t next_pc = ahead_block == this_block ? pc : pc + kc < k ? pc + kc : 0;
+                stream_chunk(q0, q1, next_pc, next_q);
+                continue;
+              }
+            }
             pack_b_panels<NR>(B, pc, kc, q0, q1, n, my_slot, NR * kcb, ic == 0, mpan <= 32);
             for (int64_t r = 0; r < mpan; ++r) {
               const int64_t i = ic + r * MR;
