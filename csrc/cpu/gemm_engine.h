@@ -312,6 +312,21 @@ FASTNN_INLINE PanelPrefetch<T> panel_prefetch(const StridedB<T>& B, int64_t p0, 
   return PanelPrefetch<T>{line0 + r * run_stride + l * LW, LW, run_stride - lines * LW, int(l), int(lines), int(count)};
 }
 
+// Where tile_nv reads B: the packed panel (NoSourceB), or a row-major source
+// row by row (SourceRowsB), storing each row into the packed panel as it goes,
+// so the first tile on a panel packs it for the others without a pass of its own.
+struct NoSourceB {
+  static constexpr bool kOn = false;
+};
+
+template <class T>
+struct SourceRowsB {
+  static constexpr bool kOn = true;
+  const T* src;
+  int64_t rs;
+  T* dst;
+};
+
 // --- the micro-kernel ----------------------------------------------------------
 
 // One MR x (NV * VW) output tile at c (rows i0.., cols j0..): acc = A_panel
@@ -320,11 +335,12 @@ FASTNN_INLINE PanelPrefetch<T> panel_prefetch(const StridedB<T>& B, int64_t p0, 
 // MR/(NV * VW) at the matrix edges. tile() picks NV: a last column panel only
 // partly inside the matrix (n = 1024 = 21 x 48 + 16) multiplies only the
 // vectors it needs instead of zero padding (3-4% of the FMAs at n = 784, 1024).
-// `pf` (PanelPrefetch) prefetches one line every other k step.
-template <int NV, class T, class Ep, class Pf = NoPrefetch>
+// `pf` (PanelPrefetch) prefetches one line every other k step; `sb`
+// (SourceRowsB) reads B from its source instead of bp, packing it to sb.dst.
+template <int NV, class T, class Ep, class Pf = NoPrefetch, class SB = NoSourceB>
 FASTNN_INLINE void tile_nv(int64_t kc, const T* __restrict ap, const T* __restrict bp, T* c, int64_t ldc,
                            int64_t i0, int64_t j0, int mr, int nr, bool load_c, bool last, const Ep& ep,
-                           Pf pf = {}) {
+                           Pf pf = {}, SB sb = {}) {
   using Bl = Blocking<T>;
   using S = typename Bl::S;
   using V = typename S::V;
@@ -348,8 +364,18 @@ FASTNN_INLINE void tile_nv(int64_t kc, const T* __restrict ap, const T* __restri
 #pragma GCC unroll 2
   for (int64_t p = 0; p < kc; ++p) {
     V b[NV];
+    if constexpr (SB::kOn) {
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = S::load(bp + v * VW);
+      for (int v = 0; v < NV; ++v) {
+        b[v] = S::load(sb.src + v * VW);
+        S::store(sb.dst + v * VW, b[v]);
+      }
+      sb.src += sb.rs;
+      sb.dst += NR;
+    } else {
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) b[v] = S::load(bp + v * VW);
+    }
     // One cache line of B ahead per register (NR * sizeof(T) is NV lines with AVX-512).
     if constexpr (PFB > 0) {
 #pragma GCC unroll 4
@@ -417,13 +443,14 @@ FASTNN_INLINE void tile_nv(int64_t kc, const T* __restrict ap, const T* __restri
   }
 }
 
-template <class T, class Ep, class Pf = NoPrefetch>
+// A SourceRowsB `sb` packs whole panels only (nr == NR): its loads are NR wide.
+template <class T, class Ep, class Pf = NoPrefetch, class SB = NoSourceB>
 FASTNN_INLINE void tile(int64_t kc, const T* __restrict ap, const T* __restrict bp, T* c, int64_t ldc,
                         int64_t i0, int64_t j0, int mr, int nr, bool load_c, bool last, const Ep& ep,
-                        Pf pf = {}) {
+                        Pf pf = {}, SB sb = {}) {
   constexpr int NV = Blocking<T>::NV, VW = Blocking<T>::VW;
   if (nr > (NV - 1) * VW) {
-    tile_nv<NV>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep, pf);
+    tile_nv<NV>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep, pf, sb);
   } else if constexpr (NV > 2) {
     if (nr > VW) tile_nv<2>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep, pf);
     else tile_nv<1>(kc, ap, bp, c, ldc, i0, j0, mr, nr, load_c, last, ep, pf);
@@ -582,26 +609,29 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
           // A skinny block (few row panels, each packed B panel used only mpan
           // times) streams B: panel by panel, packed right before its tiles, with
           // the next panel's source prefetched by those tiles.
+          // A whole panel of a row-major B is packed by its first tile (SourceRowsB).
           auto stream_chunk = [&](int64_t q0, int64_t q1, int64_t next_pc, int64_t next_q) {
-            for (int64_t q = q0; q < q1; ++q) {
-              const int64_t j = q * NR;
-              const int nr = int(min64(NR, n - j));
-              B.template pack<NR>(pc, kc, j, nr, my_slot, ic == 0);
-              const int64_t pq = q + 1 < q1 ? q + 1 : next_q, ppc = q + 1 < q1 ? pc : next_pc;
-              for (int64_t r = 0; r < mpan; ++r) {
-                const int64_t i = ic + r * MR;
-                const int mr = int(min64(MR, m - i));
-                const T* ap = apack + r * MR * kc;
-                if constexpr (IsStridedB<BSrc>::value) {
-                  if (pq >= 0) {
-                    tile(kc, ap, my_slot, c + i * ldc + j, ldc, i, j, mr, nr, load_c, last, ep,
-                         panel_prefetch<NR>(B, ppc, min64(kcb, k - ppc), pq * NR, min64(NR, n - pq * NR), r, mpan,
-                                            getenv("NOPF") ? 0 : kc / 2));
-                    continue;
+            if constexpr (IsStridedB<BSrc>::value) {
+              for (int64_t q = q0; q < q1; ++q) {
+                const int64_t j = q * NR;
+                const int nr = int(min64(NR, n - j));
+                const bool packs = B.cs == 1 && nr == NR;
+                if (!packs) B.template pack<NR>(pc, kc, j, nr, my_slot, ic == 0);
+                const int64_t pq = q + 1 < q1 ? q + 1 : next_q, ppc = q + 1 < q1 ? pc : next_pc;
+                for (int64_t r = 0; r < mpan; ++r) {
+                  const int64_t i = ic + r * MR;
+                  const int mr = int(min64(MR, m - i));
+                  const T* ap = apack + r * MR * kc;
+                  T* cp = c + i * ldc + j;
+                  const auto pf = pq >= 0 ? panel_prefetch<NR>(B, ppc, min64(kcb, k - ppc), pq * NR,
+                                                               min64(NR, n - pq * NR), r, mpan, kc / 2)
+                                          : PanelPrefetch<T>{};
+                  if (r == 0 && packs) {
+                    tile(kc, ap, my_slot, cp, ldc, i, j, mr, nr, load_c, last, ep, pf,
+                         SourceRowsB<T>{B.b + pc * B.rs + j, B.rs, my_slot});
+                  } else {
+                    tile(kc, ap, my_slot, cp, ldc, i, j, mr, nr, load_c, last, ep, pf);
                   }
-                }
-                {
-                  tile(kc, ap, my_slot, c + i * ldc + j, ldc, i, j, mr, nr, load_c, last, ep);
                 }
               }
             }
