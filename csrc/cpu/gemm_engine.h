@@ -15,6 +15,10 @@
 // Threads split the tile grid of each block by columns (each packs only its own
 // B slice; the shared A block is the one thing they wait for) or, when there are
 // too few column panels, by rows (then the B block is packed together and shared).
+// A skinny GEMM with a B too large for the caches (a batch of 64 against 4096 x
+// 4096 weights) streams B instead: the loops swap to panel by panel, each B panel
+// packed right before the few row panels it serves while their tiles prefetch the
+// next panel's source from DRAM, so memory and the FMAs work at the same time.
 // The epilogue (ops/epilogue.h) is a template parameter applied to each output
 // tile right after its last K block, in registers when it has a vector form
 // (cpu/vec_act.h), otherwise from an L1 buffer. Operands are read through
@@ -550,11 +554,12 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   // Column split: threads take chunks of `chunk` column panels from a shared
   // counter (one per A block) instead of fixed halves, so a thread slowed down
   // by another process on its core does not hold the other one back. Each packs
-  // the B panels of the chunk it took into its own slot.
+  // the B panels of the chunk it took into its own slot. One thread takes the
+  // same path (all the chunks are its own), so it streams B as two do.
   constexpr int kMaxBlocks = 512;
-  // Row panels per block for which B is streamed (see stream_chunk): below 3
-  // the tiles are too few to prefetch a panel's lines one every other k step.
-  // Only a B too large to stay in the caches between calls: one that does is
+  // B is streamed (see stream_chunk) for blocks of 3 to 32 row panels (below 3 the
+  // tiles are too few to prefetch a panel's lines one every other k step), and
+  // only a B too large to stay in the caches between calls: one that does is
   // better packed chunk by chunk (each A micro-panel then stays in L1 across the
   // chunk's panels; conv 32->32's GEMM measured 4% slower streamed).
   constexpr int64_t kStreamMinPanels = 3, kStreamMaxPanels = 32;
@@ -608,8 +613,8 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
           T* my_slot = bpack + tid * chunk * NR * kcb;
           // A skinny block (few row panels, each packed B panel used only mpan
           // times) streams B: panel by panel, packed right before its tiles, with
-          // the next panel's source prefetched by those tiles.
-          // A whole panel of a row-major B is packed by its first tile (SourceRowsB).
+          // the next panel's source prefetched by those tiles. A whole panel of a
+          // row-major B is packed by its first tile as it multiplies (SourceRowsB).
           auto stream_chunk = [&](int64_t q0, int64_t q1, int64_t next_pc, int64_t next_q) {
             if constexpr (IsStridedB<BSrc>::value) {
               for (int64_t q = q0; q < q1; ++q) {
