@@ -557,7 +557,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   // the B panels of the chunk it took into its own slot. One thread takes the
   // same path (all the chunks are its own), so it streams B as two do.
   constexpr int kMaxBlocks = 512;
-  // B is streamed (see stream_chunk) for blocks of 3 to 32 row panels (below 3 the
+  // B is streamed (see the chunk loop) for blocks of 3 to 32 row panels (below 3 the
   // tiles are too few to prefetch a panel's lines one every other k step), and
   // only a B too large to stay in the caches between calls: one that does is
   // better packed chunk by chunk (each A micro-panel then stays in L1 across the
@@ -611,36 +611,6 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
         if (dynamic && nt == nth) {
 #pragma omp barrier
           T* my_slot = bpack + tid * chunk * NR * kcb;
-          // A skinny block (few row panels, each packed B panel used only mpan
-          // times) streams B: panel by panel, packed right before its tiles, with
-          // the next panel's source prefetched by those tiles. A whole panel of a
-          // row-major B is packed by its first tile as it multiplies (SourceRowsB).
-          auto stream_chunk = [&](int64_t q0, int64_t q1, int64_t next_pc, int64_t next_q) {
-            if constexpr (IsStridedB<BSrc>::value) {
-              for (int64_t q = q0; q < q1; ++q) {
-                const int64_t j = q * NR;
-                const int nr = int(min64(NR, n - j));
-                const bool packs = B.cs == 1 && nr == NR;
-                if (!packs) B.template pack<NR>(pc, kc, j, nr, my_slot, ic == 0);
-                const int64_t pq = q + 1 < q1 ? q + 1 : next_q, ppc = q + 1 < q1 ? pc : next_pc;
-                for (int64_t r = 0; r < mpan; ++r) {
-                  const int64_t i = ic + r * MR;
-                  const int mr = int(min64(MR, m - i));
-                  const T* ap = apack + r * MR * kc;
-                  T* cp = c + i * ldc + j;
-                  const auto pf = pq >= 0 ? panel_prefetch<NR>(B, ppc, min64(kcb, k - ppc), pq * NR,
-                                                               min64(NR, n - pq * NR), r, mpan, kc / 2)
-                                          : PanelPrefetch<T>{};
-                  if (r == 0 && packs) {
-                    tile(kc, ap, my_slot, cp, ldc, i, j, mr, nr, load_c, last, ep, pf,
-                         SourceRowsB<T>{B.b + pc * B.rs + j, B.rs, my_slot});
-                  } else {
-                    tile(kc, ap, my_slot, cp, ldc, i, j, mr, nr, load_c, last, ep, pf);
-                  }
-                }
-              }
-            }
-          };
           for (;;) {
             int64_t ch;
             if (ahead_block == this_block) {
@@ -653,6 +623,10 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
             const int64_t q0 = ch * chunk, q1 = min64(q0 + chunk, npan_total);
             if constexpr (IsStridedB<BSrc>::value) {
               if (stream_b && mpan >= kStreamMinPanels && mpan <= kStreamMaxPanels && (B.cs == 1 || B.rs == 1)) {
+                // A skinny block (few row panels, each packed B panel used only mpan
+                // times) streams B: panel by panel, packed right before its tiles, with
+                // the next panel's source prefetched by those tiles. A whole panel of a
+                // row-major B is packed by its first tile as it multiplies (SourceRowsB).
                 // Claim the next chunk now, in this block or the next, so that its first
                 // panel can be prefetched while this chunk's last is multiplied; but
                 // only one that leaves a chunk for each other thread, or the claim
@@ -665,7 +639,28 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
                 }
                 const int64_t next_q = ahead_block < 0 ? -1 : ahead * chunk;
                 const int64_t next_pc = ahead_block == this_block ? pc : pc + kc < k ? pc + kc : 0;
-                stream_chunk(q0, q1, next_pc, next_q);
+                for (int64_t q = q0; q < q1; ++q) {
+                  const int64_t j = q * NR;
+                  const int nr = int(min64(NR, n - j));
+                  const bool packs = B.cs == 1 && nr == NR;
+                  if (!packs) B.template pack<NR>(pc, kc, j, nr, my_slot, ic == 0);
+                  const int64_t pq = q + 1 < q1 ? q + 1 : next_q, ppc = q + 1 < q1 ? pc : next_pc;
+                  for (int64_t r = 0; r < mpan; ++r) {
+                    const int64_t i = ic + r * MR;
+                    const int mr = int(min64(MR, m - i));
+                    const T* ap = apack + r * MR * kc;
+                    T* cp = c + i * ldc + j;
+                    const auto pf = pq >= 0 ? panel_prefetch<NR>(B, ppc, min64(kcb, k - ppc), pq * NR,
+                                                                 min64(NR, n - pq * NR), r, mpan, kc / 2)
+                                            : PanelPrefetch<T>{};
+                    if (r == 0 && packs) {
+                      tile(kc, ap, my_slot, cp, ldc, i, j, mr, nr, load_c, last, ep, pf,
+                           SourceRowsB<T>{B.b + pc * B.rs + j, B.rs, my_slot});
+                    } else {
+                      tile(kc, ap, my_slot, cp, ldc, i, j, mr, nr, load_c, last, ep, pf);
+                    }
+                  }
+                }
                 continue;
               }
             }
