@@ -501,8 +501,7 @@ def test_conv2d_winograd_deeper_than_one_k_block(backend, rng):
 
 
 def test_conv2d_winograd_and_im2col_agree(backend, rng):
-    """The two algorithms agree; 'auto' is Winograd on the C++ backend at C, F >= 16 and
-    im2col on the Numba backend (measured faster there, conv_winograd.py)."""
+    """The two algorithms agree; 'auto' is Winograd at C, F >= 16 on both backends."""
     x = rng.standard_normal((5, 16, 12, 10)).astype(np.float32)
     w = (rng.standard_normal((24, 16, 3, 3)) / 12).astype(np.float32)
     b = rng.standard_normal(24).astype(np.float32)
@@ -518,8 +517,34 @@ def test_conv2d_winograd_and_im2col_agree(backend, rng):
             out[algo] = (y, *ops.conv2d_backward(dy, saved)[:3])
     for a, b_ in zip(out["im2col"], out["winograd"]):
         assert rel_err(a, b_) < 1e-5
-    for a, b_ in zip(out["auto"], out["winograd" if backend == "cpp" else "im2col"]):
+    for a, b_ in zip(out["auto"], out["winograd"]):
         np.testing.assert_array_equal(a, b_)
+
+
+def test_conv2d_winograd_in_bands_of_tile_rows(backend, rng, monkeypatch):
+    """The Numba path works on a map in bands of whole tile rows (as many as fit its
+    L2 budget): with a budget of one tile row per band, every band edge and the last,
+    shorter band are exercised, and the results are those of one band per map."""
+    from fastnn.backend.numba import conv_winograd
+    cases = [(2, 5, 9, 7, 6, (1, 1)), (1, 3, 13, 10, 4, (2, 0)), (3, 4, 8, 17, 5, (0, 2))]
+    with conv_algorithm("winograd"):
+        whole = []
+        for n, c, h, w, f, pad in cases:
+            x = rng.standard_normal((n, c, h, w))
+            wt = rng.standard_normal((f, c, 3, 3)) / np.sqrt(9 * c)
+            b = rng.standard_normal(f)
+            y, saved = ops.conv2d(x, wt, b, 1, pad, "tanh")
+            dy = rng.standard_normal(y.shape)
+            whole.append(((x, wt, b, pad, dy), (y, *ops.conv2d_backward(dy, saved)[:3])))
+        monkeypatch.setattr(conv_winograd, "_BAND_BYTES", 1)
+        assert len(conv_winograd.bands(13, 10, 3, 4, 8)) == 7
+        for k, (n, c, h, w, f, pad) in enumerate(cases):
+            _check_case((n, c, h, w, f, 3, 3, (1, 1), pad), "relu", np.float64, rng)
+            (x, wt, b, pad, dy), want = whole[k]
+            y, saved = ops.conv2d(x, wt, b, 1, pad, "tanh")
+            got = (y, *ops.conv2d_backward(dy, saved)[:3])
+            for a, b_ in zip(got, want):
+                np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
 
 
 def test_conv2d_winograd_numerical_gradients(backend, rng):

@@ -173,8 +173,15 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     f, _, kh, kw = weight.shape
     oh, ow = y.shape[2:]
     ckk, p = c * kh * kw, oh * ow
-    if winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow):
-        winograd.conv(x, winograd.transform_weights(weight), bias, y, z, pad_h, pad_w, act, alpha)
+    if winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, c, f):
+        u = winograd.transform_weights(weight)
+        runs = min(n, get_num_threads())  # one run of consecutive images per thread
+
+        def run(t):
+            for i in range(t * n // runs, (t + 1) * n // runs):
+                winograd.conv_image(x[i], u, bias, y[i], None if z is None else z[i], pad_h, pad_w, act, alpha)
+
+        run_tasks(run, runs)
         return
     w2 = weight.reshape(f, ckk)
     y3 = y.reshape(n, f, p)
@@ -223,24 +230,37 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     z3 = z.reshape(n, f, p) if z is not None else y3
     w2 = weight.reshape(f, ckk)
     dz_act = _epilogue_kernels(act)[1]
-    winograd_path = winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+    winograd_path = winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, c, f)
     pointwise = _pointwise(kh, kw, stride_h, stride_w, pad_h, pad_w)
     x3 = x.reshape(n, c, x.shape[2] * x.shape[3])  # the columns of a pointwise conv
     bounds, group = _blocks(n, ckk, p, x.itemsize), _group(ckk, p, x.itemsize)
+    if winograd_path:  # images one by one: as many blocks as the partial sums allow, to balance the threads
+        count = min(n, _MAX_BLOCKS)
+        bounds = [t * n // count for t in range(count + 1)]
     nblocks = len(bounds) - 1
     db_parts = np.zeros((nblocks, f))
     alpha_parts = np.zeros(nblocks)
-    dw_parts = None if winograd_path else np.empty((nblocks, ckk, f), dy.dtype)  # transposed
+    if winograd_path:  # transform-domain weight gradients (16, F, C) per block; U of dx's convolution
+        dw_parts = np.empty((nblocks, 16, f, c), dy.dtype)
+        u_dx = winograd.transform_weights(weight, for_dx=True) if dx is not None else None
+    else:
+        dw_parts = np.empty((nblocks, ckk, f), dy.dtype)  # transposed
+
+    def winograd_block(t):
+        """Image by image: dz (in (N, F, P) order), its dbias, dU, and dx = dz convolved
+        with the turned filters, padding 2 - p, while the image is in cache."""
+        asum = 0.0
+        for i in range(bounds[t], bounds[t + 1]):
+            dzi = dz3[i].reshape(f, 1, p)
+            asum += dz_act(dy3[i:i + 1], y3[i:i + 1], z3[i:i + 1], dzi, alpha)
+            _add_dbias(dzi, db_parts[t])
+            winograd.dweight_image(x[i], dz_work[i], pad_h, pad_w, dw_parts[t], i == bounds[t])
+            if dx is not None:
+                winograd.conv_image(dz_work[i], u_dx, None, dx[i], None, 2 - pad_h, 2 - pad_w, IDENTITY, 0.0)
+        alpha_parts[t] = asum
 
     def block(t):
         asum = 0.0
-        if winograd_path:  # dz in (N, F, P) for the transforms below
-            for i in range(bounds[t], bounds[t + 1]):
-                dzi = dz3[i].reshape(f, 1, p)
-                asum += dz_act(dy3[i:i + 1], y3[i:i + 1], z3[i:i + 1], dzi, alpha)
-                _add_dbias(dzi, db_parts[t])
-            alpha_parts[t] = asum
-            return
         part = dw_parts[t]
         with quiet_fp():
             for g0 in range(bounds[t], bounds[t + 1], group):
@@ -275,16 +295,13 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
                     _col2im(cols, dx[g0:g1], kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
         alpha_parts[t] = asum
 
-    run_tasks(block, nblocks)
+    run_tasks(winograd_block if winograd_path else block, nblocks)
     if dbias is not None:
         dbias[...] = db_parts.sum(axis=0)
     if dalpha is not None:
         dalpha[0] = alpha_parts.sum()
     if winograd_path:
-        winograd.dweight(x, dz_work, pad_h, pad_w, dweight)
-        if dx is not None:  # dx = dz convolved with the turned weights, padding 2 - p
-            u = winograd.transform_weights(weight, for_dx=True)
-            winograd.conv(dz_work, u, None, dx, None, 2 - pad_h, 2 - pad_w, IDENTITY, 0.0)
+        winograd.finish_dweight(dw_parts.sum(axis=0), dweight)
         return
     with quiet_fp():
         dweight.reshape(f, ckk)[...] = dw_parts.sum(axis=0).T

@@ -6,15 +6,31 @@ Each 2x2 block of outputs (a tile) of output channel f is
                                          V = B^T d B (4x4, from the tile's input patch d[c]),
 16 multiply-adds per (f, c) and tile where a direct convolution does 36: one
 GEMM per position xi of the 4x4 transform domain, M[xi] (F, T) = U[xi] (F, C) @
-V[xi] (C, T), here one batched np.matmul over the 16 positions.
+V[xi] (C, T), one stacked np.matmul over the 16 positions.
   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
   A^T = [1 1 1 0; 0 1 -1 -1]
 Backward: dx is the same convolution of dz with each filter turned 180 degrees
 and C, F swapped, padding 2 - p; dweight = G^T dU G with dU[xi] = sum over
-tiles dM[xi] (F, T) @ V[xi]^T, dM = A dY A^T. Tiles are numbered
-l = (b * TH + i) * TW + j within a chunk of images; outputs past OH/OW are
-computed and dropped, their dY is zero.
+tiles dM[xi] (F, T) @ V[xi]^T, dM = A dY A^T. Outputs past OH/OW are computed
+and dropped, their dY is zero.
+
+Work goes image by image, in bands of whole tile rows sized so that a band's V
+and M stay in the core's L2 (_BAND_BYTES), as tasks of runtime.run_tasks on
+fastnn's threads: transform, multiply (one single-threaded stacked matmul) and
+transform back while the band is in cache, as conv_winograd.cpp does, instead
+of whole-batch passes through memory.
+
+The transforms vectorize along a band's tiles. A padded map is split into its
+four parity planes P[a, b][i, t] = xpad[2i + a, 2t + b], i < rows + 1, t < TE =
+TW + 1, stored flat (q = i * TE + t); tile (i, t)'s 4x4 patch is then those
+planes at q, q + 1, q + TE and q + TE + 1, so every transform is a few loops
+over q with constant offsets, LLVM's vector loops whatever the map's width
+(loops over one tile row of a 16x16 map, 8 tiles, never reached a 16-lane
+vector body). The price is one extra tile per tile row (t = TW, its V set to 0,
+its outputs dropped): 1/TE more GEMM columns. The adds are those of the
+per-tile formulas below in the same order, so the results do not depend on the
+band or the thread count.
 """
 from __future__ import annotations
 
@@ -23,38 +39,18 @@ import functools
 import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
-from .activation import act_value
-from .runtime import JIT, njit, prange, quiet_fp, scratch, threads_for
-
-# Groups of tasks a parallel transform splits its work into (row buffers allocated once per group).
-_GROUPS = 64
-
-
-@njit(**JIT)
-def _group_tasks(grp, ntasks):
-    """The tasks [begin, end) of group grp when ntasks are split into _GROUPS groups."""
-    per = (ntasks + _GROUPS - 1) // _GROUPS
-    return grp * per, min(ntasks, (grp + 1) * per)
+from .activation import IDENTITY, act_value
+from .runtime import JIT, njit, quiet_fp, scratch
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
-# 'auto' or 'im2col': im2col + GEMM; 'winograd': this path wherever it applies
-# (set_algorithm). Unlike the C++ backend, 'auto' keeps im2col here: in a
-# Numba-only process, Conv2d 32->32 3x3 + ReLU on (64, 32, 32, 32) ran forward
-# 20 ms / backward 43 ms with im2col against 25 / 67 ms with this path (and
-# im2col now runs image by image on Python threads: 13.5 / 25 ms). Its GEMMs are
-# cheaper, but each chunk alternates three Numba parallel regions with the
-# OpenBLAS matmuls, and the transforms, scalar loops over (image, channel) here,
-# do not vectorize as the C++ ones do. It stays the readable mirror of
-# conv_winograd.cpp, tested against the same references. Measured again on one
-# thread (2026-11-30, 32->32 at 32x32, 64 images): input transform 9.8 ms, dY
-# transform 7.4 ms, output transform 5.5 ms, against 10.5 ms for the 16 batched
-# GEMMs; im2col's forward takes 24 ms. Much of that is memory: a chunk's V and M
-# (up to 32 MiB each) leave the caches, while the C++ path transforms, multiplies
-# and transforms back blocks that stay in L2. On chunks of 2 images (in cache)
-# the same loops take 6.0 / 5.6 ms per 64 images (32x32) and 3.2 / 2.9 ms (16x16);
-# L2-sized blocks as tasks (as the im2col path's groups), with transforms at a
-# third of that, would make this path about 1.5x faster than im2col here.
+# A band's V and M (16 * (C + F) values per tile): about one 1-2 MiB L2 (whole 16x16 and
+# 32x32 maps of up to 64 channels: their GEMMs, 72-272 tiles wide, ran faster than halves).
+_BAND_BYTES = 1 << 20
+
+# 'auto': Winograd where both channel counts are >= 16 (as the C++ backend:
+# below that the 16 GEMMs are too thin to pay for the transforms), 'im2col':
+# im2col + GEMM, 'winograd': this path wherever it applies (set_algorithm).
 _ALGORITHM = ["auto"]
 
 
@@ -64,185 +60,307 @@ def set_algorithm(name):
     _ALGORITHM[0] = name
 
 
-def applies(kh, kw, sh, sw, ph, pw, oh, ow):
-    """Whether a convolution takes the Winograd path: 3x3, stride 1, padding <= 2, and asked for."""
+def applies(kh, kw, sh, sw, ph, pw, oh, ow, c, f):
+    """Whether a convolution takes the Winograd path: 3x3, stride 1, padding <= 2, and
+    'winograd', or 'auto' with C, F >= 16."""
     if (kh, kw, sh, sw) != (3, 3, 1, 1) or ph > 2 or pw > 2 or oh < 1 or ow < 1:
         return False
-    return _ALGORITHM[0] == "winograd"
+    algo = _ALGORITHM[0]
+    return algo == "winograd" or (algo == "auto" and c >= 16 and f >= 16)
 
 
 def transform_weights(weight, for_dx=False):
     """U (16, rows, cols) = G g G^T per filter; rows = F, cols = C (forward) or, for dx,
     rows = C, cols = F with each filter turned 180 degrees."""
-    g = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if for_dx else weight
-    u = np.einsum("ik,ockl,jl->ijoc", _G.astype(weight.dtype), g, _G.astype(weight.dtype))
-    return np.ascontiguousarray(u.reshape(16, g.shape[0], g.shape[1]))
+    f, c = weight.shape[:2]
+    u = np.empty((16, c, f) if for_dx else (16, f, c), weight.dtype)
+    _weights_forward(weight, u, for_dx)
+    return u
 
 
-@njit(parallel=True, **JIT)
-def _input_transform(x, v, ph, pw, th, tw):
-    """v[xi, c, l] = (B^T d B)[xi] of tile l's 4x4 input patch d (0 outside the image).
-    Per (image, channel, tile row): the rows of B^T d over the padded row, split into
-    even (e) and odd (o) columns, then each tile's columns
-    (e[t] - e[t+1], o[t] + e[t+1], e[t+1] - o[t], o[t] - o[t+1])."""
-    nb, c, h, w = x.shape
-    wp, te = 2 * tw + 2, tw + 1
-    for grp in prange(_GROUPS):  # a few groups of (image, channel) tasks: one set of row buffers each
-        rows = np.zeros((4, wp), x.dtype)
-        eo = np.empty((8, te), x.dtype)
-        begin, end = _group_tasks(grp, nb * c)
-        for task in range(begin, end):
-            b = task // c
-            ch = task % c
-            for i in range(th):
-                for r in range(4):
-                    ih = 2 * i - ph + r
-                    if 0 <= ih < h:
-                        for j in range(wp):
-                            iw = j - pw
-                            rows[r, j] = x[b, ch, ih, iw] if 0 <= iw < w else 0
+@njit(**JIT)
+def _weights_forward(weight, u, for_dx):
+    """u[4i + j, f, c] (u[., c, f] for dx, the filter turned) = (G g G^T)[i, j] of g = weight[f, c]:
+    rows of G g = (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2), then the same on each row."""
+    nf, nc = weight.shape[:2]
+    T = weight.dtype.type
+    half = T(0.5)
+    gg = np.empty((4, 3), weight.dtype)
+    for f in range(nf):
+        for c in range(nc):
+            g = weight[f, c]
+            for k in range(3):
+                col = 2 - k if for_dx else k
+                g0, g1, g2 = (g[2, col], g[1, col], g[0, col]) if for_dx else (g[0, col], g[1, col], g[2, col])
+                gg[0, k], gg[1, k] = g0, (g0 + g1 + g2) * half
+                gg[2, k], gg[3, k] = (g0 - g1 + g2) * half, g2
+            for i in range(4):
+                r0, r1, r2 = gg[i, 0], gg[i, 1], gg[i, 2]
+                row = (r0, (r0 + r1 + r2) * half, (r0 - r1 + r2) * half, r2)
+                for j in range(4):
+                    if for_dx:
+                        u[4 * i + j, c, f] = row[j]
                     else:
-                        rows[r, :] = 0
+                        u[4 * i + j, f, c] = row[j]
+
+
+def bands(oh, ow, c, f, itemsize):
+    """[(i0, rows)]: the tile rows of one image split into bands of about _BAND_BYTES of V
+    and M, evenly (a function of the shapes only)."""
+    th, te = (oh + 1) // 2, (ow + 1) // 2 + 1
+    most = max(1, _BAND_BYTES // (16 * (c + f) * te * itemsize))
+    count = -(-th // most)
+    rows = -(-th // count)
+    return [(i0, min(rows, th - i0)) for i0 in range(0, th, rows)]
+
+
+@njit(**JIT)
+def _plane_index(h, w, ph, pw, r0, nrows, te):
+    """idx[2a + b, i * te + t] = the flat index in an (h, w) map of padded pixel (r0 + 2i + a,
+    2t + b), shifted by (ph, pw), or -1 outside the map: i < nrows, t < te. The parity planes
+    are gathered through it, one loop per plane over a band's tiles (copying row by row,
+    TE values at a time, took 3x as long)."""
+    idx = np.empty((4, nrows * te), np.int64)
+    for a in range(2):
+        for i in range(nrows):
+            r = r0 + 2 * i + a - ph
+            for b in range(2):
                 for t in range(te):
-                    eo[0, t] = rows[0, 2 * t] - rows[2, 2 * t]
-                    eo[1, t] = rows[0, 2 * t + 1] - rows[2, 2 * t + 1]
-                    eo[2, t] = rows[1, 2 * t] + rows[2, 2 * t]
-                    eo[3, t] = rows[1, 2 * t + 1] + rows[2, 2 * t + 1]
-                    eo[4, t] = rows[2, 2 * t] - rows[1, 2 * t]
-                    eo[5, t] = rows[2, 2 * t + 1] - rows[1, 2 * t + 1]
-                    eo[6, t] = rows[1, 2 * t] - rows[3, 2 * t]
-                    eo[7, t] = rows[1, 2 * t + 1] - rows[3, 2 * t + 1]
-                l0 = (b * th + i) * tw
-                for k in range(4):
-                    e = eo[2 * k]
-                    o = eo[2 * k + 1]
-                    for t in range(tw):
-                        v[4 * k, ch, l0 + t] = e[t] - e[t + 1]
-                        v[4 * k + 1, ch, l0 + t] = o[t] + e[t + 1]
-                        v[4 * k + 2, ch, l0 + t] = e[t + 1] - o[t]
-                        v[4 * k + 3, ch, l0 + t] = o[t] - o[t + 1]
+                    col = 2 * t + b - pw
+                    inside = 0 <= r < h and 0 <= col < w
+                    idx[2 * a + b, i * te + t] = r * w + col if inside else -1
+    return idx
 
 
-@njit(parallel=True, **JIT)
-def _grad_transform(dy, m, th, tw):
-    """m[xi, f, l] = (A dY A^T)[xi] of tile l's 2x2 block of dy (0 past OH/OW): with the
-    block's rows (a, b) and (c, e), A dY = rows (a, b), (a + c, b + e), (a - c, b - e),
-    (-c, -e), and each row (u, v) becomes (u, u + v, u - v, -v). Per (image, channel,
-    tile row): the two output rows padded to 2 TW, then one pass along the tiles."""
-    nb, f, oh, ow = dy.shape
-    for grp in prange(_GROUPS):
-        r = np.zeros((2, 2 * tw), dy.dtype)
-        begin, end = _group_tasks(grp, nb * f)
-        for task in range(begin, end):
-            bi = task // f
-            k = task % f
-            for i in range(th):
-                for rr in range(2):
-                    oi = 2 * i + rr
-                    for j in range(ow):
-                        r[rr, j] = dy[bi, k, oi, j] if oi < oh else 0
-                # Row k of A dY, as (u, v) per tile, then its four columns: one loop per row
-                # keeps each to four store streams (sixteen in one loop did not vectorize).
-                l0 = (bi * th + i) * tw
-                for kk in range(4):
-                    for t in range(tw):
-                        a, b, c, e = r[0, 2 * t], r[0, 2 * t + 1], r[1, 2 * t], r[1, 2 * t + 1]
-                        if kk == 0:
-                            u, v = a, b
-                        elif kk == 1:
-                            u, v = a + c, b + e
-                        elif kk == 2:
-                            u, v = a - c, b - e
-                        else:
-                            u, v = -c, -e
-                        m[4 * kk, k, l0 + t] = u
-                        m[4 * kk + 1, k, l0 + t] = u + v
-                        m[4 * kk + 2, k, l0 + t] = u - v
-                        m[4 * kk + 3, k, l0 + t] = -v
+@njit(inline="always", **JIT)
+def _gather(src, idx, dst):
+    """dst[q] = src[idx[q]], 0 where idx[q] < 0."""
+    for q in range(idx.size):
+        i = idx[q]
+        dst[q] = src[i] if i >= 0 else 0
+
+
+@njit(**JIT)
+def _input_transform(x, v, ph, pw, i0, rows, te):
+    """v[xi, c * n + q] (v: (16, C * n), n = rows * te) = (B^T d B)[xi] of channel c's band
+    tile q = i * te + t (tile row i0 + i; 0 at t = te - 1), d its 4x4 input patch. With the
+    patch's rows d0..d3 (columns 2t .. 2t + 3): the rows of B^T d are (d0 - d2, d1 + d2,
+    d2 - d1, d1 - d3), then each row (e0, o0, e1, o1) -> (e0 - e1, o0 + e1, e1 - o0, o0 - o1),
+    as conv_winograd.cpp. Flat over (c, q): the patch rows are the parity planes of rows i
+    (d0, d1) and i + 1 (d2, d3), columns t and t + 1, so each step is one long loop."""
+    c, h, w = x.shape
+    n = rows * te
+    size = c * n
+    xf = x.ravel()
+    near = _plane_index(h, w, ph, pw, 2 * i0, rows, te)  # rows i: planes (a, b) at [2a + b]
+    far = _plane_index(h, w, ph, pw, 2 * i0 + 2, rows, te)  # rows i + 1
+    p = np.empty((8, size + 1), x.dtype)  # [2a + b]: plane (a, b) at tile row i, [4 + 2a + b]: at i + 1
+    for ch in range(c):
+        src = xf[ch * h * w:(ch + 1) * h * w]
+        for k in range(4):
+            _gather(src, near[k], p[k, ch * n:(ch + 1) * n])
+            _gather(src, far[k], p[4 + k, ch * n:(ch + 1) * n])
+    p[:, size] = 0
+    tt = np.empty((8, size + 1), x.dtype)  # rows of B^T d at even (2k) and odd (2k + 1) columns
+    for par in range(2):
+        d0, d1, d2, d3 = p[par], p[2 + par], p[4 + par], p[6 + par]
+        t0, t1, t2, t3 = tt[par], tt[2 + par], tt[4 + par], tt[6 + par]
+        for q in range(size + 1):
+            t0[q] = d0[q] - d2[q]
+        for q in range(size + 1):
+            t1[q] = d1[q] + d2[q]
+        for q in range(size + 1):
+            t2[q] = d2[q] - d1[q]
+        for q in range(size + 1):
+            t3[q] = d1[q] - d3[q]
+    for k in range(4):
+        e, o = tt[2 * k], tt[2 * k + 1]
+        v0, v1, v2, v3 = v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]
+        for q in range(size):
+            v0[q] = e[q] - e[q + 1]
+        for q in range(size):
+            v1[q] = o[q] + e[q + 1]
+        for q in range(size):
+            v2[q] = e[q + 1] - o[q]
+        for q in range(size):
+            v3[q] = o[q] - o[q + 1]
+    for q in range(te - 1, size, te):
+        for xi in range(16):
+            v[xi, q] = 0
+
+
+@njit(**JIT)
+def _grad_transform(dz, m, i0, rows, te):
+    """m[xi, f * n + q] (m: (16, F * n)) = (A dY A^T)[xi] of band tile q's 2x2 block of dz
+    (0 past OH/OW and at t = te - 1): with the block's rows (a, b) and (c, e), A dY = rows
+    (a, b), (a + c, b + e), (a - c, b - e), (-c, -e), and each row (u, v) becomes
+    (u, u + v, u - v, -v). Flat over (f, q), as _input_transform."""
+    f = dz.shape[0]
+    n = rows * te
+    size = f * n
+    oh, ow = dz.shape[1:]
+    dzf = dz.ravel()
+    idx = _plane_index(oh, ow, 0, 0, 2 * i0, rows, te)
+    p = np.empty((4, size), dz.dtype)
+    for k in range(f):
+        for j in range(4):
+            _gather(dzf[k * oh * ow:(k + 1) * oh * ow], idx[j], p[j, k * n:(k + 1) * n])
+    a, b, c, e = p[0], p[1], p[2], p[3]
+    uv = np.empty((2, size), dz.dtype)
+    for kk in range(4):
+        u, v = uv[0], uv[1]
+        if kk == 0:
+            u, v = a, b
+        elif kk == 1:
+            for q in range(size):
+                u[q] = a[q] + c[q]
+            for q in range(size):
+                v[q] = b[q] + e[q]
+        elif kk == 2:
+            for q in range(size):
+                u[q] = a[q] - c[q]
+            for q in range(size):
+                v[q] = b[q] - e[q]
+        else:
+            for q in range(size):
+                u[q] = -c[q]
+            for q in range(size):
+                v[q] = -e[q]
+        m0, m1, m2, m3 = m[4 * kk], m[4 * kk + 1], m[4 * kk + 2], m[4 * kk + 3]
+        for q in range(size):
+            m0[q] = u[q]
+        for q in range(size):
+            m1[q] = u[q] + v[q]
+        for q in range(size):
+            m2[q] = u[q] - v[q]
+        for q in range(size):
+            m3[q] = -v[q]
 
 
 @functools.cache
 def _output_kernel(code):
-    """The output transform compiled for one activation code as a constant (as the
-    conv epilogue kernels): y = act(A^T M A + bias[f]), z = the pre-activation when kept."""
-    @njit(parallel=True, **JIT)
-    def output_transform(m, y, z, bias, has_bias, save_z, alpha, th, tw):
-        nb, f, oh, ow = y.shape
+    """The output transform compiled for one activation code as a constant (as the conv
+    epilogue kernels): y = act(A^T M A + bias[f]), z = the pre-activation when kept."""
+    @njit(**JIT)
+    def output_transform(m, y, z, bias, has_bias, save_z, alpha, i0, rows, te):
+        """m: (16, F * n). With the tile's M rows m0..m3: a = m0 + m1 + m2, b = m1 - m2 - m3
+        (per column), then each of them (r0, r1, r2, r3) -> (r0 + r1 + r2, r1 - r2 - r3) + bias,
+        flat over (f, q)."""
+        f, oh, ow = y.shape
+        n = rows * te
+        size = f * n
         T = y.dtype.type
-        for grp in prange(_GROUPS):
-            r = np.empty((2, 2 * tw), y.dtype)
-            begin, end = _group_tasks(grp, nb * f)
-            for task in range(begin, end):
-                bi = task // f
-                k = task % f
-                bk = bias[k] if has_bias else T(0)
-                for i in range(th):
-                    l0 = (bi * th + i) * tw
-                    for t in range(tw):
-                        q = m[:, k, l0 + t]
-                        a0, a1 = q[0] + q[4] + q[8], q[1] + q[5] + q[9]
-                        a2, a3 = q[2] + q[6] + q[10], q[3] + q[7] + q[11]
-                        b0, b1 = q[4] - q[8] - q[12], q[5] - q[9] - q[13]
-                        b2, b3 = q[6] - q[10] - q[14], q[7] - q[11] - q[15]
-                        r[0, 2 * t], r[0, 2 * t + 1] = a0 + a1 + a2, a1 - a2 - a3
-                        r[1, 2 * t], r[1, 2 * t + 1] = b0 + b1 + b2, b1 - b2 - b3
-                    for rr in range(2):
-                        oi = 2 * i + rr
-                        if oi >= oh:
-                            break
-                        for j in range(ow):
-                            pre = r[rr, j] + bk
-                            if save_z:
-                                z[bi, k, oi, j] = pre
-                            y[bi, k, oi, j] = T(act_value(pre, code, alpha))
+        bq = np.empty(size, y.dtype)  # bias[f] at every (f, q)
+        for k in range(f):
+            bq[k * n:(k + 1) * n] = bias[k] if has_bias else T(0)
+        ab = np.empty((8, size), y.dtype)
+        for s in range(4):
+            a, b = ab[s], ab[4 + s]
+            m0, m1, m2, m3 = m[s], m[4 + s], m[8 + s], m[12 + s]
+            for q in range(size):
+                a[q] = m0[q] + m1[q] + m2[q]
+            for q in range(size):
+                b[q] = m1[q] - m2[q] - m3[q]
+        out = np.empty((4, size), y.dtype)  # the tiles' outputs (r, s) at out[2r + s]
+        for r in range(2):
+            r0, r1, r2, r3 = ab[4 * r], ab[4 * r + 1], ab[4 * r + 2], ab[4 * r + 3]
+            y0, y1 = out[2 * r], out[2 * r + 1]
+            for q in range(size):
+                y0[q] = r0[q] + r1[q] + r2[q] + bq[q]
+            for q in range(size):
+                y1[q] = r1[q] - r2[q] - r3[q] + bq[q]
+        where = _scatter_index(oh, ow, i0, rows, te, size)
+        first = 2 * i0 * ow
+        flat = out.ravel()
+        if save_z:
+            zf = z.ravel()
+            for k in range(f):
+                _gather(flat[k * n:], where, zf[k * oh * ow + first:k * oh * ow + first + where.size])
+        if code != IDENTITY:
+            for j in range(4):
+                o = out[j]
+                for q in range(size):
+                    o[q] = T(act_value(o[q], code, alpha))
+        yf = y.ravel()
+        for k in range(f):
+            _gather(flat[k * n:], where, yf[k * oh * ow + first:k * oh * ow + first + where.size])
 
     return output_transform
 
 
-def _chunk(per_image):
-    """Images per chunk: the chunk's transform-domain arrays stay under ~32 MiB (few large
-    chunks, as the im2col path: each alternates Numba regions with an OpenBLAS matmul)."""
-    return max(1, (32 << 20) // max(1, per_image))
+@njit(**JIT)
+def _scatter_index(oh, ow, i0, rows, te, size):
+    """idx[(oi - 2 i0) * OW + oj] = where output pixel (oi, oj) of the band's rows is in
+    (4, size) tile outputs out[2r + s, i * te + t] (flat): r, s = oi, oj mod 2, i = oi // 2 - i0,
+    t = oj // 2."""
+    first, last = 2 * i0, min(oh, 2 * (i0 + rows))
+    idx = np.empty((last - first) * ow, np.int64)
+    for oi in range(first, last):
+        for oj in range(ow):
+            idx[(oi - first) * ow + oj] = (2 * (oi % 2) + oj % 2) * size + (oi // 2 - i0) * te + oj // 2
+    return idx
 
 
-def conv(x, u, bias, y, z, ph, pw, act, alpha):
-    """y = act(conv3x3(x, U) + bias), stride 1, padding (ph, pw); U from transform_weights."""
-    n, c, h, w = x.shape
-    f = u.shape[1]
-    oh, ow = y.shape[2:]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
+def conv_image(x, u, bias, y, z, ph, pw, act, alpha):
+    """y (F, OH, OW) = act(conv3x3(x (C, H, W), U) + bias) for one image, stride 1, padding
+    (ph, pw), band by band on the calling thread; z the pre-activation or None."""
+    c = x.shape[0]
+    f, oh, ow = y.shape
+    te = (ow + 1) // 2 + 1
     save_z = z is not None and ACTIVATIONS[act] in SAVES_PREACTIVATION
-    zz = z if save_z else np.empty((0, 0, 0, 0), y.dtype)
-    b = bias if bias is not None else np.empty(0, y.dtype)
+    zz = z if save_z else y[:0]
+    b = bias if bias is not None else y[0, 0, :0]
     kernel = _output_kernel(act)
-    step = _chunk(16 * (c + f) * th * tw * x.itemsize)
-    for b0 in range(0, n, step):
-        b1 = min(n, b0 + step)
-        v = scratch("v", (16, c, (b1 - b0) * th * tw), x.dtype)
-        m = scratch("m", (16, f, (b1 - b0) * th * tw), x.dtype)
-        with threads_for(v.size):
-            _input_transform(x[b0:b1], v, ph, pw, th, tw)
+    for i0, rows in bands(oh, ow, c, f, x.itemsize):
+        v = scratch("wino_v", (16, c, rows * te), x.dtype)
+        m = scratch("wino_m", (16, f, rows * te), x.dtype)
+        _input_transform(x, v.reshape(16, -1), ph, pw, i0, rows, te)
         with quiet_fp():
             np.matmul(u, v, out=m)
-        with threads_for(m.size):
-            kernel(m, y[b0:b1], zz[b0:b1] if save_z else zz, b, bias is not None, save_z, alpha, th, tw)
+        kernel(m.reshape(16, -1), y, zz, b, bias is not None, save_z, alpha, i0, rows, te)
 
 
-def dweight(x, dz, ph, pw, out):
-    """out (F, C, 3, 3) = the weight gradient from x and dz (N, F, OH, OW)."""
-    n, c = x.shape[:2]
-    f, oh, ow = dz.shape[1:]
-    th, tw = (oh + 1) // 2, (ow + 1) // 2
-    du = np.zeros((16, f, c), dz.dtype)
-    step = _chunk(16 * (c + f) * th * tw * x.itemsize)
-    for b0 in range(0, n, step):
-        b1 = min(n, b0 + step)
-        v = scratch("v", (16, c, (b1 - b0) * th * tw), x.dtype)
-        m = scratch("m", (16, f, (b1 - b0) * th * tw), x.dtype)
-        with threads_for(v.size):
-            _input_transform(x[b0:b1], v, ph, pw, th, tw)
-            _grad_transform(dz[b0:b1], m, th, tw)
+def dweight_image(x, dz, ph, pw, du, first):
+    """du (16, F, C) = (first) or += the transform-domain weight gradient of one image:
+    sum over its tiles of dM[xi] @ V[xi]^T, band by band in order."""
+    c = x.shape[0]
+    f, oh, ow = dz.shape
+    te = (ow + 1) // 2 + 1
+    for i0, rows in bands(oh, ow, c, f, x.itemsize):
+        v = scratch("wino_v", (16, c, rows * te), x.dtype)
+        m = scratch("wino_m", (16, f, rows * te), x.dtype)
+        _input_transform(x, v.reshape(16, -1), ph, pw, i0, rows, te)
+        _grad_transform(dz, m.reshape(16, -1), i0, rows, te)
         with quiet_fp():
-            du += np.matmul(m, v.transpose(0, 2, 1))
-    g = _G.astype(dz.dtype)
-    out[...] = np.einsum("ki,ijfc,jl->fckl", g.T, du.reshape(4, 4, f, c), g)
+            if first:
+                np.matmul(m, v.transpose(0, 2, 1), out=du)
+                first = False
+            else:
+                du += np.matmul(m, v.transpose(0, 2, 1))
+
+
+def finish_dweight(du, out):
+    """out (F, C, 3, 3) = G^T dU G, from the summed du (16, F, C)."""
+    _weights_backward(np.ascontiguousarray(du), out)
+
+
+@njit(**JIT)
+def _weights_backward(du, out):
+    """out[f, c] = G^T dU[f, c] G (3x3 from 4x4): G^T's rows applied to the columns
+    (d0 + (d1 + d2) / 2, (d1 - d2) / 2, (d1 + d2) / 2 + d3), then to the rows."""
+    nf, nc = du.shape[1:]
+    T = du.dtype.type
+    half = T(0.5)
+    cols = np.empty((3, 4), du.dtype)
+    for f in range(nf):
+        for c in range(nc):
+            for j in range(4):
+                d0, d1, d2, d3 = du[j, f, c], du[4 + j, f, c], du[8 + j, f, c], du[12 + j, f, c]
+                cols[0, j] = d0 + (d1 + d2) * half
+                cols[1, j] = (d1 - d2) * half
+                cols[2, j] = (d1 + d2) * half + d3
+            for k in range(3):
+                d0, d1, d2, d3 = cols[k, 0], cols[k, 1], cols[k, 2], cols[k, 3]
+                out[f, c, k, 0] = d0 + (d1 + d2) * half
+                out[f, c, k, 1] = (d1 - d2) * half
+                out[f, c, k, 2] = (d1 + d2) * half + d3
