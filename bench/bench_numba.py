@@ -44,7 +44,8 @@ from fastnn.backend import registry  # noqa: E402
 from fastnn.backend.codes import HYPER_FIELDS  # noqa: E402
 
 BACKENDS = ["cpp", "numba"]   # plus "numba@REV" with --before REV
-BAR = {"conv": 3.0, "conv_first": 3.0}   # the convolutions; everything else 2.0
+REV_HELPERS = ("conv_winograd",)   # helper modules --before REV also takes at REV
+BAR = {"conv": 3.0, "conv_first": 3.0, "conv_32_64": 3.0, "conv_64": 3.0}   # the convolutions; everything else 2.0
 
 
 def _both(fn):
@@ -60,28 +61,45 @@ def _numba_at(rev):
     """Registers the Numba kernels of git revision ``rev`` as backend "numba@rev":
     each kernel module's source at rev, imported under a private name inside
     fastnn.backend.numba (so its relative imports bind the current runtime and
-    helpers), its kernels looked up by the names the current package registers."""
+    helpers), its kernels looked up by the names the current package registers.
+    A helper module listed in REV_HELPERS is taken at rev too, for the kernel
+    modules of rev that import it (conv_winograd: conv.py's Winograd path)."""
     name = f"numba@{rev}"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     where = os.path.join(tempfile.gettempdir(), f"fastnn-bench-numba-{rev}")   # Numba's cache stays across runs
     os.makedirs(where, exist_ok=True)
+
+    def load(mod):
+        src = subprocess.run(["git", "show", f"{rev}:fastnn/backend/numba/{mod}.py"], cwd=root, check=True,
+                             capture_output=True, text=True).stdout
+        path = os.path.join(where, f"{mod}.py")
+        if not os.path.exists(path) or open(path).read() != src:
+            with open(path, "w") as out:
+                out.write(src)
+        spec = importlib.util.spec_from_file_location(f"fastnn.backend.numba._at_{mod}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    package = sys.modules["fastnn.backend.numba"]
+    current = {mod: sys.modules[f"fastnn.backend.numba.{mod}"] for mod in REV_HELPERS}
     modules = {}
-    for op in registry.ops_of("numba"):
-        fn = registry.lookup(op, "numba")
-        mod = fn.__module__.rsplit(".", 1)[1]
-        if mod not in modules:
-            src = subprocess.run(["git", "show", f"{rev}:fastnn/backend/numba/{mod}.py"], cwd=root, check=True,
-                                 capture_output=True, text=True).stdout
-            path = os.path.join(where, f"{mod}.py")
-            if not os.path.exists(path) or open(path).read() != src:
-                with open(path, "w") as out:
-                    out.write(src)
-            spec = importlib.util.spec_from_file_location(f"fastnn.backend.numba._at_{mod}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-            modules[mod] = module
-        registry.register(name, op, getattr(modules[mod], fn.__name__))
+    try:
+        for mod in REV_HELPERS:   # bound by the rev's kernel modules' "from . import mod" below
+            old = load(mod)
+            sys.modules[f"fastnn.backend.numba.{mod}"] = old
+            setattr(package, mod, old)
+        for op in registry.ops_of("numba"):
+            fn = registry.lookup(op, "numba")
+            mod = fn.__module__.rsplit(".", 1)[1]
+            if mod not in modules:
+                modules[mod] = load(mod)
+            registry.register(name, op, getattr(modules[mod], fn.__name__))
+    finally:
+        for mod, module in current.items():
+            sys.modules[f"fastnn.backend.numba.{mod}"] = module
+            setattr(package, mod, module)
     registry.mark_loaded(name)
     return name
 
@@ -146,6 +164,14 @@ def _outputs_close(name, run, out, rtol, atol):
 
 def conv_relu_first(rng):
     return conv_relu(rng, c=3, f=32, h=32)
+
+
+def conv_relu_32_64(rng):
+    return conv_relu(rng, c=32, f=64, h=16)
+
+
+def conv_relu_64(rng):
+    return conv_relu(rng, c=64, f=64, h=16)
 
 
 def avgpool(rng):
@@ -292,6 +318,8 @@ PATHS = {  # key: (label, factory)
     "linear": ("Linear+ReLU (256, 1024, 1024) fwd+bwd", linear_relu),
     "conv": ("Conv2d 32->32 3x3+ReLU (64, 32, 32, 32) fwd+bwd", conv_relu),
     "conv_first": ("Conv2d 3->32 3x3+ReLU (64, 3, 32, 32) fwd+bwd", conv_relu_first),
+    "conv_32_64": ("Conv2d 32->64 3x3+ReLU (64, 32, 16, 16) fwd+bwd", conv_relu_32_64),
+    "conv_64": ("Conv2d 64->64 3x3+ReLU (64, 64, 16, 16) fwd+bwd", conv_relu_64),
     "maxpool": ("MaxPool2d 2x2 (64, 32, 32, 32) fwd+bwd", maxpool),
     "avgpool": ("AvgPool2d 2x2 (64, 32, 32, 32) fwd+bwd", avgpool),
     "gelu": ("GELU (erf) 4M elements fwd+bwd", gelu),

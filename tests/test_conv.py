@@ -537,7 +537,7 @@ def test_conv2d_winograd_in_bands_of_tile_rows(backend, rng, monkeypatch):
             dy = rng.standard_normal(y.shape)
             whole.append(((x, wt, b, pad, dy), (y, *ops.conv2d_backward(dy, saved)[:3])))
         monkeypatch.setattr(conv_winograd, "_BAND_BYTES", 1)
-        assert len(conv_winograd.bands(13, 10, 3, 4, 8)) == 7
+        assert len(conv_winograd.bands(2, 13, 10, 3, 4, 8)) == 14
         for k, (n, c, h, w, f, pad) in enumerate(cases):
             _check_case((n, c, h, w, f, 3, 3, (1, 1), pad), "relu", np.float64, rng)
             (x, wt, b, pad, dy), want = whole[k]

@@ -175,11 +175,10 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     ckk, p = c * kh * kw, oh * ow
     if winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, c, f):
         u = winograd.transform_weights(weight)
-        runs = min(n, get_num_threads())  # one run of consecutive images per thread
+        runs = min(len(winograd.bands(n, oh, ow, c, f, x.itemsize)), get_num_threads())  # one run of bands per thread
 
         def run(t):
-            for i in range(t * n // runs, (t + 1) * n // runs):
-                winograd.conv_image(x[i], u, bias, y[i], None if z is None else z[i], pad_h, pad_w, act, alpha)
+            winograd.conv_images(x, u, bias, y, z, pad_h, pad_w, act, alpha, (t, runs))
 
         run_tasks(run, runs)
         return
@@ -247,17 +246,18 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
         dw_parts = np.empty((nblocks, ckk, f), dy.dtype)  # transposed
 
     def winograd_block(t):
-        """Image by image: dz (in (N, F, P) order), its dbias, dU, and dx = dz convolved
-        with the turned filters, padding 2 - p, while the image is in cache."""
+        """The block's dz (in (N, F, P) order, image by image), its dbias, dU, and dx = dz
+        convolved with the turned filters, padding 2 - p."""
+        b0, b1 = bounds[t], bounds[t + 1]
         asum = 0.0
-        for i in range(bounds[t], bounds[t + 1]):
+        for i in range(b0, b1):
             dzi = dz3[i].reshape(f, 1, p)
             asum += dz_act(dy3[i:i + 1], y3[i:i + 1], z3[i:i + 1], dzi, alpha)
             _add_dbias(dzi, db_parts[t])
-            winograd.dweight_image(x[i], dz_work[i], pad_h, pad_w, dw_parts[t], i == bounds[t])
-            if dx is not None:
-                winograd.conv_image(dz_work[i], u_dx, None, dx[i], None, 2 - pad_h, 2 - pad_w, IDENTITY, 0.0)
         alpha_parts[t] = asum
+        winograd.dweight_images(x[b0:b1], dz_work[b0:b1], pad_h, pad_w, dw_parts[t])
+        if dx is not None:
+            winograd.conv_images(dz_work[b0:b1], u_dx, None, dx[b0:b1], None, 2 - pad_h, 2 - pad_w, IDENTITY, 0.0)
 
     def block(t):
         asum = 0.0

@@ -104,14 +104,18 @@ def _weights_forward(weight, u, for_dx):
                         u[4 * i + j, f, c] = row[j]
 
 
-def bands(oh, ow, c, f, itemsize):
-    """[(i0, rows)]: the tile rows of one image split into bands of about _BAND_BYTES of V
-    and M, evenly (a function of the shapes only)."""
+def bands(n, oh, ow, c, f, itemsize):
+    """[(b0, b1, i0, rows)]: images [b0, b1), tile rows [i0, i0 + rows) of each, in bands of
+    about _BAND_BYTES of V and M: whole images together where one fits, else each image's
+    rows split evenly (a function of the shapes only)."""
     th, te = (oh + 1) // 2, (ow + 1) // 2 + 1
     most = max(1, _BAND_BYTES // (16 * (c + f) * te * itemsize))
+    if most >= th:
+        per = most // th
+        return [(b0, min(n, b0 + per), 0, th) for b0 in range(0, n, per)]
     count = -(-th // most)
     rows = -(-th // count)
-    return [(i0, min(rows, th - i0)) for i0 in range(0, th, rows)]
+    return [(b, b + 1, i0, min(rows, th - i0)) for b in range(n) for i0 in range(0, th, rows)]
 
 
 @njit(**JIT)
@@ -142,24 +146,28 @@ def _gather(src, idx, dst):
 
 @njit(**JIT)
 def _input_transform(x, v, ph, pw, i0, rows, te):
-    """v[xi, c * n + q] (v: (16, C * n), n = rows * te) = (B^T d B)[xi] of channel c's band
-    tile q = i * te + t (tile row i0 + i; 0 at t = te - 1), d its 4x4 input patch. With the
+    """v[xi, c * n + q] (v: (16, C * n), n = B * rows * te) = (B^T d B)[xi] of channel c's band
+    tile q = (b * rows + i) * te + t (image b of x (B, C, H, W), tile row i0 + i; 0 at
+    t = te - 1), d its 4x4 input patch. With the
     patch's rows d0..d3 (columns 2t .. 2t + 3): the rows of B^T d are (d0 - d2, d1 + d2,
     d2 - d1, d1 - d3), then each row (e0, o0, e1, o1) -> (e0 - e1, o0 + e1, e1 - o0, o0 - o1),
     as conv_winograd.cpp. Flat over (c, q): the patch rows are the parity planes of rows i
     (d0, d1) and i + 1 (d2, d3), columns t and t + 1, so each step is one long loop."""
-    c, h, w = x.shape
-    n = rows * te
+    nb, c, h, w = x.shape
+    one = rows * te
+    n = nb * one
     size = c * n
     xf = x.ravel()
     near = _plane_index(h, w, ph, pw, 2 * i0, rows, te)  # rows i: planes (a, b) at [2a + b]
     far = _plane_index(h, w, ph, pw, 2 * i0 + 2, rows, te)  # rows i + 1
     p = np.empty((8, size + 1), x.dtype)  # [2a + b]: plane (a, b) at tile row i, [4 + 2a + b]: at i + 1
     for ch in range(c):
-        src = xf[ch * h * w:(ch + 1) * h * w]
-        for k in range(4):
-            _gather(src, near[k], p[k, ch * n:(ch + 1) * n])
-            _gather(src, far[k], p[4 + k, ch * n:(ch + 1) * n])
+        for b in range(nb):
+            src = xf[(b * c + ch) * h * w:(b * c + ch + 1) * h * w]
+            at = ch * n + b * one
+            for k in range(4):
+                _gather(src, near[k], p[k, at:at + one])
+                _gather(src, far[k], p[4 + k, at:at + one])
     p[:, size] = 0
     tt = np.empty((8, size + 1), x.dtype)  # rows of B^T d at even (2k) and odd (2k + 1) columns
     for par in range(2):
@@ -192,19 +200,22 @@ def _input_transform(x, v, ph, pw, i0, rows, te):
 @njit(**JIT)
 def _grad_transform(dz, m, i0, rows, te):
     """m[xi, f * n + q] (m: (16, F * n)) = (A dY A^T)[xi] of band tile q's 2x2 block of dz
-    (0 past OH/OW and at t = te - 1): with the block's rows (a, b) and (c, e), A dY = rows
+    (B, F, OH, OW) (tiles as in _input_transform; 0 past OH/OW and at t = te - 1): with the block's rows (a, b) and (c, e), A dY = rows
     (a, b), (a + c, b + e), (a - c, b - e), (-c, -e), and each row (u, v) becomes
     (u, u + v, u - v, -v). Flat over (f, q), as _input_transform."""
-    f = dz.shape[0]
-    n = rows * te
+    nb, f, oh, ow = dz.shape
+    one = rows * te
+    n = nb * one
     size = f * n
-    oh, ow = dz.shape[1:]
     dzf = dz.ravel()
     idx = _plane_index(oh, ow, 0, 0, 2 * i0, rows, te)
     p = np.empty((4, size), dz.dtype)
     for k in range(f):
-        for j in range(4):
-            _gather(dzf[k * oh * ow:(k + 1) * oh * ow], idx[j], p[j, k * n:(k + 1) * n])
+        for b in range(nb):
+            src = dzf[(b * f + k) * oh * ow:(b * f + k + 1) * oh * ow]
+            at = k * n + b * one
+            for j in range(4):
+                _gather(src, idx[j], p[j, at:at + one])
     a, b, c, e = p[0], p[1], p[2], p[3]
     uv = np.empty((2, size), dz.dtype)
     for kk in range(4):
@@ -246,8 +257,9 @@ def _output_kernel(code):
         """m: (16, F * n). With the tile's M rows m0..m3: a = m0 + m1 + m2, b = m1 - m2 - m3
         (per column), then each of them (r0, r1, r2, r3) -> (r0 + r1 + r2, r1 - r2 - r3) + bias,
         flat over (f, q)."""
-        f, oh, ow = y.shape
-        n = rows * te
+        nb, f, oh, ow = y.shape
+        one = rows * te
+        n = nb * one
         size = f * n
         T = y.dtype.type
         bq = np.empty(size, y.dtype)  # bias[f] at every (f, q)
@@ -270,12 +282,14 @@ def _output_kernel(code):
             for q in range(size):
                 y1[q] = r1[q] - r2[q] - r3[q] + bq[q]
         where = _scatter_index(oh, ow, i0, rows, te, size)
-        first = 2 * i0 * ow
+        first, count = 2 * i0 * ow, where.size
         flat = out.ravel()
         if save_z:
             zf = z.ravel()
             for k in range(f):
-                _gather(flat[k * n:], where, zf[k * oh * ow + first:k * oh * ow + first + where.size])
+                for b in range(nb):
+                    at = (b * f + k) * oh * ow + first
+                    _gather(flat[k * n + b * one:], where, zf[at:at + count])
         if code != IDENTITY:
             for j in range(4):
                 o = out[j]
@@ -283,7 +297,9 @@ def _output_kernel(code):
                     o[q] = T(act_value(o[q], code, alpha))
         yf = y.ravel()
         for k in range(f):
-            _gather(flat[k * n:], where, yf[k * oh * ow + first:k * oh * ow + first + where.size])
+            for b in range(nb):
+                at = (b * f + k) * oh * ow + first
+                _gather(flat[k * n + b * one:], where, yf[at:at + count])
 
     return output_transform
 
@@ -301,40 +317,43 @@ def _scatter_index(oh, ow, i0, rows, te, size):
     return idx
 
 
-def conv_image(x, u, bias, y, z, ph, pw, act, alpha):
-    """y (F, OH, OW) = act(conv3x3(x (C, H, W), U) + bias) for one image, stride 1, padding
-    (ph, pw), band by band on the calling thread; z the pre-activation or None."""
-    c = x.shape[0]
-    f, oh, ow = y.shape
+def conv_images(x, u, bias, y, z, ph, pw, act, alpha, part=(0, 1)):
+    """y (B, F, OH, OW) = act(conv3x3(x (B, C, H, W), U) + bias), stride 1, padding (ph, pw),
+    band by band on the calling thread; z the pre-activation or None. part = (t, parts): only
+    the t-th of that many runs of consecutive bands (the bands, and so the GEMMs, are those
+    of the whole batch whoever takes them)."""
+    nb, c = x.shape[:2]
+    f, oh, ow = y.shape[1:]
     te = (ow + 1) // 2 + 1
     save_z = z is not None and ACTIVATIONS[act] in SAVES_PREACTIVATION
     zz = z if save_z else y[:0]
-    b = bias if bias is not None else y[0, 0, :0]
+    b = bias if bias is not None else y[0, 0, 0, :0]
     kernel = _output_kernel(act)
-    for i0, rows in bands(oh, ow, c, f, x.itemsize):
-        v = scratch("wino_v", (16, c, rows * te), x.dtype)
-        m = scratch("wino_m", (16, f, rows * te), x.dtype)
-        _input_transform(x, v.reshape(16, -1), ph, pw, i0, rows, te)
+    todo = bands(nb, oh, ow, c, f, x.itemsize)
+    t, parts = part
+    for b0, b1, i0, rows in todo[t * len(todo) // parts:(t + 1) * len(todo) // parts]:
+        v = scratch("wino_v", (16, c, (b1 - b0) * rows * te), x.dtype)
+        m = scratch("wino_m", (16, f, (b1 - b0) * rows * te), x.dtype)
+        _input_transform(x[b0:b1], v.reshape(16, -1), ph, pw, i0, rows, te)
         with quiet_fp():
             np.matmul(u, v, out=m)
-        kernel(m.reshape(16, -1), y, zz, b, bias is not None, save_z, alpha, i0, rows, te)
+        kernel(m.reshape(16, -1), y[b0:b1], zz[b0:b1], b, bias is not None, save_z, alpha, i0, rows, te)
 
 
-def dweight_image(x, dz, ph, pw, du, first):
-    """du (16, F, C) = (first) or += the transform-domain weight gradient of one image:
-    sum over its tiles of dM[xi] @ V[xi]^T, band by band in order."""
-    c = x.shape[0]
-    f, oh, ow = dz.shape
+def dweight_images(x, dz, ph, pw, du):
+    """du (16, F, C) = the transform-domain weight gradient of images x (B, C, H, W), dz (B,
+    F, OH, OW): the sum over their tiles of dM[xi] @ V[xi]^T, band by band in order."""
+    nb, c = x.shape[:2]
+    f, oh, ow = dz.shape[1:]
     te = (ow + 1) // 2 + 1
-    for i0, rows in bands(oh, ow, c, f, x.itemsize):
-        v = scratch("wino_v", (16, c, rows * te), x.dtype)
-        m = scratch("wino_m", (16, f, rows * te), x.dtype)
-        _input_transform(x, v.reshape(16, -1), ph, pw, i0, rows, te)
-        _grad_transform(dz, m.reshape(16, -1), i0, rows, te)
+    for k, (b0, b1, i0, rows) in enumerate(bands(nb, oh, ow, c, f, x.itemsize)):
+        v = scratch("wino_v", (16, c, (b1 - b0) * rows * te), x.dtype)
+        m = scratch("wino_m", (16, f, (b1 - b0) * rows * te), x.dtype)
+        _input_transform(x[b0:b1], v.reshape(16, -1), ph, pw, i0, rows, te)
+        _grad_transform(dz[b0:b1], m.reshape(16, -1), i0, rows, te)
         with quiet_fp():
-            if first:
+            if k == 0:
                 np.matmul(m, v.transpose(0, 2, 1), out=du)
-                first = False
             else:
                 du += np.matmul(m, v.transpose(0, 2, 1))
 
