@@ -200,9 +200,10 @@ def _input_transform(x, v, ph, pw, i0, rows, te):
 @njit(**JIT)
 def _grad_transform(dz, m, i0, rows, te):
     """m[xi, f * n + q] (m: (16, F * n)) = (A dY A^T)[xi] of band tile q's 2x2 block of dz
-    (B, F, OH, OW) (tiles as in _input_transform; 0 past OH/OW and at t = te - 1): with the block's rows (a, b) and (c, e), A dY = rows
-    (a, b), (a + c, b + e), (a - c, b - e), (-c, -e), and each row (u, v) becomes
-    (u, u + v, u - v, -v). Flat over (f, q), as _input_transform."""
+    (B, F, OH, OW) (tiles as in _input_transform; 0 past OH/OW and at t = te - 1): with the
+    block's rows (a, b) and (c, e), A dY = rows (a, b), (a + c, b + e), (a - c, b - e),
+    (-c, -e), and each row (u, v) becomes (u, u + v, u - v, -v). Flat over (f, q), as
+    _input_transform."""
     nb, f, oh, ow = dz.shape
     one = rows * te
     n = nb * one
