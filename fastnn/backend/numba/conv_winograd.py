@@ -154,7 +154,7 @@ def _gather(src, idx, dst):
 
 
 @njit(**JIT)
-def _input_transform(x, v, ph, pw, i0, rows, te):
+def _input_transform(x, v, ph, pw, i0, rows, te, work):
     """v[xi, c * n + q] (v: (16, C * n), n = B * rows * te) = (B^T d B)[xi] of channel c's band
     tile q = (b * rows + i) * te + t (image b of x (B, C, H, W), tile row i0 + i; 0 at
     t = te - 1), d its 4x4 input patch. With the
@@ -169,7 +169,7 @@ def _input_transform(x, v, ph, pw, i0, rows, te):
     xf = x.ravel()
     near = _plane_index(h, w, ph, pw, 2 * i0, rows, te)  # rows i: planes (a, b) at [2a + b]
     far = _plane_index(h, w, ph, pw, 2 * i0 + 2, rows, te)  # rows i + 1
-    p = np.empty((8, size + 1), x.dtype)  # [2a + b]: plane (a, b) at tile row i, [4 + 2a + b]: at i + 1
+    p = work[:8 * (size + 1)].reshape((8, size + 1))  # [2a + b]: plane (a, b) at tile row i, [4 + 2a + b]: i + 1
     for ch in range(c):
         for b in range(nb):
             src = xf[(b * c + ch) * h * w:(b * c + ch + 1) * h * w]
@@ -178,7 +178,7 @@ def _input_transform(x, v, ph, pw, i0, rows, te):
                 _gather(src, near[k], p[k, at:at + one])
                 _gather(src, far[k], p[4 + k, at:at + one])
     p[:, size] = 0
-    tt = np.empty((8, size + 1), x.dtype)  # rows of B^T d at even (2k) and odd (2k + 1) columns
+    tt = work[8 * (size + 1):16 * (size + 1)].reshape((8, size + 1))  # rows of B^T d, even (2k) / odd columns
     for par in range(2):
         d0, d1, d2, d3 = p[par], p[2 + par], p[4 + par], p[6 + par]
         t0, t1, t2, t3 = tt[par], tt[2 + par], tt[4 + par], tt[6 + par]
@@ -207,7 +207,7 @@ def _input_transform(x, v, ph, pw, i0, rows, te):
 
 
 @njit(**JIT)
-def _grad_transform(dz, m, i0, rows, te):
+def _grad_transform(dz, m, i0, rows, te, work):
     """m[xi, f * n + q] (m: (16, F * n)) = (A dY A^T)[xi] of band tile q's 2x2 block of dz
     (B, F, OH, OW) (tiles as in _input_transform; 0 past OH/OW and at t = te - 1): with the
     block's rows (a, b) and (c, e), A dY = rows (a, b), (a + c, b + e), (a - c, b - e),
@@ -219,7 +219,7 @@ def _grad_transform(dz, m, i0, rows, te):
     size = f * n
     dzf = dz.ravel()
     idx = _plane_index(oh, ow, 0, 0, 2 * i0, rows, te)
-    p = np.empty((4, size), dz.dtype)
+    p = work[:4 * size].reshape((4, size))
     for k in range(f):
         for b in range(nb):
             src = dzf[(b * f + k) * oh * ow:(b * f + k + 1) * oh * ow]
@@ -227,7 +227,7 @@ def _grad_transform(dz, m, i0, rows, te):
             for j in range(4):
                 _gather(src, idx[j], p[j, at:at + one])
     a, b, c, e = p[0], p[1], p[2], p[3]
-    uv = np.empty((2, size), dz.dtype)
+    uv = work[4 * size:6 * size].reshape((2, size))
     for kk in range(4):
         u, v = uv[0], uv[1]
         if kk == 0:
@@ -263,7 +263,7 @@ def _output_kernel(code):
     """The output transform compiled for one activation code as a constant (as the conv
     epilogue kernels): y = act(A^T M A + bias[f]), z = the pre-activation when kept."""
     @njit(**JIT)
-    def output_transform(m, y, z, bias, has_bias, save_z, alpha, i0, rows, te):
+    def output_transform(m, y, z, bias, has_bias, save_z, alpha, i0, rows, te, work):
         """m: (16, F * n). With the tile's M rows m0..m3: a = m0 + m1 + m2, b = m1 - m2 - m3
         (per column), then each of them (r0, r1, r2, r3) -> (r0 + r1 + r2, r1 - r2 - r3) + bias,
         flat over (f, q)."""
@@ -272,10 +272,10 @@ def _output_kernel(code):
         n = nb * one
         size = f * n
         T = y.dtype.type
-        bq = np.empty(size, y.dtype)  # bias[f] at every (f, q)
+        bq = work[:size]  # bias[f] at every (f, q)
         for k in range(f):
             bq[k * n:(k + 1) * n] = bias[k] if has_bias else T(0)
-        ab = np.empty((8, size), y.dtype)
+        ab = work[size:9 * size].reshape((8, size))
         for s in range(4):
             a, b = ab[s], ab[4 + s]
             m0, m1, m2, m3 = m[s], m[4 + s], m[8 + s], m[12 + s]
@@ -283,7 +283,7 @@ def _output_kernel(code):
                 a[q] = m0[q] + m1[q] + m2[q]
             for q in range(size):
                 b[q] = m1[q] - m2[q] - m3[q]
-        out = np.empty((4, size), y.dtype)  # the tiles' outputs (r, s) at out[2r + s]
+        out = work[9 * size:13 * size].reshape((4, size))  # the tiles' outputs (r, s) at out[2r + s]
         for r in range(2):
             r0, r1, r2, r3 = ab[4 * r], ab[4 * r + 1], ab[4 * r + 2], ab[4 * r + 3]
             y0, y1 = out[2 * r], out[2 * r + 1]
@@ -293,7 +293,7 @@ def _output_kernel(code):
                 y1[q] = r1[q] - r2[q] - r3[q] + bq[q]
         where = _scatter_index(oh, ow, i0, rows, te, size)
         first, count = 2 * i0 * ow, where.size
-        flat = out.ravel()
+        flat = work[9 * size:13 * size]
         if save_z:
             zf = z.ravel()
             for k in range(f):
@@ -327,6 +327,13 @@ def _scatter_index(oh, ow, i0, rows, te, size):
     return idx
 
 
+def _buffers(c, f, n, dtype):
+    """This thread's V (16, C, n), M (16, F, n) and the transforms' work space (16 rows of
+    max(C, F) * n + 1, flat), kept across calls (runtime.scratch)."""
+    return (scratch("wino_v", (16, c, n), dtype), scratch("wino_m", (16, f, n), dtype),
+            scratch("wino_work", (16 * (max(c, f) * n + 1),), dtype))
+
+
 def conv_images(x, u, bias, y, z, ph, pw, act, alpha, part=(0, 1)):
     """y (B, F, OH, OW) = act(conv3x3(x (B, C, H, W), U) + bias), stride 1, padding (ph, pw),
     band by band on the calling thread; z the pre-activation or None. part = (t, parts): only
@@ -342,12 +349,11 @@ def conv_images(x, u, bias, y, z, ph, pw, act, alpha, part=(0, 1)):
     todo = bands(nb, oh, ow, c, f, x.itemsize)
     t, parts = part
     for b0, b1, i0, rows in todo[t * len(todo) // parts:(t + 1) * len(todo) // parts]:
-        v = scratch("wino_v", (16, c, (b1 - b0) * rows * te), x.dtype)
-        m = scratch("wino_m", (16, f, (b1 - b0) * rows * te), x.dtype)
-        _input_transform(x[b0:b1], v.reshape(16, -1), ph, pw, i0, rows, te)
+        v, m, work = _buffers(c, f, (b1 - b0) * rows * te, x.dtype)
+        _input_transform(x[b0:b1], v.reshape(16, -1), ph, pw, i0, rows, te, work)
         with quiet_fp():
             np.matmul(u, v, out=m)
-        kernel(m.reshape(16, -1), y[b0:b1], zz[b0:b1], b, bias is not None, save_z, alpha, i0, rows, te)
+        kernel(m.reshape(16, -1), y[b0:b1], zz[b0:b1], b, bias is not None, save_z, alpha, i0, rows, te, work)
 
 
 def dweight_images(x, dz, ph, pw, du):
@@ -357,10 +363,9 @@ def dweight_images(x, dz, ph, pw, du):
     f, oh, ow = dz.shape[1:]
     te = (ow + 1) // 2 + 1
     for k, (b0, b1, i0, rows) in enumerate(bands(nb, oh, ow, c, f, x.itemsize)):
-        v = scratch("wino_v", (16, c, (b1 - b0) * rows * te), x.dtype)
-        m = scratch("wino_m", (16, f, (b1 - b0) * rows * te), x.dtype)
-        _input_transform(x[b0:b1], v.reshape(16, -1), ph, pw, i0, rows, te)
-        _grad_transform(dz[b0:b1], m.reshape(16, -1), i0, rows, te)
+        v, m, work = _buffers(c, f, (b1 - b0) * rows * te, x.dtype)
+        _input_transform(x[b0:b1], v.reshape(16, -1), ph, pw, i0, rows, te, work)
+        _grad_transform(dz[b0:b1], m.reshape(16, -1), i0, rows, te, work)
         with quiet_fp():
             if k == 0:
                 np.matmul(m, v.transpose(0, 2, 1), out=du)
