@@ -547,6 +547,21 @@ def test_conv2d_winograd_in_bands_of_tile_rows(backend, rng, monkeypatch):
                 np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
 
 
+def test_numba_winograd_falls_back_to_im2col_without_openblas_gemm(rng, monkeypatch):
+    """The Numba Winograd kernels call NumPy's OpenBLAS ?gemm from compiled code; with a
+    NumPy whose BLAS offers none (runtime.blas_gemm None) 3x3 convs take im2col + GEMM,
+    with the same results."""
+    from fastnn.backend.numba import conv_winograd, runtime
+    case = (2, 17, 9, 11, 16, 3, 3, (1, 1), (1, 1))
+    with fnn.backend.using("numba"), conv_algorithm("winograd"):
+        assert conv_winograd.applies(3, 3, 1, 1, 1, 1, 9, 11, 17, 16, np.float32) == (
+            runtime.blas_gemm(np.float32) is not None)
+        monkeypatch.setattr(runtime, "_GEMMS", {})
+        assert not conv_winograd.applies(3, 3, 1, 1, 1, 1, 9, 11, 17, 16, np.float32)
+        _check_case(case, "relu", np.float32, rng)
+        _check_case(case, "tanh", np.float64, rng)
+
+
 def test_conv2d_winograd_numerical_gradients(backend, rng):
     """Central differences of L = sum(R * conv(x)) through the Winograd path (float64)."""
     x = rng.standard_normal((2, 3, 5, 6))

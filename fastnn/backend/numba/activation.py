@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from ..codes import ACT_CODE
-from .runtime import JIT, intrinsic, nbtypes, njit, overload, prange, threads_for
+from .runtime import JIT, intrinsic, literally, nbtypes, njit, overload, prange, threads_for
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -287,6 +287,27 @@ def act_grad(z, y, code, a):
         s = sigmoid(z)
         return mul_vanishing(1.0 + mul_vanishing(z, 1.0 - s), s)
     return 1.0
+
+
+@njit(**JIT)
+def dz_rows(dy, y, z, dz, code, alpha):
+    """dz = dy * act'(z, y) over rows (2-D arrays of one shape; z is y where the
+    activation keeps no pre-activation), and, for prelu, the sum of dy * z where z <= 0
+    (d loss / d alpha), row by row; 0.0 otherwise. ``code`` is taken as a literal:
+    compiled per activation, its loops vectorize as the per-code kernels' do (call it
+    with a constant code, from a kernel compiled per code)."""
+    literally(code)
+    T = dy.dtype.type
+    asum = 0.0
+    for k in range(dy.shape[0]):
+        dyk, yk, zk, dzk = dy[k], y[k], z[k], dz[k]
+        for j in range(dyk.size):
+            dzk[j] = dyk[j] * T(act_grad(zk[j], yk[j], code, alpha))
+        if code == PRELU:
+            for j in range(dyk.size):
+                if not zk[j] > 0:
+                    asum += dyk[j] * zk[j]
+    return asum
 
 
 # One small function per activation (not one taking the code): LLVM inlines each

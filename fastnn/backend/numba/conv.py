@@ -22,7 +22,7 @@ import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
 from . import conv_winograd as winograd
-from .activation import IDENTITY, PRELU, act_grad, act_value
+from .activation import PRELU, act_grad, act_value
 from .runtime import JIT, get_num_threads, njit, quiet_fp, run_tasks, scratch
 
 # The backward's blocks of images (tasks): at most 16 (the weight-gradient
@@ -173,14 +173,8 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     f, _, kh, kw = weight.shape
     oh, ow = y.shape[2:]
     ckk, p = c * kh * kw, oh * ow
-    if winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, c, f):
-        u = winograd.transform_weights(weight)
-        runs = min(len(winograd.bands(n, oh, ow, c, f, x.itemsize)), get_num_threads())  # one run of bands per thread
-
-        def run(t):
-            winograd.conv_images(x, u, bias, y, z, pad_h, pad_w, act, alpha, (t, runs))
-
-        run_tasks(run, runs)
+    if winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, c, f, x.dtype):
+        winograd.forward(x, weight, bias, y, z, pad_h, pad_w, act, alpha)
         return
     w2 = weight.reshape(f, ckk)
     y3 = y.reshape(n, f, p)
@@ -225,39 +219,20 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     f, _, kh, kw = weight.shape
     oh, ow = dy.shape[2:]
     ckk, p = c * kh * kw, oh * ow
-    dy3, y3, dz3 = dy.reshape(n, f, p), y.reshape(n, f, p), dz_work.reshape(n, f, p)
+    if winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, c, f, x.dtype):
+        winograd.backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, pad_h, pad_w, act, alpha)
+        return
+    dy3, y3 = dy.reshape(n, f, p), y.reshape(n, f, p)
     z3 = z.reshape(n, f, p) if z is not None else y3
     w2 = weight.reshape(f, ckk)
     dz_act = _epilogue_kernels(act)[1]
-    winograd_path = winograd.applies(kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow, c, f)
     pointwise = _pointwise(kh, kw, stride_h, stride_w, pad_h, pad_w)
     x3 = x.reshape(n, c, x.shape[2] * x.shape[3])  # the columns of a pointwise conv
     bounds, group = _blocks(n, ckk, p, x.itemsize), _group(ckk, p, x.itemsize)
-    if winograd_path:  # images one by one: as many blocks as the partial sums allow, to balance the threads
-        count = min(n, _MAX_BLOCKS)
-        bounds = [t * n // count for t in range(count + 1)]
     nblocks = len(bounds) - 1
     db_parts = np.zeros((nblocks, f))
     alpha_parts = np.zeros(nblocks)
-    if winograd_path:  # transform-domain weight gradients (16, F, C) per block; U of dx's convolution
-        dw_parts = np.empty((nblocks, 16, f, c), dy.dtype)
-        u_dx = winograd.transform_weights(weight, for_dx=True) if dx is not None else None
-    else:
-        dw_parts = np.empty((nblocks, ckk, f), dy.dtype)  # transposed
-
-    def winograd_block(t):
-        """The block's dz (in (N, F, P) order, image by image), its dbias, dU, and dx = dz
-        convolved with the turned filters, padding 2 - p."""
-        b0, b1 = bounds[t], bounds[t + 1]
-        asum = 0.0
-        for i in range(b0, b1):
-            dzi = dz3[i].reshape(f, 1, p)
-            asum += dz_act(dy3[i:i + 1], y3[i:i + 1], z3[i:i + 1], dzi, alpha)
-            _add_dbias(dzi, db_parts[t])
-        alpha_parts[t] = asum
-        winograd.dweight_images(x[b0:b1], dz_work[b0:b1], pad_h, pad_w, dw_parts[t])
-        if dx is not None:
-            winograd.conv_images(dz_work[b0:b1], u_dx, None, dx[b0:b1], None, 2 - pad_h, 2 - pad_w, IDENTITY, 0.0)
+    dw_parts = np.empty((nblocks, ckk, f), dy.dtype)  # transposed
 
     def block(t):
         asum = 0.0
@@ -295,13 +270,10 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
                     _col2im(cols, dx[g0:g1], kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
         alpha_parts[t] = asum
 
-    run_tasks(winograd_block if winograd_path else block, nblocks)
+    run_tasks(block, nblocks)
     if dbias is not None:
         dbias[...] = db_parts.sum(axis=0)
     if dalpha is not None:
         dalpha[0] = alpha_parts.sum()
-    if winograd_path:
-        winograd.finish_dweight(dw_parts.sum(axis=0), dweight)
-        return
     with quiet_fp():
         dweight.reshape(f, ckk)[...] = dw_parts.sum(axis=0).T

@@ -48,10 +48,14 @@ import functools
 import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
-from .activation import IDENTITY, act_value
-from .runtime import JIT, njit, quiet_fp, scratch
+from .activation import IDENTITY, act_value, dz_rows
+from .runtime import (JIT, blas_gemm, gemm_call, get_num_threads, literally, njit, one_blas_thread, prange,
+                      scratch, threads_for)
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+
+# The backward's fixed blocks of images (each sums its own dU, dbias and d alpha).
+_MAX_BLOCKS = 16
 
 # A band's V and M (16 * (C + F) values per tile): about one 1-2 MiB L2 (whole 16x16 and
 # 32x32 maps of up to 64 channels: their GEMMs, 72-272 tiles wide, ran faster than halves).
@@ -69,10 +73,11 @@ def set_algorithm(name):
     _ALGORITHM[0] = name
 
 
-def applies(kh, kw, sh, sw, ph, pw, oh, ow, c, f):
-    """Whether a convolution takes the Winograd path: 3x3, stride 1, padding <= 2, and
+def applies(kh, kw, sh, sw, ph, pw, oh, ow, c, f, dtype):
+    """Whether a convolution takes the Winograd path: 3x3, stride 1, padding <= 2, NumPy's
+    OpenBLAS has a ?gemm for dtype (its GEMMs are called from the Numba kernels), and
     'winograd', or 'auto' with C, F >= 16."""
-    if (kh, kw, sh, sw) != (3, 3, 1, 1) or ph > 2 or pw > 2 or oh < 1 or ow < 1:
+    if (kh, kw, sh, sw) != (3, 3, 1, 1) or ph > 2 or pw > 2 or oh < 1 or ow < 1 or blas_gemm(dtype) is None:
         return False
     algo = _ALGORITHM[0]
     return algo == "winograd" or (algo == "auto" and c >= 16 and f >= 16)
@@ -258,60 +263,57 @@ def _grad_transform(dz, m, i0, rows, te, work):
             m3[q] = -v[q]
 
 
-@functools.cache
-def _output_kernel(code):
-    """The output transform compiled for one activation code as a constant (as the conv
-    epilogue kernels): y = act(A^T M A + bias[f]), z = the pre-activation when kept."""
-    @njit(**JIT)
-    def output_transform(m, y, z, bias, has_bias, save_z, alpha, i0, rows, te, work):
-        """m: (16, F * n). With the tile's M rows m0..m3: a = m0 + m1 + m2, b = m1 - m2 - m3
-        (per column), then each of them (r0, r1, r2, r3) -> (r0 + r1 + r2, r1 - r2 - r3) + bias,
-        flat over (f, q)."""
-        nb, f, oh, ow = y.shape
-        one = rows * te
-        n = nb * one
-        size = f * n
-        T = y.dtype.type
-        bq = work[:size]  # bias[f] at every (f, q)
-        for k in range(f):
-            bq[k * n:(k + 1) * n] = bias[k] if has_bias else T(0)
-        ab = work[size:9 * size].reshape((8, size))
-        for s in range(4):
-            a, b = ab[s], ab[4 + s]
-            m0, m1, m2, m3 = m[s], m[4 + s], m[8 + s], m[12 + s]
-            for q in range(size):
-                a[q] = m0[q] + m1[q] + m2[q]
-            for q in range(size):
-                b[q] = m1[q] - m2[q] - m3[q]
-        out = work[9 * size:13 * size].reshape((4, size))  # the tiles' outputs (r, s) at out[2r + s]
-        for r in range(2):
-            r0, r1, r2, r3 = ab[4 * r], ab[4 * r + 1], ab[4 * r + 2], ab[4 * r + 3]
-            y0, y1 = out[2 * r], out[2 * r + 1]
-            for q in range(size):
-                y0[q] = r0[q] + r1[q] + r2[q] + bq[q]
-            for q in range(size):
-                y1[q] = r1[q] - r2[q] - r3[q] + bq[q]
-        where = _scatter_index(oh, ow, i0, rows, te, size)
-        first, count = 2 * i0 * ow, where.size
-        flat = work[9 * size:13 * size]
-        if save_z:
-            zf = z.ravel()
-            for k in range(f):
-                for b in range(nb):
-                    at = (b * f + k) * oh * ow + first
-                    _gather(flat[k * n + b * one:], where, zf[at:at + count])
-        if code != IDENTITY:
-            for j in range(4):
-                o = out[j]
-                for q in range(size):
-                    o[q] = T(act_value(o[q], code, alpha))
-        yf = y.ravel()
+@njit(**JIT)
+def _output_transform(m, y, z, bias, has_bias, save_z, alpha, i0, rows, te, work, code):
+    """y = act(A^T M A + bias[f]), z = the pre-activation when kept; m: (16, F * n). With
+    the tile's M rows m0..m3: a = m0 + m1 + m2, b = m1 - m2 - m3 (per column), then each
+    of them (r0, r1, r2, r3) -> (r0 + r1 + r2, r1 - r2 - r3) + bias, flat over (f, q).
+    ``code`` (the activation) is taken as a literal: compiled per activation, its loop
+    vectorized (as conv.py's epilogue kernels)."""
+    literally(code)
+    nb, f, oh, ow = y.shape
+    one = rows * te
+    n = nb * one
+    size = f * n
+    T = y.dtype.type
+    bq = work[:size]  # bias[f] at every (f, q)
+    for k in range(f):
+        bq[k * n:(k + 1) * n] = bias[k] if has_bias else T(0)
+    ab = work[size:9 * size].reshape((8, size))
+    for s in range(4):
+        a, b = ab[s], ab[4 + s]
+        m0, m1, m2, m3 = m[s], m[4 + s], m[8 + s], m[12 + s]
+        for q in range(size):
+            a[q] = m0[q] + m1[q] + m2[q]
+        for q in range(size):
+            b[q] = m1[q] - m2[q] - m3[q]
+    out = work[9 * size:13 * size].reshape((4, size))  # the tiles' outputs (r, s) at out[2r + s]
+    for r in range(2):
+        r0, r1, r2, r3 = ab[4 * r], ab[4 * r + 1], ab[4 * r + 2], ab[4 * r + 3]
+        y0, y1 = out[2 * r], out[2 * r + 1]
+        for q in range(size):
+            y0[q] = r0[q] + r1[q] + r2[q] + bq[q]
+        for q in range(size):
+            y1[q] = r1[q] - r2[q] - r3[q] + bq[q]
+    where = _scatter_index(oh, ow, i0, rows, te, size)
+    first, count = 2 * i0 * ow, where.size
+    flat = work[9 * size:13 * size]
+    if save_z:
+        zf = z.ravel()
         for k in range(f):
             for b in range(nb):
                 at = (b * f + k) * oh * ow + first
-                _gather(flat[k * n + b * one:], where, yf[at:at + count])
-
-    return output_transform
+                _gather(flat[k * n + b * one:], where, zf[at:at + count])
+    if code != IDENTITY:
+        for j in range(4):
+            o = out[j]
+            for q in range(size):
+                o[q] = T(act_value(o[q], code, alpha))
+    yf = y.ravel()
+    for k in range(f):
+        for b in range(nb):
+            at = (b * f + k) * oh * ow + first
+            _gather(flat[k * n + b * one:], where, yf[at:at + count])
 
 
 @njit(**JIT)
@@ -327,50 +329,166 @@ def _scatter_index(oh, ow, i0, rows, te, size):
     return idx
 
 
-def _buffers(c, f, n, dtype):
-    """This thread's V (16, C, n), M (16, F, n) and the transforms' work space (16 rows of
-    max(C, F) * n + 1, flat), kept across calls (runtime.scratch)."""
-    return (scratch("wino_v", (16, c, n), dtype), scratch("wino_m", (16, f, n), dtype),
-            scratch("wino_work", (16 * (max(c, f) * n + 1),), dtype))
+@njit(**JIT)
+def _gemm16(gemm, a, b, c, m, n, k, trans_b, beta):
+    """c[xi] (m, n) = a[xi] (m, k) @ op(b[xi]) + beta * c[xi] for the 16 positions: b[xi] is
+    (k, n), or (n, k) and transposed; a, b, c are (16, ...) with each position's matrix
+    row-major in its row. One OpenBLAS ?gemm each (gemm: runtime.blas_gemm's address)."""
+    T = c.dtype.type
+    ldb = k if trans_b else n
+    for xi in range(16):
+        gemm_call(gemm, np.int64(trans_b), np.int64(m), np.int64(n), np.int64(k), T(1.0), a[xi].ctypes.data,
+                  np.int64(k), b[xi].ctypes.data, np.int64(ldb), T(beta), c[xi].ctypes.data, np.int64(n))
 
 
-def conv_images(x, u, bias, y, z, ph, pw, act, alpha, part=(0, 1)):
-    """y (B, F, OH, OW) = act(conv3x3(x (B, C, H, W), U) + bias), stride 1, padding (ph, pw),
-    band by band on the calling thread; z the pre-activation or None. part = (t, parts): only
-    the t-th of that many runs of consecutive bands (the bands, and so the GEMMs, are those
-    of the whole batch whoever takes them)."""
-    nb, c = x.shape[:2]
+@functools.cache
+def _forward_kernel(code):
+    """The forward for one activation code. The closure holds the code alone (Numba's disk
+    cache keys a closure by its cells: one holding a dispatcher, pickled differently in
+    every process, missed the cache each time); the code reaches _output_transform as a
+    constant, which it takes as a literal."""
+
+    @njit(parallel=True, **JIT)
+    def forward(x, u, bias, has_bias, y, z, save_z, alpha, ph, pw, plan, te, bufs, gemm):
+        """y = act(conv(x) + bias) band by band over plan's rows (b0, b1, i0, rows), in
+        bufs.shape[0] runs of consecutive bands, run r with the buffers bufs[r]."""
+        c, f = x.shape[1], y.shape[1]
+        parts, count = bufs.shape[0], plan.shape[0]
+        for part in prange(parts):
+            vb, mb, work = bufs[part, 0], bufs[part, 1], bufs[part, 2]
+            for k in range(part * count // parts, (part + 1) * count // parts):
+                b0, b1, i0, rows = plan[k, 0], plan[k, 1], plan[k, 2], plan[k, 3]
+                n = (b1 - b0) * rows * te
+                v = vb[:16 * c * n].reshape((16, c * n))
+                m = mb[:16 * f * n].reshape((16, f * n))
+                _input_transform(x[b0:b1], v, ph, pw, i0, rows, te, work)
+                _gemm16(gemm, u, v, m, f, n, c, False, 0.0)
+                _output_transform(m, y[b0:b1], z[b0:b1], bias, has_bias, save_z, alpha, i0, rows, te, work, code)
+
+    return forward
+
+
+@functools.cache
+def _backward_kernel(code):
+    """The backward for one activation code (a closure over the code alone, as
+    _forward_kernel's)."""
+
+    @njit(parallel=True, **JIT)
+    def backward(dy, y, z, dz, x, u_dx, dx, has_dx, alpha, ph, pw, blocks, dw_plan, dw_from, te, dx_plan, dx_from,
+                 te_dx, du, db, asum, bufs, gemm):
+        """Block t of images [blocks[t], blocks[t + 1]): dz = dy * act' (dy, y, z, dz: (N, F,
+        OH, OW)), its dbias sums db[t] and d loss / d alpha asum[t], dU du[t] (16, F * C) over
+        its bands dw_plan[dw_from[t]:dw_from[t + 1]], and dx = dz convolved with the turned
+        filters u_dx, padding 2 - p, over its bands of dx_plan: the blocks' sums, added in
+        block order by the caller, do not depend on which thread took a block."""
+        n, f, oh, ow = dz.shape
+        c = x.shape[1]
+        pix = oh * ow
+        nblocks, parts = blocks.size - 1, bufs.shape[0]
+        nobias = x[0, 0, 0, :0]
+        for part in prange(parts):
+            vb, mb, work = bufs[part, 0], bufs[part, 1], bufs[part, 2]
+            for t in range(part * nblocks // parts, (part + 1) * nblocks // parts):
+                s = 0.0
+                for i in range(blocks[t], blocks[t + 1]):
+                    dzi = dz[i].reshape((f, pix))
+                    s += dz_rows(dy[i].reshape((f, pix)), y[i].reshape((f, pix)), z[i].reshape((f, pix)), dzi, code,
+                                 alpha)
+                    for k in range(f):
+                        acc = 0.0
+                        for j in range(pix):
+                            acc += dzi[k, j]
+                        db[t, k] += acc
+                asum[t] = s
+                for k in range(dw_from[t], dw_from[t + 1]):
+                    b0, b1, i0, rows = dw_plan[k, 0], dw_plan[k, 1], dw_plan[k, 2], dw_plan[k, 3]
+                    nt = (b1 - b0) * rows * te
+                    v = vb[:16 * c * nt].reshape((16, c * nt))
+                    m = mb[:16 * f * nt].reshape((16, f * nt))
+                    _input_transform(x[b0:b1], v, ph, pw, i0, rows, te, work)
+                    _grad_transform(dz[b0:b1], m, i0, rows, te, work)
+                    _gemm16(gemm, m, v, du[t], f, c, nt, True, 0.0 if k == dw_from[t] else 1.0)
+                if has_dx:
+                    for k in range(dx_from[t], dx_from[t + 1]):
+                        b0, b1, i0, rows = dx_plan[k, 0], dx_plan[k, 1], dx_plan[k, 2], dx_plan[k, 3]
+                        nt = (b1 - b0) * rows * te_dx
+                        v = vb[:16 * f * nt].reshape((16, f * nt))
+                        m = mb[:16 * c * nt].reshape((16, c * nt))
+                        _input_transform(dz[b0:b1], v, 2 - ph, 2 - pw, i0, rows, te_dx, work)
+                        _gemm16(gemm, u_dx, v, m, c, nt, f, False, 0.0)
+                        _output_transform(m, dx[b0:b1], dx[b0:b0], nobias, False, False, 0.0, i0, rows, te_dx, work,
+                                          IDENTITY)
+
+    return backward
+
+
+def _plan(n, oh, ow, c, f, itemsize, offset=0):
+    """bands(...) as an (count, 4) int64 array, images shifted by offset."""
+    plan = np.array(bands(n, oh, ow, c, f, itemsize), np.int64).reshape(-1, 4)
+    plan[:, :2] += offset
+    return plan
+
+
+def _buffers(parts, plans, dtype):
+    """This thread's (parts, 3, L) V, M and work buffers (runtime.scratch, kept across
+    calls) for plans [(plan, te, C in, F out)]: L fits every band's 16 C n, 16 F n and
+    16 (max(C, F) n + 1)."""
+    most = 1
+    for plan, te, cin, cout in plans:
+        if len(plan):
+            n = int(((plan[:, 1] - plan[:, 0]) * plan[:, 3]).max()) * te
+            most = max(most, 16 * (max(cin, cout) * n + 1))
+    return scratch("wino_bufs", (parts, 3, most), dtype)
+
+
+def forward(x, weight, bias, y, z, ph, pw, act, alpha):
+    """y = act(conv3x3(x, weight) + bias), stride 1, padding (ph, pw), z the pre-activation
+    when kept: one parallel Numba region over the batch's bands."""
+    n, c = x.shape[:2]
     f, oh, ow = y.shape[1:]
     te = (ow + 1) // 2 + 1
+    plan = _plan(n, oh, ow, c, f, x.itemsize)
+    parts = max(1, min(len(plan), get_num_threads()))
     save_z = z is not None and ACTIVATIONS[act] in SAVES_PREACTIVATION
     zz = z if save_z else y[:0]
     b = bias if bias is not None else y[0, 0, 0, :0]
-    kernel = _output_kernel(act)
-    todo = bands(nb, oh, ow, c, f, x.itemsize)
-    t, parts = part
-    for b0, b1, i0, rows in todo[t * len(todo) // parts:(t + 1) * len(todo) // parts]:
-        v, m, work = _buffers(c, f, (b1 - b0) * rows * te, x.dtype)
-        _input_transform(x[b0:b1], v.reshape(16, -1), ph, pw, i0, rows, te, work)
-        with quiet_fp():
-            np.matmul(u, v, out=m)
-        kernel(m.reshape(16, -1), y[b0:b1], zz[b0:b1], b, bias is not None, save_z, alpha, i0, rows, te, work)
+    u = transform_weights(weight).reshape(16, -1)
+    bufs = _buffers(parts, [(plan, te, c, f)], x.dtype)
+    with threads_for(y.size), one_blas_thread():
+        _forward_kernel(act)(x, u, b, bias is not None, y, zz, save_z, alpha, ph, pw, plan, te, bufs,
+                             np.int64(blas_gemm(x.dtype)))
 
 
-def dweight_images(x, dz, ph, pw, du):
-    """du (16, F, C) = the transform-domain weight gradient of images x (B, C, H, W), dz (B,
-    F, OH, OW): the sum over their tiles of dM[xi] @ V[xi]^T, band by band in order."""
-    nb, c = x.shape[:2]
+def backward(dy, x, weight, y, z, dz, dx, dweight, dbias, dalpha, ph, pw, act, alpha):
+    """dz = dy * act'(z or y), dweight, dbias, dalpha and dx (None: not wanted) of the
+    convolution forward() computed: one parallel Numba region over min(N, 16) fixed blocks
+    of images, whose partial sums are then added in block order. act: the activation code."""
+    n, c, h, w = x.shape
     f, oh, ow = dz.shape[1:]
-    te = (ow + 1) // 2 + 1
-    for k, (b0, b1, i0, rows) in enumerate(bands(nb, oh, ow, c, f, x.itemsize)):
-        v, m, work = _buffers(c, f, (b1 - b0) * rows * te, x.dtype)
-        _input_transform(x[b0:b1], v.reshape(16, -1), ph, pw, i0, rows, te, work)
-        _grad_transform(dz[b0:b1], m.reshape(16, -1), i0, rows, te, work)
-        with quiet_fp():
-            if k == 0:
-                np.matmul(m, v.transpose(0, 2, 1), out=du)
-            else:
-                du += np.matmul(m, v.transpose(0, 2, 1))
+    count = min(n, _MAX_BLOCKS)
+    blocks = np.array([t * n // count for t in range(count + 1)], np.int64)
+    te, te_dx = (ow + 1) // 2 + 1, (w + 1) // 2 + 1
+    dw_parts = [_plan(int(blocks[t + 1] - blocks[t]), oh, ow, c, f, x.itemsize, int(blocks[t])) for t in range(count)]
+    dx_parts = [_plan(int(blocks[t + 1] - blocks[t]), h, w, f, c, x.itemsize, int(blocks[t])) for t in range(count)]
+    dw_plan, dx_plan = np.concatenate(dw_parts), np.concatenate(dx_parts)
+    dw_from = np.cumsum([0] + [len(part) for part in dw_parts]).astype(np.int64)
+    dx_from = np.cumsum([0] + [len(part) for part in dx_parts]).astype(np.int64)
+    parts = max(1, min(count, get_num_threads()))
+    bufs = _buffers(parts, [(dw_plan, te, c, f), (dx_plan, te_dx, f, c)], x.dtype)
+    du = np.empty((count, 16, f * c), x.dtype)
+    db = np.zeros((count, f))
+    asum = np.zeros(count)
+    u_dx = transform_weights(weight, for_dx=True).reshape(16, -1)
+    has_dx = dx is not None
+    with threads_for(dz.size), one_blas_thread():
+        _backward_kernel(act)(dy, y, y if z is None else z, dz, x, u_dx, dx if has_dx else x[:0], has_dx, alpha, ph,
+                              pw, blocks, dw_plan, dw_from, te, dx_plan, dx_from, te_dx, du, db, asum, bufs,
+                              np.int64(blas_gemm(x.dtype)))
+    finish_dweight(du.sum(axis=0).reshape(16, f, c), dweight)
+    if dbias is not None:
+        dbias[...] = db.sum(axis=0)
+    if dalpha is not None:
+        dalpha[0] = asum.sum()
 
 
 def finish_dweight(du, out):

@@ -24,13 +24,14 @@ from .. import registry
 
 try:
     import numba
-    from numba import njit, prange
+    from llvmlite import ir
+    from numba import literally, njit, prange
     from numba.core import types as nbtypes
     from numba.core.codegen import get_host_cpu_features
     from numba.extending import intrinsic, overload
 except ImportError as exc:  # pragma: no cover - numba is a hard dependency
     registry.mark_failed("numba", f"numba failed to import: {exc}")
-    numba = njit = prange = nbtypes = overload = intrinsic = get_host_cpu_features = None
+    numba = njit = prange = literally = nbtypes = overload = intrinsic = get_host_cpu_features = ir = None
 
 
 def _prefer_512_bit_vectors():
@@ -147,8 +148,10 @@ def scratch(name: str, shape, dtype) -> np.ndarray:
 _OPENBLAS_NAMES = (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", ""))
 
 
-def _openblas_threads():
-    """(set, get) of the thread count of the OpenBLAS NumPy loaded, or None."""
+def _openblas():
+    """((set, get) of the thread count, {dtype: cblas gemm}) of the OpenBLAS NumPy loaded,
+    or None. The gemm functions are ctypes functions (row-major CBLAS ?gemm, the library's
+    integer width), which Numba code can call with the GIL released."""
     # NumPy's own copy first (a SciPy or other library may load an OpenBLAS of its own).
     here = os.path.dirname(np.__file__)
     paths = glob.glob(os.path.join(os.path.dirname(here), "numpy.libs", "*openblas*"))
@@ -169,11 +172,60 @@ def _openblas_threads():
             if setter is not None and getter is not None:
                 setter.argtypes, setter.restype = [ctypes.c_int], None
                 getter.argtypes, getter.restype = [], ctypes.c_int
-                return setter, getter
+                return (setter, getter), _cblas_gemms(lib, prefix, suffix)
     return None
 
 
-_OPENBLAS = _openblas_threads()
+def _cblas_gemms(lib, prefix, suffix):
+    """{float32: address of sgemm, float64: of dgemm} of an OpenBLAS with 64-bit integers
+    (``scipy_cblas_sgemm64_`` in NumPy >= 2's wheels), or {}."""
+    if suffix != "64_":
+        return {}
+    cblas = "scipy_cblas" if prefix == "scipy_openblas" else "cblas"
+    gemms = {}
+    for dtype, letter in ((np.float32, "s"), (np.float64, "d")):
+        fn = getattr(lib, f"{cblas}_{letter}gemm{suffix}", None)
+        if fn is not None:
+            gemms[np.dtype(dtype)] = ctypes.cast(fn, ctypes.c_void_p).value
+    return gemms
+
+
+_OPENBLAS, _GEMMS = _openblas() or (None, {})
+
+
+def blas_gemm(dtype):
+    """The address of NumPy's OpenBLAS row-major ?gemm for dtype (64-bit integers), for
+    gemm_call, or None. Call it inside ``one_blas_thread()``, from any number of threads."""
+    return _GEMMS.get(np.dtype(dtype)) if _OPENBLAS is not None else None
+
+
+if intrinsic is not None:
+    @intrinsic
+    def gemm_call(typingctx, address, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        """CBLAS row-major ?gemm at ``address`` (blas_gemm) from Numba code, GIL released:
+        c (m, n) = alpha a (m, k) @ op(b) + beta c, op(b) = b (k, n) or, trans_b, b (n, k)
+        transposed; a, b, c data addresses (``arr.ctypes.data``), the rest int64 and the
+        scalars of the matrices' type. An address, not a ctypes function, is the argument:
+        Numba does not reuse a cached kernel whose signature holds a ctypes function."""
+        def codegen(context, builder, signature, args):
+            address, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
+            i32, i64, ptr = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
+            fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, alpha.type, ptr, i64, ptr, i64,
+                                                   beta.type, ptr, i64])
+            fn = builder.inttoptr(address, fnty.as_pointer())
+            tb = builder.select(builder.icmp_signed("!=", trans_b, ir.Constant(trans_b.type, 0)),
+                                ir.Constant(i32, 112), ir.Constant(i32, 111))
+            builder.call(fn, [ir.Constant(i32, 101), ir.Constant(i32, 111), tb, m, n, k, alpha,
+                              builder.inttoptr(a, ptr), lda, builder.inttoptr(b, ptr), ldb, beta,
+                              builder.inttoptr(c, ptr), ldc])
+            return context.get_dummy_value()
+
+        ints = (address, trans_b, m, n, k, a, lda, b, ldb, c, ldc)
+        if not all(isinstance(t, nbtypes.Integer) and t.bitwidth == 64 for t in ints) or alpha != beta:
+            return None
+        return nbtypes.void(address, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), codegen
+else:  # pragma: no cover - numba is a hard dependency
+    gemm_call = None
 
 
 class _OneBlasThread:
@@ -202,6 +254,12 @@ class _OneBlasThread:
 
 
 _ONE_BLAS_THREAD = _OneBlasThread()
+
+
+def one_blas_thread():
+    """``with one_blas_thread():`` NumPy's OpenBLAS on one thread for the duration (each
+    caller's BLAS calls single-threaded, as run_tasks' tasks)."""
+    return _ONE_BLAS_THREAD
 _POOL = [None, 0, 0]  # the executor, its worker count, the process that made it
 _POOL_LOCK = threading.Lock()
 
