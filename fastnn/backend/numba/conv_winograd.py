@@ -18,11 +18,17 @@ and dropped, their dY is zero.
 The batch is cut into bands: several whole images, or whole tile rows of one
 image, as many as keep a band's V and M within _BAND_BYTES (about the core's
 L2), a split that depends on the shapes only. Each band is transformed,
-multiplied (one single-threaded stacked matmul) and transformed back while it
-is in cache, as conv_winograd.cpp does, as tasks of runtime.run_tasks on
-fastnn's threads (forward: a run of bands per thread; backward: the fixed
-image blocks of conv.py, whose dU partial sums are added in block order), so
-no result depends on the thread count.
+multiplied and transformed back while it is in cache, as conv_winograd.cpp
+does. A pass (forward; backward: dz, dbias, dU and dx) is one parallel Numba
+region: forward a run of bands per thread, backward min(N, 16) fixed blocks of
+images whose dU, dbias and d alpha partial sums are added in block order, so no
+result depends on the thread count. The 16 GEMMs of a band are NumPy's OpenBLAS
+?gemm called from the compiled code (runtime.gemm_call, GIL released, the
+library on one thread meanwhile). Run instead as Python-thread tasks around
+np.matmul, each band handed the GIL back and forth 3 times; after a 0.15 s
+pause those hand-offs (idle vCPUs waking) made Conv2d 32->64 at 16x16 fwd+bwd
+15-16 ms for the next 4 calls against 9 ms, and in one region it takes 8.
+Where NumPy's BLAS has no such gemm, 3x3 convs take im2col (applies).
 
 The transforms vectorize along a band's tiles. A padded map is split into its
 four parity planes P[a, b][i, t] = xpad[2i + a, 2t + b] (t < TE = TW + 1),
@@ -38,8 +44,8 @@ are those of the per-tile formulas below, in conv_winograd.cpp's order.
 
 Measured on a 2-core Zen 5 (AVX-512; NumPy's OpenBLAS on its Haswell kernels,
 OPENBLAS_CORETYPE=Haswell), Conv2d+ReLU fwd+bwd at batch 64, against im2col +
-GEMM in Numba: 32->32 at 32x32 23.6 -> 19.8 ms, 32->64 at 16x16 9.7 -> 8.7 ms,
-64->64 at 16x16 21.3 -> 13.9 ms; the 16 GEMMs take about 60% of that.
+GEMM in Numba: 32->32 at 32x32 23.6 -> 17.6 ms, 32->64 at 16x16 9.7 -> 8.3 ms,
+64->64 at 16x16 21.3 -> 12.8 ms; the 16 GEMMs take about 60% of that.
 """
 from __future__ import annotations
 
