@@ -343,8 +343,9 @@ def _gemm16(gemm, a, b, c, m, n, k, trans_b, beta):
     T = c.dtype.type
     ldb = k if trans_b else n
     for xi in range(16):
-        gemm_call(gemm, np.int64(trans_b), np.int64(m), np.int64(n), np.int64(k), T(1.0), a[xi].ctypes.data,
-                  np.int64(k), b[xi].ctypes.data, np.int64(ldb), T(beta), c[xi].ctypes.data, np.int64(n))
+        gemm_call(gemm, np.int64(0), np.int64(trans_b), np.int64(m), np.int64(n), np.int64(k), T(1.0),
+                  a[xi].ctypes.data, np.int64(k), b[xi].ctypes.data, np.int64(ldb), T(beta), c[xi].ctypes.data,
+                  np.int64(n))
 
 
 @functools.cache

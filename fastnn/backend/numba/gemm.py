@@ -5,7 +5,9 @@ Shapes: x (N, D), weight (D, M), bias (M,), y and z (N, M).
             activations in codes.SAVES_PREACTIVATION)
   backward  dz = dy * act'(z or y),  dweight = x^T dz,  dbias = column sums of dz,
             dx = dz weight^T,  dalpha (prelu) = sum of dy * z over z <= 0
-The matrix products are NumPy's matmul (its BLAS); the bias + activation
+The matrix products are NumPy's OpenBLAS (runtime.matmul: called single-threaded
+from a parallel Numba region, so no OpenBLAS worker is left spinning in the way
+of the next kernel; np.matmul where NumPy has another BLAS); the bias + activation
 epilogue and the derivative with the bias-gradient reduction are Numba loops
 over activation.py's functions, parallel only for large outputs (see
 _EPILOGUE_PARALLEL_MIN).
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
 from .activation import PRELU, act_grad, act_value
-from .runtime import JIT, njit, prange, quiet_fp, threads_for
+from .runtime import JIT, matmul, njit, prange, threads_for
 
 # The epilogues run between NumPy matmuls, whose OpenBLAS threads want both
 # cores next: as a parallel region, an epilogue leaves libgomp's workers spinning
@@ -95,17 +97,11 @@ def _epilogue_kernels(code):
 
 
 def gemm(a, b, c, trans_a=False, trans_b=False, beta=0.0):
-    with quiet_fp():
-        prod = np.matmul(a.T if trans_a else a, b.T if trans_b else b)
-    if beta:
-        c += prod
-    else:
-        c[...] = prod
+    matmul(a, b, c, trans_a, trans_b, 1.0 if beta else 0.0)
 
 
 def linear_act_forward(x, weight, bias, y, z, act, alpha):
-    with quiet_fp():
-        np.matmul(x, weight, out=y)
+    matmul(x, weight, y)
     save_z = ACTIVATIONS[act] in SAVES_PREACTIVATION
     with threads_for(y.size, _EPILOGUE_PARALLEL_MIN):
         _epilogue_kernels(act)[0](y, z if save_z else np.empty((0, 0), y.dtype),
@@ -119,7 +115,6 @@ def linear_act_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha
         total = _epilogue_kernels(act)[1](dy, y, zz, dz_work, db, alpha)
     if dalpha is not None:
         dalpha[0] = total
-    with quiet_fp():
-        np.matmul(x.T, dz_work, out=dweight)
-        if dx is not None:
-            np.matmul(dz_work, weight.T, out=dx)
+    matmul(x, dz_work, dweight, trans_a=True)
+    if dx is not None:
+        matmul(dz_work, weight, dx, trans_b=True)

@@ -201,31 +201,94 @@ def blas_gemm(dtype):
 
 if intrinsic is not None:
     @intrinsic
-    def gemm_call(typingctx, address, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    def gemm_call(typingctx, address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         """CBLAS row-major ?gemm at ``address`` (blas_gemm) from Numba code, GIL released:
-        c (m, n) = alpha a (m, k) @ op(b) + beta c, op(b) = b (k, n) or, trans_b, b (n, k)
-        transposed; a, b, c data addresses (``arr.ctypes.data``), the rest int64 and the
-        scalars of the matrices' type. An address, not a ctypes function, is the argument:
-        Numba does not reuse a cached kernel whose signature holds a ctypes function."""
+        c (m, n) = alpha op(a) @ op(b) + beta c, op(a) = a (m, k) or, trans_a, a (k, m)
+        transposed, op(b) = b (k, n) or, trans_b, b (n, k) transposed; a, b, c data
+        addresses (``arr.ctypes.data``), the rest int64 and the scalars of the matrices'
+        type. An address, not a ctypes function, is the argument: Numba does not reuse a
+        cached kernel whose signature holds a ctypes function."""
         def codegen(context, builder, signature, args):
-            address, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
+            address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
             i32, i64, ptr = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
             fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, alpha.type, ptr, i64, ptr, i64,
                                                    beta.type, ptr, i64])
             fn = builder.inttoptr(address, fnty.as_pointer())
-            tb = builder.select(builder.icmp_signed("!=", trans_b, ir.Constant(trans_b.type, 0)),
-                                ir.Constant(i32, 112), ir.Constant(i32, 111))
-            builder.call(fn, [ir.Constant(i32, 101), ir.Constant(i32, 111), tb, m, n, k, alpha,
+            ta, tb = (builder.select(builder.icmp_signed("!=", t, ir.Constant(t.type, 0)), ir.Constant(i32, 112),
+                                     ir.Constant(i32, 111)) for t in (trans_a, trans_b))
+            builder.call(fn, [ir.Constant(i32, 101), ta, tb, m, n, k, alpha,
                               builder.inttoptr(a, ptr), lda, builder.inttoptr(b, ptr), ldb, beta,
                               builder.inttoptr(c, ptr), ldc])
             return context.get_dummy_value()
 
-        ints = (address, trans_b, m, n, k, a, lda, b, ldb, c, ldc)
+        ints = (address, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc)
         if not all(isinstance(t, nbtypes.Integer) and t.bitwidth == 64 for t in ints) or alpha != beta:
             return None
-        return nbtypes.void(address, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), codegen
+        return nbtypes.void(address, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc), codegen
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _gemm_parts(gemm, a, b, c, trans_a, trans_b, beta, parts, by_rows):
+        """c (+)= op(a) @ op(b) in ``parts`` runs of c's rows (by_rows) or columns, one
+        ?gemm call per run (a, b, c C-contiguous)."""
+        m, n = c.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        T = c.dtype.type
+        size = c.itemsize
+        lda, ldb = a.shape[1], b.shape[1]
+        for p in prange(parts):
+            whole = m if by_rows else n
+            r0, r1 = p * whole // parts, (p + 1) * whole // parts
+            if r1 == r0:
+                continue
+            at, bt, ct = np.int64(a.ctypes.data), np.int64(b.ctypes.data), np.int64(c.ctypes.data)
+            if by_rows:
+                at += (r0 if trans_a else r0 * lda) * size
+                ct += r0 * n * size
+                rows, cols = r1 - r0, n
+            else:
+                bt += (r0 * ldb if trans_b else r0) * size
+                ct += r0 * size
+                rows, cols = m, r1 - r0
+            gemm_call(gemm, np.int64(trans_a), np.int64(trans_b), np.int64(rows), np.int64(cols), np.int64(k),
+                      T(1.0), at, np.int64(lda), bt, np.int64(ldb), T(beta), ct, np.int64(n))
 else:  # pragma: no cover - numba is a hard dependency
-    gemm_call = None
+    gemm_call = _gemm_parts = None
+
+
+# The most runs runtime.matmul splits a product into (a fixed count: a multiple of
+# common thread counts, few enough that each run stays a sizeable GEMM).
+_GEMM_PARTS = 8
+
+
+def matmul(a, b, out, trans_a=False, trans_b=False, beta=0.0):
+    """out (+ beta out) = op(a) @ op(b) for 2-D arrays, as np.matmul but with NumPy's
+    OpenBLAS called single-threaded from a parallel Numba region (rows of out split
+    between fastnn's threads), never by its own threads: OpenBLAS's workers spin after
+    each multi-threaded call (tens of ms), and a Numba region that followed ran half
+    as fast (Winograd conv backward, 64->64 at 16x16: 8.7 ms, 16.9 ms right after a
+    2-thread 256 x 4096 x 256 matmul). np.matmul where that gemm is not available."""
+    gemm = blas_gemm(out.dtype)
+    aa, bb = (a.T if trans_a else a), (b.T if trans_b else b)
+    if (gemm is None or a.dtype != out.dtype or b.dtype != out.dtype or not out.flags.c_contiguous
+            or not a.flags.c_contiguous or not b.flags.c_contiguous or out.size == 0 or aa.shape[1] == 0):
+        with quiet_fp():
+            prod = np.matmul(aa, bb)
+        if beta:
+            out *= beta
+            out += prod
+        else:
+            out[...] = prod
+        return
+    # A split by the shapes alone (OpenBLAS rounds a product differently for different
+    # sizes: its small-matrix kernels), so the bits do not depend on the thread count:
+    # up to _GEMM_PARTS runs of at least 64 rows, else of at least 256 columns.
+    m, n = out.shape
+    by_rows = m >= 128 or m >= n
+    parts = max(1, min(_GEMM_PARTS, (m // 64) if by_rows else (n // 256)))
+    if 2 * out.size * aa.shape[1] < (1 << 22):
+        parts = 1
+    with threads_for(parts << 16), _ONE_BLAS_THREAD:
+        _gemm_parts(np.int64(gemm), a, b, out, trans_a, trans_b, beta, parts, by_rows)
 
 
 class _OneBlasThread:
