@@ -6,7 +6,7 @@ Each 2x2 block of outputs (a tile) of output channel f is
                                          V = B^T d B (4x4, from the tile's input patch d[c]),
 16 multiply-adds per (f, c) and tile where a direct convolution does 36: one
 GEMM per position xi of the 4x4 transform domain, M[xi] (F, T) = U[xi] (F, C) @
-V[xi] (C, T), one stacked np.matmul over the 16 positions.
+V[xi] (C, T), one OpenBLAS ?gemm per position and band.
   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
   A^T = [1 1 1 0; 0 1 -1 -1]
