@@ -165,6 +165,19 @@ def _gather(src, idx, dst):
 
 
 @njit(**JIT)
+def _gather_planes(src, idx, p, nb, nc, hw, one):
+    """p[j, ch * nb * one + b * one + q] = map (b, ch) of src (nb maps of nc channels, hw
+    values each, flat) at idx[j, q], 0 where idx < 0: the 4 parity planes of every map, flat
+    over (channel, image, tile)."""
+    for ch in range(nc):
+        for b in range(nb):
+            m = src[(b * nc + ch) * hw:(b * nc + ch + 1) * hw]
+            at = (ch * nb + b) * one
+            for j in range(4):
+                _gather(m, idx[j], p[j, at:at + one])
+
+
+@njit(**JIT)
 def _input_transform(x, v, ph, pw, i0, rows, te, work):
     """v[xi, c * n + q] (v: (16, C * n), n = B * rows * te) = (B^T d B)[xi] of channel c's band
     tile q = (b * rows + i) * te + t (image b of x (B, C, H, W), tile row i0 + i; 0 at
@@ -181,13 +194,8 @@ def _input_transform(x, v, ph, pw, i0, rows, te, work):
     near = _plane_index(h, w, ph, pw, 2 * i0, rows, te)  # rows i: planes (a, b) at [2a + b]
     far = _plane_index(h, w, ph, pw, 2 * i0 + 2, rows, te)  # rows i + 1
     p = work[:8 * (size + 1)].reshape((8, size + 1))  # [2a + b]: plane (a, b) at tile row i, [4 + 2a + b]: i + 1
-    for ch in range(c):
-        for b in range(nb):
-            src = xf[(b * c + ch) * h * w:(b * c + ch + 1) * h * w]
-            at = ch * n + b * one
-            for k in range(4):
-                _gather(src, near[k], p[k, at:at + one])
-                _gather(src, far[k], p[4 + k, at:at + one])
+    _gather_planes(xf, near, p[:4], nb, c, h * w, one)
+    _gather_planes(xf, far, p[4:], nb, c, h * w, one)
     p[:, size] = 0
     tt = work[8 * (size + 1):16 * (size + 1)].reshape((8, size + 1))  # rows of B^T d, even (2k) / odd columns
     for par in range(2):
@@ -231,12 +239,7 @@ def _grad_transform(dz, m, i0, rows, te, work):
     dzf = dz.ravel()
     idx = _plane_index(oh, ow, 0, 0, 2 * i0, rows, te)
     p = work[:4 * size].reshape((4, size))
-    for k in range(f):
-        for b in range(nb):
-            src = dzf[(b * f + k) * oh * ow:(b * f + k + 1) * oh * ow]
-            at = k * n + b * one
-            for j in range(4):
-                _gather(src, idx[j], p[j, at:at + one])
+    _gather_planes(dzf, idx, p, nb, f, oh * ow, one)
     a, b, c, e = p[0], p[1], p[2], p[3]
     uv = work[4 * size:6 * size].reshape((2, size))
     for kk in range(4):
@@ -485,8 +488,8 @@ def backward(dy, x, weight, y, z, dz, dx, dweight, dbias, dalpha, ph, pw, act, a
     du = np.empty((count, 16, f * c), x.dtype)
     db = np.zeros((count, f))
     asum = np.zeros(count)
-    u_dx = transform_weights(weight, for_dx=True).reshape(16, -1)
     has_dx = dx is not None
+    u_dx = transform_weights(weight, for_dx=True).reshape(16, -1) if has_dx else np.empty((16, 0), x.dtype)
     with threads_for(dz.size), one_blas_thread():
         _backward_kernel(act)(dy, y, y if z is None else z, dz, x, u_dx, dx if has_dx else x[:0], has_dx, alpha, ph,
                               pw, blocks, dw_plan, dw_from, te, dx_plan, dx_from, te_dx, du, db, asum, bufs,
