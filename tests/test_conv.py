@@ -562,6 +562,23 @@ def test_numba_winograd_falls_back_to_im2col_without_openblas_gemm(rng, monkeypa
         _check_case(case, "tanh", np.float64, rng)
 
 
+def test_numba_im2col_tasks_without_openblas_gemm(rng, monkeypatch):
+    """Where NumPy's BLAS offers no ?gemm to call from Numba (runtime.blas_gemm None),
+    the Numba im2col path runs its steps as Python-thread tasks around np.matmul: the
+    same reference results, every case (1x1, strided, padded, batch 1) and dtype, and
+    the same bits at 1 and 2 threads."""
+    from fastnn.backend.numba import runtime
+    monkeypatch.setattr(runtime, "_GEMMS", {})
+    with fnn.backend.using("numba"):
+        for k, case in enumerate(CASES + BIG[:1]):
+            for dtype in DTYPES:
+                _check_case(case, ("identity", "relu", "prelu", "tanh")[k % 4], dtype, rng, bias=k % 3 != 2)
+        x = rng.standard_normal((9, 4, 10, 9)).astype(np.float32)
+        w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+        _bits_at_one_and_two_threads(x, w, rng.standard_normal(6).astype(np.float32),
+                                     rng.standard_normal((9, 6, 10, 9)).astype(np.float32))
+
+
 def test_conv2d_winograd_numerical_gradients(backend, rng):
     """Central differences of L = sum(R * conv(x)) through the Winograd path (float64)."""
     x = rng.standard_normal((2, 3, 5, 6))

@@ -13,7 +13,7 @@ import pytest
 import fastnn as fnn
 from fastnn.backend import cpp
 from fastnn.backend.codes import ACT_CODE, HYPER_FIELDS, RULE_CODE, RULES
-from fastnn.backend.numba import activation, batchnorm, conv, gemm
+from fastnn.backend.numba import activation, batchnorm, conv, conv_winograd, gemm
 from fastnn.backend.numba import optim as numba_optim
 from fastnn.backend.numba import pool as numba_pool
 
@@ -185,7 +185,9 @@ def test_fixed_window_max_pool_matches_cpp_on_both_thread_counts(rng):
 def _made_kernels():
     relu = ACT_CODE["relu"]
     made = [numba_optim._optim_loop(RULE_CODE["adam"]), numba_pool._max_pool2d_fixed(2, 2)]
-    for factory in (activation._act_kernels, batchnorm._bn_kernels, conv._epilogue_kernels, gemm._epilogue_kernels):
+    for module in (conv, conv_winograd):
+        made += [module._forward_kernel(relu), module._backward_kernel(relu)]
+    for factory in (activation._act_kernels, batchnorm._bn_kernels, gemm._epilogue_kernels):
         made += list(factory(relu))
     return made
 
