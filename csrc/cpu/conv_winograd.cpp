@@ -619,11 +619,11 @@ void weights_from_transform(const T* du, int64_t fc, T* dw) {
 // already laid out along the tiles, so no packing. R x Q rows of a and b at a
 // time, R * Q = W accumulators of W lanes each, then one register transpose and
 // W - 1 adds give the W dot products (the lane order of every sum is fixed).
-// Used where F C / (F + C) <= 16 (the FLOPs per element the engine would pack:
-// 32 -> 32 channels): through gemm_engine (M = F, N = C = 32, K = a block's
-// tiles, packed per call) those GEMMs ran at 37% of the FMA probe and were 30%
-// of the backward, which this cut from 12.1 to 10.8 ms (2 threads, 32x32, N =
-// 64). With 64 channels the engine was 3-5% faster, so it keeps them.
+// Used where F C / (F + C) < 16 (the FLOPs per element the engine would pack):
+// 16 -> 16 channels at 32x32, batch 64, 2 threads: dweight 1.11 ms against 1.49
+// through gemm_engine (M = F, N = C, K = a block's tiles, packed per call), 16
+// -> 32 1.84 against 2.10. From 32 -> 32 on the engine is faster (3.37 against
+// 3.58 ms), once it no longer opened a one-thread OpenMP region per call.
 template <class T>
 void dot_rows(const T* a, int64_t rows_a, const T* b, int64_t rows_b, int64_t ld, int64_t k, T* out, int64_t ldo,
               bool accumulate) {
@@ -673,7 +673,7 @@ void winograd_dweight(const Geom& g, const T* x, const T* dz, int64_t groups, T*
   const int64_t rb = max64(1, min64(tiles_cap / g.tw, g.th * ceil_div(g.n, groups)));
   const int64_t ld = ceil_div(rb * g.tw, 16) * 16;
   const int64_t wsize = g.f * g.c * 9;
-  const bool small_du = g.f * g.c <= 16 * (g.f + g.c);  // dU[xi] by dot_rows, else gemm_engine
+  const bool small_du = g.f * g.c < 16 * (g.f + g.c);  // dU[xi] by dot_rows, else gemm_engine
   T* partial = static_cast<T*>(scratch(kConvWeightGrad, size_t(groups * wsize) * sizeof(T)));
   double* bpart = dbias ? static_cast<double*>(scratch(kWork, size_t(groups * g.f) * sizeof(double))) : nullptr;
   if (bpart)

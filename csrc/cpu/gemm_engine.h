@@ -581,10 +581,13 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
     for (int64_t b = 0; b < nblocks; ++b) next_chunk[b] = 0;
   T* bpack = static_cast<T*>(scratch(kPackB, size_t(kcb * max64(tn * slot, nth * chunk) * NR) * sizeof(T)));
 
-#pragma omp parallel num_threads(nth) if (nth > 1)
-  {
-    const int nt = omp_get_num_threads();
-    const int tid = omp_get_thread_num();
+  // The team's work: thread tid of nt. One thread runs it as a plain call: an
+  // OpenMP region of one thread still builds a team, and inside another region
+  // (conv's Winograd dweight: 16 GEMMs of M = F, N = C per block, about 2 us of
+  // arithmetic each) that nested team cost about as much as the GEMM itself.
+  // The barriers are skipped when nt == 1 (orphaned, they would bind to the
+  // caller's region).
+  auto team = [&](const int nt, const int tid) {
     // A team smaller than asked for (nested call, OMP limits) falls back to rows x 1.
     const int gm = nt == nth ? tm : nt, gn = nt == nth ? tn : 1;
     const int ti = tid / gn, tj = tid % gn;
@@ -609,7 +612,9 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
           A.template pack<MR>(ic + r * MR, int(min64(MR, mc - r * MR)), pc, kc, apack + r * MR * kc);
 
         if (dynamic && nt == nth) {
+          if (nt > 1) {
 #pragma omp barrier
+          }
           T* my_slot = bpack + tid * chunk * NR * kcb;
           for (;;) {
             int64_t ch;
@@ -696,7 +701,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
           if (pk1 > pk0)
             pack_b_panels<NR>(B, pc, kc, jc / NR + pk0, jc / NR + pk1, n, bpanel(pk0), NR * kcb, ic == 0,
                               mpan <= 32);
-          if (jc == 0 || gm > 1) {
+          if (nt > 1 && (jc == 0 || gm > 1)) {
 #pragma omp barrier
           }
 
@@ -714,6 +719,12 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
         }
       }
     }
+  };
+  if (nth > 1) {
+#pragma omp parallel num_threads(nth)
+    team(omp_get_num_threads(), omp_get_thread_num());
+  } else {
+    team(1, 0);
   }
 }
 
