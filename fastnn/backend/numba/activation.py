@@ -310,6 +310,25 @@ def dz_rows(dy, y, z, dz, code, alpha):
     return asum
 
 
+@njit(**dict(JIT, fastmath={"reassoc"}))
+def add_row_sums(dz, out):
+    """out (F,) float64 += the sum of dz (F, B, P) over (b, p), the conv backwards' dbias:
+    each (f, b) row summed in dz's type, those sums added in float64 in b order.
+    Reassociation is allowed in this function alone, so LLVM vectorizes the row sum,
+    its lanes in an order fixed by the compiled code (the same bits at any thread
+    count): 0.076 ms for 64 images of 32 x 1024 on one thread, against 0.25 with 8
+    running sums written out and 0.089 for np.matmul(dz, ones)."""
+    f, nb, p = dz.shape
+    T = dz.dtype.type
+    for k in range(f):
+        for b in range(nb):
+            r = dz[k, b]
+            s = T(0)
+            for j in range(p):
+                s += r[j]
+            out[k] += s
+
+
 # One small function per activation (not one taking the code): LLVM inlines each
 # into the kernel's loop, which then vectorizes. With one function holding every
 # activation's body the inliner left the call in place for gelu_tanh's derivative,

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
 from . import conv_winograd as winograd
-from .activation import PRELU, act_grad, act_value
+from .activation import PRELU, act_grad, act_value, add_row_sums
 from .runtime import (JIT, blas_gemm, gemm_call, get_num_threads, literally, njit, one_blas_thread, prange, quiet_fp,
                       run_tasks, scratch, threads_for)
 
@@ -138,34 +138,6 @@ def _dz_act(dy, y, z, dz, alpha, code):
     return asum
 
 
-@njit(**JIT)
-def _add_dbias(dz, dbias):
-    """dbias (F,) float64 += the sum of dz (F, B, P) over (b, p): each image's row in the
-    matrices' type as 8 running sums in a fixed order (independent adds, not one serial
-    chain, which kept the loop at a fraction of the memory bandwidth), then those in
-    float64, image by image; the same bits whichever path calls it."""
-    f, nb, p = dz.shape
-    T = dz.dtype.type
-    p8 = p - p % 8
-    for k in range(f):
-        for b in range(nb):
-            r = dz[k, b]
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = T(0)
-            for j in range(0, p8, 8):
-                a0 += r[j]
-                a1 += r[j + 1]
-                a2 += r[j + 2]
-                a3 += r[j + 3]
-                a4 += r[j + 4]
-                a5 += r[j + 5]
-                a6 += r[j + 6]
-                a7 += r[j + 7]
-            s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-            for j in range(p8, p):
-                s += r[j]
-            dbias[k] += s
-
-
 def _blocks(n, ckk, p, itemsize):
     """The fixed blocks of images of the backward, [bounds[t], bounds[t + 1]): a
     function of the shapes only. About _BLOCK_BYTES of columns each, between
@@ -273,7 +245,7 @@ def _backward_kernel(code):
                     beta = zero if g0 == bounds[t] else one
                     dz = work[:f * nb * p].reshape((f, nb, p))
                     asum += _dz_act(dy3[g0:g1], y3[g0:g1], z3[g0:g1], dz, alpha, code)
-                    _add_dbias(dz, db_parts[t])
+                    add_row_sums(dz, db_parts[t])
                     if pointwise:  # image b's columns are x[b] (C, P) as it is
                         for b in range(nb):
                             dzb = dz.ctypes.data + b * p * size  # dz[:, b] (F, P), rows B P apart
@@ -412,7 +384,7 @@ def _backward_tasks(dy3, y3, z3, x, w2, dx, alpha, geo, bounds, group, dw_parts,
                 g1 = min(bounds[t + 1], g0 + group)
                 dz = scratch("dz", (f, g1 - g0, p), dy3.dtype)
                 asum += _dz_act(dy3[g0:g1], y3[g0:g1], z3[g0:g1], dz, alpha, code)
-                _add_dbias(dz, db_parts[t])
+                add_row_sums(dz, db_parts[t])
                 if pointwise:
                     dzb = dz.transpose(1, 0, 2)  # (B, F, P)
                     contrib = np.matmul(x3[g0:g1], dzb.transpose(0, 2, 1)).sum(axis=0)

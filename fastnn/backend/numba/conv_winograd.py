@@ -54,7 +54,7 @@ import functools
 import numpy as np
 
 from ..codes import ACTIVATIONS, SAVES_PREACTIVATION
-from .activation import IDENTITY, act_value, dz_rows
+from .activation import IDENTITY, act_value, add_row_sums, dz_rows
 from .runtime import (JIT, blas_gemm, gemm_call, get_num_threads, literally, njit, one_blas_thread, prange,
                       scratch, threads_for)
 
@@ -404,11 +404,7 @@ def _backward_kernel(code):
                     dzi = dz[i].reshape((f, pix))
                     s += dz_rows(dy[i].reshape((f, pix)), y[i].reshape((f, pix)), z[i].reshape((f, pix)), dzi, code,
                                  alpha)
-                    for k in range(f):
-                        acc = 0.0
-                        for j in range(pix):
-                            acc += dzi[k, j]
-                        db[t, k] += acc
+                    add_row_sums(dzi.reshape((f, 1, pix)), db[t])
                 asum[t] = s
                 for k in range(dw_from[t], dw_from[t + 1]):
                     b0, b1, i0, rows = dw_plan[k, 0], dw_plan[k, 1], dw_plan[k, 2], dw_plan[k, 3]
