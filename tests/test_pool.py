@@ -116,6 +116,28 @@ def test_max_pool2d_matches_reference(backend, rng, shape, k, s, p, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s", [((2, 2), (2, 2)), ((2, 2), (1, 1)), ((3, 3), (2, 2)), ((3, 3), (1, 1))])
+def test_fixed_windows_at_every_row_length(backend, rng, k, s, dtype):
+    """The 2- and 3-wide windows of stride 1 or 2 (compiled per window, their row
+    loops per vector length: 16 columns and up, 8-15, under 8): output rows of 1 to
+    17 columns, 1 to 5 rows, against the references, forward and backward."""
+    for ow in (1, 3, 4, 5, 7, 8, 9, 15, 16, 17):
+        for oh in (1, 2, 5):
+            shape = (2, 3, (oh - 1) * s[0] + k[0], (ow - 1) * s[1] + k[1])
+            x = rng.standard_normal(shape).astype(dtype)
+            y, saved = ops.max_pool2d(x, k, s)
+            ref, ref_index = max_pool_ref(x, k, s, (0, 0))
+            assert y.shape == (2, 3, oh, ow) and np.array_equal(y, ref.astype(dtype)), (ow, oh)
+            np.testing.assert_array_equal(saved.index, ref_index)
+            dy = rng.standard_normal(y.shape).astype(dtype)
+            assert rel_err(ops.max_pool2d_backward(dy, saved), max_pool_backward_ref(dy, ref_index, shape)) < TOL[dtype]
+            ya, saved_a = ops.avg_pool2d(x, k, s)
+            assert rel_err(ya, avg_pool_ref(x.astype(np.float64), k, s, (0, 0))) < TOL[dtype], (ow, oh)
+            assert rel_err(ops.avg_pool2d_backward(dy, saved_a),
+                           avg_pool_backward_ref(dy.astype(np.float64), shape, k, s, (0, 0))) < TOL[dtype], (ow, oh)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,s,p", [((2, 2), (2, 2), (0, 0)), ((3, 3), (1, 1), (1, 1)), ((2, 3), (1, 2), (1, 0)),
                                    ((3, 3), (3, 3), (1, 1))])
 def test_max_pool2d_ties_pick_the_first_maximum_in_row_major_order(backend, rng, k, s, p, dtype):
