@@ -290,43 +290,32 @@ def conv2d_forward(x, weight, bias, y, z, stride_h, stride_w, pad_h, pad_w, act,
     ngroups = -(-n // group)
     parts = min(ngroups, get_num_threads())
     gemm = blas_gemm(x.dtype)
-    if gemm is None:
-        _forward_tasks(x, w2, b, bias is not None, y3, z3, save_z, alpha, (kh, kw, stride_h, stride_w, pad_h, pad_w,
-                                                                            oh, ow), group, parts, act)
+    if gemm is None:  # the kernel's steps as run_tasks tasks around np.matmul
+        pointwise = _pointwise(kh, kw, stride_h, stride_w, pad_h, pad_w)
+        x3 = x.reshape(n, c, -1)
+        starts = range(0, n, group)
+
+        def task(t):
+            with quiet_fp():
+                for g0 in starts[t * len(starts) // parts:(t + 1) * len(starts) // parts]:
+                    g1 = min(n, g0 + group)
+                    acc = scratch("acc", (f, g1 - g0, p), y3.dtype)
+                    if pointwise:
+                        np.matmul(w2, x3[g0:g1], out=y3[g0:g1])
+                        _bias_act(acc, y3[g0:g1], z3[g0:g1], b, bias is not None, save_z, alpha, True, act)
+                        continue
+                    cols = scratch("cols", (ckk, g1 - g0, p), x.dtype)
+                    _im2col(x[g0:g1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+                    out = y3[g0] if g1 - g0 == 1 else acc.reshape(f, -1)
+                    np.matmul(w2, cols.reshape(ckk, -1), out=out)
+                    _bias_act(acc, y3[g0:g1], z3[g0:g1], b, bias is not None, save_z, alpha, g1 - g0 == 1, act)
+
+        run_tasks(task, parts)
         return
     bufs = scratch("im2col_bufs", (parts, 2, max(ckk, f) * min(n, group) * p), x.dtype)
     geo = np.array((kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow), np.int64)
     with threads_for(y.size), one_blas_thread():
         _forward_kernel(act)(x, w2, b, bias is not None, y3, z3, save_z, alpha, geo, group, bufs, np.int64(gemm))
-
-
-def _forward_tasks(x, w2, b, has_bias, y3, z3, save_z, alpha, geo, group, ntasks, code):
-    """The forward kernel's steps as runtime.run_tasks tasks around np.matmul (NumPy's
-    BLAS offers no ?gemm to call from Numba)."""
-    kh, kw, sh, sw, ph, pw, oh, ow = geo
-    n, c = x.shape[:2]
-    f, ckk = w2.shape
-    p = oh * ow
-    pointwise = _pointwise(kh, kw, sh, sw, ph, pw)
-    x3 = x.reshape(n, c, -1)
-    starts = range(0, n, group)
-
-    def task(t):
-        with quiet_fp():
-            for g0 in starts[t * len(starts) // ntasks:(t + 1) * len(starts) // ntasks]:
-                g1 = min(n, g0 + group)
-                acc = scratch("acc", (f, g1 - g0, p), y3.dtype)
-                if pointwise:
-                    np.matmul(w2, x3[g0:g1], out=y3[g0:g1])
-                    _bias_act(acc, y3[g0:g1], z3[g0:g1], b, has_bias, save_z, alpha, True, code)
-                    continue
-                cols = scratch("cols", (ckk, g1 - g0, p), x.dtype)
-                _im2col(x[g0:g1], cols, kh, kw, sh, sw, ph, pw, oh, ow)
-                out = y3[g0] if g1 - g0 == 1 else acc.reshape(f, -1)
-                np.matmul(w2, cols.reshape(ckk, -1), out=out)
-                _bias_act(acc, y3[g0:g1], z3[g0:g1], b, has_bias, save_z, alpha, g1 - g0 == 1, code)
-
-    run_tasks(task, ntasks)
 
 
 def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, stride_h, stride_w, pad_h, pad_w,
@@ -346,16 +335,50 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
     db_parts = np.zeros((nblocks, f))
     alpha_parts = np.zeros(nblocks)
     dw_parts = np.empty((nblocks, ckk, f), dy.dtype)  # transposed
-    geo = (kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
     gemm = blas_gemm(x.dtype)
-    if gemm is None:
-        _backward_tasks(dy3, y3, z3, x, w2, dx, alpha, geo, bounds, group, dw_parts, db_parts, alpha_parts, act)
+    if gemm is None:  # the kernel's steps as run_tasks tasks around np.matmul
+        pointwise = _pointwise(kh, kw, stride_h, stride_w, pad_h, pad_w)
+        x3 = x.reshape(n, c, -1)
+
+        def block(t):
+            asum = 0.0
+            part = dw_parts[t]
+            with quiet_fp():
+                for g0 in range(bounds[t], bounds[t + 1], group):
+                    g1 = min(bounds[t + 1], g0 + group)
+                    dz = scratch("dz", (f, g1 - g0, p), dy3.dtype)
+                    asum += _dz_act(dy3[g0:g1], y3[g0:g1], z3[g0:g1], dz, alpha, act)
+                    add_row_sums(dz, db_parts[t])
+                    if pointwise:
+                        dzb = dz.transpose(1, 0, 2)  # (B, F, P)
+                        contrib = np.matmul(x3[g0:g1], dzb.transpose(0, 2, 1)).sum(axis=0)
+                        if g0 == bounds[t]:
+                            part[...] = contrib
+                        else:
+                            part += contrib
+                        if dx is not None:
+                            np.matmul(w2.T, dzb, out=dx.reshape(x3.shape)[g0:g1])
+                        continue
+                    cols = scratch("cols", (ckk, g1 - g0, p), x.dtype)
+                    _im2col(x[g0:g1], cols, kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+                    cols2, dz2 = cols.reshape(ckk, -1), dz.reshape(f, -1)
+                    if g0 == bounds[t]:
+                        np.matmul(cols2, dz2.T, out=part)
+                    else:
+                        part += cols2 @ dz2.T
+                    if dx is not None:
+                        np.matmul(w2.T, dz2, out=cols2)
+                        _col2im(cols, dx[g0:g1], kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow)
+            alpha_parts[t] = asum
+
+        run_tasks(block, nblocks)
     else:
         parts = max(1, min(nblocks, get_num_threads()))
         bufs = scratch("im2col_bufs", (parts, 2, max(ckk, f) * min(n, group) * p), x.dtype)
         with threads_for(dy.size), one_blas_thread():
             _backward_kernel(act)(dy3, y3, z3, x, w2, dx if dx is not None else x[:0], dx is not None, alpha,
-                                  np.array(geo, np.int64), np.array(bounds, np.int64), group, bufs, dw_parts,
+                                  np.array((kh, kw, stride_h, stride_w, pad_h, pad_w, oh, ow), np.int64),
+                                  np.array(bounds, np.int64), group, bufs, dw_parts,
                                   db_parts, alpha_parts, np.int64(gemm))
     if dbias is not None:
         dbias[...] = db_parts.sum(axis=0)
@@ -363,48 +386,3 @@ def conv2d_backward(dy, x, weight, y, z, dz_work, dx, dweight, dbias, dalpha, st
         dalpha[0] = alpha_parts.sum()
     with quiet_fp():
         dweight.reshape(f, ckk)[...] = dw_parts.sum(axis=0).T
-
-
-def _backward_tasks(dy3, y3, z3, x, w2, dx, alpha, geo, bounds, group, dw_parts, db_parts, alpha_parts, code):
-    """The backward kernel's steps as runtime.run_tasks tasks around np.matmul (NumPy's
-    BLAS offers no ?gemm to call from Numba)."""
-    kh, kw, sh, sw, ph, pw, oh, ow = geo
-    n, c = x.shape[:2]
-    f, ckk = w2.shape
-    p = oh * ow
-    pointwise = _pointwise(kh, kw, sh, sw, ph, pw)
-    x3 = x.reshape(n, c, -1)
-    nblocks = len(bounds) - 1
-
-    def block(t):
-        asum = 0.0
-        part = dw_parts[t]
-        with quiet_fp():
-            for g0 in range(bounds[t], bounds[t + 1], group):
-                g1 = min(bounds[t + 1], g0 + group)
-                dz = scratch("dz", (f, g1 - g0, p), dy3.dtype)
-                asum += _dz_act(dy3[g0:g1], y3[g0:g1], z3[g0:g1], dz, alpha, code)
-                add_row_sums(dz, db_parts[t])
-                if pointwise:
-                    dzb = dz.transpose(1, 0, 2)  # (B, F, P)
-                    contrib = np.matmul(x3[g0:g1], dzb.transpose(0, 2, 1)).sum(axis=0)
-                    if g0 == bounds[t]:
-                        part[...] = contrib
-                    else:
-                        part += contrib
-                    if dx is not None:
-                        np.matmul(w2.T, dzb, out=dx.reshape(x3.shape)[g0:g1])
-                    continue
-                cols = scratch("cols", (ckk, g1 - g0, p), x.dtype)
-                _im2col(x[g0:g1], cols, kh, kw, sh, sw, ph, pw, oh, ow)
-                cols2, dz2 = cols.reshape(ckk, -1), dz.reshape(f, -1)
-                if g0 == bounds[t]:
-                    np.matmul(cols2, dz2.T, out=part)
-                else:
-                    part += cols2 @ dz2.T
-                if dx is not None:
-                    np.matmul(w2.T, dz2, out=cols2)
-                    _col2im(cols, dx[g0:g1], kh, kw, sh, sw, ph, pw, oh, ow)
-        alpha_parts[t] = asum
-
-    run_tasks(block, nblocks)
