@@ -81,3 +81,38 @@ def test_gemm_streamed_b_matches_reference_at_any_thread_count(backend, rng, dty
             np.testing.assert_array_equal(outs[0], outs[1])
     finally:
         fnn.set_num_threads(before)
+
+
+# A transposed B larger than 8 MiB against a few rows of A (dX = dZ @ W^T of a
+# Linear layer at a small batch) is read in place on the AVX-512 path: tiles
+# broadcast B from its columns (W's rows) and accumulate C^T per thread across
+# the K blocks. Rows that fill its groups of 4 vectors (64 float32 or 32
+# float64 rows) to within 1/8 take it: one group and several, n off the
+# 6-column tiles and 48-column chunks, k off every block size, B one element
+# past a line, with and without accumulation into C. Other ISAs take the
+# general path on the same shapes.
+IN_PLACE_TB_SHAPES = [(64, 2101, 1201), (61, 1999, 1100), (125, 1100, 2003), (30, 3001, 700), (250, 1153, 2011)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_gemm_transposed_b_in_place_matches_reference_at_any_thread_count(backend, rng, dtype, beta):
+    before = fnn.get_num_threads()
+    try:
+        for m, n, k in IN_PLACE_TB_SHAPES:
+            a = rng.standard_normal((m, k)).astype(dtype)
+            store = np.empty(k * n + 1, dtype)
+            b = store[1:].reshape(n, k)
+            b[...] = rng.standard_normal(b.shape)
+            c0 = rng.standard_normal((m, n)).astype(dtype)
+            ref = beta * c0.astype(np.float64) + a.astype(np.float64) @ b.T.astype(np.float64)
+            outs = []
+            for threads in (1, 2):
+                fnn.set_num_threads(threads)
+                c = c0.copy()
+                fnn.ops.gemm(a, b, trans_b=True, out=c, beta=beta)
+                outs.append(c)
+            assert rel_err(outs[0], ref) < TOL[dtype] * np.sqrt(k), (m, n, k)
+            np.testing.assert_array_equal(outs[0], outs[1])
+    finally:
+        fnn.set_num_threads(before)
