@@ -499,6 +499,22 @@ FASTNN_INLINE void pack_b_panels(const BSrc& B, int64_t p0, int64_t kc, int64_t 
     B.template pack<NR>(p0, kc, q * NR, int(min64(NR, n - q * NR)), dst + (q - q0) * pstride, first);
 }
 
+// Runs team(nt, tid) on nth threads. One thread runs it as a plain call: an
+// OpenMP region of one thread still builds a team, and inside another region
+// (conv's Winograd dweight: 16 GEMMs of M = F, N = C per block, about 2 us of
+// arithmetic each) that nested team cost about as much as the GEMM itself.
+// The team's barriers are skipped when nt == 1 (orphaned, they would bind to
+// the caller's region).
+template <class F>
+void run_team(int nth, F&& team) {
+  if (nth > 1) {
+#pragma omp parallel num_threads(nth)
+    team(omp_get_num_threads(), omp_get_thread_num());
+  } else {
+    team(1, 0);
+  }
+}
+
 // Splits [0, total) into `parts` nearly equal steps no longer than `step`.
 FASTNN_INLINE int64_t balanced_step(int64_t total, int64_t step, int64_t align) {
   const int64_t nsteps = ceil_div(total, step);
@@ -618,12 +634,7 @@ void gemm_tall_tb(int64_t m, int64_t n, int64_t k, const ASrc& A, const StridedB
       }
     }
   };
-  if (nth > 1) {
-#pragma omp parallel num_threads(nth)
-    team(omp_get_num_threads(), omp_get_thread_num());
-  } else {
-    team(1, 0);
-  }
+  run_team(nth, team);
 }
 
 }  // namespace gemm_detail
@@ -718,12 +729,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
     for (int64_t b = 0; b < nblocks; ++b) next_chunk[b] = 0;
   T* bpack = static_cast<T*>(scratch(kPackB, size_t(kcb * max64(tn * slot, nth * chunk) * NR) * sizeof(T)));
 
-  // The team's work: thread tid of nt. One thread runs it as a plain call: an
-  // OpenMP region of one thread still builds a team, and inside another region
-  // (conv's Winograd dweight: 16 GEMMs of M = F, N = C per block, about 2 us of
-  // arithmetic each) that nested team cost about as much as the GEMM itself.
-  // The barriers are skipped when nt == 1 (orphaned, they would bind to the
-  // caller's region).
+  // The team's work: thread tid of nt (see run_team).
   auto team = [&](const int nt, const int tid) {
     // A team smaller than asked for (nested call, OMP limits) falls back to rows x 1.
     const int gm = nt == nth ? tm : nt, gn = nt == nth ? tn : 1;
@@ -857,12 +863,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
       }
     }
   };
-  if (nth > 1) {
-#pragma omp parallel num_threads(nth)
-    team(omp_get_num_threads(), omp_get_thread_num());
-  } else {
-    team(1, 0);
-  }
+  run_team(nth, team);
 }
 
 // GemmArgs form: strided A and B, beta 0 or 1.
