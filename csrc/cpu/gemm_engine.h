@@ -724,6 +724,11 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   const int64_t chunk_cap = min64(ceil_div(npan_total, nth), ceil_div(Bl::NCL2, NR));
   const int64_t chunk = ceil_div(npan_total, ceil_div(ceil_div(npan_total, chunk_cap), nth) * nth);
   const int64_t nchunks = ceil_div(npan_total, chunk);
+  // Chunk boundaries evenly spread (sizes differ by at most one panel, the larger
+  // ones last), so the chunk holding a partial last panel is not also the one
+  // short of panels: n = 784 is 16 panels + 16 columns, 9 + 8 panels gave the
+  // threads 432 and 352 columns; 8 + 9 gives 384 and 400.
+  auto chunk_begin = [&](int64_t ch) { return ch * npan_total / nchunks; };
   int64_t next_chunk[kMaxBlocks];
   if (dynamic)
     for (int64_t b = 0; b < nblocks; ++b) next_chunk[b] = 0;
@@ -768,7 +773,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
               ch = __atomic_fetch_add(&next_chunk[this_block], 1, __ATOMIC_RELAXED);
             }
             if (ch >= nchunks) break;
-            const int64_t q0 = ch * chunk, q1 = min64(q0 + chunk, npan_total);
+            const int64_t q0 = chunk_begin(ch), q1 = chunk_begin(ch + 1);
             if constexpr (IsStridedB<BSrc>::value) {
               if (stream_b && mpan >= kStreamMinPanels && mpan <= kStreamMaxPanels && (B.cs == 1 || B.rs == 1)) {
                 // A skinny block (few row panels, each packed B panel used only mpan
@@ -785,7 +790,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
                   const int64_t claimed = __atomic_fetch_add(&next_chunk[b], 1, __ATOMIC_RELAXED);
                   if (claimed < nchunks) ahead = claimed, ahead_block = b;
                 }
-                const int64_t next_q = ahead_block < 0 ? -1 : ahead * chunk;
+                const int64_t next_q = ahead_block < 0 ? -1 : chunk_begin(ahead);
                 const int64_t next_pc = ahead_block == this_block ? pc : pc + kc < k ? pc + kc : 0;
                 for (int64_t q = q0; q < q1; ++q) {
                   const int64_t j = q * NR;
