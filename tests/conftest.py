@@ -68,6 +68,24 @@ def rel_err(a, b):
 
 TOL = {np.float32: 1e-4, np.float64: 1e-11}
 
+
+def on_threads(n, fn):
+    """fn() with fastnn set to n threads; the previous count is restored after."""
+    before = fnn.get_num_threads()
+    try:
+        fnn.set_num_threads(n)
+        return fn()
+    finally:
+        fnn.set_num_threads(before)
+
+
+def off_line(shape, dtype, rng):
+    """A contiguous standard-normal array starting one element past a 64-byte line."""
+    store = np.empty(int(np.prod(shape)) + 1, dtype)
+    out = store[1:].reshape(shape)
+    out[...] = rng.standard_normal(shape)
+    return out
+
 # Activations whose derivative jumps at z = 0.
 KINKED = ("relu", "leaky_relu", "prelu", "elu", "selu")
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import fastnn as fnn
-from conftest import TOL, rel_err
+from conftest import TOL, off_line, on_threads, rel_err
 
 # 1, primes, and sizes that are not multiples of any SIMD width, MR/NR or KC.
 # Then shapes that cross the engine's blocks: several K blocks (k > KC), several
@@ -64,23 +64,13 @@ STREAM_SHAPES = [(29, 2100, 1100), (250, 1999, 1201), (2048 + 37, 1100, 2003)]
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_gemm_streamed_b_matches_reference_at_any_thread_count(backend, rng, dtype, trans_b):
-    before = fnn.get_num_threads()
-    try:
-        for m, n, k in STREAM_SHAPES:
-            a = rng.standard_normal((m, k)).astype(dtype)
-            # One element past a 64-byte line, contiguous.
-            store = np.empty(k * n + 1, dtype)
-            b = store[1:].reshape((n, k) if trans_b else (k, n))
-            b[...] = rng.standard_normal(b.shape)
-            ref = a.astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
-            outs = []
-            for threads in (1, 2):
-                fnn.set_num_threads(threads)
-                outs.append(fnn.ops.gemm(a, b, trans_b=trans_b))
-            assert rel_err(outs[0], ref) < TOL[dtype] * np.sqrt(k), (m, n, k)
-            np.testing.assert_array_equal(outs[0], outs[1])
-    finally:
-        fnn.set_num_threads(before)
+    for m, n, k in STREAM_SHAPES:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = off_line((n, k) if trans_b else (k, n), dtype, rng)
+        ref = a.astype(np.float64) @ (b.T if trans_b else b).astype(np.float64)
+        outs = [on_threads(threads, lambda: fnn.ops.gemm(a, b, trans_b=trans_b)) for threads in (1, 2)]
+        assert rel_err(outs[0], ref) < TOL[dtype] * np.sqrt(k), (m, n, k)
+        np.testing.assert_array_equal(outs[0], outs[1])
 
 
 # A transposed B larger than 8 MiB against a few rows of A (dX = dZ @ W^T of a
@@ -97,22 +87,12 @@ IN_PLACE_TB_SHAPES = [(64, 2101, 1201), (61, 1999, 1100), (125, 1100, 2003), (30
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_gemm_transposed_b_in_place_matches_reference_at_any_thread_count(backend, rng, dtype, beta):
-    before = fnn.get_num_threads()
-    try:
-        for m, n, k in IN_PLACE_TB_SHAPES:
-            a = rng.standard_normal((m, k)).astype(dtype)
-            store = np.empty(k * n + 1, dtype)
-            b = store[1:].reshape(n, k)
-            b[...] = rng.standard_normal(b.shape)
-            c0 = rng.standard_normal((m, n)).astype(dtype)
-            ref = beta * c0.astype(np.float64) + a.astype(np.float64) @ b.T.astype(np.float64)
-            outs = []
-            for threads in (1, 2):
-                fnn.set_num_threads(threads)
-                c = c0.copy()
-                fnn.ops.gemm(a, b, trans_b=True, out=c, beta=beta)
-                outs.append(c)
-            assert rel_err(outs[0], ref) < TOL[dtype] * np.sqrt(k), (m, n, k)
-            np.testing.assert_array_equal(outs[0], outs[1])
-    finally:
-        fnn.set_num_threads(before)
+    for m, n, k in IN_PLACE_TB_SHAPES:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = off_line((n, k), dtype, rng)
+        c0 = rng.standard_normal((m, n)).astype(dtype)
+        ref = beta * c0.astype(np.float64) + a.astype(np.float64) @ b.T.astype(np.float64)
+        outs = [on_threads(threads, lambda: fnn.ops.gemm(a, b, trans_b=True, out=c0.copy(), beta=beta))
+                for threads in (1, 2)]
+        assert rel_err(outs[0], ref) < TOL[dtype] * np.sqrt(k), (m, n, k)
+        np.testing.assert_array_equal(outs[0], outs[1])

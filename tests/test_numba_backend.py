@@ -10,6 +10,7 @@ import fastnn as fnn
 from fastnn.backend import cpp
 from fastnn.backend.codes import HYPER_FIELDS, RULE_CODE, RULES
 from fastnn.backend.numba import runtime
+from conftest import on_threads
 
 needs_cpp = pytest.mark.skipif(cpp._C is None, reason="fastnn._C not built")
 
@@ -68,15 +69,6 @@ def test_adamw_keeps_the_state_of_a_nan_parameter_finite(backend, dtype):
     assert np.isfinite(s2).all()
 
 
-def _on_threads(threads, fn):
-    before = fnn.get_num_threads()
-    try:
-        fnn.set_num_threads(threads)
-        return fn()
-    finally:
-        fnn.set_num_threads(before)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_prelu_alpha_gradient_and_loss_do_not_depend_on_the_thread_count(backend, rng, dtype):
     """Above the parallel threshold the prelu d loss / d alpha of the standalone
@@ -93,7 +85,7 @@ def test_prelu_alpha_gradient_and_loss_do_not_depend_on_the_thread_count(backend
         loss, saved = fnn.ops.softmax_cross_entropy(x, labels)
         return dx, dalpha, loss, saved.probs
 
-    one, two = _on_threads(1, run), _on_threads(2, run)
+    one, two = on_threads(1, run), on_threads(2, run)
     np.testing.assert_array_equal(one[0], two[0])
     assert one[1] == two[1]
     assert one[2] == two[2]

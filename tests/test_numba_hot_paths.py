@@ -16,17 +16,9 @@ from fastnn.backend.codes import ACT_CODE, HYPER_FIELDS, RULE_CODE, RULES
 from fastnn.backend.numba import activation, batchnorm, conv, conv_winograd, gemm
 from fastnn.backend.numba import optim as numba_optim
 from fastnn.backend.numba import pool as numba_pool
+from conftest import on_threads
 
 needs_cpp = pytest.mark.skipif(cpp._C is None, reason="fastnn._C not built")
-
-
-def _on_threads(n, fn):
-    before = fnn.get_num_threads()
-    try:
-        fnn.set_num_threads(n)
-        return fn()
-    finally:
-        fnn.set_num_threads(before)
 
 
 # --- optimizer: one parallel region for all segments -----------------------------------------
@@ -75,7 +67,7 @@ def test_optimizer_step_over_many_segments_is_bit_identical_to_the_generic_cpp_p
     finally:
         cpp._C.set_cpu_isa(previous)
     for threads in (1, 2):
-        got = _on_threads(threads, lambda: _step("numba", rule, *args))
+        got = on_threads(threads, lambda: _step("numba", rule, *args))
         for name, a, b in zip(("param", "state1", "state2"), got, want):
             np.testing.assert_array_equal(a, b, err_msg=f"{rule} {name} on {threads} threads")
 
@@ -119,7 +111,7 @@ def test_dropout_mask_is_bit_identical_to_cpp_at_every_offset(rng, dtype, offset
         want = fnn.ops.dropout(x, 0.4, seed, offset)
     for threads in (1, 2):
         with fnn.backend.using("numba"):
-            got = _on_threads(threads, lambda: fnn.ops.dropout(x, 0.4, seed, offset))
+            got = on_threads(threads, lambda: fnn.ops.dropout(x, 0.4, seed, offset))
         np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8),
                                       err_msg=f"offset {offset}, n {n}, {threads} threads")
 
@@ -138,7 +130,7 @@ def test_dropout_in_place_is_bit_identical_to_cpp(rng, offset, n):
     for threads in (1, 2):
         y = x.copy()
         with fnn.backend.using("numba"):
-            got = _on_threads(threads, lambda: fnn.ops.dropout_backward(y, 0.3, seed, offset, out=y))
+            got = on_threads(threads, lambda: fnn.ops.dropout_backward(y, 0.3, seed, offset, out=y))
         assert got is y
         np.testing.assert_array_equal(y.view(np.uint8), want.view(np.uint8),
                                       err_msg=f"offset {offset}, n {n}, {threads} threads")
@@ -175,7 +167,7 @@ def test_fixed_window_max_pool_matches_cpp_on_both_thread_counts(rng):
         want, wsaved = fnn.ops.max_pool2d(x, 2, 2, 0)
     for threads in (1, 2):
         with fnn.backend.using("numba"):
-            got, gsaved = _on_threads(threads, lambda: fnn.ops.max_pool2d(x, 2, 2, 0))
+            got, gsaved = on_threads(threads, lambda: fnn.ops.max_pool2d(x, 2, 2, 0))
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(gsaved.index, wsaved.index)
 
@@ -223,11 +215,11 @@ def test_conv_blocks_give_the_same_bits_on_any_thread_count_and_serially(rng, ac
     b = rng.standard_normal(5).astype(np.float32)
     dy = rng.standard_normal((37, 5, 6, 6)).astype(np.float32)
     blas_before = runtime._OPENBLAS[1]() if runtime._OPENBLAS is not None else None
-    runs = [_on_threads(n, lambda: _conv_both_ways(x, w, b, dy, (2, 2), (1, 2), act)) for n in (1, 2)]
+    runs = [on_threads(n, lambda: _conv_both_ways(x, w, b, dy, (2, 2), (1, 2), act)) for n in (1, 2)]
     if runtime._OPENBLAS is not None:
         assert runtime._OPENBLAS[1]() == blas_before
         monkeypatch.setattr(runtime, "_OPENBLAS", None)
-        runs.append(_on_threads(2, lambda: _conv_both_ways(x, w, b, dy, (2, 2), (1, 2), act)))
+        runs.append(on_threads(2, lambda: _conv_both_ways(x, w, b, dy, (2, 2), (1, 2), act)))
     for other in runs[1:]:
         for got, want in zip(other, runs[0]):
             np.testing.assert_array_equal(got, want)
@@ -236,14 +228,14 @@ def test_conv_blocks_give_the_same_bits_on_any_thread_count_and_serially(rng, ac
 def test_run_tasks_runs_every_task_once_and_reraises():
     from fastnn.backend.numba import runtime
     seen = []
-    _on_threads(2, lambda: runtime.run_tasks(seen.append, 23))
+    on_threads(2, lambda: runtime.run_tasks(seen.append, 23))
     assert sorted(seen) == list(range(23))
 
     def fail(i):
         if i == 5:
             raise ValueError("task 5")
     with pytest.raises(ValueError, match="task 5"):
-        _on_threads(2, lambda: runtime.run_tasks(fail, 9))
+        on_threads(2, lambda: runtime.run_tasks(fail, 9))
     if runtime._OPENBLAS is not None:
         assert runtime._ONE_BLAS_THREAD.depth == 0
 
@@ -253,14 +245,14 @@ def test_run_tasks_in_a_forked_child():
     """A child forked after the pool started has none of its threads: it makes its own."""
     import os
     from fastnn.backend.numba import runtime
-    _on_threads(2, lambda: runtime.run_tasks(lambda i: None, 4))
+    on_threads(2, lambda: runtime.run_tasks(lambda i: None, 4))
     pid = os.fork()
     if pid == 0:
         import signal
         signal.alarm(60)  # a hang fails the test instead of blocking the suite
         seen = []
         try:
-            _on_threads(2, lambda: runtime.run_tasks(seen.append, 6))
+            on_threads(2, lambda: runtime.run_tasks(seen.append, 6))
         finally:
             os._exit(0 if sorted(seen) == list(range(6)) else 1)
     _, status = os.waitpid(pid, 0)
