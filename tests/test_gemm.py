@@ -61,6 +61,20 @@ def test_gemm_backends_agree(rng):
 STREAM_SHAPES = [(29, 2100, 1100), (250, 1999, 1201), (2048 + 37, 1100, 2003)]
 
 
+# With more K blocks than the engine keeps chunk counters for (k > 512 x KC),
+# a column split gives each thread fixed columns and the threads never wait
+# for each other (each packs its own copy of every A block).
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_with_very_many_k_blocks_matches_reference_at_any_thread_count(backend, rng, dtype):
+    m, n, k = 17, 100, 200_003
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    outs = [on_threads(threads, lambda: fnn.ops.gemm(a, b)) for threads in (1, 2)]
+    assert rel_err(outs[0], ref) < TOL[dtype] * np.sqrt(k)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_gemm_streamed_b_matches_reference_at_any_thread_count(backend, rng, dtype, trans_b):

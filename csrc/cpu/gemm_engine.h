@@ -120,13 +120,20 @@ struct StridedB {
 
   // Rows [p0, p0 + kc) x cols [j0, j0 + cols) -> dst[p * NR + jj], zero cols past `cols`.
   // `first` is true the first time this part of B is packed (unused here).
+  // A row-major B's whole panels prefetch the row `ahead` rows below each row
+  // copied, when it is one of the first `reach` rows (0: none).
   template <int NR>
-  FASTNN_INLINE void pack(int64_t p0, int64_t kc, int64_t j0, int cols, T* __restrict dst, bool first) const {
+  FASTNN_INLINE void pack(int64_t p0, int64_t kc, int64_t j0, int cols, T* __restrict dst, bool first,
+                          int64_t ahead = 0, int64_t reach = 0) const {
     const T* src = b + p0 * rs + j0 * cs;
     if (cs == 1) {
       if (cols == NR) {
         for (int64_t p = 0; p < kc; ++p) {
           const T* s = src + p * rs;
+          if (p + ahead < reach) {
+#pragma GCC unroll 8
+            for (int jj = 0; jj < NR; jj += 64 / int(sizeof(T))) simd::prefetch_l1(s + ahead * rs + jj);
+          }
 #pragma GCC unroll 64
           for (int jj = 0; jj < NR; ++jj) dst[p * NR + jj] = s[jj];
         }
@@ -150,9 +157,17 @@ struct StridedB {
       const int64_t kv = kc / VW * VW;
       // One group of VW columns at a time down the whole kc: VW streams for the
       // prefetchers to follow, not NR (more than the L2 streamer tracks).
+      // Each column's stream is prefetched 4 lines ahead of its loads (the
+      // prefetchers do not keep VW streams a page apart going): +3-7% at
+      // (256, 1024, 1024) dX on one core.
+      constexpr int64_t kAhead = 4 * 64 / int64_t(sizeof(T));
 #pragma GCC unroll 1
       for (int j = 0; j < NR; j += VW)
         for (int64_t p = 0; p < kv; p += VW) {
+          if (p + kAhead < kc) {
+#pragma GCC unroll 16
+            for (int jj = 0; jj < VW; ++jj) simd::prefetch_l1(src + (j + jj) * cs + p + kAhead);
+          }
           V r[VW];
 #pragma GCC unroll 16
           for (int jj = 0; jj < VW; ++jj) r[jj] = j + jj < cols ? S::load(src + (j + jj) * cs + p) : S::zero();
@@ -487,11 +502,16 @@ FASTNN_INLINE void pack_b_panels(const BSrc& B, int64_t p0, int64_t kc, int64_t 
                                  T* dst, int64_t pstride, bool first, bool skinny) {
   if constexpr (IsStridedB<BSrc>::value) {
     if (skinny && B.cs == 1 && q1 - q0 > 1) {
-      constexpr int64_t kStrip = 8;
+      // Each row copied prefetches the row two strips below it: a row of B is
+      // a new 4 KiB page (n = 1024) and each strip's runs (one per panel, 3
+      // lines) are too short for the hardware prefetchers to follow, so
+      // without it the pack waited on L3 for each line (10% of (256, 1024,
+      // 1024)'s time on one core, 78% -> 83-85% of the probe with it).
+      constexpr int64_t kStrip = 8, kAhead = 2 * kStrip;
       for (int64_t pp = 0; pp < kc; pp += kStrip)
         for (int64_t q = q0; q < q1; ++q)
           B.template pack<NR>(p0 + pp, min64(kStrip, kc - pp), q * NR, int(min64(NR, n - q * NR)),
-                              dst + (q - q0) * pstride + pp * NR, first);
+                              dst + (q - q0) * pstride + pp * NR, first, kAhead, kc - pp);
       return;
     }
   }
@@ -606,7 +626,7 @@ void gemm_tall_tb(int64_t m, int64_t n, int64_t k, const ASrc& A, const StridedB
     if (nt > 1) {
 #pragma omp barrier
     }
-    T* ct = static_cast<T*>(scratch(kPackCT, size_t(kChunk * NC * mp) * sizeof(T)));
+    T* ct = static_cast<T*>(scratch(kPackOwn, size_t(kChunk * NC * mp) * sizeof(T)));
     for (;;) {
       const int64_t ch = __atomic_fetch_add(&next_chunk, 1, __ATOMIC_RELAXED);
       if (ch >= nchunks) break;
@@ -691,10 +711,15 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   // Column block: tn slices of at most NCL2 each, balanced across jc steps.
   const int64_t ncb = balanced_step(npan_total, tn * ceil_div(Bl::NCL2, NR), tn) * NR;
 
-  // Two A blocks, used alternately: packing block s+1 cannot overwrite block s
-  // while a thread still multiplies it, so threads sync once per block, not twice.
+  // The packed A block. No thread reads A panels another one packed: with a
+  // row split each thread packs the row panels it multiplies, in this shared
+  // buffer; with a column split each multiplies every row panel and packs the
+  // whole block into a buffer of its own (see the team). Reading a half that
+  // the other core packed (lines its cache holds modified) cost more than
+  // packing it again: 2 threads, (256, 1024, 1024) 352-376 -> 399-418
+  // GFLOP/s, 1024^3 403-406 -> 423-430, 2048^3 406-416 -> 428-433.
   const int64_t ablock = ceil_div(mcb, MR) * MR * kcb;
-  T* apack2 = static_cast<T*>(scratch(kPackA, size_t(2 * ablock) * sizeof(T)));
+  T* const apack_rows = static_cast<T*>(scratch(kPackA, size_t(ablock) * sizeof(T)));
   // With a column split each thread keeps its slice at a fixed place in the B
   // buffer (slot tj, `slot` panels long), so it may repack without waiting.
   const int64_t slot = ceil_div(min64(ncb / NR, npan_total), tn);
@@ -739,6 +764,8 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
     // A team smaller than asked for (nested call, OMP limits) falls back to rows x 1.
     const int gm = nt == nth ? tm : nt, gn = nt == nth ? tn : 1;
     const int ti = tid / gn, tj = tid % gn;
+    T* const apack = gn > 1 ? static_cast<T*>(scratch(kPackOwn, size_t(ablock) * sizeof(T))) : apack_rows;
+    const int64_t apart = gn > 1 ? 1 : nt, apart_id = gn > 1 ? 0 : tid;  // the part of A this thread packs
     int64_t block = 0;
     int64_t ahead = 0, ahead_block = -1;  // a chunk claimed ahead (streaming B) and its block
     for (int64_t ic = 0; ic < m; ic += mcb) {
@@ -749,17 +776,18 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
         const bool load_c = pc > 0 || accumulate;
         const bool last = pc + kc >= k;
 
-        // Pack this A block together. A shared B block (row split) must first be
-        // released by every thread; column-split B slices are private.
+        // Pack this A block. A shared B block (row split) must first be released
+        // by every thread; column-split B slices are private.
         if (gm > 1 && block > 0) {
 #pragma omp barrier
         }
         const int64_t this_block = block++;
-        T* apack = apack2 + (this_block & 1) * ablock;
-        for (int64_t r = tid * mpan / nt; r < (tid + 1) * mpan / nt; ++r)
+        for (int64_t r = apart_id * mpan / apart; r < (apart_id + 1) * mpan / apart; ++r)
           A.template pack<MR>(ic + r * MR, int(min64(MR, mc - r * MR)), pc, kc, apack + r * MR * kc);
 
         if (dynamic && nt == nth) {
+          // No chunk of this block is claimed before every thread is done with
+          // the last block's: C accumulates block after block.
           if (nt > 1) {
 #pragma omp barrier
           }
@@ -849,7 +877,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
           if (pk1 > pk0)
             pack_b_panels<NR>(B, pc, kc, jc / NR + pk0, jc / NR + pk1, n, bpanel(pk0), NR * kcb, ic == 0,
                               mpan <= 32);
-          if (nt > 1 && (jc == 0 || gm > 1)) {
+          if (gm > 1) {
 #pragma omp barrier
           }
 

@@ -12,7 +12,7 @@ enum ScratchSlot : int {
   kConvColumns = 3, kConvWeightGrad = 4,  // conv.cpp: im2col columns, per-thread dweight
   kWinoV = 5, kWinoM = 6, kWinoU = 7,     // conv_winograd.cpp: transformed inputs, products, weights,
   kWinoDU = 8,                            //   a group's weight gradient in the transform domain
-  kPackCT = 9,                            // gemm_engine.h: a thread's C^T columns (in-place transposed B)
+  kPackOwn = 9,  // gemm_engine.h: a thread's own copy of the A block (column split) or its C^T columns
   kNumScratchSlots = 10
 };
 void* scratch(int slot, size_t bytes);
