@@ -4,8 +4,8 @@
 // Multiplication" (2008) in the BLIS five-loop form, with the roles of the
 // operands arranged as BLIS's Skylake-X kernels arrange them (seen from C^T):
 //
-//   for ic in M step MCB          A block  (MCB x KC) packed once by all threads, in L3
-//     for pc in K step KC
+//   for ic in M step MCB          A block  (MCB x KC): each thread packs the row panels
+//     for pc in K step KC                  it multiplies (all of them in a column split), in L3
 //       for jc in N step NCB      B block  (KC x NCB) each thread packs the slice it
 //                                          uses, KC x NCL2 in its own L2
 //         for ir in rows step MR  A micro-panel (MR x KC), reused along the tile row
@@ -13,8 +13,9 @@
 //             MR x NR register tile: acc += A_panel * B_panel (broadcast A, vector B)
 //
 // Threads split the tile grid of each block by columns (each packs only its own
-// B slice; the shared A block is the one thing they wait for) or, when there are
-// too few column panels, by rows (then the B block is packed together and shared).
+// B slice and its own copy of the A block, and they meet once per block) or,
+// when there are too few column panels, by rows (then the B block is packed
+// together and shared, and each thread packs only the A rows it multiplies).
 // A skinny GEMM with a B too large for the caches (a batch of 64 against 4096 x
 // 4096 weights) streams B instead: the loops swap to panel by panel, each B panel
 // packed right before the few row panels it serves while their tiles prefetch the
@@ -120,8 +121,8 @@ struct StridedB {
 
   // Rows [p0, p0 + kc) x cols [j0, j0 + cols) -> dst[p * NR + jj], zero cols past `cols`.
   // `first` is true the first time this part of B is packed (unused here).
-  // A row-major B's whole panels prefetch the row `ahead` rows below each row
-  // copied, when it is one of the first `reach` rows (0: none).
+  // A row-major B's whole panels also prefetch, for each row p copied, row
+  // p + ahead when p + ahead < reach (the rows left in the K block; 0: none).
   template <int NR>
   FASTNN_INLINE void pack(int64_t p0, int64_t kc, int64_t j0, int cols, T* __restrict dst, bool first,
                           int64_t ahead = 0, int64_t reach = 0) const {
@@ -164,7 +165,7 @@ struct StridedB {
 #pragma GCC unroll 1
       for (int j = 0; j < NR; j += VW)
         for (int64_t p = 0; p < kv; p += VW) {
-          if (p + kAhead < kc) {
+          if (p + kAhead < kc && j + VW <= cols) {
 #pragma GCC unroll 16
             for (int jj = 0; jj < VW; ++jj) simd::prefetch_l1(src + (j + jj) * cs + p + kAhead);
           }
