@@ -701,13 +701,23 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   const int64_t mcb = balanced_step(m, Bl::MCB, MR);
   const int64_t npan_total = ceil_div(n, NR);
 
-  // Thread grid: split columns (tn = nth) unless rows balance clearly better.
+  // Thread grid: split rows (tm = nth) when that balances better, or about as
+  // well while each thread gets 32 row panels or more; otherwise columns.
+  // The row split shares the B block (each thread packs a part and reads the
+  // others' from their caches) and packs each A row once; the column split
+  // keeps B private but has each thread pack the whole A block. With many
+  // rows, sharing B costs less than packing A twice (2 threads: 1024^3
+  // 433 -> 450-464 GFLOP/s, 2048^3 438-442 -> 468-471, 4096^3 431-440 ->
+  // 472-483, conv's dX GEMM (576, 256, 64) 327-339 -> 389-391; the AVX2 path
+  // at 1024^3 and 2048^3 219-224 -> 247-251); with 16 row panels each it
+  // cost 10-13% at (256, 1024, 1024), and more with fewer.
   int tn = nth, tm = 1;
   if (nth > 1) {
     const int64_t mpan_blk = ceil_div(mcb, MR);
     const int64_t cost_cols = ceil_div(min64(npan_total, nth * ceil_div(Bl::NCL2, NR)), nth) * mpan_blk;
     const int64_t cost_rows = ceil_div(mpan_blk, nth) * min64(npan_total, nth * ceil_div(Bl::NCL2, NR));
-    if (cost_rows < cost_cols) tn = 1, tm = nth;
+    const bool many_rows = mpan_blk >= 32 * nth;
+    if (many_rows ? cost_rows <= cost_cols + cost_cols / 16 : cost_rows < cost_cols) tn = 1, tm = nth;
   }
   // Column block: tn slices of at most NCL2 each, balanced across jc steps.
   const int64_t ncb = balanced_step(npan_total, tn * ceil_div(Bl::NCL2, NR), tn) * NR;
