@@ -55,9 +55,10 @@ def test_gemm_backends_agree(rng):
 # prefetched by the tiles) when B is larger than 8 MiB and a block has 3 to 32
 # row panels: skinny GEMMs such as a Linear layer's forward at batch 64 with
 # 4096 x 4096 weights. These shapes take that path on every ISA (MR = 8 or 6):
-# n and k off every tile and block size, several K blocks (chunks claimed
-# ahead across blocks), a last row block of its own (m > MCB = 2048) next to
-# full ones that do not stream, and B at an address that is not line-aligned.
+# n and k off every tile and block size, several K blocks (each thread's next
+# chunk, prefetched, in the next block), and B at an address that is not
+# line-aligned; the last shape has B as large but too many rows to stream
+# (two row blocks, split between the threads by rows).
 STREAM_SHAPES = [(29, 2100, 1100), (250, 1999, 1201), (2048 + 37, 1100, 2003)]
 
 

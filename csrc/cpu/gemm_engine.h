@@ -701,8 +701,9 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   const int64_t mcb = balanced_step(m, Bl::MCB, MR);
   const int64_t npan_total = ceil_div(n, NR);
 
-  // Thread grid: split rows (tm = nth) when that balances better, or about as
-  // well while each thread gets 32 row panels or more; otherwise columns.
+  // Thread grid: split rows (tm = nth) when that balances clearly better, or
+  // about as well while each thread gets 32 row panels or more; otherwise
+  // columns, which share nothing but the barrier per block.
   // The row split shares the B block (each thread packs a part and reads the
   // others' from their caches) and packs each A row once; the column split
   // keeps B private but has each thread pack the whole A block. With many
@@ -717,7 +718,7 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
     const int64_t cost_cols = ceil_div(min64(npan_total, nth * ceil_div(Bl::NCL2, NR)), nth) * mpan_blk;
     const int64_t cost_rows = ceil_div(mpan_blk, nth) * min64(npan_total, nth * ceil_div(Bl::NCL2, NR));
     const bool many_rows = mpan_blk >= 32 * nth;
-    if (many_rows ? cost_rows <= cost_cols + cost_cols / 16 : cost_rows < cost_cols) tn = 1, tm = nth;
+    if (many_rows ? cost_rows <= cost_cols + cost_cols / 16 : cost_rows + cost_rows / 8 < cost_cols) tn = 1, tm = nth;
   }
   // Column block: tn slices of at most NCL2 each, balanced across jc steps.
   const int64_t ncb = balanced_step(npan_total, tn * ceil_div(Bl::NCL2, NR), tn) * NR;
