@@ -20,12 +20,28 @@ def _numerical_model_grads(model, loss, x, y):
             for name, p in model.named_parameters()}
 
 
+def _inputs_clear_of_kinks(model, rng, shape, margin=1e-4):
+    """Inputs whose first-layer pre-activations are at least `margin` from 0.
+
+    ReLU, LeakyReLU, PReLU and SELU have a kink at 0: a central difference
+    whose +-eps step (eps * |x| on a weight) crosses it averages the two slopes,
+    and a fresh draw puts a pre-activation that close now and then (SELU on the
+    Numba backend failed once so, 0.0116 against 1e-6). The analytic gradient
+    is still checked everywhere else."""
+    params = dict(model.named_parameters())
+    w, b = params["0.weight"].data, params["0.bias"].data
+    while True:
+        x = rng.standard_normal(shape)
+        if np.min(np.abs(x @ w + b)) > margin:
+            return x
+
+
 @pytest.mark.parametrize("act_layer", [fnn.nn.Tanh, fnn.nn.ReLU, fnn.nn.PReLU, fnn.nn.GELU, fnn.nn.Swish,
                                        fnn.nn.SELU, fnn.nn.Sigmoid, fnn.nn.LeakyReLU])
 def test_model_gradient_check(backend, rng, act_layer):
     model = _mlp(act_layer=act_layer, seed=int(rng.integers(1000)))
     loss = fnn.losses.SoftmaxCrossEntropy()
-    x = rng.standard_normal((5, 6))
+    x = _inputs_clear_of_kinks(model, rng, (5, 6))
     y = rng.integers(0, 4, 5)
     loss.forward(model.forward(x), y)
     dx = model.backward(loss.backward())
