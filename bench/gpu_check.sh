@@ -24,7 +24,8 @@ summary() { echo "$1" | tee -a "$OUT/summary.txt"; }
 stage "machine"
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; nvcc --version | tail -1
   $PY -c "import sys, numpy, cupy; print(sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__)"
-  $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" 2>&1 | tail -1; } | tee "$OUT/machine.txt"
+  $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" 2>&1 | tail -1
+  lscpu | grep "Model name"; } | tee -a "$OUT/summary.txt"
 
 stage "build (FASTNN_CUDA=ON, sm_90, CPU kernels generic only to save time)"
 t0=$(date +%s)
@@ -81,6 +82,14 @@ else
   summary "bench: FAILED (bench.log)"; failed=$((failed + 1))
 fi
 tail -40 "$OUT/bench.log"
+
+stage "bench/gpu_host_profile.py (where a training step's host time goes)"
+if timeout 120 $PY -P bench/gpu_host_profile.py --steps 100 --top 25 > "$OUT/host_profile.log" 2>&1; then
+  summary "host profile: ok ($(grep -E '^=== ' "$OUT/host_profile.log" | tr '\n' ' '))"
+else
+  summary "host profile: FAILED (host_profile.log)"; failed=$((failed + 1))
+fi
+tail -16 "$OUT/host_profile.log"
 
 echo; echo "=== summary"; cat "$OUT/summary.txt"
 exit $failed

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _validate as V
 from . import ops
+from .backend import cuda
 
 
 def _is_array(y) -> bool:
@@ -154,6 +155,22 @@ class SoftmaxCrossEntropy(Loss):
                 y = class_labels(y, "y")     # whole floats are labels; others get a message naming y
             loss, self._saved = ops.softmax_cross_entropy(scores, y)
         return loss
+
+    def _forward_on_device(self, scores, y, result) -> bool:
+        """The Trainer's GPU step: ``forward`` with the loss and the label check
+        left in ``result`` (a CuPy int64 (2,) array) instead of read back, so the
+        step reads them with the gradient norm in one transfer; ``_loss_from``
+        turns the words read into the loss. Returns False, doing nothing, unless
+        the scores are a CuPy array and y (N,) integer class labels."""
+        if not cuda.is_cuda_array(scores) or getattr(y, "ndim", 0) != 1 or y.dtype.kind not in "iu":
+            return False
+        self._saved = ops._softmax_cross_entropy_on_device(scores, y, result)
+        return True
+
+    def _loss_from(self, words) -> float:
+        """The loss of the last ``_forward_on_device`` from its two words read to
+        the host; the ValueError ``forward`` raises for a label outside [0, C)."""
+        return ops._softmax_cross_entropy_result(words, self._saved)
 
     def check_targets(self, y, num_classes=None, name="y"):
         """(N,) class labels (integers, or whole floats: returned as int64) or

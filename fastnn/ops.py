@@ -205,6 +205,36 @@ def softmax_cross_entropy(scores, labels, *, probs_out=None):
     return float(loss), SoftmaxXentSaved(probs, lab, None)
 
 
+def _softmax_cross_entropy_on_device(scores, labels, result):
+    """softmax_cross_entropy for CuPy scores and hard int64 labels with the loss
+    left on the GPU (no synchronization): ``result`` (a CuPy int64 (2,) array)
+    receives the mean loss's float64 bits and the first row whose label is outside
+    [0, C) (or -1); ``_softmax_cross_entropy_result`` reads them. For the
+    Trainer's step, which reads them with the gradient norm in one transfer.
+    Returns the saved tuple for the backward."""
+    V.float_array(scores, "scores", ndim=2)
+    n, c = scores.shape
+    if c < 1:
+        raise ValueError("scores must have at least one class column")
+    lab = V.labels(labels, "labels", n, None)
+    probs = _empty(scores, (n, c), scores.dtype)
+    registry.lookup("softmax_xent_forward_device", "cuda")(scores, lab, probs, result)
+    return SoftmaxXentSaved(probs, lab, None)
+
+
+def _softmax_cross_entropy_result(words, saved: SoftmaxXentSaved) -> float:
+    """The loss from the two int64 words ``_softmax_cross_entropy_on_device`` wrote
+    (read to the host), rounded to the scores' dtype as softmax_cross_entropy's is;
+    the ValueError softmax_cross_entropy raises when a label was out of range."""
+    words = np.asarray(words, np.int64)
+    row = int(words[1])
+    if row != -1:
+        n, c = saved.probs.shape
+        label = int(saved.labels[row])
+        raise ValueError(f"labels must be in [0, {c}), got labels[{row}] = {label}")
+    return float(saved.probs.dtype.type(words[:1].view(np.float64)[0]))
+
+
 def softmax_cross_entropy_backward(saved: SoftmaxXentSaved, dloss=1.0, *, out=None):
     """dscores = (softmax - onehot(labels) or targets) * dloss / N, (N, C)."""
     n = saved.probs.shape[0]

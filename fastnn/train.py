@@ -20,7 +20,9 @@ from .callbacks import Callback, History  # noqa: F401  (fastnn.train.Callback s
 from .data import batches
 from .distributed import DataParallel, barrier, broadcast_object, shard_bounds
 from .nn.module import _state_shapes, as_model_input
+from .losses import SoftmaxCrossEntropy
 from .optim.lbfgs import LBFGS
+from .optim.optimizer import Optimizer
 
 _CHECKPOINT_FILE = "a fastnn trainer checkpoint (.npz written by Trainer.save_checkpoint)"
 _MAX_META_BYTES = 64 << 20      # the 'trainer' JSON entry of a checkpoint
@@ -257,12 +259,43 @@ class Trainer:
         if self._dp is not None and self._dp.world_size > 1:
             return self._distributed_step(xb, yb)
         scores = self.model.forward(xb)
+        if device == "cuda" and self._one_sync_step_applies():
+            words = cuda.cp.empty(3, np.int64)
+            if self.loss._forward_on_device(scores, yb, words[:2]):
+                return self._one_sync_step(words)
         loss = self.loss.forward(scores, yb)
         if not math.isfinite(loss):
             self.nonfinite = "loss"
             return loss
         self.model.backward(self.loss.backward())
         return self._checked_step(loss)
+
+    def _one_sync_step_applies(self) -> bool:
+        """The GPU step with one synchronization needs fastnn's own softmax
+        cross-entropy and optimizer step (not overridden by a subclass)."""
+        return (type(self.loss).forward is SoftmaxCrossEntropy.forward
+                and type(self.optimizer).step is Optimizer.step)
+
+    def _one_sync_step(self, words) -> float:
+        """Backward and optimizer step after a forward whose loss and label check
+        were left on the GPU in words[:2]: the gradients' sum of squares goes to
+        words[2], and one transfer reads all three. So a GPU step synchronizes
+        once, as PyTorch's loop with ``loss.item()`` does, where reading the loss
+        after the forward and the gradient norm after the backward would wait for
+        the GPU twice. The outcome is the same as the two-read step: a label out
+        of range raises the loss's ValueError and a NaN/Inf loss or gradient skips
+        the update (parameters untouched); only the backward, harmless, has run."""
+        self.model.backward(self.loss.backward())
+        self.optimizer._grad_sq_norm_on_device(out=words[2:].view(np.float64))
+        host = words.get()
+        loss = self.loss._loss_from(host[:2])
+        if not math.isfinite(loss):
+            self.nonfinite = "loss"
+            return loss
+        sq = float(host[2:].view(np.float64)[0])
+        if not self.optimizer._step(self.check_gradients, sq):
+            self.nonfinite = "gradients"
+        return loss
 
     def _closure_step(self, xb, yb) -> float:
         """One L-BFGS step on the batch (the whole training set: see ``fit``)."""

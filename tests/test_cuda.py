@@ -434,6 +434,44 @@ def test_max_norm_matches_cpu(rng, dtype):
     assert host(gpu)[:3].tolist() == f64(p[:3]).tolist()     # untouched outside the matrices
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 7, 255, 257, 67_591, 1_000_003])
+def test_sum_squares_matches_float64_and_is_deterministic(rng, dtype, n):
+    """The optimizer's device reduction (NaN/Inf check, clipping norm): sum x^2 in
+    double against the float64 sum, the same bits on every call."""
+    x = (rng.standard_normal(n) * rng.uniform(0.1, 10)).astype(dtype)
+    gx = cp.asarray(x)
+    out = cuda_backend.sum_squares(gx)
+    assert out.shape == (1,) and out.dtype == np.float64
+    want = float(np.sum(f64(x) ** 2))
+    got = float(out.get()[0])
+    assert abs(got - want) <= (1e-6 if dtype == F32 else 1e-13) * max(want, 1e-300), (got, want)
+    assert float(cuda_backend.sum_squares(gx).get()[0]) == got
+    if n:   # a view that starts off any alignment
+        want_tail = float(np.sum(f64(x[1:]) ** 2))
+        assert abs(float(cuda_backend.sum_squares(gx[1:]).get()[0]) - want_tail) <= 1e-6 * max(want_tail, 1e-300)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_sum_squares_propagates_nan_and_inf(rng, dtype, bad):
+    x = rng.standard_normal(10_007).astype(dtype)
+    x[rng.integers(0, x.size)] = bad
+    assert not math.isfinite(float(cuda_backend.sum_squares(cp.asarray(x)).get()[0]))
+
+
+def test_sum_squares_overflows_like_float32_and_checks_its_arguments():
+    big = np.full(4, 1e20, np.float32)          # each square 1e40: beyond float32's range
+    assert float(cuda_backend.sum_squares(cp.asarray(big)).get()[0]) == math.inf
+    assert float(cuda_backend.sum_squares(cp.asarray(big.astype(F64))).get()[0]) == pytest.approx(4e40)
+    with pytest.raises(TypeError, match="x must"):
+        cuda_backend.sum_squares(cp.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="x must be 1-D"):
+        cuda_backend.sum_squares(cp.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cuda_backend.sum_squares(cp.zeros(8, np.float32)[::2])
+
+
 # --- BatchNorm -------------------------------------------------------------------------------
 
 BN_SHAPES = [(2, 1), (7, 3), (64, 129), (300, 5), (2, 3, 1, 1), (3, 5, 7, 11), (8, 16, 4, 4), (1, 4, 3, 5),

@@ -163,6 +163,95 @@ def test_trainer_fits_a_gpu_model_from_numpy_data(tmp_path):
     assert resumed.epochs_done == 5
 
 
+def _mlp(seed):
+    fnn.manual_seed(seed)
+    return fnn.nn.Sequential(fnn.nn.Linear(12, 16, activation="relu", dtype=np.float64),
+                             fnn.nn.Linear(16, 5, dtype=np.float64))
+
+
+def _trainers(make_opt, check_gradients=True, seed=4):
+    """The same float64 MLP, optimizer and loss on the CPU and on the GPU."""
+    cpu, gpu = _mlp(seed), _mlp(seed).to("cuda")
+    tc = fnn.Trainer(cpu, fnn.losses.SoftmaxCrossEntropy(), make_opt(cpu.parameters()),
+                     check_gradients=check_gradients)
+    tg = fnn.Trainer(gpu, fnn.losses.SoftmaxCrossEntropy(), make_opt(gpu.parameters()),
+                     check_gradients=check_gradients)
+    return tc, tg
+
+
+@pytest.mark.parametrize("check_gradients", [True, False])
+@pytest.mark.parametrize("make", [
+    lambda ps: fnn.optim.Adam(ps, lr=1e-2),
+    lambda ps: fnn.optim.Adam(ps, lr=1e-2, clip_grad_norm=0.05, max_norm=1.0),
+    lambda ps: fnn.optim.SGD(ps, lr=1e-1, momentum=0.9),
+])
+def test_train_step_on_the_gpu_matches_the_cpu(make, check_gradients):
+    """The GPU step reads its loss, label check and gradient norm in one transfer
+    (Trainer._one_sync_step): the same losses, parameters and clipping norms as
+    the CPU's step, whose loss and norm are read separately."""
+    rng = np.random.default_rng(5)
+    tc, tg = _trainers(make, check_gradients)
+    for step in range(4):
+        x = rng.normal(size=(29, 12))
+        y = rng.integers(0, 5, 29)
+        lc, lg = tc.train_step(x, y), tg.train_step(x, y)
+        assert isinstance(lg, float) and lg == pytest.approx(lc, rel=1e-12), step
+        assert tg.nonfinite is None and tc.nonfinite is None
+        _close(tg.optimizer.flat_param, tc.optimizer.flat_param, f"flat_param after step {step}")
+        if tc.optimizer.last_grad_norm is not None:
+            assert tg.optimizer.last_grad_norm == pytest.approx(tc.optimizer.last_grad_norm, rel=1e-12)
+    assert tg.optimizer.t == tc.optimizer.t == 4
+
+
+def test_train_step_on_the_gpu_refuses_a_label_out_of_range_before_updating():
+    rng = np.random.default_rng(6)
+    _, tg = _trainers(lambda ps: fnn.optim.Adam(ps, lr=1e-2))
+    before = tg.optimizer.flat_param.copy()
+    y = rng.integers(0, 5, 29)
+    y[11] = 7
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\), got labels\[11\] = 7"):
+        tg.train_step(rng.normal(size=(29, 12)), y)
+    assert bool((tg.optimizer.flat_param == before).all()) and tg.optimizer.t == 0
+    y[11] = -1
+    with pytest.raises(ValueError, match=r"got labels\[11\] = -1"):
+        tg.train_step(rng.normal(size=(29, 12)), y)
+
+
+@pytest.mark.parametrize("check_gradients", [True, False])
+def test_train_step_on_the_gpu_skips_the_update_on_a_nan_loss(check_gradients):
+    rng = np.random.default_rng(7)
+    tc, tg = _trainers(lambda ps: fnn.optim.Adam(ps, lr=1e-2), check_gradients)
+    x = rng.normal(size=(29, 12))
+    x[3, 4] = np.nan
+    y = rng.integers(0, 5, 29)
+    before = tg.optimizer.flat_param.copy()
+    lc, lg = tc.train_step(x, y), tg.train_step(x, y)
+    assert np.isnan(lc) and np.isnan(lg)
+    assert tg.nonfinite == tc.nonfinite == "loss"
+    assert bool((tg.optimizer.flat_param == before).all()) and tg.optimizer.t == tc.optimizer.t == 0
+    x[3, 4] = 0.5                                   # and the next good step goes through
+    assert tg.train_step(x, y) == pytest.approx(tc.train_step(x, y), rel=1e-12)
+    _close(tg.optimizer.flat_param, tc.optimizer.flat_param, "flat_param after the good step")
+
+
+def test_train_step_on_the_gpu_skips_the_update_on_nonfinite_gradients():
+    """A finite loss whose gradients' sum of squares is inf: input feature 4 is
+    1e308 and its weights are 0, so the scores ignore it, but its weight gradient
+    x^T dz is about 1e307 and squares past float64's range."""
+    rng = np.random.default_rng(8)
+    tc, tg = _trainers(lambda ps: fnn.optim.Adam(ps, lr=1e-2))
+    for t in (tc, tg):
+        t.model[0].weight.data[4] = 0              # input feature 4 does not reach the scores
+    x = rng.normal(size=(29, 12))
+    x[:, 4] = 1e308
+    y = rng.integers(0, 5, 29)
+    before = tg.optimizer.flat_param.copy()
+    lc, lg = tc.train_step(x, y), tg.train_step(x, y)
+    assert np.isfinite(lc) and lg == pytest.approx(lc, rel=1e-12)
+    assert tc.nonfinite == tg.nonfinite == "gradients"
+    assert bool((tg.optimizer.flat_param == before).all()) and tg.optimizer.t == tc.optimizer.t == 0
+
+
 def test_tf32_switch_and_device_summary():
     assert cuda.allow_tf32() is False          # off by default
     cuda.set_allow_tf32(True)

@@ -30,21 +30,88 @@ PyObject* cupy_ndarray_type() {
   return type;
 }
 
+// The attribute names the CuPy fast path reads, interned once (leaked on purpose).
+struct CupyNames {
+  PyObject* data = PyUnicode_InternFromString("data");
+  PyObject* ptr = PyUnicode_InternFromString("ptr");
+  PyObject* shape = PyUnicode_InternFromString("shape");
+  PyObject* dtype = PyUnicode_InternFromString("dtype");
+  PyObject* str = PyUnicode_InternFromString("str");
+  PyObject* c_contiguous_attr = PyUnicode_InternFromString("_c_contiguous");
+  PyObject* flags = PyUnicode_InternFromString("flags");
+  PyObject* c_contiguous = PyUnicode_InternFromString("c_contiguous");
+};
+
+const CupyNames& cupy_names() {
+  static const CupyNames* names = new CupyNames();
+  return *names;
+}
+
+// NumPy's dtype objects of the types the kernels take (NumPy keeps one object per
+// builtin type, and CuPy arrays hold those): their typestr without building a string.
+struct KnownDtype {
+  PyObject* dtype;
+  const char* typestr;
+};
+
+const std::vector<KnownDtype>& known_dtypes() {
+  static const std::vector<KnownDtype>* known = [] {
+    auto* v = new std::vector<KnownDtype>();
+    py::object np_dtype = py::module_::import("numpy").attr("dtype");
+    for (const char* t : {"<f4", "<f8", "<i8", "<i4"}) v->push_back({np_dtype(t).release().ptr(), t});
+    return v;
+  }();
+  return *known;
+}
+
+py::object get_attr(PyObject* obj, PyObject* name) {
+  PyObject* r = PyObject_GetAttr(obj, name);
+  if (!r) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(r);
+}
+
+// A CuPy array's view from its Cython attributes, through the C API with interned
+// names: the same facts as __cuda_array_interface__ at a fraction of a microsecond
+// (building that dict, or pybind11's attribute chains, costs microseconds per array,
+// and a binding reads up to a dozen arrays: a good part of a small kernel's time).
+DevView cupy_view(PyObject* obj) {
+  const CupyNames& n = cupy_names();
+  DevView v;
+  py::object mem = get_attr(obj, n.data);
+  py::object ptr = get_attr(mem.ptr(), n.ptr);
+  v.ptr = PyLong_AsVoidPtr(ptr.ptr());
+  if (PyErr_Occurred()) throw py::error_already_set();
+  py::object shape = get_attr(obj, n.shape);
+  if (!PyTuple_Check(shape.ptr())) throw py::type_error("a CuPy array's shape is not a tuple");
+  const Py_ssize_t ndim = PyTuple_GET_SIZE(shape.ptr());
+  v.shape.resize(size_t(ndim));
+  for (Py_ssize_t d = 0; d < ndim; ++d) {
+    v.shape[size_t(d)] = PyLong_AsLongLong(PyTuple_GET_ITEM(shape.ptr(), d));
+    if (PyErr_Occurred()) throw py::error_already_set();
+  }
+  py::object dtype = get_attr(obj, n.dtype);
+  for (const KnownDtype& k : known_dtypes())
+    if (k.dtype == dtype.ptr()) v.typestr = k.typestr;
+  if (v.typestr.empty()) v.typestr = get_attr(dtype.ptr(), n.str).cast<std::string>();
+  PyObject* contiguous = PyObject_GetAttr(obj, n.c_contiguous_attr);
+  if (!contiguous) {   // a CuPy without the attribute: its public flags
+    PyErr_Clear();
+    contiguous = get_attr(get_attr(obj, n.flags).ptr(), n.c_contiguous).release().ptr();
+  }
+  const int is_true = PyObject_IsTrue(contiguous);
+  Py_DECREF(contiguous);
+  if (is_true < 0) throw py::error_already_set();
+  v.contiguous = is_true == 1;
+  return v;
+}
+
 }  // namespace
 
 DevView view_of(const py::handle& obj, const char* name) {
   if (obj.is_none()) throw py::type_error(std::string(name) + " must be a CuPy array, got None");
-  // CuPy arrays directly from their attributes: building __cuda_array_interface__'s
-  // dict costs several microseconds per array, a good part of a small kernel's time.
   PyObject* cupy_type = cupy_ndarray_type();
-  if (cupy_type && PyObject_TypeCheck(obj.ptr(), reinterpret_cast<PyTypeObject*>(cupy_type))) {
-    DevView v;
-    v.ptr = reinterpret_cast<void*>(obj.attr("data").attr("ptr").cast<uintptr_t>());
-    for (auto d : py::tuple(obj.attr("shape"))) v.shape.push_back(d.cast<int64_t>());
-    v.typestr = obj.attr("dtype").attr("str").cast<std::string>();
-    v.contiguous = obj.attr("flags").attr("c_contiguous").cast<bool>();
-    return v;
-  }
+  if (cupy_type && PyObject_TypeCheck(obj.ptr(), reinterpret_cast<PyTypeObject*>(cupy_type)))
+    return cupy_view(obj.ptr());
   if (!py::hasattr(obj, "__cuda_array_interface__")) {
     std::string type = py::str(py::type::of(obj).attr("__module__")).cast<std::string>() + "." +
                        py::str(py::type::of(obj).attr("__name__")).cast<std::string>();

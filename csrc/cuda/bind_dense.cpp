@@ -177,6 +177,18 @@ void max_norm_binding(py::object param, py::object offset, py::object rows, py::
   });
 }
 
+void sum_squares_binding(py::object x, py::object out) {
+  by_dtype(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = dim(x, "x", 1, 0);
+    const T* xp = checked<T>(x, "x", {n});
+    double* o = checked<double>(out, "out", {1}, true);
+    cudaStream_t stream = current_stream();
+    py::gil_scoped_release nogil;
+    sum_squares<T>(xp, n, o, stream);
+  });
+}
+
 }  // namespace
 
 void bind_dense(py::module_& m) {
@@ -194,6 +206,9 @@ void bind_dense(py::module_& m) {
         py::arg("threshold"), py::arg("scale"));
   m.def("optim_step", &optim_step_binding, py::arg("rule"), py::arg("param"), py::arg("grad"), py::arg("state1"),
         py::arg("state2"), py::arg("seg_begin"), py::arg("hyper"));
+  m.def("sum_squares", &sum_squares_binding, py::arg("x"), py::arg("out"),
+        "out[0] = sum(x**2) (x 1-D float32/float64, out float64 (1,)), in double, deterministic, rounded to "
+        "x's dtype; no synchronization.");
   m.def("max_norm", &max_norm_binding, py::arg("param"), py::arg("offset"), py::arg("rows"), py::arg("cols"),
         py::arg("max_norm"));
 }

@@ -40,6 +40,22 @@ double softmax_xent_forward(py::object scores, py::object labels, py::object tar
   });
 }
 
+// softmax_xent_forward's kernels with the loss and the label check left on the
+// device in result (int64 (2,): the loss's float64 bits, the first bad row or -1).
+void softmax_xent_forward_device(py::object scores, py::object labels, py::object probs, py::object result) {
+  by_dtype(scores, "scores", [&](auto tag) {
+    using T = decltype(tag);
+    int64_t n = dim(scores, "scores", 2, 0), c = dim(scores, "scores", 2, 1);
+    if (c < 1) throw py::value_error("scores must have at least one class column");
+    SoftmaxXentForwardArgs<T> args{n, c, checked<T>(scores, "scores", {n, c}), checked<int64_t>(labels, "labels", {n}),
+                                   nullptr, checked<T>(probs, "probs", {n, c}, true), nullptr};
+    auto* out = reinterpret_cast<unsigned long long*>(checked<int64_t>(result, "result", {2}, true));
+    cudaStream_t stream = current_stream();
+    py::gil_scoped_release nogil;
+    fastnn::cuda::softmax_xent_forward_device(args, out, stream);
+  });
+}
+
 void softmax_xent_backward(py::object probs, py::object labels, py::object targets, py::object dscores,
                            double scale) {
   one_target(labels, targets, true);
@@ -61,6 +77,11 @@ void softmax_xent_backward(py::object probs, py::object labels, py::object targe
 void bind_softmax(py::module_& m) {
   m.def("softmax_xent_forward", &softmax_xent_forward, py::arg("scores"), py::arg("labels"), py::arg("targets"),
         py::arg("probs"));
+  m.def("softmax_xent_forward_device", &softmax_xent_forward_device, py::arg("scores"), py::arg("labels"),
+        py::arg("probs"), py::arg("result"),
+        "softmax_xent_forward with hard labels, its loss and label check left on the device: result (int64 (2,)) "
+        "receives the loss's float64 bits and the first row whose label is outside [0, C), or -1. No "
+        "synchronization.");
   m.def("softmax_xent_backward", &softmax_xent_backward, py::arg("probs"), py::arg("labels"), py::arg("targets"),
         py::arg("dscores"), py::arg("scale"));
 }

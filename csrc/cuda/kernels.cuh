@@ -91,4 +91,19 @@ template <class T>
 void act_grad_colsum(cudaStream_t stream, int64_t rows, int64_t cols, const T* dy, const T* z, const T* y, T* dz,
                      T* dbias, T* dalpha, Act act, T alpha);
 
+// softmax_xent_forward without the read-back: the launches only (no
+// synchronization); result (2 device words) receives the bits of the mean loss
+// as a double and the first row whose label lies outside [0, C) (all bits set
+// when none), for the caller to read with its other results in one transfer.
+template <class T>
+void softmax_xent_forward_device(const SoftmaxXentForwardArgs<T>& args, unsigned long long* result,
+                                 cudaStream_t stream);
+
+// out[0] = sum of x[i]^2 over n elements, accumulated in double in an order
+// fixed by n, then rounded to T (a float32 sum beyond float32's range is inf, as
+// on the CPU): the optimizer's NaN/Inf check and clipping norm, on the device,
+// with no synchronization.
+template <class T>
+void sum_squares(const T* x, int64_t n, double* out, cudaStream_t stream);
+
 }  // namespace fastnn::cuda

@@ -87,7 +87,55 @@ __global__ void max_norm_kernel(T* w, int64_t rows, int64_t cols, double limit) 
   }
 }
 
+// sum x_i^2 in double: block b sums the elements b*kThreads + t, b*kThreads + t +
+// blocks*kThreads, ... (blocks fixed by n), then one block adds the partials in
+// order, so the bits depend on n alone.
+constexpr int kSumBlocks = 264;
+
+__device__ __forceinline__ double block_sum(double v, double* sh) {
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (int(threadIdx.x) < s) sh[threadIdx.x] += sh[threadIdx.x + s];
+    __syncthreads();
+  }
+  return sh[0];
+}
+
+template <class T>
+__global__ void sum_squares_partial(const T* __restrict__ x, int64_t n, double* __restrict__ partial) {
+  __shared__ double sh[kThreads];
+  double acc = 0.0;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(blockDim.x) * gridDim.x) {
+    const double v = double(x[i]);
+    acc += v * v;
+  }
+  const double total = block_sum(acc, sh);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+// The partials' sum, rounded to T as the CPU's sum in T would overflow (a float32
+// sum of squares beyond float32's range is inf there too), stored as double.
+template <class T>
+__global__ void sum_squares_final(const double* __restrict__ partial, int count, double* __restrict__ out) {
+  __shared__ double sh[kThreads];
+  double acc = 0.0;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+  const double total = block_sum(acc, sh);
+  if (threadIdx.x == 0) *out = double(T(total));
+}
+
 }  // namespace
+
+template <class T>
+void sum_squares(const T* x, int64_t n, double* out, cudaStream_t stream) {
+  const int blocks = int(std::min<int64_t>(kSumBlocks, std::max<int64_t>(1, (n + kThreads - 1) / kThreads)));
+  Scratch<double> partial(blocks, stream, "sum_squares");
+  sum_squares_partial<T><<<blocks, kThreads, 0, stream>>>(x, n, partial.get());
+  check_launch("sum_squares");
+  sum_squares_final<T><<<1, kThreads, 0, stream>>>(partial.get(), blocks, out);
+  check_launch("sum_squares");
+}
 
 template <class T>
 void optim_step(const OptimStepArgs<T>& a, cudaStream_t stream) {
@@ -127,7 +175,8 @@ void max_norm(const MaxNormArgs<T>& a, cudaStream_t stream) {
 
 #define FASTNN_INSTANTIATE(T)                                          \
   template void optim_step<T>(const OptimStepArgs<T>&, cudaStream_t); \
-  template void max_norm<T>(const MaxNormArgs<T>&, cudaStream_t);
+  template void max_norm<T>(const MaxNormArgs<T>&, cudaStream_t);       \
+  template void sum_squares<T>(const T*, int64_t, double*, cudaStream_t);
 FASTNN_INSTANTIATE(float)
 FASTNN_INSTANTIATE(double)
 #undef FASTNN_INSTANTIATE

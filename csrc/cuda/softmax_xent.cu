@@ -134,6 +134,37 @@ __global__ void onehot_kernel(int64_t n, int64_t c, const int64_t* labels, T* d,
 
 }  // namespace
 
+namespace {
+
+// The forward kernels with their results left on the device: result[0] holds the
+// bits of the mean loss as a double (0.0 for an empty batch; NaN bits when there
+// are neither labels nor targets), result[1] the first row whose label lies
+// outside [0, C), or kNoBadRow.
+template <class T>
+void forward_into(const SoftmaxXentForwardArgs<T>& a, unsigned long long* result, cudaStream_t stream,
+                  const char* what) {
+  check(cudaMemsetAsync(result, 0xff, 2 * sizeof(unsigned long long), stream), what);
+  if (a.n <= 0 || a.c <= 0) {
+    check(cudaMemsetAsync(result, 0, sizeof(unsigned long long), stream), what);
+    return;
+  }
+  const bool has_loss = a.labels || a.targets;
+  Scratch<double> row_loss(has_loss ? a.n : 0, stream, what);
+  if (a.c <= kWarpRowMaxC) {
+    forward_kernel<T, false><<<grid_for(a.n, kThreads / 32), kThreads, 0, stream>>>(a, row_loss.get(), result + 1);
+  } else {
+    const int blocks = int(a.n < 65535 * 8 ? a.n : 65535 * 8);
+    forward_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a, row_loss.get(), result + 1);
+  }
+  check_launch(what);
+  if (has_loss) {
+    mean_loss_kernel<T><<<1, kThreads, 0, stream>>>(row_loss.get(), a.n, result);
+    check_launch(what);
+  }
+}
+
+}  // namespace
+
 template <class T>
 void softmax_xent_forward(const SoftmaxXentForwardArgs<T>& a, cudaStream_t stream) {
   const char* what = "softmax_xent_forward";
@@ -141,21 +172,8 @@ void softmax_xent_forward(const SoftmaxXentForwardArgs<T>& a, cudaStream_t strea
     *a.loss = T(0);
     return;
   }
-  const bool has_loss = a.labels || a.targets;
-  Scratch<double> row_loss(has_loss ? a.n : 0, stream, what);
-  Scratch<unsigned long long> result(2, stream, what);  // [0] loss bits, [1] first bad row
-  check(cudaMemsetAsync(result.get(), 0xff, 2 * sizeof(unsigned long long), stream), what);
-  if (a.c <= kWarpRowMaxC) {
-    forward_kernel<T, false><<<grid_for(a.n, kThreads / 32), kThreads, 0, stream>>>(a, row_loss.get(), result.get() + 1);
-  } else {
-    const int blocks = int(a.n < 65535 * 8 ? a.n : 65535 * 8);
-    forward_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a, row_loss.get(), result.get() + 1);
-  }
-  check_launch(what);
-  if (has_loss) {
-    mean_loss_kernel<T><<<1, kThreads, 0, stream>>>(row_loss.get(), a.n, result.get());
-    check_launch(what);
-  }
+  Scratch<unsigned long long> result(2, stream, what);
+  forward_into(a, result.get(), stream, what);
   unsigned long long host[2];
   check(cudaMemcpyAsync(host, result.get(), sizeof host, cudaMemcpyDeviceToHost, stream), what);
   check(cudaStreamSynchronize(stream), what);
@@ -168,8 +186,14 @@ void softmax_xent_forward(const SoftmaxXentForwardArgs<T>& a, cudaStream_t strea
                           "] = " + std::to_string(label));
   }
   double loss = 0.0;
-  if (has_loss) std::memcpy(&loss, &host[0], sizeof loss);
+  if (a.labels || a.targets) std::memcpy(&loss, &host[0], sizeof loss);
   *a.loss = T(loss);
+}
+
+template <class T>
+void softmax_xent_forward_device(const SoftmaxXentForwardArgs<T>& a, unsigned long long* result,
+                                 cudaStream_t stream) {
+  forward_into(a, result, stream, "softmax_xent_forward_device");
 }
 
 template <class T>
@@ -193,6 +217,10 @@ void softmax_xent_backward(const SoftmaxXentBackwardArgs<T>& a, cudaStream_t str
 
 template void softmax_xent_forward<float>(const SoftmaxXentForwardArgs<float>&, cudaStream_t);
 template void softmax_xent_forward<double>(const SoftmaxXentForwardArgs<double>&, cudaStream_t);
+template void softmax_xent_forward_device<float>(const SoftmaxXentForwardArgs<float>&, unsigned long long*,
+                                                 cudaStream_t);
+template void softmax_xent_forward_device<double>(const SoftmaxXentForwardArgs<double>&, unsigned long long*,
+                                                  cudaStream_t);
 template void softmax_xent_backward<float>(const SoftmaxXentBackwardArgs<float>&, cudaStream_t);
 template void softmax_xent_backward<double>(const SoftmaxXentBackwardArgs<double>&, cudaStream_t);
 

@@ -20,6 +20,10 @@ from .codes import ACTIVATIONS
 
 # The ops fastnn._cuda provides: the C++ backend's, by the same names and argument order.
 OPS = CPP_OPS
+# And two of its own, which leave their results on the device for the Trainer to
+# read in one transfer per step: the loss with its label check, and the gradients'
+# sum of squares (NaN/Inf check, clipping norm).
+DEVICE_OPS = ("softmax_xent_forward_device", "sum_squares")
 
 reason = None
 _cuda = cp = None
@@ -42,7 +46,7 @@ if _cuda is not None:
             count, reason = 0, f"the CUDA runtime failed to count devices ({exc})"
         if reason is None and count < 1:
             reason = "no CUDA device visible"
-        missing = [op for op in OPS if not hasattr(_cuda, op)] if reason is None else []
+        missing = [op for op in OPS + DEVICE_OPS if not hasattr(_cuda, op)] if reason is None else []
         if missing:
             reason = (f"fastnn._cuda lacks kernels {', '.join(missing)} (built from older sources: "
                       "rebuild with pip install .)")
@@ -78,6 +82,19 @@ def to_device(a):
 def device_of(a) -> str:
     """"cuda" for a CuPy array, else "cpu"."""
     return "cuda" if type(a).__module__.startswith("cupy") else "cpu"
+
+
+def sum_squares(x, out=None):
+    """sum(x ** 2) of a 1-D float32/float64 CuPy array into ``out`` (a float64
+    CuPy array of shape (1,), fresh when None), returned, without synchronizing:
+    accumulated in double in an order fixed by ``len(x)`` (the same bits every
+    run), then rounded to x's dtype, so a float32 sum beyond float32's range is
+    inf as NumPy's would be. NaN or Inf in x gives a NaN or Inf sum."""
+    _require("sum_squares")
+    if out is None:
+        out = cp.empty(1, np.float64)
+    _cuda.sum_squares(x, out)
+    return out
 
 
 def set_allow_tf32(on: bool) -> None:
@@ -131,11 +148,11 @@ def device_summary() -> list[str]:
 
 
 if reason is None:
-    for _op in OPS:
+    for _op in OPS + DEVICE_OPS:
         registry.register("cuda", _op, getattr(_cuda, _op))
     registry.mark_loaded("cuda")
 else:
     registry.mark_failed("cuda", reason)
 
-__all__ = ["is_cuda_array", "reason", "ACTIVATIONS", "set_allow_tf32", "allow_tf32", "device_info",
+__all__ = ["is_cuda_array", "reason", "ACTIVATIONS", "sum_squares", "set_allow_tf32", "allow_tf32", "device_info",
            "device_summary", "OPS", "to_host", "to_device", "device_of"]

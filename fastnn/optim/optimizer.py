@@ -47,6 +47,7 @@ import numpy as np
 from .. import _validate as V
 from .. import ops
 from ..backend.codes import HYPER_FIELDS
+from ..backend import cuda as cuda_backend
 from ..backend.cuda import device_of, to_host
 from ..nn.module import Parameter
 
@@ -238,14 +239,21 @@ class Optimizer:
         skips parameters without a gradient: their values and optimizer state
         stay as they are, and their gradients count neither in the clipping
         norm nor in the finite check."""
+        return self._step(check_finite, None)
+
+    def _runs(self):
+        """(seg_begin, [(a, b)]): the segment table and the runs of trainable segments."""
         seg_begin = self._segments()
         frozen = self._segment_frozen
-        runs = self._trainable_runs() if frozen.any() else [(0, len(frozen))]
-        sq = None
-        if check_finite or self.clip_grad_norm is not None:
+        return seg_begin, (self._trainable_runs() if frozen.any() else [(0, len(frozen))])
+
+    def _step(self, check_finite: bool, sq) -> bool:
+        """``step`` with ||g||^2 given (``sq``, a float) or, when None, computed here if needed."""
+        seg_begin, runs = self._runs()
+        if sq is None and (check_finite or self.clip_grad_norm is not None):
             sq = self._grad_sq_norm(runs, seg_begin)
-            if check_finite and not math.isfinite(sq):
-                return False
+        if check_finite and not math.isfinite(sq):
+            return False
         self.t += 1
         table = np.array([self._group_row(g) for g in self.param_groups], np.float64)
         np.take(table, self._segment_group, axis=0, out=self.hyper)
@@ -276,13 +284,28 @@ class Optimizer:
                 # cores (float64 training ran 5-10x slower on 2 cores).
                 sq += float(np.einsum("i,i->", g, g))
             return sq
-        xp = V.array_module(self.flat_grad)
-        total = None
+        out = self._grad_sq_norm_on_device(runs, seg_begin)
+        return 0.0 if out is None else float(out.get()[0])
+
+    def _grad_sq_norm_on_device(self, runs=None, seg_begin=None, out=None):
+        """The GPU's ||g||^2 over the trainable runs as a float64 (1,) CuPy array
+        (``out`` when given), not read: our own deterministic reduction, one launch
+        pair per run and no synchronization (cupy.dot on a vector costs ~80 us of
+        host time and waits for the GPU). None when nothing is trainable and no
+        ``out`` was given (``out`` is then set to 0)."""
+        if runs is None:
+            seg_begin, runs = self._runs()
         for a, b in runs:
             g = self.flat_grad[int(seg_begin[a]):int(seg_begin[b])]
-            part = xp.dot(g, g)
-            total = part if total is None else total + part
-        return 0.0 if total is None else float(total)
+            if out is None:
+                out = cuda_backend.sum_squares(g)
+            elif (a, b) == runs[0]:
+                cuda_backend.sum_squares(g, out)
+            else:
+                out += cuda_backend.sum_squares(g)
+        if not runs and out is not None:
+            out.fill(0)
+        return out
 
     def zero_grad(self):
         """Set every gradient to 0 (one fill of the flat gradient buffer).
