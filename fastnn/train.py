@@ -19,6 +19,7 @@ from .backend import cuda
 from .callbacks import Callback, History  # noqa: F401  (fastnn.train.Callback stays importable)
 from .data import batches
 from .distributed import DataParallel, barrier, broadcast_object, shard_bounds
+from .nn.layers import Sequential
 from .nn.module import _state_shapes, as_model_input
 from .losses import SoftmaxCrossEntropy
 from .optim.lbfgs import LBFGS
@@ -258,7 +259,7 @@ class Trainer:
             return self._closure_step(xb, yb)
         if self._dp is not None and self._dp.world_size > 1:
             return self._distributed_step(xb, yb)
-        scores = self.model.forward(xb)
+        scores = self._forward_for_loss(xb)
         if device == "cuda" and self._one_sync_step_applies():
             words = cuda.cp.empty(3, np.int64)
             if self.loss._forward_on_device(scores, yb, words[:2]):
@@ -269,6 +270,13 @@ class Trainer:
             return loss
         self.model.backward(self.loss.backward())
         return self._checked_step(loss)
+
+    def _forward_for_loss(self, xb):
+        """The model's scores for this step's loss: a Sequential's last buffer
+        itself (no copy; the loss reads it at once), else ``model.forward``."""
+        if isinstance(self.model, Sequential) and type(self.model).forward is Sequential.forward:
+            return self.model._forward_into_buffers(xb)
+        return self.model.forward(xb)
 
     def _one_sync_step_applies(self) -> bool:
         """The GPU step with one synchronization needs fastnn's own softmax

@@ -1,19 +1,19 @@
 // Argument checks of the CUDA bindings (bind.h).
 #include "cuda/bind.h"
 
-#include <sstream>
 
 namespace fastnn::cuda::bind {
 
+// Without iostreams: formatting an integer through std::ostringstream crashed
+// inside this module on the H200 machine's toolchain (a segfault in the stream's
+// number formatting, seen on the first shape error a test provoked there).
 std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "(";
+  std::string o = "(";
   for (size_t i = 0; i < s.size(); ++i) {
-    if (i) o << ", ";
-    if (s[i] < 0) o << "*"; else o << s[i];
+    if (i) o += ", ";
+    o += s[i] < 0 ? std::string("*") : std::to_string(s[i]);
   }
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
+  return o + (s.size() == 1 ? ",)" : ")");
 }
 
 namespace {

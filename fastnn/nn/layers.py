@@ -677,6 +677,15 @@ class Sequential(Module):
         array
             The output of the last layer, e.g. ``(N, C)`` class scores.
         """
+        x = self._forward_into_buffers(x)
+        # Children reuse their buffers; a top-level Sequential hands out a copy.
+        return x if self.reuse_buffers else x.copy()
+
+    def _forward_into_buffers(self, x):
+        """``forward`` without the copy of the output at the API boundary: the
+        last layer's own buffer, valid until the next forward. For the Trainer's
+        step, whose loss reads the scores at once (on the GPU, CuPy's copy of even
+        a (256, 10) array costs tens of microseconds of host time)."""
         if not self.reuse_buffers:      # the top-level model: the API boundary
             x = as_model_input(x, self.input_dtype(), device=self.device())
         for layer, act in self._plan:
@@ -684,8 +693,7 @@ class Sequential(Module):
                 x = layer.forward(x)
             else:
                 x = layer.forward_fused(x, act.name, act.alpha_value)
-        # Children reuse their buffers; a top-level Sequential hands out a copy.
-        return x if self.reuse_buffers else x.copy()
+        return x
 
     def backward(self, dout):
         """Backpropagate ``dout`` (the gradient of the loss w.r.t. the output, e.g.
