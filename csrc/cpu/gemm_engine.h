@@ -62,6 +62,10 @@ struct Blocking {
   static constexpr int64_t KC = FASTNN_VBYTES == 64 ? (sizeof(T) == 4 ? 384 : 256) : 256;
   // One thread's B slice KC x NCL2 in its L2 (about 780 KiB with AVX-512).
   static constexpr int64_t NCL2 = FASTNN_VBYTES == 64 ? (sizeof(T) == 4 ? 528 : 384) : 256;
+  // The B slice of a row split, shared by the threads (each streams its own A
+  // rows past it): 7 panels with AVX-512 fp32, leaving a thread's L2 room for
+  // those A panels and C (2 threads: 1024^3 +1-2%, 2048^3-4096^3 +1-3%).
+  static constexpr int64_t NCL2_ROWS = FASTNN_VBYTES == 64 && sizeof(T) == 4 ? 336 : NCL2;
   // The shared A block MCB x KC in L3 (3 MiB fp32, 4 MiB fp64 with AVX-512).
   static constexpr int64_t MCB = MR * 256;
   // Prefetch distance for the streamed B micro-panel, in k steps; 0: none.
@@ -720,8 +724,10 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
     const bool many_rows = mpan_blk >= 32 * nth;
     if (many_rows ? cost_rows <= cost_cols + cost_cols / 16 : cost_rows + cost_rows / 8 < cost_cols) tn = 1, tm = nth;
   }
-  // Column block: tn slices of at most NCL2 each, balanced across jc steps.
-  const int64_t ncb = balanced_step(npan_total, tn * ceil_div(Bl::NCL2, NR), tn) * NR;
+  // Column block: tn slices of at most NCL2 each (a row split: one of NCL2_ROWS),
+  // balanced across jc steps.
+  const int64_t slice_pan = tm > 1 ? ceil_div(Bl::NCL2_ROWS, NR) : tn * ceil_div(Bl::NCL2, NR);
+  const int64_t ncb = balanced_step(npan_total, slice_pan, tn) * NR;
 
   // The packed A block. No thread reads A panels another one packed: with a
   // row split each thread packs the row panels it multiplies, in this shared
