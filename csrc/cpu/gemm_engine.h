@@ -762,11 +762,15 @@ void gemm_engine(int64_t m, int64_t n, int64_t k, const ASrc& A, const BSrc& B, 
   constexpr int kMaxBlocks = 512;
   // B is streamed (see the chunk loop) for blocks of 3 to 32 row panels (below 3 the
   // tiles are too few to prefetch a panel's lines one every other k step), and
-  // only a B too large to stay in the caches between calls: one that does is
-  // better packed chunk by chunk (each A micro-panel then stays in L1 across the
-  // chunk's panels; conv 32->32's GEMM measured 4% slower streamed).
+  // only a B larger than 2 MiB, beyond a core's L2: a Linear layer's weights at a
+  // batch of 256 or less (the chunk-by-chunk pack waited on L3 for them; 2 threads,
+  // (256, 1024, 1024) forward 379-408 -> 443-464 GFLOP/s, (128, 1024, 1024)
+  // 413-418 -> 473, dX (256, 784, 1024) 378-454 -> 435-457). A B that stays in
+  // the caches is better packed chunk by chunk (each A micro-panel then stays in
+  // L1 across the chunk's panels; conv 32->32's per-image GEMM, B 1.2 MiB, measured
+  // 4% slower streamed).
   constexpr int64_t kStreamMinPanels = 3, kStreamMaxPanels = 32;
-  const bool stream_b = double(k) * double(n) * sizeof(T) > 8.0 * (1 << 20);
+  const bool stream_b = double(k) * double(n) * sizeof(T) > 2.0 * (1 << 20);
   const int64_t nblocks = ceil_div(m, mcb) * ceil_div(k, kcb);
   const bool dynamic = tm == 1 && nblocks <= kMaxBlocks;
   // Chunks as large as a thread's L2 slice allows (NCL2), balanced: each A
