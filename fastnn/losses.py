@@ -161,8 +161,8 @@ class SoftmaxCrossEntropy(Loss):
         left in ``result`` (a CuPy int64 (2,) array) instead of read back, so the
         step reads them with the gradient norm in one transfer; ``_loss_from``
         turns the words read into the loss. Returns False, doing nothing, unless
-        the scores are a CuPy array and y (N,) integer class labels."""
-        if not cuda.is_cuda_array(scores) or getattr(y, "ndim", 0) != 1 or y.dtype.kind not in "iu":
+        the scores and y are CuPy arrays, y (N,) integer class labels."""
+        if not (cuda.is_cuda_array(scores) and cuda.is_cuda_array(y)) or y.ndim != 1 or y.dtype.kind not in "iu":
             return False
         self._saved = ops._softmax_cross_entropy_on_device(scores, y, result)
         return True

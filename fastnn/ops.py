@@ -229,7 +229,7 @@ def _softmax_cross_entropy_result(words, saved: SoftmaxXentSaved) -> float:
     words = np.asarray(words, np.int64)
     row = int(words[1])
     if row != -1:
-        n, c = saved.probs.shape
+        c = saved.probs.shape[1]
         label = int(saved.labels[row])
         raise ValueError(f"labels must be in [0, {c}), got labels[{row}] = {label}")
     return float(saved.probs.dtype.type(words[:1].view(np.float64)[0]))

@@ -19,9 +19,9 @@ from .backend import cuda
 from .callbacks import Callback, History  # noqa: F401  (fastnn.train.Callback stays importable)
 from .data import batches
 from .distributed import DataParallel, barrier, broadcast_object, shard_bounds
+from .losses import SoftmaxCrossEntropy
 from .nn.layers import Sequential
 from .nn.module import _state_shapes, as_model_input
-from .losses import SoftmaxCrossEntropy
 from .optim.lbfgs import LBFGS
 from .optim.optimizer import Optimizer
 

@@ -1,7 +1,6 @@
 // Argument checks of the CUDA bindings (bind.h).
 #include "cuda/bind.h"
 
-
 namespace fastnn::cuda::bind {
 
 // Without iostreams: formatting an integer through std::ostringstream crashed

@@ -132,10 +132,6 @@ __global__ void onehot_kernel(int64_t n, int64_t c, const int64_t* labels, T* d,
   }
 }
 
-}  // namespace
-
-namespace {
-
 // The forward kernels with their results left on the device: result[0] holds the
 // bits of the mean loss as a double (0.0 for an empty batch; NaN bits when there
 // are neither labels nor targets), result[1] the first row whose label lies

@@ -46,8 +46,8 @@ import numpy as np
 
 from .. import _validate as V
 from .. import ops
-from ..backend.codes import HYPER_FIELDS
 from ..backend import cuda as cuda_backend
+from ..backend.codes import HYPER_FIELDS
 from ..backend.cuda import device_of, to_host
 from ..nn.module import Parameter
 
@@ -291,20 +291,18 @@ class Optimizer:
         """The GPU's ||g||^2 over the trainable runs as a float64 (1,) CuPy array
         (``out`` when given), not read: our own deterministic reduction, one launch
         pair per run and no synchronization (cupy.dot on a vector costs ~80 us of
-        host time and waits for the GPU). None when nothing is trainable and no
-        ``out`` was given (``out`` is then set to 0)."""
+        host time and waits for the GPU). With nothing trainable: ``out`` set to 0,
+        or None when no ``out`` was given."""
         if runs is None:
             seg_begin, runs = self._runs()
-        for a, b in runs:
-            g = self.flat_grad[int(seg_begin[a]):int(seg_begin[b])]
-            if out is None:
-                out = cuda_backend.sum_squares(g)
-            elif (a, b) == runs[0]:
-                cuda_backend.sum_squares(g, out)
-            else:
-                out += cuda_backend.sum_squares(g)
-        if not runs and out is not None:
-            out.fill(0)
+        parts = [self.flat_grad[int(seg_begin[a]):int(seg_begin[b])] for a, b in runs]
+        if not parts:
+            if out is not None:
+                out.fill(0)
+            return out
+        out = cuda_backend.sum_squares(parts[0], out)
+        for g in parts[1:]:
+            out += cuda_backend.sum_squares(g)
         return out
 
     def zero_grad(self):
