@@ -90,6 +90,17 @@ def off_line(shape, dtype, rng):
 KINKED = ("relu", "leaky_relu", "prelu", "elu", "selu")
 
 
+def well_separated(rng, shape, spread=2.0):
+    """Random values in (-spread, spread) no two closer than spread / size: a
+    shuffled even grid with jitter. A max over any window then has a clear
+    winner, so a central difference (step 1e-6) never crosses the max's kink,
+    as a near tie of normal draws can (about 1e-4 per max-pool gradient test
+    and run), and the analytic gradient is checked at every element."""
+    n = int(np.prod(shape))
+    grid = (rng.permutation(n) + rng.uniform(0.25, 0.75, n)) / n
+    return (grid * 2 * spread - spread).reshape(shape)
+
+
 def off_kinks(act, dy, z, scale):
     """dy with zeros where z lies within rounding (1e-4 of scale, the sum of the
     products' magnitudes) of the activation's kink: there float32 and float64, or two
