@@ -178,6 +178,16 @@ def _dtype_kind(v) -> str:
     return v.dtype.kind if hasattr(v, "dtype") else np.asarray(v).dtype.kind
 
 
+def _xent_scores(scores, probs_out):
+    """(N, C, probs): the checked (N, C) scores' shape and the softmax buffer
+    (``probs_out`` checked, or a fresh array on the scores' device)."""
+    V.float_array(scores, "scores", ndim=2)
+    n, c = scores.shape
+    if c < 1:
+        raise ValueError("scores must have at least one class column")
+    return n, c, _out(probs_out, "probs_out", (n, c), scores.dtype, scores)
+
+
 def softmax_cross_entropy(scores, labels, *, probs_out=None):
     """Mean over the batch of the cross-entropy of softmax(scores), fused
     (stable log-sum-exp). Returns (loss, saved).
@@ -186,11 +196,7 @@ def softmax_cross_entropy(scores, labels, *, probs_out=None):
     -(1/N) sum_i log softmax(s_i)[y_i]; or (N, C) float soft targets t (rows
     are distributions: one-hot, Mixup, label smoothing), giving
     -(1/N) sum_i sum_k t_ik log softmax(s_i)_k (classes with t_ik = 0 add 0)."""
-    V.float_array(scores, "scores", ndim=2)
-    n, c = scores.shape
-    if c < 1:
-        raise ValueError("scores must have at least one class column")
-    probs = _out(probs_out, "probs_out", (n, c), scores.dtype, scores)
+    n, c, probs = _xent_scores(scores, probs_out)
     if getattr(labels, "ndim", 1) == 2 and _dtype_kind(labels) == "f":
         targets = _xp(scores).ascontiguousarray(labels, dtype=scores.dtype)
         V.shape_is(targets, "labels", (n, c))
@@ -212,12 +218,8 @@ def _softmax_cross_entropy_on_device(scores, labels, result):
     [0, C) (or -1); ``_softmax_cross_entropy_result`` reads them. For the
     Trainer's step, which reads them with the gradient norm in one transfer.
     Returns the saved tuple for the backward."""
-    V.float_array(scores, "scores", ndim=2)
-    n, c = scores.shape
-    if c < 1:
-        raise ValueError("scores must have at least one class column")
+    n, _, probs = _xent_scores(scores, None)
     lab = V.labels(labels, "labels", n, None)
-    probs = _empty(scores, (n, c), scores.dtype)
     registry.lookup("softmax_xent_forward_device", "cuda")(scores, lab, probs, result)
     return SoftmaxXentSaved(probs, lab, None)
 

@@ -52,9 +52,9 @@ def test_gemm_backends_agree(rng):
 
 
 # The engine streams B (packs it panel by panel, the next panel's source
-# prefetched by the tiles) when B is larger than 8 MiB and a block has 3 to 32
+# prefetched by the tiles) when B is larger than 2 MiB and a block has 3 to 32
 # row panels: skinny GEMMs such as a Linear layer's forward at batch 64 with
-# 4096 x 4096 weights. These shapes take that path on every ISA (MR = 8 or 6):
+# 4096 x 4096 weights, or at batch 256 with 1024 x 1024. These shapes take that path on every ISA (MR = 8 or 6):
 # n and k off every tile and block size, several K blocks (each thread's next
 # chunk, prefetched, in the next block), and B at an address that is not
 # line-aligned; the last shape has B as large but too many rows to stream

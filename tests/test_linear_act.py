@@ -5,7 +5,7 @@ import fastnn as fnn
 from fastnn.backend.codes import ACTIVATIONS
 
 import oracle
-from conftest import KINKED, TOL, off_kinks, rel_err
+from conftest import KINKED, TOL, draw_clear_of_kinks, off_kinks, rel_err
 from oracle import numerical_grad
 
 ALPHA = {"leaky_relu": 0.1, "prelu": -0.3, "elu": 0.7}
@@ -38,13 +38,8 @@ def test_backward_numerical_gradient(backend, rng, act):
     """Central differences in float64 on L = sum(G * y) for x, W, b (and alpha)."""
     alpha = ALPHA.get(act, 0.0)
     n, d, m = 4, 5, 6
-    # No pre-activation within 1e-4 of a kinked activation's kink: a central
-    # difference across it averages the two slopes (a draw that close is rare,
-    # but the suite runs this for every activation on every backend).
-    while True:
-        x, w, b = _inputs(rng, n, d, m, np.float64, scale=2.0)
-        if act not in KINKED or np.min(np.abs(x @ w + b)) > 1e-4:
-            break
+    x, w, b = draw_clear_of_kinks(lambda: _inputs(rng, n, d, m, np.float64, scale=2.0),
+                                  lambda xwb: np.min(np.abs(xwb[0] @ xwb[1] + xwb[2])) if act in KINKED else np.inf)
     g = rng.standard_normal((n, m))
 
     def loss(x_, w_, b_, a_):

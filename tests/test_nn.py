@@ -3,7 +3,7 @@ import pytest
 
 import fastnn as fnn
 
-from conftest import rel_err
+from conftest import draw_clear_of_kinks, rel_err
 from oracle import numerical_grad
 
 
@@ -20,20 +20,13 @@ def _numerical_model_grads(model, loss, x, y):
             for name, p in model.named_parameters()}
 
 
-def _inputs_clear_of_kinks(model, rng, shape, margin=1e-4):
-    """Inputs whose first-layer pre-activations are at least `margin` from 0.
-
-    ReLU, LeakyReLU, PReLU and SELU have a kink at 0: a central difference
-    whose +-eps step (eps * |x| on a weight) crosses it averages the two slopes,
-    and a fresh draw puts a pre-activation that close now and then (SELU on the
-    Numba backend failed once so, 0.0116 against 1e-6). The analytic gradient
-    is still checked everywhere else."""
+def _inputs_clear_of_kinks(model, rng, shape):
+    """Inputs whose first-layer pre-activations are clear of 0, the kink of
+    ReLU, LeakyReLU, PReLU and SELU (the analytic gradient is still checked at
+    every element)."""
     params = dict(model.named_parameters())
     w, b = params["0.weight"].data, params["0.bias"].data
-    while True:
-        x = rng.standard_normal(shape)
-        if np.min(np.abs(x @ w + b)) > margin:
-            return x
+    return draw_clear_of_kinks(lambda: rng.standard_normal(shape), lambda x: np.min(np.abs(x @ w + b)))
 
 
 @pytest.mark.parametrize("act_layer", [fnn.nn.Tanh, fnn.nn.ReLU, fnn.nn.PReLU, fnn.nn.GELU, fnn.nn.Swish,
@@ -51,16 +44,14 @@ def test_model_gradient_check(backend, rng, act_layer):
         assert rel_err(p.grad, num[name]) < 1e-6, name
 
 
-def _maxout_inputs_without_near_ties(layer, rng, shape, margin=1e-4):
-    """Inputs whose two largest pieces differ by more than `margin` in every unit:
-    a central difference across a near tie averages the two pieces' slopes (the
-    max's kink), which the analytic gradient, taken at the winner, never does."""
-    while True:
-        x = rng.standard_normal(shape)
+def _maxout_inputs_without_near_ties(layer, rng, shape):
+    """Inputs whose two largest pieces are clearly apart in every unit (a tie
+    is the max's kink)."""
+    def gap(x):
         z = (x @ layer.weight.data + layer.bias.data).reshape(shape[0], layer.out_features, layer.pieces)
         top = np.sort(z, axis=2)
-        if layer.pieces == 1 or np.min(top[:, :, -1] - top[:, :, -2]) > margin:
-            return x
+        return np.inf if layer.pieces == 1 else np.min(top[:, :, -1] - top[:, :, -2])
+    return draw_clear_of_kinks(lambda: rng.standard_normal(shape), gap)
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 3])

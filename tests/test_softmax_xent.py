@@ -4,7 +4,7 @@ import pytest
 import fastnn as fnn
 
 import oracle
-from conftest import TOL, rel_err
+from conftest import TOL, draw_clear_of_kinks, rel_err
 from oracle import numerical_grad
 
 
@@ -44,13 +44,13 @@ def test_labels_out_of_range(backend, labels):
 
 
 def test_hinge_and_mse_losses(rng):
-    while True:   # no margin within 1e-4 of the hinge's kink (a central difference there averages two slopes)
-        scores = rng.standard_normal((6, 4))
-        y = rng.integers(0, 4, 6)
-        gap = scores - scores[np.arange(6), y][:, None] + 1
-        gap[np.arange(6), y] = 1.0
-        if np.min(np.abs(gap)) > 1e-4:
-            break
+    def hinge_kink_distance(drawn):   # each margin s_j - s_y + 1 is at a kink when 0
+        s, labels = drawn
+        margin = s - s[np.arange(6), labels][:, None] + 1
+        margin[np.arange(6), labels] = 1.0
+        return np.min(np.abs(margin))
+
+    scores, y = draw_clear_of_kinks(lambda: (rng.standard_normal((6, 4)), rng.integers(0, 4, 6)), hinge_kink_distance)
     hinge = fnn.losses.MulticlassHinge()
     loss = hinge.forward(scores, y)
     margins = np.maximum(0, scores - scores[np.arange(6), y][:, None] + 1)

@@ -18,17 +18,22 @@ void one_target(const py::object& labels, const py::object& targets, bool requir
   if (required && labels.is_none() && targets.is_none()) throw py::value_error("labels or targets is required");
 }
 
+// The checked forward arguments (labels or targets may be None); loss is a host pointer.
+template <class T>
+SoftmaxXentForwardArgs<T> forward_args(const py::object& scores, const py::object& labels,
+                                       const py::object& targets, const py::object& probs, T* loss) {
+  int64_t n = dim(scores, "scores", 2, 0), c = dim(scores, "scores", 2, 1);
+  if (c < 1) throw py::value_error("scores must have at least one class column");
+  return {n, c, checked<T>(scores, "scores", {n, c}), checked_or_null<int64_t>(labels, "labels", {n}),
+          checked_or_null<T>(targets, "targets", {n, c}), checked<T>(probs, "probs", {n, c}, true), loss};
+}
+
 double softmax_xent_forward(py::object scores, py::object labels, py::object targets, py::object probs) {
   one_target(labels, targets, false);
   return by_dtype(scores, "scores", [&](auto tag) {
     using T = decltype(tag);
-    int64_t n = dim(scores, "scores", 2, 0), c = dim(scores, "scores", 2, 1);
-    if (c < 1) throw py::value_error("scores must have at least one class column");
     T loss = T(0);
-    SoftmaxXentForwardArgs<T> args{n, c, checked<T>(scores, "scores", {n, c}),
-                                   checked_or_null<int64_t>(labels, "labels", {n}),
-                                   checked_or_null<T>(targets, "targets", {n, c}),
-                                   checked<T>(probs, "probs", {n, c}, true), &loss};
+    SoftmaxXentForwardArgs<T> args = forward_args<T>(scores, labels, targets, probs, &loss);
     cudaStream_t stream = current_stream();
     try {
       py::gil_scoped_release nogil;
@@ -43,12 +48,10 @@ double softmax_xent_forward(py::object scores, py::object labels, py::object tar
 // softmax_xent_forward's kernels with the loss and the label check left on the
 // device in result (int64 (2,): the loss's float64 bits, the first bad row or -1).
 void softmax_xent_forward_device(py::object scores, py::object labels, py::object probs, py::object result) {
+  one_target(labels, py::none(), true);
   by_dtype(scores, "scores", [&](auto tag) {
     using T = decltype(tag);
-    int64_t n = dim(scores, "scores", 2, 0), c = dim(scores, "scores", 2, 1);
-    if (c < 1) throw py::value_error("scores must have at least one class column");
-    SoftmaxXentForwardArgs<T> args{n, c, checked<T>(scores, "scores", {n, c}), checked<int64_t>(labels, "labels", {n}),
-                                   nullptr, checked<T>(probs, "probs", {n, c}, true), nullptr};
+    SoftmaxXentForwardArgs<T> args = forward_args<T>(scores, labels, py::none(), probs, nullptr);
     auto* out = reinterpret_cast<unsigned long long*>(checked<int64_t>(result, "result", {2}, true));
     cudaStream_t stream = current_stream();
     py::gil_scoped_release nogil;
